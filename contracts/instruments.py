@@ -1,0 +1,146 @@
+"""Instrument specs and the exact conversion between API decimals and engine integers.
+
+The engine only sees integer ticks (price) and lots (quantity). Decimals from clients are
+converted here, at the edge, and anything off the grid, non-finite, <= 0 or outside the
+instrument's limits is refused with a field-level error before it reaches the engine.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_INSTRUMENTS_FILE = Path(__file__).resolve().parent.parent / "ops" / "instruments.json"
+
+
+class ConversionError(ValueError):
+    """An input value that cannot become ticks/lots. `code` and `field` go to the client."""
+
+    def __init__(self, code: str, field: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+        self.message = message
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True):
+    symbol: str
+    base: str
+    quote: str
+    tick_size: Decimal
+    lot_size: Decimal
+    min_quantity: Decimal
+    max_quantity: Decimal
+    max_price: Decimal
+
+    # -- to integers (edge -> engine)
+    def price_to_ticks(self, value, field: str = "price") -> int:
+        return _to_units(value, self.tick_size, field, "price", None, self.max_price)
+
+    def quantity_to_lots(self, value, field: str = "quantity") -> int:
+        return _to_units(value, self.lot_size, field, "quantity", self.min_quantity, self.max_quantity)
+
+    # -- to decimals (engine -> edge)
+    def ticks_to_price(self, ticks: int) -> Decimal:
+        return plain(self.tick_size * ticks)
+
+    def lots_to_quantity(self, lots: int) -> Decimal:
+        return plain(self.lot_size * lots)
+
+    def notional(self, ticks_times_lots: int) -> Decimal:
+        """A sum of price*quantity products (ticks*lots) as an exact quote amount."""
+        return plain(self.tick_size * self.lot_size * ticks_times_lots)
+
+
+def plain(value: Decimal) -> Decimal:
+    """Drop trailing zeros and never use an exponent, so JSON shows 70150.5 and 100."""
+    if value == 0:
+        return Decimal(0)
+    value = value.normalize()
+    sign, digits, exponent = value.as_tuple()
+    if exponent > 0:
+        value = value.quantize(Decimal(1))
+    return value
+
+
+def to_decimal(value, field: str) -> Decimal:
+    """JSON number, decimal string or int -> Decimal. Floats are refused: by the time a
+    float exists the exact value the client wrote is gone (decoders give us Decimals)."""
+    if isinstance(value, bool) or value is None:
+        raise ConversionError("invalid_type", field, f"{field} must be a number or a decimal string")
+    if isinstance(value, Decimal):
+        dec = value
+    elif isinstance(value, int):
+        dec = Decimal(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 64:
+            raise ConversionError("invalid_number", field, f"{field} is not a valid decimal")
+        try:
+            dec = Decimal(text)
+        except InvalidOperation:
+            raise ConversionError("invalid_number", field, f"{field} is not a valid decimal") from None
+    elif isinstance(value, float):
+        # Only reached by callers that bypass the Decimal decoders; repr() is the
+        # shortest string that round-trips, i.e. what the client most likely wrote.
+        dec = Decimal(repr(value))
+    else:
+        raise ConversionError("invalid_type", field, f"{field} must be a number or a decimal string")
+    if not dec.is_finite():
+        raise ConversionError("invalid_number", field, f"{field} must be finite")
+    return dec
+
+
+def _to_units(value, unit: Decimal, field: str, what: str, minimum, maximum) -> int:
+    dec = to_decimal(value, field)
+    if dec <= 0:
+        raise ConversionError("must_be_positive", field, f"{field} must be greater than 0")
+    if dec.adjusted() > 30:
+        raise ConversionError("out_of_range", field, f"{field} is too large (max {maximum})")
+    if maximum is not None and dec > maximum:
+        raise ConversionError("out_of_range", field, f"{field} must be at most {maximum}")
+    if minimum is not None and dec < minimum:
+        raise ConversionError("out_of_range", field, f"{field} must be at least {minimum}")
+    units, rest = divmod(dec, unit)
+    if rest != 0:
+        code = "off_tick" if what == "price" else "off_lot"
+        raise ConversionError(code, field, f"{field} must be a multiple of {unit}")
+    return int(units)
+
+
+class Instruments:
+    """The instrument table, read once from ops/instruments.json (or EXCHANGE_INSTRUMENTS_FILE)."""
+
+    def __init__(self, specs: list[InstrumentSpec]):
+        self.by_symbol = {s.symbol: s for s in specs}
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self.by_symbol
+
+    def __iter__(self):
+        return iter(self.by_symbol.values())
+
+    def __len__(self) -> int:
+        return len(self.by_symbol)
+
+    def get(self, symbol: str) -> InstrumentSpec | None:
+        return self.by_symbol.get(symbol)
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.by_symbol)
+
+
+def load_instruments(path: str | os.PathLike | None = None) -> Instruments:
+    path = Path(path or os.environ.get("EXCHANGE_INSTRUMENTS_FILE") or DEFAULT_INSTRUMENTS_FILE)
+    specs = msgspec.json.decode(path.read_bytes(), type=list[InstrumentSpec])
+    for s in specs:
+        for name in ("tick_size", "lot_size", "min_quantity", "max_quantity", "max_price"):
+            if getattr(s, name) <= 0:
+                raise ValueError(f"{path}: {s.symbol}.{name} must be > 0")
+        if s.min_quantity % s.lot_size or s.max_quantity % s.lot_size:
+            raise ValueError(f"{path}: {s.symbol} min/max quantity must be multiples of lot_size")
+    return Instruments(specs)

@@ -1,0 +1,222 @@
+"""Commands into the engine and events out of it: integer ticks and lots only.
+
+These are the journal records: the command service writes the events to PostgreSQL (the
+journal is also the outbox), the relay forwards them to Kafka, and the query service
+projects them. One definition, used by both sides.
+
+Prices are integer ticks, quantities integer lots (see contracts.instruments for the
+conversion at the edge). `ts` is an integer of nanoseconds since the epoch; it is
+assigned by the sequencer, never read from a clock inside the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+
+from contracts.enums import (
+    CancelReason,
+    OrderStatus,
+    OrderType,
+    RejectReason,
+    ResultCode,
+    Side,
+    StpMode,
+    TimeInForce,
+)
+
+# --------------------------------------------------------------------------- commands
+
+
+class PlaceOrder(msgspec.Struct, frozen=True, tag="place", tag_field="type"):
+    order_id: str
+    client_id: str
+    instrument: str
+    side: Side
+    order_type: OrderType
+    quantity: int  # lots, > 0
+    ts: int
+    price: Optional[int] = None  # ticks; None for market / stop_market
+    tif: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    stp: StpMode = StpMode.CANCEL_NEWEST
+    stop_price: Optional[int] = None  # ticks; stop orders only
+
+
+class CancelOrder(msgspec.Struct, frozen=True, tag="cancel", tag_field="type"):
+    order_id: str
+    client_id: str
+    instrument: str
+    ts: int
+
+
+class AmendOrder(msgspec.Struct, frozen=True, tag="amend", tag_field="type"):
+    """Change quantity (new total, must exceed the filled quantity) and/or price.
+    A pure decrease keeps time priority; a price change or an increase loses it."""
+
+    order_id: str
+    client_id: str
+    instrument: str
+    ts: int
+    quantity: Optional[int] = None
+    price: Optional[int] = None
+
+
+class CancelAll(msgspec.Struct, frozen=True, tag="cancel_all", tag_field="type"):
+    client_id: str
+    instrument: str
+    ts: int
+    side: Optional[Side] = None
+
+
+Command = Union[PlaceOrder, CancelOrder, AmendOrder, CancelAll]
+
+# --------------------------------------------------------------------------- events
+# Every event carries its instrument and a per-instrument, gap-free `seq`.
+
+
+class OrderAccepted(msgspec.Struct, frozen=True, tag="order_accepted", tag_field="type"):
+    instrument: str
+    seq: int
+    ts: int
+    order_id: str
+    client_id: str
+    side: Side
+    order_type: OrderType
+    price: Optional[int]
+    quantity: int
+    tif: TimeInForce
+    post_only: bool
+    stp: StpMode
+    stop_price: Optional[int] = None
+
+
+class OrderRejected(msgspec.Struct, frozen=True, tag="order_rejected", tag_field="type"):
+    instrument: str
+    seq: int
+    ts: int
+    order_id: str
+    client_id: str
+    side: Side
+    order_type: OrderType
+    price: Optional[int]
+    quantity: int
+    tif: TimeInForce
+    reason: RejectReason
+
+
+class TradeExecuted(msgspec.Struct, frozen=True, tag="trade", tag_field="type"):
+    """A fill at the maker's (resting order's) price."""
+
+    instrument: str
+    seq: int
+    ts: int
+    trade_id: str
+    price: int
+    quantity: int
+    taker_side: Side
+    maker_order_id: str
+    maker_client_id: str
+    taker_order_id: str
+    taker_client_id: str
+    maker_remaining: int  # maker's open quantity after this fill (0 = filled)
+    taker_remaining: int  # taker's unfilled quantity after this fill
+
+
+class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled", tag_field="type"):
+    instrument: str
+    seq: int
+    ts: int
+    order_id: str
+    client_id: str
+    reason: CancelReason
+    cancelled_quantity: int  # open quantity removed by this cancel
+    filled_quantity: int  # the order's filled quantity at cancel time
+
+
+class OrderAmended(msgspec.Struct, frozen=True, tag="order_amended", tag_field="type"):
+    instrument: str
+    seq: int
+    ts: int
+    order_id: str
+    client_id: str
+    price: Optional[int]  # the price after the amend
+    quantity: int  # the new total quantity
+    remaining: int  # open quantity after the amend
+    priority_kept: bool
+
+
+class OrderTriggered(msgspec.Struct, frozen=True, tag="order_triggered", tag_field="type"):
+    """A stop order whose stop price was crossed now enters the book as limit/market."""
+
+    instrument: str
+    seq: int
+    ts: int
+    order_id: str
+    client_id: str
+    last_price: int
+
+
+Event = Union[
+    OrderAccepted,
+    OrderRejected,
+    TradeExecuted,
+    OrderCancelled,
+    OrderAmended,
+    OrderTriggered,
+]
+
+# --------------------------------------------------------------------------- results
+
+
+class OrderState(msgspec.Struct, frozen=True):
+    """An order's state after a command, for the orders table and the API response."""
+
+    order_id: str
+    client_id: str
+    instrument: str
+    side: Side
+    order_type: OrderType
+    price: Optional[int]
+    quantity: int
+    filled_quantity: int
+    status: OrderStatus
+    tif: TimeInForce
+    post_only: bool
+    created_ts: int
+    updated_ts: int
+    reject_reason: Optional[str] = None
+    stop_price: Optional[int] = None
+    cost: int = 0  # sum of price*quantity of its fills, in ticks*lots (for average price)
+
+
+class Result(msgspec.Struct, frozen=True):
+    """Outcome of one command: a code, the events it produced (possibly none), and the
+    states of every order it touched (the command's own order first)."""
+
+    code: ResultCode
+    events: list = []  # list[Event]
+    orders: list = []  # list[OrderState]
+
+
+# --------------------------------------------------------------------------- codec
+
+_event_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_command_decoder = msgspec.json.Decoder(Command)
+
+
+def encode_event(event: Event) -> bytes:
+    return _event_encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    return _event_decoder.decode(data)
+
+
+def decode_command(data: bytes | str) -> Command:
+    return _command_decoder.decode(data)
+
+
+EVENT_TYPES = {cls.__struct_config__.tag: cls for cls in Event.__args__}

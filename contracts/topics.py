@@ -1,0 +1,15 @@
+"""Names of the Kafka topic and the NATS subjects, defined once for both services."""
+
+EVENTS_TOPIC = "exchange.events"  # key = instrument, so one partition keeps its order
+EVENTS_TOPIC_PARTITIONS = 6
+
+# NATS: the projector publishes each applied update here; every query replica relays it.
+FEED_SUBJECT_PREFIX = "exchange.feed"  # exchange.feed.<instrument>
+
+
+def feed_subject(instrument: str) -> str:
+    return f"{FEED_SUBJECT_PREFIX}.{instrument}"
+
+
+# NATS request/reply: orders sent on the query service's /stream go to the command service.
+ORDER_REQUEST_SUBJECT = "exchange.orders.submit"
