@@ -1,0 +1,233 @@
+"""The command service's Litestar app: thin routes over OrderEntry; the lifespan owns the
+PostgreSQL pool, the sequencers and the NATS bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from prometheus_client import generate_latest
+
+from command_service.auth import Authenticator, RateLimiter
+from command_service.edge import CancelAllRequest, EdgeError, OrderRequest
+from command_service.journal import Journal
+from command_service.metrics import Metrics
+from command_service.nats_bridge import NatsBridge
+from command_service.order_entry import OrderEntry
+from command_service.sequencer import Sequencer
+from command_service.settings import Settings
+from command_service.ws import order_socket
+from contracts.api import error, iso_ms, json_encoder
+from contracts.instruments import load_instruments
+
+log = logging.getLogger("command.app")
+JSON = "application/json"
+
+
+def _reply(status: int, body: bytes, headers: dict | None = None) -> Response:
+    return Response(content=body, status_code=status, media_type=JSON, headers=headers or None)
+
+
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+async def _principal(request: Request):
+    st = _state(request)
+    principal = await st.auth.authenticate(request.headers.get("authorization"))
+    st.limiter.check(principal.rate_key if principal.client_id else f"ip:{request.client.host if request.client else ''}")
+    return principal
+
+
+# ---------------------------------------------------------------------- routes
+
+
+@post("/orders", status_code=201, summary="Place an order")
+async def place_order(request: Request, data: OrderRequest) -> Response:
+    principal = await _principal(request)
+    status, body, headers = await _state(request).entry.place(principal, data)
+    return _reply(status, body, headers)
+
+
+@post("/orders/cancel-all", status_code=200, summary="Cancel all own open orders")
+async def cancel_all(request: Request, data: CancelAllRequest | None = None) -> Response:
+    principal = await _principal(request)
+    status, body, headers = await _state(request).entry.cancel_all(principal, data or CancelAllRequest())
+    return _reply(status, body, headers)
+
+
+@post("/orders/{order_id:str}/cancel", status_code=200, summary="Cancel an order")
+async def cancel_order(request: Request, order_id: str) -> Response:
+    principal = await _principal(request)
+    status, body, headers = await _state(request).entry.cancel(principal, order_id)
+    return _reply(status, body, headers)
+
+
+@get("/orders/{order_id:str}", summary="Read an order (committed state)")
+async def get_order(request: Request, order_id: str) -> Response:
+    principal = await _principal(request)
+    status, body, headers = await _state(request).entry.get(principal, order_id)
+    return _reply(status, body, headers)
+
+
+@post("/admin/snapshot", status_code=201, summary="Store an engine snapshot now (admin)")
+async def admin_snapshot(request: Request, instrument: str | None = None) -> Response:
+    principal = await _principal(request)
+    status, body, headers = await _state(request).entry.snapshot(principal, instrument)
+    return _reply(status, body, headers)
+
+
+@get("/healthz", summary="Health of the command service")
+async def healthz(request: Request) -> Response:
+    st = _state(request)
+    checks = {"postgres": "unhealthy", "kafka": st.kafka_status, "nats": st.bridge.status}
+    try:
+        async with st.pool.acquire(timeout=1) as conn:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), 1)
+        checks["postgres"] = "healthy"
+    except Exception:
+        pass
+    sequencers = {sym: ("ready" if s.ready else "unavailable") for sym, s in st.sequencers.items()}
+    ok = checks["postgres"] == "healthy" and all(s.ready for s in st.sequencers.values())
+    status = "healthy" if ok and all(v == "healthy" for v in checks.values()) else ("degraded" if ok else "unhealthy")
+    body = {"status": status, "timestamp": iso_ms(time.time_ns()), "checks": checks, "sequencers": sequencers}
+    return _reply(200 if ok else 503, json_encoder.encode(body))
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    st = _state(request)
+    m: Metrics = st.metrics
+    for sym, s in st.sequencers.items():
+        m.queue_depth.labels(sym).set(s.queue_depth)
+        m.sequencer_ready.labels(sym).set(1 if s.ready else 0)
+    try:
+        from command_service.relay import relay_lag  # the relay reports lag from PG alone
+
+        lag = await asyncio.wait_for(relay_lag(st.pool), 1)
+        for sym, n in lag.get("events", {}).items():
+            m.relay_lag_events.labels(sym).set(n)
+        m.relay_lag_seconds.set(lag.get("seconds", 0.0))
+    except Exception:
+        pass
+    return Response(content=generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def _edge_error(request: Request, exc: EdgeError) -> Response:
+    st = request.app.state
+    if getattr(st, "metrics", None):
+        st.metrics.http_errors.labels(str(exc.status), exc.code).inc()
+    return Response(content=exc.body(), status_code=exc.status, media_type=JSON, headers=exc.headers or None)
+
+
+def _validation_error(request: Request, exc: ValidationException) -> Response:
+    field, message, code = None, str(exc.detail), "invalid_request"
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if extra and isinstance(extra[0], dict):
+        field = extra[0].get("key")
+        message = extra[0].get("message", message)
+        code = "missing_field" if "missing required field" in message else "invalid_field"
+        if message.startswith("Object missing required field"):
+            field = message.split("`")[1]
+            message = f"{field} is required"
+    elif "JSON" in message or "decode" in message.lower() or "malformed" in message.lower():
+        code = "invalid_json"
+    return _edge_error(request, EdgeError(400, code, message, field))
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    codes = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+             405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}
+    status = exc.status_code
+    code = codes.get(status, "error")
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if status == 400 and "JSON" in message:
+        code = "invalid_json"
+    return _edge_error(request, EdgeError(status, code, message))
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _edge_error(request, EdgeError(500, "internal", "internal error"))
+
+
+# ---------------------------------------------------------------------- lifespan
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    instruments = load_instruments(settings.instruments_file)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar):
+        st = app.state
+        st.settings = settings
+        st.pool = await _connect_pool(settings)
+        journal = Journal(st.pool)
+        st.metrics = Metrics(instruments.symbols, instruments)
+        st.sequencers = {
+            sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
+                           snapshot_every=settings.snapshot_every_events, metrics=st.metrics)
+            for sym in instruments.symbols
+        }
+        for s in st.sequencers.values():
+            await s.start()
+        st.auth = Authenticator(journal, settings.auth_enabled)
+        st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
+        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, enabled=settings.nats_enabled)
+        await st.bridge.start()
+        st.kafka_status = "unknown"
+        probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
+        try:
+            yield
+        finally:
+            probe.cancel()
+            await st.bridge.stop()
+            for s in st.sequencers.values():
+                await s.stop()
+            await st.pool.close()
+
+    return Litestar(
+        route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, healthz, metrics,
+                        order_socket],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers={
+            EdgeError: _edge_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="Exchange command API", version="1.0.0"),
+        debug=False,
+    )
+
+
+async def _connect_pool(settings: Settings) -> asyncpg.Pool:
+    # Start even when PostgreSQL is not up yet: the sequencers keep retrying recovery and
+    # answer 503 meanwhile. The pool itself connects lazily (min_size=0).
+    return await asyncpg.create_pool(settings.pg_dsn, min_size=0, max_size=settings.pg_pool_size,
+                                     command_timeout=10)
+
+
+async def _probe_kafka(st, bootstrap: str) -> None:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    while True:
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(host or "127.0.0.1", int(port)), 1)
+            w.close()
+            st.kafka_status = "healthy"
+        except Exception:
+            st.kafka_status = "unhealthy"
+        await asyncio.sleep(2)

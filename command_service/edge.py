@@ -1,0 +1,232 @@
+"""The API edge of the write side: request bodies in, engine commands out; engine state
+out as API JSON with exact decimals.
+
+Everything a client can get wrong is caught here and becomes an `EdgeError` (a 4xx with a
+code and the field) before anything reaches a sequencer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Annotated, Any, Optional
+
+import msgspec
+
+from contracts.api import error, iso_ms, json_encoder
+from contracts.enums import OrderStatus, OrderType, Side, StpMode, TimeInForce
+from contracts.instruments import ConversionError, InstrumentSpec, Instruments, plain
+from contracts.messages import CancelAll, CancelOrder, OrderState, PlaceOrder, TradeExecuted
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class EdgeError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return json_encoder.encode(error(self.code, self.message, self.field))
+
+
+class OrderRequest(msgspec.Struct, kw_only=True):
+    """POST /orders body (seed-compatible). Price and quantity accept a JSON number or a
+    decimal string; both decode to an exact Decimal (never a float)."""
+
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    client_id: Optional[Id] = None
+    instrument: str = "BTC-USD"
+    price: Optional[Decimal] = None
+    stop_price: Optional[Decimal] = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
+    order_id: Optional[Id] = None
+    idempotency_key: Optional[Key] = None
+
+
+class CancelAllRequest(msgspec.Struct, kw_only=True):
+    instrument: Optional[str] = None
+    side: Optional[Side] = None
+    client_id: Optional[Id] = None
+
+
+_order_decoder = msgspec.json.Decoder(OrderRequest)
+
+
+def decode_order_request(raw: bytes | Any) -> OrderRequest:
+    """Decode a body (bytes) or an already-parsed dict (WebSocket/NATS) into an OrderRequest."""
+    try:
+        if isinstance(raw, (bytes, bytearray, memoryview, str)):
+            return _order_decoder.decode(raw)
+        return msgspec.convert(raw, OrderRequest)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise EdgeError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def validation_error(text: str) -> EdgeError:
+    """msgspec's 'Expected `str`, got `int` - at `$.side`' -> code + field."""
+    message, _, where = text.partition(" - at `$.")
+    field = where.rstrip("`").split(".")[0].split("[")[0] or None
+    if message.startswith("Object missing required field"):
+        field = message.split("`")[1]
+        return EdgeError(400, "missing_field", f"{field} is required", field)
+    return EdgeError(400, "invalid_field", message, field)
+
+
+def spec_for(instruments: Instruments, symbol: str | None, field: str = "instrument") -> InstrumentSpec:
+    spec = instruments.get(symbol) if isinstance(symbol, str) else None
+    if spec is None:
+        raise EdgeError(400, "unknown_instrument", f"unknown instrument {symbol!r}; one of {instruments.symbols}", field)
+    return spec
+
+
+def _convert(fn, value, field):
+    try:
+        return fn(value, field)
+    except ConversionError as exc:
+        raise EdgeError(400, exc.code, exc.message, exc.field) from None
+
+
+def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentSpec) -> PlaceOrder:
+    """Validate an order request against its instrument; build the engine command (ts=0,
+    stamped by the sequencer)."""
+    t = req.type
+    needs_price = t in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    is_stop = t in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET)
+    if needs_price and req.price is None:
+        raise EdgeError(400, "missing_field", f"price is required for {t.value} orders", "price")
+    if not needs_price and req.price is not None:
+        raise EdgeError(400, "invalid_field", f"price is not allowed for {t.value} orders", "price")
+    if is_stop and req.stop_price is None:
+        raise EdgeError(400, "missing_field", f"stop_price is required for {t.value} orders", "stop_price")
+    if not is_stop and req.stop_price is not None:
+        raise EdgeError(400, "invalid_field", f"stop_price is only allowed for stop orders", "stop_price")
+    if req.post_only and (t != OrderType.LIMIT or req.time_in_force != TimeInForce.GTC):
+        raise EdgeError(400, "invalid_field", "post_only needs a GTC limit order", "post_only")
+    price = _convert(spec.price_to_ticks, req.price, "price") if needs_price else None
+    stop_price = _convert(spec.price_to_ticks, req.stop_price, "stop_price") if is_stop else None
+    quantity = _convert(spec.quantity_to_lots, req.quantity, "quantity")
+    return PlaceOrder(
+        order_id=order_id,
+        client_id=client_id,
+        instrument=spec.symbol,
+        side=req.side,
+        order_type=t,
+        quantity=quantity,
+        ts=0,
+        price=price,
+        tif=req.time_in_force,
+        post_only=req.post_only,
+        stp=req.self_trade_prevention,
+        stop_price=stop_price,
+    )
+
+
+def request_hash(cmd: PlaceOrder, client_order_id: str | None) -> bytes:
+    """What makes two requests with the same idempotency key 'the same request'."""
+    canon = (
+        cmd.client_id, cmd.instrument, cmd.side.value, cmd.order_type.value, cmd.price, cmd.quantity,
+        cmd.tif.value, cmd.post_only, cmd.stp.value, cmd.stop_price, client_order_id,
+    )
+    return hashlib.sha256(msgspec.msgpack.encode(canon)).digest()
+
+
+# ------------------------------------------------------------------------ views
+
+
+def _dec(spec: InstrumentSpec, ticks: int | None, lots: bool = False):
+    if ticks is None:
+        return None
+    return spec.lots_to_quantity(ticks) if lots else spec.ticks_to_price(ticks)
+
+
+def average_price(spec: InstrumentSpec, cost: int | Decimal, filled: int) -> Decimal | None:
+    """cost = sum(price_ticks * qty_lots); average price = cost * tick / filled. A ratio may
+    not terminate: it is rounded to 1/10,000 of a tick (a shown figure, not a balance)."""
+    if not filled:
+        return None
+    value = Decimal(cost) * spec.tick_size / filled
+    return plain(value.quantize(spec.tick_size / 10_000))
+
+
+def order_view(o, spec: InstrumentSpec) -> dict:
+    """OrderState (engine) or an `orders` row (asyncpg Record) -> API order."""
+    get = o.__getitem__ if not isinstance(o, OrderState) else o.__getattribute__
+    status = get("status")
+    status = status.value if hasattr(status, "value") else status
+    side = get("side")
+    otype = get("order_type")
+    tif = get("tif")
+    view = {
+        "order_id": get("order_id"),
+        "client_id": get("client_id"),
+        "instrument": get("instrument"),
+        "side": side.value if hasattr(side, "value") else side,
+        "type": otype.value if hasattr(otype, "value") else otype,
+        "price": _dec(spec, get("price")),
+        "quantity": spec.lots_to_quantity(get("quantity")),
+        "filled_quantity": spec.lots_to_quantity(get("filled_quantity")),
+        "remaining_quantity": spec.lots_to_quantity(get("quantity") - get("filled_quantity")),
+        "status": status,
+        "time_in_force": tif.value if hasattr(tif, "value") else tif,
+        "post_only": get("post_only"),
+        "average_price": average_price(spec, get("cost"), get("filled_quantity")),
+        "created_at": iso_ms(get("created_ts")),
+        "updated_at": iso_ms(get("updated_ts")),
+    }
+    if get("reject_reason"):
+        view["reject_reason"] = get("reject_reason")
+    if get("stop_price") is not None:
+        view["stop_price"] = spec.ticks_to_price(get("stop_price"))
+    return view
+
+
+def trade_view(t: TradeExecuted, spec: InstrumentSpec) -> dict:
+    buy, sell = (t.taker_order_id, t.maker_order_id) if t.taker_side == Side.BUY else (t.maker_order_id, t.taker_order_id)
+    return {
+        "trade_id": t.trade_id,
+        "buy_order_id": buy,
+        "sell_order_id": sell,
+        "instrument": t.instrument,
+        "price": spec.ticks_to_price(t.price),
+        "quantity": spec.lots_to_quantity(t.quantity),
+        "taker_side": t.taker_side.value,
+        "timestamp": iso_ms(t.ts),
+        "seq": t.seq,
+    }
+
+
+def book_view(book, spec: InstrumentSpec, levels: int) -> dict:
+    bids, asks = book.l2(levels)
+
+    def side(rows):
+        out, cum = [], 0
+        for price, qty in rows:
+            cum += qty
+            out.append({
+                "price": spec.ticks_to_price(price),
+                "quantity": spec.lots_to_quantity(qty),
+                "cumulative": spec.lots_to_quantity(cum),
+            })
+        return out
+
+    return {"instrument": spec.symbol, "bids": side(bids), "asks": side(asks), "seq": book.seq}
+
+
+CLOSED = {OrderStatus.FILLED.value, OrderStatus.CANCELLED.value, OrderStatus.REJECTED.value}
+
+__all__ = [
+    "EdgeError", "OrderRequest", "CancelAllRequest", "decode_order_request", "to_place", "request_hash",
+    "order_view", "trade_view", "book_view", "spec_for", "CancelOrder", "CancelAll", "CLOSED",
+]

@@ -1,0 +1,159 @@
+"""PostgreSQL adapter of the write side: the journal (events = outbox), order rows,
+idempotency rows and snapshots.
+
+A batch is written by ONE statement (data-modifying CTEs over unnest arrays plus the
+pg_notify that wakes the relay): one round trip, one implicit transaction, one fsync. The
+relay is notified only when the rows are committed, since NOTIFY is delivered at commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import asyncpg
+
+from contracts.messages import OrderState, encode_event
+
+NOTIFY_CHANNEL = "exchange_events"
+
+_APPEND_BATCH = """
+WITH ev AS (
+    INSERT INTO events (instrument, seq, type, ts, payload)
+    SELECT $1, x.seq, x.type, x.ts, x.payload
+    FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bytea[]) AS x(seq, type, ts, payload)
+), od AS (
+    INSERT INTO orders (order_id, client_id, instrument, side, order_type, price, stop_price, quantity,
+                        filled_quantity, cost, status, tif, post_only, reject_reason, created_ts,
+                        updated_ts, last_seq)
+    SELECT o.order_id, o.client_id, $1, o.side, o.order_type, o.price, o.stop_price, o.quantity,
+           o.filled_quantity, o.cost, o.status, o.tif, o.post_only, o.reject_reason, o.created_ts,
+           o.updated_ts, o.last_seq
+    FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
+                $12::bigint[], $13::bigint[], $14::numeric[], $15::text[], $16::text[], $17::bool[],
+                $18::text[], $19::bigint[], $20::bigint[], $21::bigint[])
+         AS o(order_id, client_id, side, order_type, price, stop_price, quantity, filled_quantity,
+              cost, status, tif, post_only, reject_reason, created_ts, updated_ts, last_seq)
+    ON CONFLICT (order_id) DO UPDATE SET
+        price = EXCLUDED.price, quantity = EXCLUDED.quantity,
+        filled_quantity = EXCLUDED.filled_quantity, cost = EXCLUDED.cost, status = EXCLUDED.status,
+        reject_reason = EXCLUDED.reject_reason, updated_ts = EXCLUDED.updated_ts,
+        last_seq = EXCLUDED.last_seq
+), idem AS (
+    INSERT INTO idempotency (client_id, key, request_hash, status_code, response)
+    SELECT * FROM unnest($22::text[], $23::text[], $24::bytea[], $25::int[], $26::bytea[])
+    ON CONFLICT DO NOTHING
+)
+SELECT pg_notify('exchange_events', $1)
+"""
+
+
+@dataclass
+class Batch:
+    """Everything one sequencer batch commits together."""
+
+    instrument: str
+    events: list = field(default_factory=list)
+    orders: dict = field(default_factory=dict)  # order_id -> (OrderState, last_seq): last state wins
+    idempotency: list = field(default_factory=list)  # (client_id, key, request_hash, status, body)
+
+    def add_orders(self, states: Iterable[OrderState], seq: int) -> None:
+        for s in states:
+            self.orders[s.order_id] = (s, seq)
+
+
+class Journal:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def append(self, batch: Batch) -> None:
+        """Commit one batch atomically. The (instrument, seq) primary key is the last line
+        of defence against a second writer: a duplicate seq fails the whole batch."""
+        evs = batch.events
+        orders = list(batch.orders.values())
+        idem = batch.idempotency
+        args = (
+            batch.instrument,
+            [e.seq for e in evs],
+            [type(e).__struct_config__.tag for e in evs],
+            [e.ts for e in evs],
+            [encode_event(e) for e in evs],
+            [s.order_id for s, _ in orders],
+            [s.client_id for s, _ in orders],
+            [s.side.value for s, _ in orders],
+            [s.order_type.value for s, _ in orders],
+            [s.price for s, _ in orders],
+            [s.stop_price for s, _ in orders],
+            [s.quantity for s, _ in orders],
+            [s.filled_quantity for s, _ in orders],
+            [s.cost for s, _ in orders],
+            [s.status.value for s, _ in orders],
+            [s.tif.value for s, _ in orders],
+            [s.post_only for s, _ in orders],
+            [s.reject_reason for s, _ in orders],
+            [s.created_ts for s, _ in orders],
+            [s.updated_ts for s, _ in orders],
+            [seq for _, seq in orders],
+            [i[0] for i in idem],
+            [i[1] for i in idem],
+            [i[2] for i in idem],
+            [i[3] for i in idem],
+            [i[4] for i in idem],
+        )
+        async with self.pool.acquire() as conn:
+            await conn.execute(_APPEND_BATCH, *args)
+
+    async def read(self, instrument: str, after_seq: int = 0, limit: int = 10_000) -> list[tuple[int, bytes]]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, payload FROM events WHERE instrument = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                instrument,
+                after_seq,
+                limit,
+            )
+        return [(r[0], r[1]) for r in rows]
+
+    async def last_seq(self, instrument: str) -> int:
+        async with self.pool.acquire() as conn:
+            v = await conn.fetchval("SELECT max(seq) FROM events WHERE instrument = $1", instrument)
+        return v or 0
+
+    # -- snapshots
+    async def save_snapshot(self, instrument: str, seq: int, data: bytes) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO snapshots (instrument, seq, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                instrument,
+                seq,
+                data,
+            )
+
+    async def latest_snapshot(self, instrument: str) -> tuple[int, bytes] | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT seq, data FROM snapshots WHERE instrument = $1 ORDER BY seq DESC LIMIT 1", instrument
+            )
+        return (row[0], row[1]) if row else None
+
+    # -- lookups
+    async def find_order(self, order_id: str) -> asyncpg.Record | None:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+
+    async def order_exists(self, order_id: str) -> bool:
+        async with self.pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT 1 FROM orders WHERE order_id = $1", order_id))
+
+    async def find_idempotent(self, client_id: str, key: str) -> asyncpg.Record | None:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(
+                "SELECT request_hash, status_code, response FROM idempotency WHERE client_id = $1 AND key = $2",
+                client_id,
+                key,
+            )
+
+    async def find_api_key(self, key_hash: bytes) -> asyncpg.Record | None:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(
+                "SELECT client_id, kind FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+            )

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the write side (the seed's names plus the sequencer's own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from contracts.messages import OrderAccepted, OrderCancelled, OrderRejected, TradeExecuted
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+
+
+class Metrics:
+    def __init__(self, instruments, specs):
+        self.registry = r = CollectorRegistry()
+        self.specs = specs
+        self.orders_received = Counter("orders_received_total", "Orders received", ["type", "side"], registry=r)
+        self.orders_matched = Counter("orders_matched_total", "Orders that traded (as taker)", ["instrument"], registry=r)
+        self.orders_rejected = Counter("orders_rejected_total", "Orders rejected", ["reason"], registry=r)
+        self.order_latency = Histogram("order_latency_seconds", "Queue + match + commit time of a command",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.book_depth = Gauge("current_orderbook_depth", "Price levels in the book", ["instrument", "side"], registry=r)
+        self.resting_orders = Gauge("resting_orders", "Orders resting in the book", ["instrument"], registry=r)
+        self.trades = Counter("trades_total", "Trades executed", ["instrument"], registry=r)
+        self.trade_volume = Counter("trade_volume_total", "Traded quantity (base units)", ["instrument"], registry=r)
+        self.batch_size = Histogram("sequencer_batch_size", "Commands per committed batch", ["instrument"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.commit_latency = Histogram("sequencer_commit_seconds", "Time of the batch write (one statement)",
+                                        ["instrument"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.commit_failures = Counter("sequencer_commit_failures_total", "Batches that failed to commit",
+                                       ["instrument"], registry=r)
+        self.queue_depth = Gauge("sequencer_queue_depth", "Commands waiting for the next batch", ["instrument"],
+                                 registry=r)
+        self.sequencer_ready = Gauge("sequencer_ready", "1 when the instrument accepts commands", ["instrument"],
+                                     registry=r)
+        self.journal_seq = Gauge("journal_seq", "Last committed seq", ["instrument"], registry=r)
+        self.relay_lag_events = Gauge("relay_lag_events", "Journal events not yet published to Kafka",
+                                      ["instrument"], registry=r)
+        self.relay_lag_seconds = Gauge("relay_lag_seconds", "Age of the oldest unpublished event", registry=r)
+        self.http_errors = Counter("http_errors_total", "Requests answered with an error", ["status", "code"],
+                                   registry=r)
+        self._batch_children = {}
+        for sym in instruments:
+            self._batch_children[sym] = (self.batch_size.labels(sym), self.commit_latency.labels(sym))
+
+    def observe_batch(self, instrument: str, size: int, seconds: float) -> None:
+        b, c = self._batch_children[instrument]
+        b.observe(size)
+        c.observe(seconds)
+
+    def after_batch(self, instrument: str, events, book) -> None:
+        takers = set()
+        spec = self.specs.get(instrument)
+        for e in events:
+            t = type(e)
+            if t is TradeExecuted:
+                self.trades.labels(instrument).inc()
+                self.trade_volume.labels(instrument).inc(float(spec.lots_to_quantity(e.quantity)))
+                takers.add(e.taker_order_id)
+            elif t is OrderAccepted:
+                self.orders_received.labels(e.order_type.value, e.side.value).inc()
+            elif t is OrderRejected:
+                self.orders_received.labels(e.order_type.value, e.side.value).inc()
+                self.orders_rejected.labels(e.reason.value).inc()
+            elif t is OrderCancelled:
+                pass
+        if takers:
+            self.orders_matched.labels(instrument).inc(len(takers))
+        bids, asks = book.depth()
+        self.book_depth.labels(instrument, "buy").set(bids)
+        self.book_depth.labels(instrument, "sell").set(asks)
+        self.resting_orders.labels(instrument).set(len(book))
+        self.journal_seq.labels(instrument).set(book.seq)

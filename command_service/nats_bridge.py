@@ -1,0 +1,87 @@
+"""NATS request/reply bridge: orders sent on the query service's /stream reach the
+command service here and are answered after commit, exactly like POST /orders.
+
+Request: {"api_key": str|null, "body": {POST /orders body}}; reply: {"status": int,
+"body": <the POST /orders response or error body>}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+import nats
+
+from command_service.edge import EdgeError, decode_order_request
+from contracts.topics import ORDER_REQUEST_SUBJECT
+
+log = logging.getLogger("command.nats")
+
+
+class _Request(msgspec.Struct):
+    body: dict
+    api_key: str | None = None
+
+
+class NatsBridge:
+    def __init__(self, url: str, entry, auth, enabled: bool = True):
+        self.url = url
+        self.entry = entry
+        self.auth = auth
+        self.enabled = enabled
+        self.nc = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def status(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        return "healthy" if self.nc is not None and self.nc.is_connected else "unhealthy"
+
+    async def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        # NATS being down must not stop order entry over HTTP: keep trying in the background.
+        delay = 0.2
+        while True:
+            try:
+                self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                             connect_timeout=2)
+                # A queue group: with several command services each request is handled once.
+                await self.nc.subscribe(ORDER_REQUEST_SUBJECT, queue="command-service", cb=self._on_request)
+                log.info("nats bridge subscribed on %s", ORDER_REQUEST_SUBJECT)
+                return
+            except Exception as exc:
+                log.warning("nats connect failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    async def _on_request(self, msg) -> None:
+        try:
+            req = msgspec.json.decode(msg.data, type=_Request)
+            principal = (await self.auth.principal_for_key(req.api_key) if req.api_key
+                         else await self.auth.authenticate(None))
+            status, body, _ = await self.entry.place(principal, decode_order_request(req.body), with_book=False)
+        except EdgeError as exc:
+            status, body = exc.status, exc.body()
+        except msgspec.DecodeError:
+            status, body = 400, EdgeError(400, "invalid_json", "request is not valid JSON").body()
+        except msgspec.ValidationError as exc:
+            status, body = 400, EdgeError(400, "invalid_request", str(exc)).body()
+        except Exception:
+            log.exception("nats order request failed")
+            status, body = 500, EdgeError(500, "internal", "internal error").body()
+        if msg.reply:
+            await msg.respond(b'{"status":%d,"body":%s}' % (status, body))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception:
+                pass

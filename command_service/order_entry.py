@@ -1,0 +1,212 @@
+"""Use cases of the write side: place, cancel, cancel-all, read an order, snapshot.
+
+Each reads like get -> decide -> save: look up what is needed (instrument, ownership,
+idempotency), let the instrument's sequencer decide and commit, and answer from what was
+committed. HTTP, the command WebSocket and the NATS bridge all call these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from command_service.auth import Principal
+from command_service.edge import (
+    CLOSED,
+    CancelAllRequest,
+    EdgeError,
+    OrderRequest,
+    book_view,
+    order_view,
+    request_hash,
+    spec_for,
+    to_place,
+    trade_view,
+)
+from command_service.journal import Journal
+from command_service.sequencer import Sequencer, Unavailable
+from contracts.api import error, json_encoder
+from contracts.enums import ResultCode
+from contracts.instruments import Instruments
+from contracts.messages import CancelAll, CancelOrder, TradeExecuted
+
+REPLAYED = {"Idempotent-Replayed": "true"}
+Reply = tuple[int, bytes, dict]
+
+
+class OrderEntry:
+    def __init__(self, instruments: Instruments, journal: Journal, sequencers: dict[str, Sequencer],
+                 book_levels: int = 10):
+        self.instruments = instruments
+        self.journal = journal
+        self.sequencers = sequencers
+        self.book_levels = book_levels
+        # Client-supplied order ids and idempotency keys in flight. One process is the only
+        # writer of every instrument it holds, so this set plus the committed rows in
+        # PostgreSQL is the complete picture: two racing requests cannot both pass.
+        self._reserved_ids: set[str] = set()
+        self._inflight_keys: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
+
+    # ------------------------------------------------------------------ place
+    async def place(self, principal: Principal, req: OrderRequest, *, with_book: bool = True) -> Reply:
+        spec = spec_for(self.instruments, req.instrument)
+        client_id = self._client_for(principal, req.client_id)
+        order_id = req.order_id or str(uuid.uuid4())
+        cmd = to_place(req, client_id, order_id, spec)
+        seq = self.sequencers[spec.symbol]
+
+        idem = None
+        key = req.idempotency_key
+        if key is not None:
+            h = request_hash(cmd, req.order_id)
+            inflight = self._inflight_keys.get((client_id, key))
+            if inflight is not None:
+                if inflight[0] != h:
+                    raise _key_reused()
+                status, body = await asyncio.shield(inflight[1])
+                return status, body, REPLAYED
+            row = await self.journal.find_idempotent(client_id, key)
+            if row is not None:
+                if bytes(row["request_hash"]) != h:
+                    raise _key_reused()
+                return row["status_code"], bytes(row["response"]), REPLAYED
+            idem = (client_id, key, h)
+
+        if req.order_id is not None:
+            if order_id in self._reserved_ids or await self.journal.order_exists(order_id):
+                raise EdgeError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
+            self._reserved_ids.add(order_id)
+
+        levels = self.book_levels
+
+        def render(result, book):
+            if result.code == ResultCode.DUPLICATE_ORDER_ID:
+                return 409, json_encoder.encode(error("duplicate_order_id", f"order_id {order_id!r} already exists",
+                                                      "order_id"))
+            own = result.orders[0]
+            trades = [
+                trade_view(e, spec) for e in result.events
+                if type(e) is TradeExecuted and (e.taker_order_id == order_id or e.maker_order_id == order_id)
+            ]
+            body = {"order": order_view(own, spec), "trades": trades}
+            if with_book:
+                body["orderbook"] = book_view(book, spec, levels)
+            return 201, json_encoder.encode(body)
+
+        fut = seq.submit(cmd, render, idem)
+        if idem is not None:
+            self._inflight_keys[(client_id, key)] = (idem[2], fut)
+        try:
+            status, body = await _await(fut)
+        finally:
+            if idem is not None:
+                self._inflight_keys.pop((client_id, key), None)
+            if req.order_id is not None:
+                self._reserved_ids.discard(order_id)
+        return status, body, {}
+
+    # ------------------------------------------------------------------ cancel
+    async def cancel(self, principal: Principal, order_id: str) -> Reply:
+        seq, state = self._find_resting(order_id)
+        if state is None:
+            return await self._explain_not_resting(principal, order_id)
+        if not principal.may_act_for(state.client_id):
+            raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+        spec = self.instruments.get(seq.instrument)
+
+        def render(result, book):
+            if result.code == ResultCode.OK:
+                return 200, json_encoder.encode({"order": order_view(result.orders[0], spec)})
+            return result.code.value, b""  # resolved below against the committed rows
+
+        status, body = await _await(seq.submit(CancelOrder(order_id, state.client_id, seq.instrument, 0), render))
+        if isinstance(status, str):  # filled or cancelled while the request was queued
+            return await self._explain_not_resting(principal, order_id)
+        return status, body, {}
+
+    async def _explain_not_resting(self, principal: Principal, order_id: str) -> Reply:
+        row = await self.journal.find_order(order_id)
+        if row is None:
+            raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+        if not principal.may_act_for(row["client_id"]):
+            raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+        if row["status"] in CLOSED:
+            raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
+        raise EdgeError(503, "unavailable", "the order's instrument is recovering; retry")
+
+    def _find_resting(self, order_id: str):
+        for seq in self.sequencers.values():
+            state = seq.book.get(order_id)
+            if state is not None:
+                return seq, state
+        return None, None
+
+    # ------------------------------------------------------------------ cancel all
+    async def cancel_all(self, principal: Principal, req: CancelAllRequest) -> Reply:
+        client_id = self._client_for(principal, req.client_id)
+        if req.instrument is not None:
+            symbols = [spec_for(self.instruments, req.instrument).symbol]
+        else:
+            symbols = list(self.sequencers)
+
+        def render(result, book):
+            return 200, [s.order_id for s in result.orders]
+
+        futures = [self.sequencers[s].submit(CancelAll(client_id, s, 0, req.side), render) for s in symbols]
+        cancelled, failed = [], []
+        for sym, fut in zip(symbols, futures):
+            try:
+                _, ids = await fut
+                cancelled.extend(ids)
+            except Unavailable:
+                failed.append(sym)
+        body = {"cancelled": cancelled}
+        if failed:
+            body["unavailable_instruments"] = failed
+        return (200 if not failed else 503), json_encoder.encode(body), {}
+
+    # ------------------------------------------------------------------ read
+    async def get(self, principal: Principal, order_id: str) -> Reply:
+        row = await self.journal.find_order(order_id)
+        if row is None:
+            raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+        if not principal.may_act_for(row["client_id"]):
+            raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+        spec = self.instruments.get(row["instrument"])
+        return 200, json_encoder.encode({"order": order_view(row, spec)}), {}
+
+    # ------------------------------------------------------------------ admin
+    async def snapshot(self, principal: Principal, instrument: str | None) -> Reply:
+        if not principal.is_admin:
+            raise EdgeError(403, "forbidden", "an admin key is required")
+        symbols = [spec_for(self.instruments, instrument).symbol] if instrument else list(self.sequencers)
+        out = []
+        for sym in symbols:
+            seq, size = await _await(self.sequencers[sym].request_snapshot())
+            out.append({"instrument": sym, "seq": seq, "bytes": size})
+        return 201, json_encoder.encode({"snapshots": out}), {}
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _client_for(principal: Principal, body_client_id: str | None) -> str:
+        if principal.client_id is None:  # auth disabled, or an admin key acting for a client
+            if body_client_id is None:
+                raise EdgeError(400, "missing_field", "client_id is required", "client_id")
+            return body_client_id
+        if body_client_id is None:
+            return principal.client_id
+        if body_client_id != principal.client_id and not principal.is_admin:
+            raise EdgeError(403, "forbidden", "client_id does not match the API key", "client_id")
+        return body_client_id
+
+
+async def _await(fut):
+    try:
+        return await fut
+    except Unavailable as exc:
+        raise EdgeError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from None
+
+
+def _key_reused() -> EdgeError:
+    return EdgeError(409, "idempotency_key_reused", "this idempotency_key was used with a different request",
+                     "idempotency_key")

@@ -1,0 +1,284 @@
+"""One sequencer per instrument: the only writer of that instrument's journal.
+
+Commands queue up while the previous batch is being committed; the next batch takes all
+of them (group commit), runs them through the engine, writes events + order rows +
+idempotency rows in ONE statement, and only then resolves the callers. So a success is
+never sent for something that is not durable, batches grow with load and stay size 1
+when idle.
+
+Exclusivity: a PostgreSQL advisory lock per instrument, held on a dedicated connection.
+If that connection dies the lock is gone, so we stop accepting until we hold it again and
+have rebuilt the book from the database (another writer may have written meanwhile). The
+(instrument, seq) primary key catches the remaining window: a second writer's batch
+fails as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import asyncpg
+import msgspec
+
+from command_service.journal import Batch, Journal
+from contracts.messages import decode_event
+from engine import OrderBook
+
+log = logging.getLogger("command.sequencer")
+
+LOCK_CLASS = 7420  # first key of pg_advisory_lock(int, int); second = hashtext(instrument)
+
+
+class Unavailable(Exception):
+    """The instrument cannot accept commands right now (database down, lock lost, recovering)."""
+
+
+# A render turns the engine's result into the caller's (status, body) while the book is
+# exactly in the state right after that command (the response shows the book after it).
+Render = Callable[[Any, OrderBook], tuple[int, bytes]]
+
+
+@dataclass(slots=True)
+class Submission:
+    command: Any  # contracts.messages command with ts=0; the sequencer stamps the time
+    render: Render
+    future: asyncio.Future
+    idempotency: tuple[str, str, bytes] | None = None  # (client_id, key, request_hash)
+    received_ns: int = 0
+
+
+class Sequencer:
+    def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
+                 snapshot_every: int, metrics=None):
+        self.instrument = instrument
+        self.journal = Journal(pool)
+        self.dsn = dsn
+        self.max_batch = max_batch
+        self.snapshot_every = snapshot_every
+        self.metrics = metrics
+        self.book = OrderBook(instrument)
+        self.ready = False
+        self._pending: list[Submission] = []
+        self._wake = asyncio.Event()
+        self._lock_conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task | None = None
+        self._last_ts = 0
+        self._events_since_snapshot = 0
+        self._snapshot_waiters: list[asyncio.Future] = []
+        self._background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        try:
+            await self._recover()
+        except Exception as exc:  # the loop keeps retrying; the service still starts
+            log.warning("%s: not ready at start: %s", self.instrument, exc)
+        self._task = asyncio.create_task(self._run(), name=f"sequencer-{self.instrument}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for t in list(self._background):
+            try:
+                await asyncio.wait_for(t, 5)
+            except Exception:
+                pass
+        self._fail(self._pending, Unavailable("shutting down"))
+        self._pending = []
+        if self._lock_conn is not None and not self._lock_conn.is_closed():
+            await self._lock_conn.close()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ entry
+    def submit(self, command, render: Render, idempotency=None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self.ready:
+            fut.set_exception(Unavailable(f"{self.instrument} is not accepting orders right now"))
+            return fut
+        self._pending.append(Submission(command, render, fut, idempotency, time.perf_counter_ns()))
+        self._wake.set()
+        return fut
+
+    def request_snapshot(self) -> asyncio.Future:
+        """Resolve with (seq, size) once a snapshot at a committed seq is stored."""
+        fut = asyncio.get_running_loop().create_future()
+        if not self.ready:
+            fut.set_exception(Unavailable(f"{self.instrument} is not ready"))
+            return fut
+        self._snapshot_waiters.append(fut)
+        self._wake.set()
+        return fut
+
+    # ------------------------------------------------------------------ loop
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self.ready:
+                try:
+                    await self._recover()
+                    backoff = 0.1
+                except Exception as exc:
+                    log.warning("%s: recovery failed (%s); retrying in %.1fs", self.instrument, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending and self.ready:
+                items = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                await self._process(items)
+            if self._snapshot_waiters and self.ready:
+                await self._snapshot()
+
+    async def _process(self, items: list[Submission]) -> None:
+        book = self.book
+        batch = Batch(self.instrument)
+        replace = msgspec.structs.replace
+        responses = []
+        for item in items:
+            ts = time.time_ns()
+            if ts <= self._last_ts:
+                ts = self._last_ts + 1
+            self._last_ts = ts
+            result = book.execute(replace(item.command, ts=ts))
+            if result.events:
+                batch.events.extend(result.events)
+                batch.add_orders(result.orders, book.seq)
+            try:
+                status, body = item.render(result, book)
+            except Exception as exc:  # a bug in rendering must not take the batch down
+                log.exception("render failed")
+                status, body = 500, b'{"error":{"code":"internal","message":"%s"}}' % type(exc).__name__.encode()
+            if item.idempotency is not None and result.events:
+                client_id, key, request_hash = item.idempotency
+                batch.idempotency.append((client_id, key, request_hash, status, body))
+            responses.append((status, body))
+
+        if batch.events or batch.idempotency:
+            t0 = time.perf_counter()
+            try:
+                await self.journal.append(batch)
+            except Exception as exc:
+                # The engine ran ahead of the database: it must be rebuilt from what was
+                # committed before anything else is accepted. Callers get 503, never a
+                # false success (a commit whose ack was lost is found again on rebuild and
+                # answered by idempotency on retry).
+                log.error("%s: batch of %d failed to commit: %r", self.instrument, len(items), exc)
+                self.ready = False
+                self._fail(items, Unavailable("the journal is unavailable; retry"))
+                self._fail(self._pending, Unavailable("the journal is unavailable; retry"))
+                self._pending = []
+                if self.metrics:
+                    self.metrics.commit_failures.labels(self.instrument).inc()
+                return
+            if self.metrics:
+                self.metrics.observe_batch(self.instrument, len(items), time.perf_counter() - t0)
+            self._events_since_snapshot += len(batch.events)
+
+        now = time.perf_counter_ns()
+        for item, resp in zip(items, responses):
+            if not item.future.done():
+                item.future.set_result(resp)
+            if self.metrics:
+                self.metrics.order_latency.observe((now - item.received_ns) / 1e9)
+        if self.metrics:
+            self.metrics.after_batch(self.instrument, batch.events, book)
+        if self.snapshot_every and self._events_since_snapshot >= self.snapshot_every:
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        # Taken between batches, so book.seq is a committed seq. The bytes are taken now;
+        # storing them runs in the background so order entry is not held up by the write.
+        seq = self.book.seq
+        data = self.book.snapshot()
+        self._events_since_snapshot = 0
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+
+        async def store():
+            try:
+                await self.journal.save_snapshot(self.instrument, seq, data)
+                for w in waiters:
+                    if not w.done():
+                        w.set_result((seq, len(data)))
+            except Exception as exc:
+                log.warning("%s: snapshot at seq %d not stored: %s", self.instrument, seq, exc)
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(Unavailable(f"snapshot not stored: {exc}"))
+
+        task = asyncio.create_task(store())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ recovery
+    async def _ensure_lock(self) -> None:
+        # A session-level advisory lock lives exactly as long as its connection: an open
+        # connection that took it still holds it.
+        conn = self._lock_conn
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.fetchval("SELECT 1")
+                return
+            except Exception:
+                try:
+                    conn.terminate()
+                except Exception:
+                    pass
+        conn = await asyncpg.connect(self.dsn)
+        got = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, self.instrument)
+        if not got:
+            await conn.close()
+            raise Unavailable(f"another sequencer holds the lock for {self.instrument}")
+        conn.add_termination_listener(self._on_lock_lost)
+        self._lock_conn = conn
+
+    def _on_lock_lost(self, conn) -> None:
+        if conn is self._lock_conn:
+            log.error("%s: lock connection lost; stop accepting until recovered", self.instrument)
+            self.ready = False
+            self._wake.set()
+
+    async def _recover(self) -> None:
+        """Latest snapshot + replay of every later journal event = the committed book."""
+        await self._ensure_lock()
+        t0 = time.perf_counter()
+        snap = await self.journal.latest_snapshot(self.instrument)
+        book = OrderBook.restore(snap[1]) if snap else OrderBook(self.instrument)
+        replayed = 0
+        while True:
+            rows = await self.journal.read(self.instrument, book.seq, 20_000)
+            if not rows:
+                break
+            for seq, payload in rows:
+                if seq != book.seq + 1:
+                    raise RuntimeError(f"{self.instrument}: journal gap at seq {book.seq + 1} (found {seq})")
+                book.apply(decode_event(payload))
+            replayed += len(rows)
+        self.book = book
+        self._events_since_snapshot = replayed
+        self.ready = True
+        log.info("%s: recovered at seq %d (snapshot %s, %d events replayed, %d resting) in %.2fs",
+                 self.instrument, book.seq, snap[0] if snap else "none", replayed, len(book),
+                 time.perf_counter() - t0)
+        if self.metrics:
+            self.metrics.after_batch(self.instrument, [], book)
+
+    @staticmethod
+    def _fail(items, exc: Exception) -> None:
+        for item in items:
+            fut = item.future if isinstance(item, Submission) else item
+            if not fut.done():
+                fut.set_exception(exc)

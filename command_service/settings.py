@@ -1,0 +1,59 @@
+"""Command service configuration: read from the environment once, into one object."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+class Settings(msgspec.Struct, frozen=True):
+    pg_dsn: str
+    kafka_bootstrap: str
+    kafka_topic: str
+    nats_url: str
+    instruments_file: str | None
+    host: str
+    port: int
+    auth_enabled: bool
+    # Per API key token bucket; 0 turns a limit off (benchmarks say which they used).
+    rate_limit_per_second: float
+    rate_limit_burst: int
+    max_body_bytes: int
+    # Group commit: a batch takes whatever is queued, up to this many commands.
+    max_batch: int
+    # Take an engine snapshot after this many journal events (0 = only on request).
+    snapshot_every_events: int
+    pg_pool_size: int
+    book_levels_in_response: int
+    nats_enabled: bool
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ.get
+        return cls(
+            pg_dsn=env("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/exchange"),
+            kafka_bootstrap=env("EXCHANGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            kafka_topic=env("EXCHANGE_KAFKA_TOPIC", "exchange.events"),
+            nats_url=env("EXCHANGE_NATS_URL", "nats://127.0.0.1:4222"),
+            instruments_file=env("EXCHANGE_INSTRUMENTS_FILE") or None,
+            host=env("EXCHANGE_HOST", "127.0.0.1"),
+            port=_int("EXCHANGE_COMMAND_PORT", 8001),
+            auth_enabled=env("EXCHANGE_AUTH", "enabled").lower() not in ("disabled", "off", "0", "false"),
+            rate_limit_per_second=_float("EXCHANGE_RATE_LIMIT_PER_SECOND", 200.0),
+            rate_limit_burst=_int("EXCHANGE_RATE_LIMIT_BURST", 400),
+            max_body_bytes=_int("EXCHANGE_MAX_BODY_BYTES", 16 * 1024),
+            max_batch=_int("EXCHANGE_MAX_BATCH", 512),
+            snapshot_every_events=_int("EXCHANGE_SNAPSHOT_EVERY_EVENTS", 100_000),
+            pg_pool_size=_int("EXCHANGE_PG_POOL_SIZE", 8),
+            book_levels_in_response=_int("EXCHANGE_BOOK_LEVELS_IN_RESPONSE", 10),
+            nats_enabled=env("EXCHANGE_NATS_ENABLED", "true").lower() not in ("false", "0", "off"),
+        )

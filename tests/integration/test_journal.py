@@ -1,0 +1,122 @@
+"""Contract tests of the PostgreSQL journal (events = outbox, order rows, idempotency, snapshots)
+against the real server."""
+
+import asyncio
+import os
+
+import asyncpg
+import pytest
+
+from command_service.journal import NOTIFY_CHANNEL, Batch, Journal
+from contracts.enums import OrderStatus, OrderType, Side, StpMode, TimeInForce
+from contracts.messages import OrderAccepted, OrderState, TradeExecuted, decode_event
+
+DSN = os.environ["EXCHANGE_PG_DSN"]
+
+
+@pytest.fixture
+async def journal():
+    pool = await asyncpg.create_pool(DSN, min_size=1, max_size=4)
+    async with pool.acquire() as c:
+        await c.execute("TRUNCATE events, orders, idempotency, snapshots")
+    yield Journal(pool)
+    await pool.close()
+
+
+def accepted(instrument, seq, order_id, client="c1", price=100, qty=5, side=Side.BUY):
+    return OrderAccepted(instrument=instrument, seq=seq, ts=1_700_000_000_000_000_000 + seq, order_id=order_id,
+                         client_id=client, side=side, order_type=OrderType.LIMIT, price=price, quantity=qty,
+                         tif=TimeInForce.GTC, post_only=False, stp=StpMode.CANCEL_NEWEST)
+
+
+def state(order_id, filled=0, status=OrderStatus.OPEN, instrument="BTC-USD", cost=0):
+    return OrderState(order_id=order_id, client_id="c1", instrument=instrument, side=Side.BUY,
+                      order_type=OrderType.LIMIT, price=100, quantity=5, filled_quantity=filled, status=status,
+                      tif=TimeInForce.GTC, post_only=False, created_ts=1, updated_ts=2, cost=cost)
+
+
+def batch(instrument, seqs, ids=None):
+    b = Batch(instrument)
+    for i, s in enumerate(seqs):
+        oid = (ids or [f"{instrument}-o{s}" for s in seqs])[i]
+        b.events.append(accepted(instrument, s, oid))
+        b.add_orders([state(oid, instrument=instrument)], s)
+    return b
+
+
+async def test_append_then_read_in_seq_order_per_instrument(journal):
+    await journal.append(batch("BTC-USD", [1, 2, 3]))
+    await journal.append(batch("ETH-USD", [1, 2]))
+    await journal.append(batch("BTC-USD", [4, 5]))
+    rows = await journal.read("BTC-USD")
+    assert [s for s, _ in rows] == [1, 2, 3, 4, 5]
+    assert [decode_event(p).order_id for _, p in rows] == [f"BTC-USD-o{i}" for i in range(1, 6)]
+    assert [s for s, _ in await journal.read("ETH-USD")] == [1, 2]
+    assert [s for s, _ in await journal.read("BTC-USD", after_seq=3)] == [4, 5]
+    assert await journal.last_seq("BTC-USD") == 5
+    assert await journal.last_seq("SOL-USD") == 0
+
+
+async def test_payload_round_trips_exactly(journal):
+    t = TradeExecuted(instrument="BTC-USD", seq=1, ts=5, trade_id="BTC-USD:1", price=7015050, quantity=25000000,
+                      taker_side=Side.SELL, maker_order_id="m", maker_client_id="a", taker_order_id="t",
+                      taker_client_id="b", maker_remaining=0, taker_remaining=3)
+    b = Batch("BTC-USD")
+    b.events.append(t)
+    await journal.append(b)
+    [(seq, payload)] = await journal.read("BTC-USD")
+    assert decode_event(payload) == t
+
+
+async def test_duplicate_seq_fails_the_whole_batch(journal):
+    await journal.append(batch("BTC-USD", [1, 2]))
+    dup = batch("BTC-USD", [3, 2], ids=["new-3", "new-2"])
+    dup.idempotency.append(("c1", "k1", b"h", 201, b"{}"))
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await journal.append(dup)
+    # nothing of the failed batch is visible: no event 3, no order row, no idempotency row
+    assert [s for s, _ in await journal.read("BTC-USD")] == [1, 2]
+    assert await journal.find_order("new-3") is None
+    assert await journal.find_idempotent("c1", "k1") is None
+
+
+async def test_order_rows_keep_the_last_state(journal):
+    b = Batch("BTC-USD")
+    b.events.append(accepted("BTC-USD", 1, "o1"))
+    b.add_orders([state("o1")], 1)
+    await journal.append(b)
+    b2 = Batch("BTC-USD")
+    b2.events.append(accepted("BTC-USD", 2, "o2"))
+    b2.add_orders([state("o1", filled=2, status=OrderStatus.PARTIALLY_FILLED, cost=200)], 2)
+    b2.add_orders([state("o1", filled=5, status=OrderStatus.FILLED, cost=500)], 2)
+    await journal.append(b2)
+    row = await journal.find_order("o1")
+    assert (row["filled_quantity"], row["status"], row["cost"], row["last_seq"]) == (5, "filled", 500, 2)
+
+
+async def test_idempotency_row_is_written_with_the_batch(journal):
+    b = batch("BTC-USD", [1])
+    b.idempotency.append(("c1", "key-1", b"hash", 201, b'{"order":{}}'))
+    await journal.append(b)
+    row = await journal.find_idempotent("c1", "key-1")
+    assert (bytes(row["request_hash"]), row["status_code"], bytes(row["response"])) == (b"hash", 201, b'{"order":{}}')
+    assert await journal.find_idempotent("c2", "key-1") is None
+
+
+async def test_commit_notifies_the_relay(journal):
+    conn = await asyncpg.connect(DSN)
+    got = asyncio.get_running_loop().create_future()
+    await conn.add_listener(NOTIFY_CHANNEL, lambda *args: got.done() or got.set_result(args[3]))
+    try:
+        await journal.append(batch("SOL-USD", [1]))
+        assert await asyncio.wait_for(got, 5) == "SOL-USD"
+    finally:
+        await conn.close()
+
+
+async def test_latest_snapshot(journal):
+    assert await journal.latest_snapshot("BTC-USD") is None
+    await journal.save_snapshot("BTC-USD", 10, b"ten")
+    await journal.save_snapshot("BTC-USD", 20, b"twenty")
+    await journal.save_snapshot("ETH-USD", 30, b"eth")
+    assert await journal.latest_snapshot("BTC-USD") == (20, b"twenty")
