@@ -1,0 +1,700 @@
+"""Outbox relay: committed journal rows (table `events`) -> Kafka topic, in seq order.
+
+`python -m command_service.relay` runs forever. Settings come from the environment once
+(RelaySettings.from_env). Prometheus metrics and /healthz on EXCHANGE_RELAY_METRICS_PORT.
+
+How it keeps the stream gap-free and in order (at-least-once, duplicates allowed):
+- One leader. Each relay opens a dedicated connection and blocks in
+  pg_advisory_lock(RELAY_LOCK_KEY); the one that gets it leads, the others wait inside that
+  call (standby). The lock lives exactly as long as the leader's session, so a killed leader
+  (kill -9, crash, lost network) releases it and a standby takes over at once. If the
+  leader's lock connection dies, it stops publishing and campaigns again.
+- Per instrument a cursor in relay_cursors = the last seq the broker acknowledged. A round
+  reads up to N rows per instrument after the cursor, checks they are exactly cursor+1,
+  cursor+2, ... (a hole means a row not visible yet: stop before it, never skip), puts each
+  instrument's rows in ONE record batch for the partition of its key, awaits every
+  acknowledgement (acks=all), and only then advances the cursors. On any send error the
+  producer is thrown away and the next attempt starts again from the cursors.
+  Why this cannot reorder without an idempotent producer (Tansu has none): every round sends
+  at most one batch per instrument and waits for all of them before the next round, so a
+  batch that fails can never be overtaken by a later batch of the same instrument; a batch
+  whose outcome is unknown (timeout, crash) always starts at cursor+1 with everything up to
+  the cursor already in the log, so whenever it lands it only adds duplicates.
+- Commit order == seq order per instrument (one writer per instrument), so a row with a
+  lower seq never becomes visible after a higher one; the hole check is a second guard.
+- Woken by NOTIFY exchange_events (sent in the writer's transaction, so it arrives after
+  the commit); polls every poll_ms as a fallback.
+- The topic is created explicitly (kafka_topics.ensure_topic) before a producer is made,
+  at start and after every Kafka error: the memory-only broker comes back empty after a
+  restart and would otherwise auto-create the topic with the wrong partition count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from command_service.kafka_topics import ensure_topic
+from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
+
+log = logging.getLogger("exchange.relay")
+
+NOTIFY_CHANNEL = "exchange_events"
+# Fixed advisory lock key of the relay leadership (db.migrate uses 742001). One bigint key
+# space; the sequencers' per-instrument locks must not use this value.
+RELAY_LOCK_KEY = 742_002
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/exchange"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic: str = EVENTS_TOPIC
+    topic_partitions: int = EVENTS_TOPIC_PARTITIONS
+    host: str = "127.0.0.1"
+    metrics_port: int = 8011  # 0 = no metrics/health server
+    batch_size: int = 5000  # max rows per instrument per round
+    max_batch_bytes: int = 1_000_000  # one record batch; below Kafka's default message.max.bytes
+    linger_ms: int = 5  # after a wake-up, wait this long so one round carries more commits
+    poll_ms: int = 200  # fallback when no NOTIFY arrives
+    send_timeout_ms: int = 10_000  # a round not acknowledged by then counts as failed
+    backoff_min_ms: int = 100
+    backoff_max_ms: int = 5_000
+    lock_key: int = RELAY_LOCK_KEY
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @classmethod
+    def from_env(cls) -> "RelaySettings":
+        d = cls()
+        e = os.environ
+        return cls(
+            pg_dsn=e.get("EXCHANGE_PG_DSN") or d.pg_dsn,
+            kafka_bootstrap=e.get("EXCHANGE_KAFKA_BOOTSTRAP") or d.kafka_bootstrap,
+            topic=e.get("EXCHANGE_KAFKA_TOPIC") or d.topic,
+            topic_partitions=_env_int("EXCHANGE_KAFKA_TOPIC_PARTITIONS", d.topic_partitions),
+            host=e.get("EXCHANGE_HOST") or d.host,
+            metrics_port=_env_int("EXCHANGE_RELAY_METRICS_PORT", d.metrics_port),
+            batch_size=_env_int("EXCHANGE_RELAY_BATCH_SIZE", d.batch_size),
+            max_batch_bytes=_env_int("EXCHANGE_RELAY_MAX_BATCH_BYTES", d.max_batch_bytes),
+            linger_ms=_env_int("EXCHANGE_RELAY_LINGER_MS", d.linger_ms),
+            poll_ms=_env_int("EXCHANGE_RELAY_POLL_MS", d.poll_ms),
+            send_timeout_ms=_env_int("EXCHANGE_RELAY_SEND_TIMEOUT_MS", d.send_timeout_ms),
+            backoff_min_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MIN_MS", d.backoff_min_ms),
+            backoff_max_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MAX_MS", d.backoff_max_ms),
+            lock_key=_env_int("EXCHANGE_RELAY_LOCK_KEY", d.lock_key),
+            name=e.get("EXCHANGE_RELAY_NAME") or d.name,
+        )
+
+
+# --------------------------------------------------------------------------- SQL
+
+# Loose index scan over the primary key: one index probe per instrument, not a table scan.
+DISCOVER_SQL = """
+WITH RECURSIVE i(instrument) AS (
+    SELECT min(instrument) FROM events
+    UNION ALL
+    SELECT (SELECT min(e.instrument) FROM events e WHERE e.instrument > i.instrument)
+    FROM i WHERE i.instrument IS NOT NULL
+)
+SELECT instrument FROM i WHERE instrument IS NOT NULL
+UNION
+SELECT instrument FROM relay_cursors
+"""
+
+# One round trip for all instruments; each LATERAL is an index range scan on the PK.
+FETCH_SQL = """
+SELECT c.instrument, e.seq, e.payload
+FROM unnest($1::text[], $2::bigint[]) AS c(instrument, cursor)
+CROSS JOIN LATERAL (
+    SELECT seq, payload FROM events
+    WHERE events.instrument = c.instrument AND events.seq > c.cursor
+    ORDER BY seq
+    LIMIT $3
+) e
+"""
+
+# GREATEST: a cursor never moves back, even if a deposed leader that has not noticed yet
+# writes an older position (what it writes was acknowledged anyway).
+UPSERT_CURSORS_SQL = """
+INSERT INTO relay_cursors (instrument, seq, updated_at)
+SELECT instrument, seq, now() FROM unnest($1::text[], $2::bigint[]) AS c(instrument, seq)
+ON CONFLICT (instrument) DO UPDATE
+SET seq = GREATEST(relay_cursors.seq, EXCLUDED.seq), updated_at = now()
+"""
+
+LAG_SQL = """
+WITH RECURSIVE i(instrument) AS (
+    SELECT min(instrument) FROM events
+    UNION ALL
+    SELECT (SELECT min(e.instrument) FROM events e WHERE e.instrument > i.instrument)
+    FROM i WHERE i.instrument IS NOT NULL
+)
+SELECT i.instrument,
+       (SELECT max(e.seq) FROM events e WHERE e.instrument = i.instrument) AS head,
+       COALESCE(c.seq, 0) AS cursor,
+       (SELECT EXTRACT(EPOCH FROM (clock_timestamp() - e.committed_at))::float8
+          FROM events e
+         WHERE e.instrument = i.instrument AND e.seq > COALESCE(c.seq, 0)
+         ORDER BY e.seq LIMIT 1) AS oldest_unpublished_age
+FROM i LEFT JOIN relay_cursors c ON c.instrument = i.instrument
+WHERE i.instrument IS NOT NULL
+"""
+
+
+async def relay_lag(pool) -> dict:
+    """Relay lag from PostgreSQL alone (works with a pool or a connection).
+
+    Returns {"events": {instrument: lag in events}, "seconds": max lag in seconds,
+             "lag_events": total, "lag_seconds": max,
+             "instruments": {instrument: {"head_seq", "cursor_seq", "lag_events", "lag_seconds"}}}
+    where lag in events = newest journal seq - relay cursor and lag in seconds = age of the
+    oldest journal row the relay has not had acknowledged yet (0 when it is caught up).
+    """
+    rows = await pool.fetch(LAG_SQL)
+    instruments = {}
+    for r in rows:
+        head = r["head"] or 0
+        cursor = r["cursor"]
+        age = r["oldest_unpublished_age"]
+        instruments[r["instrument"]] = {
+            "head_seq": head,
+            "cursor_seq": cursor,
+            "lag_events": max(0, head - cursor),
+            "lag_seconds": max(0.0, age) if age is not None else 0.0,
+        }
+    return {
+        "events": {k: v["lag_events"] for k, v in instruments.items()},
+        "seconds": max((v["lag_seconds"] for v in instruments.values()), default=0.0),
+        "lag_events": sum(v["lag_events"] for v in instruments.values()),
+        "lag_seconds": max((v["lag_seconds"] for v in instruments.values()), default=0.0),
+        "instruments": instruments,
+    }
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class RelayMetrics:
+    """Own registry: importing this module (e.g. for relay_lag) registers nothing globally."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.published = Counter(
+            "relay_published_total", "Events acknowledged by the broker", registry=r
+        )
+        self.errors = Counter(
+            "relay_errors_total", "Relay errors by stage", ["stage"], registry=r
+        )
+        self.lag_events = Gauge(
+            "relay_lag_events", "Journal seq minus relay cursor", ["instrument"], registry=r
+        )
+        self.lag_seconds = Gauge(
+            "relay_lag_seconds", "Age of the oldest unpublished journal event (max)", registry=r
+        )
+        self.is_leader = Gauge("relay_is_leader", "1 while this relay holds the lock", registry=r)
+        self.kafka_up = Gauge("relay_kafka_up", "1 while the broker answers", registry=r)
+        self.topic_partitions = Gauge(
+            "relay_topic_partitions", "Partition count of the events topic", registry=r
+        )
+        self.journal_gap = Gauge(
+            "relay_journal_gap",
+            "1 while the relay holds at a hole in an instrument's seq",
+            ["instrument"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "relay_batch_size",
+            "Events per relay round",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000),
+            registry=r,
+        )
+        self.publish_seconds = Histogram(
+            "relay_publish_seconds",
+            "Time from sending a round to all its acknowledgements",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+
+
+# --------------------------------------------------------------------------- relay
+
+
+class LeadershipLost(Exception):
+    pass
+
+
+class KafkaRoundError(Exception):
+    pass
+
+
+def _utc_iso() -> str:
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class Relay:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.s = settings
+        self.metrics = RelayMetrics()
+        self.role = "starting"
+        self.kafka_ok = False
+        self.pool: asyncpg.Pool | None = None  # health checks and lag only
+        self._wake = asyncio.Event()
+        self._lock_conn_lost = asyncio.Event()
+        self._notified: set[str] = set()
+        self._instruments: set[str] = set()
+        self._cursors: dict[str, int] = {}
+        self._partition_of: dict[tuple[str, int], int] = {}
+        self._gap_logged: dict[str, float] = {}
+        self._last_kafka_check = 0.0
+        self._backoff = settings.backoff_min_ms / 1000
+        self.last_lag: dict = {}
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Forever: campaign for the lock, lead until it is lost, campaign again."""
+        self.pool = await self._retry_pg(
+            lambda: asyncpg.create_pool(self.s.pg_dsn, min_size=1, max_size=2)
+        )
+        lag_task = asyncio.create_task(self._lag_loop(), name="relay-lag")
+        try:
+            while True:
+                try:
+                    await self._campaign()
+                except asyncio.CancelledError:
+                    raise
+                except LeadershipLost as exc:
+                    log.warning("relay %s lost leadership: %s", self.s.name, exc)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    self.metrics.errors.labels("postgres").inc()
+                    log.warning("relay %s postgres error: %r", self.s.name, exc)
+                except Exception:  # keep the relay alive; count and retry
+                    self.metrics.errors.labels("internal").inc()
+                    log.exception("relay %s unexpected error", self.s.name)
+                self.role = "standby"
+                self.metrics.is_leader.set(0)
+                await self._sleep_backoff()
+        finally:
+            lag_task.cancel()
+            with contextlib.suppress(BaseException):
+                await lag_task
+            await self.pool.close()
+
+    async def _retry_pg(self, connect):
+        while True:
+            try:
+                return await connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.metrics.errors.labels("postgres").inc()
+                log.warning("relay %s cannot reach postgres: %r", self.s.name, exc)
+                await self._sleep_backoff()
+
+    async def _sleep_backoff(self) -> None:
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self.s.backoff_max_ms / 1000)
+
+    def _reset_backoff(self) -> None:
+        self._backoff = self.s.backoff_min_ms / 1000
+
+    async def _campaign(self) -> None:
+        # Keepalives so a leader cut off from PG notices and a dead session frees the lock.
+        lock_conn = await asyncpg.connect(
+            self.s.pg_dsn,
+            server_settings={
+                "application_name": f"relay {self.s.name}",
+                "tcp_keepalives_idle": "5",
+                "tcp_keepalives_interval": "2",
+                "tcp_keepalives_count": "3",
+            },
+        )
+        data_conn = None
+        self._lock_conn_lost.clear()
+        lock_conn.add_termination_listener(lambda _c: self._on_lock_conn_lost())
+        try:
+            self.role = "standby"
+            log.info("relay %s standby: waiting for lock %d", self.s.name, self.s.lock_key)
+            # Blocks while another relay leads; returns when its session ends.
+            await lock_conn.execute("SELECT pg_advisory_lock($1)", self.s.lock_key)
+            self.role = "leader"
+            self.metrics.is_leader.set(1)
+            log.info("relay %s is leader", self.s.name)
+            # LISTEN before reading cursors: a commit between the two still wakes us.
+            await lock_conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            data_conn = await asyncpg.connect(self.s.pg_dsn)
+            await self._lead(lock_conn, data_conn)
+        finally:
+            self.metrics.is_leader.set(0)
+            for conn in (data_conn, lock_conn):
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+                    if not conn.is_closed():
+                        conn.terminate()
+
+    def _on_lock_conn_lost(self) -> None:
+        self._lock_conn_lost.set()
+        self._wake.set()
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        if payload:
+            for name in payload.split(","):
+                name = name.strip()
+                if name:
+                    self._notified.add(name)
+        self._wake.set()
+
+    # ----------------------------------------------------------------- leading
+
+    async def _lead(self, lock_conn, data_conn) -> None:
+        self._cursors = {
+            r["instrument"]: r["seq"]
+            for r in await data_conn.fetch("SELECT instrument, seq FROM relay_cursors")
+        }
+        self._instruments = {r["instrument"] for r in await data_conn.fetch(DISCOVER_SQL)}
+        producer: AIOKafkaProducer | None = None
+        try:
+            backlog = True  # read at once after taking over
+            while True:
+                if self._lock_conn_lost.is_set() or lock_conn.is_closed():
+                    raise LeadershipLost("lock connection closed")
+                if producer is None:
+                    producer = await self._start_producer()
+                    if producer is None:
+                        await self._sleep_backoff()
+                        continue
+                if not backlog:
+                    woke = await self._wait_for_work()
+                    if not woke:
+                        # Poll fallback: cheap housekeeping while idle.
+                        await lock_conn.fetchval("SELECT 1")  # still our session?
+                        await self._discover(data_conn)
+                        if not await self._check_topic(producer):
+                            await self._drop_producer(producer)
+                            producer = None
+                            continue
+                    elif self.s.linger_ms > 0:
+                        await asyncio.sleep(self.s.linger_ms / 1000)
+                self._wake.clear()
+                if self._notified:
+                    self._instruments |= self._notified
+                    self._notified = set()
+                try:
+                    backlog = await self._round(producer, data_conn)
+                except KafkaRoundError as exc:
+                    self.kafka_ok = False
+                    self.metrics.kafka_up.set(0)
+                    self.metrics.errors.labels("kafka").inc()
+                    log.warning("relay %s kafka send failed, restarting from cursor: %s", self.s.name, exc)
+                    await self._drop_producer(producer)
+                    producer = None
+                    backlog = True
+                    await self._sleep_backoff()
+        finally:
+            if producer is not None:
+                await self._drop_producer(producer)
+
+    async def _wait_for_work(self) -> bool:
+        if self._wake.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.s.poll_ms / 1000)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _discover(self, data_conn) -> None:
+        self._instruments |= {r["instrument"] for r in await data_conn.fetch(DISCOVER_SQL)}
+
+    async def _round(self, producer: AIOKafkaProducer, data_conn) -> bool:
+        """Publish one round. Returns True if more rows may be waiting (backlog)."""
+        if not self._instruments:
+            return False
+        names = sorted(self._instruments)
+        rows = await data_conn.fetch(
+            FETCH_SQL, names, [self._cursors.get(n, 0) for n in names], self.s.batch_size
+        )
+        if not rows:
+            return False
+        by_instrument: dict[str, list] = {}
+        for r in rows:
+            by_instrument.setdefault(r[0], []).append(r)
+
+        partitions = sorted(producer.client.cluster.partitions_for_topic(self.s.topic) or ())
+        if not partitions:
+            raise KafkaRoundError(f"no metadata for topic {self.s.topic}")
+        backlog = False
+        sends = []  # (instrument, last seq in batch, count, future)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.s.send_timeout_ms / 1000):
+                for name, inst_rows in by_instrument.items():
+                    more = len(inst_rows) >= self.s.batch_size  # a full read: more may wait
+                    expected = self._cursors.get(name, 0) + 1
+                    key = name.encode()
+                    batch = producer.create_batch()
+                    last = None
+                    count = 0
+                    hole = False
+                    for _, seq, payload in inst_rows:
+                        if seq != expected:
+                            # A hole (or disorder): never skip it. Everything before it goes,
+                            # the rest waits until the missing row is visible (the poll
+                            # fallback retries, so no busy loop on a hole).
+                            self._note_gap(name, expected, seq)
+                            hole = True
+                            more = False
+                            break
+                        if batch.append(timestamp=None, key=key, value=payload) is None:
+                            more = True  # batch full; the rest goes next round
+                            break
+                        last = seq
+                        count += 1
+                        expected += 1
+                    if not hole:
+                        self._clear_gap(name)
+                    if count == 0:
+                        continue
+                    backlog = backlog or more
+                    batch.close()
+                    partition = self._partition(key, name, partitions)
+                    fut = await producer.send_batch(batch, self.s.topic, partition=partition)
+                    sends.append((name, last, count, fut))
+                results = await asyncio.gather(*(s[3] for s in sends), return_exceptions=True)
+        except Exception as exc:  # incl. TimeoutError, KafkaError, AssertionError (partition)
+            raise KafkaRoundError(repr(exc)) from exc
+
+        advanced_names, advanced_seqs, published, failures = [], [], 0, []
+        for (name, last, count, _), result in zip(sends, results):
+            if isinstance(result, BaseException):
+                failures.append(f"{name}: {result!r}")
+                continue
+            self._cursors[name] = last
+            advanced_names.append(name)
+            advanced_seqs.append(last)
+            published += count
+        if advanced_names:
+            # After the acks, never before: a crash before this line only causes duplicates.
+            await data_conn.execute(UPSERT_CURSORS_SQL, advanced_names, advanced_seqs)
+            self.metrics.published.inc(published)
+            self.metrics.batch_size.observe(published)
+            self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        if failures:
+            raise KafkaRoundError("; ".join(failures))
+        self.kafka_ok = True
+        self.metrics.kafka_up.set(1)
+        self._last_kafka_check = time.monotonic()
+        self._reset_backoff()
+        return backlog
+
+    def _partition(self, key: bytes, name: str, partitions: list[int]) -> int:
+        # Same murmur2 partitioner as the Java client and aiokafka's default: other
+        # producers of the same key would land on the same partition.
+        cache_key = (name, len(partitions))
+        p = self._partition_of.get(cache_key)
+        if p is None:
+            p = self._partition_of[cache_key] = DefaultPartitioner()(key, partitions, partitions)
+        return p
+
+    def _note_gap(self, name: str, expected: int, seen: int) -> None:
+        self.metrics.journal_gap.labels(name).set(1)
+        now = time.monotonic()
+        if now - self._gap_logged.get(name, 0) > 10:
+            self._gap_logged[name] = now
+            log.error(
+                "relay %s: %s expected seq %d, found %d; holding at the hole",
+                self.s.name, name, expected, seen,
+            )
+
+    def _clear_gap(self, name: str) -> None:
+        if self._gap_logged.pop(name, None) is not None:
+            self.metrics.journal_gap.labels(name).set(0)
+
+    # ----------------------------------------------------------------- kafka
+
+    async def _start_producer(self) -> AIOKafkaProducer | None:
+        """ensure_topic first (see module doc), then a fresh producer. None on failure."""
+        producer = None
+        try:
+            count = await ensure_topic(
+                self.s.kafka_bootstrap, self.s.topic, self.s.topic_partitions,
+                timeout_s=self.s.send_timeout_ms / 1000,
+            )
+            self.metrics.topic_partitions.set(count)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.s.kafka_bootstrap,
+                client_id=f"relay-{self.s.name}",
+                acks="all",
+                enable_idempotence=False,  # unsupported by Tansu; ordering is ours (see above)
+                compression_type=None,
+                linger_ms=0,  # we hand over complete batches; the relay lingers itself
+                max_batch_size=self.s.max_batch_bytes,
+                max_request_size=max(1_048_576, self.s.max_batch_bytes + 65_536),
+                request_timeout_ms=self.s.send_timeout_ms,
+                retry_backoff_ms=100,
+            )
+            await asyncio.wait_for(producer.start(), self.s.send_timeout_ms / 1000)
+            # Only now name the topic in a metadata request: it exists, nothing is auto-created.
+            await asyncio.wait_for(producer.partitions_for(self.s.topic), self.s.send_timeout_ms / 1000)
+            self.kafka_ok = True
+            self.metrics.kafka_up.set(1)
+            self._last_kafka_check = time.monotonic()
+            log.info("relay %s producer ready (%s, topic %s, %d partitions)",
+                     self.s.name, self.s.kafka_bootstrap, self.s.topic, count)
+            return producer
+        except Exception as exc:
+            self.kafka_ok = False
+            self.metrics.kafka_up.set(0)
+            self.metrics.errors.labels("kafka").inc()
+            log.warning("relay %s kafka not ready: %r", self.s.name, exc)
+            if producer is not None:
+                await self._drop_producer(producer)
+            return None
+
+    async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
+        # Anything still queued in it is at or after the cursor; if it lands later it is a
+        # duplicate, never a hole (the next producer resends from the cursor in order).
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(producer.stop(), 2)
+
+    async def _check_topic(self, producer: AIOKafkaProducer) -> bool:
+        """While idle, about once a second: is the broker there and does the topic still
+        exist? A memory broker that restarted is empty; recreate the topic before the
+        producer's next send names it (which would auto-create it with 4 partitions)."""
+        now = time.monotonic()
+        if now - self._last_kafka_check < 1.0:
+            return True
+        self._last_kafka_check = now
+        try:
+            metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 5)
+            partitions = metadata.partitions_for_topic(self.s.topic)
+        except Exception as exc:
+            self.kafka_ok = False
+            self.metrics.kafka_up.set(0)
+            self.metrics.errors.labels("kafka").inc()
+            log.warning("relay %s kafka check failed: %r", self.s.name, exc)
+            return False
+        if partitions is None:
+            log.warning("relay %s: topic %s is gone (broker restarted?), recreating",
+                        self.s.name, self.s.topic)
+            return False  # drop the producer; _start_producer recreates the topic first
+        self.kafka_ok = True
+        self.metrics.kafka_up.set(1)
+        self.metrics.topic_partitions.set(len(partitions))
+        return True
+
+    # ----------------------------------------------------------------- health / lag
+
+    async def _lag_loop(self) -> None:
+        while True:
+            try:
+                lag = await asyncio.wait_for(relay_lag(self.pool), 5)
+                self.last_lag = lag
+                for name, v in lag["instruments"].items():
+                    self.metrics.lag_events.labels(name).set(v["lag_events"])
+                self.metrics.lag_seconds.set(lag["lag_seconds"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("relay lag query failed: %r", exc)
+            await asyncio.sleep(1.0)
+
+    async def health(self) -> tuple[int, dict]:
+        checks = {"postgres": "unhealthy", "kafka": "unhealthy"}
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 1.0)
+            checks["postgres"] = "healthy"
+        except Exception:
+            pass
+        if self.role == "leader":
+            kafka = self.kafka_ok
+        else:
+            kafka = await _tcp_probe(self.s.kafka_bootstrap)
+        checks["kafka"] = "healthy" if kafka else "unhealthy"
+        ok = all(v == "healthy" for v in checks.values())
+        body = {
+            "status": "healthy" if ok else "unhealthy",
+            "timestamp": _utc_iso(),
+            "role": self.role,
+            "name": self.s.name,
+            "checks": checks,
+            "lag": {k: self.last_lag.get(k) for k in ("lag_events", "lag_seconds")},
+        }
+        return (200 if ok else 503), body
+
+
+async def _tcp_probe(bootstrap: str) -> bool:
+    """A standby has no producer; it only checks that the first broker accepts connections."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
+        w.close()
+        return True
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def serve(settings: RelaySettings) -> None:
+    from command_service.relay_http import start_http
+
+    relay = Relay(settings)
+    server = None
+    if settings.metrics_port:
+        server = await start_http(relay, settings.host, settings.metrics_port)
+        log.info("relay %s metrics on http://%s:%d/metrics", settings.name, settings.host, settings.metrics_port)
+    try:
+        await relay.run()
+    finally:
+        if server is not None:
+            server.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # we log the outcome ourselves
+    settings = RelaySettings.from_env()
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(settings)
+
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:
+        asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()
