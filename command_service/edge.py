@@ -74,6 +74,20 @@ def decode_order_request(raw: bytes | Any) -> OrderRequest:
         raise EdgeError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
+_cancel_all_decoder = msgspec.json.Decoder(CancelAllRequest)
+
+
+def decode_cancel_all(raw: bytes) -> CancelAllRequest:
+    if not raw.strip():
+        return CancelAllRequest()
+    try:
+        return _cancel_all_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise EdgeError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
 def validation_error(text: str) -> EdgeError:
     """msgspec's 'Expected `str`, got `int` - at `$.side`' -> code + field."""
     message, _, where = text.partition(" - at `$.")

@@ -70,6 +70,7 @@ class Sequencer:
         self._events_since_snapshot = 0
         self._snapshot_waiters: list[asyncio.Future] = []
         self._background: set[asyncio.Task] = set()
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -80,6 +81,8 @@ class Sequencer:
         self._task = asyncio.create_task(self._run(), name=f"sequencer-{self.instrument}")
 
     async def stop(self) -> None:
+        self._stopping = True
+        self.ready = False
         if self._task:
             self._task.cancel()
             try:
@@ -246,7 +249,7 @@ class Sequencer:
         self._lock_conn = conn
 
     def _on_lock_lost(self, conn) -> None:
-        if conn is self._lock_conn:
+        if conn is self._lock_conn and not self._stopping:
             log.error("%s: lock connection lost; stop accepting until recovered", self.instrument)
             self.ready = False
             self._wake.set()
