@@ -10,13 +10,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from prometheus_client import generate_latest
 
 from command_service.auth import Authenticator, RateLimiter
-from command_service.edge import EdgeError, decode_cancel_all, decode_order_request
+from command_service.edge import EdgeError, decode_cancel_all, decode_order_request, spec_for, validation_error
+from command_service.settlement import settle
 from command_service.journal import Journal
 from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
@@ -24,7 +26,7 @@ from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
 from command_service.settings import Settings
 from command_service.ws import order_socket
-from contracts.api import error, iso_ms, json_encoder
+from contracts.api import iso_ms, json_encoder, parse_iso
 from contracts.instruments import load_instruments
 
 log = logging.getLogger("command.app")
@@ -86,6 +88,36 @@ async def admin_snapshot(request: Request, instrument: str | None = None) -> Res
     principal = await _principal(request)
     status, body, headers = await _state(request).entry.snapshot(principal, instrument)
     return _reply(status, body, headers)
+
+
+class SettlementRequest(msgspec.Struct, kw_only=True):
+    cutoff: str | None = None
+    instrument: str | None = None
+
+
+@post("/admin/settlement", status_code=201, summary="Run end-of-day settlement up to a cutoff (admin)")
+async def admin_settlement(request: Request) -> Response:
+    principal = await _principal(request)
+    if not principal.is_admin:
+        raise EdgeError(403, "forbidden", "an admin key is required")
+    raw = await request.body()
+    try:
+        req = msgspec.json.decode(raw, type=SettlementRequest) if raw.strip() else SettlementRequest()
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise EdgeError(400, "invalid_json", "body is not valid JSON") from None
+    st = _state(request)
+    if req.instrument is not None:
+        spec_for(st.instruments, req.instrument)
+    try:
+        cutoff = parse_iso(req.cutoff) if req.cutoff else time.time_ns()
+    except ValueError:
+        raise EdgeError(400, "invalid_field", "cutoff must be an ISO 8601 time", "cutoff") from None
+    if cutoff > time.time_ns():
+        raise EdgeError(400, "invalid_field", "cutoff must not be in the future", "cutoff")
+    runs = await settle(st.pool, st.instruments, cutoff, req.instrument)
+    return _reply(201, json_encoder.encode({"cutoff": iso_ms(cutoff), "runs": runs}))
 
 
 @get("/healthz", summary="Health of the command service")
@@ -176,6 +208,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar):
         st = app.state
         st.settings = settings
+        st.instruments = instruments
         st.pool = await _connect_pool(settings)
         journal = Journal(st.pool)
         st.metrics = Metrics(instruments.symbols, instruments)
@@ -203,7 +236,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await st.pool.close()
 
     return Litestar(
-        route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, healthz, metrics,
+        route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, admin_settlement,
+                        healthz, metrics,
                         order_socket],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

@@ -25,9 +25,8 @@ async def reset_db(dsn: str = DSN) -> None:
     try:
         await conn.execute("TRUNCATE events, orders, idempotency, snapshots, api_keys, relay_cursors")
         # tables added by later migrations, when present
-        for table in ("settlements",):
-            if await conn.fetchval("SELECT to_regclass($1)", table):
-                await conn.execute(f"TRUNCATE {table}")
+        if await conn.fetchval("SELECT to_regclass('settlements')"):
+            await conn.execute("TRUNCATE settlements, settlement_runs")
     finally:
         await conn.close()
 
