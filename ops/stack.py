@@ -341,6 +341,17 @@ def _tail(path: Path, lines: int = 12) -> str:
     return "\n".join("    " + line for line in text[-lines:]) or "    (log is empty)"
 
 
+def _last_run_output(path: Path, lines: int = 6) -> str:
+    """The last lines a process wrote since its `=== ... ===` start header (see _open_log)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "    (no log)"
+    starts = [i for i, line in enumerate(text) if line.startswith("=== ") and line.endswith(" ===")]
+    own = [line for line in text[(starts[-1] + 1 if starts else 0):] if line.strip()]
+    return "\n".join("    " + line for line in own[-lines:]) or "    (it wrote nothing)"
+
+
 def _open_log(path: Path, title: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     log = open(path, "ab", buffering=0)
@@ -957,7 +968,7 @@ class Supervisor:
         c.restarts += 1
         self.say(f"{c.name}: exited with code {rc} after {uptime:.1f}s; restart #{c.restarts} in {c.backoff:.0f}s "
                  f"(log {c.log})")
-        tail = _tail(c.log, 4)
+        tail = _last_run_output(c.log)
         if tail != c.last_tail:  # the reason once, not on every retry of the same failure
             self.say(f"{c.name}: last lines of its log:\n{tail}")
             c.last_tail = tail

@@ -1,0 +1,137 @@
+"""compose.yaml (no Docker engine here): the services exist, each Python service gets the settings it
+reads, Kafka runs in KRaft mode, and the compose gateway routes exactly like the local one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops import gateway
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def test_every_service_exists(services):
+    expected = {"kafka", "postgres", "redis", "nats", "gateway", "migrate", "command", "relay", "query-1", "query-2"}
+    assert expected <= set(services)
+
+
+PYTHON_SERVICES = {
+    "migrate": ("db.migrate", {"EXCHANGE_PG_DSN"}),
+    "command": ("command_service", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_NATS_URL",
+                                    "EXCHANGE_COMMAND_PORT", "EXCHANGE_HOST", "EXCHANGE_INSTRUMENTS_FILE"}),
+    "relay": ("command_service.relay", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_KAFKA_TOPIC",
+                                        "EXCHANGE_RELAY_METRICS_PORT"}),
+    "query-1": ("query_service", {"EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP",
+                                  "EXCHANGE_PG_DSN", "EXCHANGE_QUERY_PORT", "EXCHANGE_COMMAND_URL", "EXCHANGE_HOST"}),
+    "query-2": ("query_service", {"EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP",
+                                  "EXCHANGE_PG_DSN", "EXCHANGE_QUERY_PORT", "EXCHANGE_COMMAND_URL", "EXCHANGE_HOST"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_python_services_run_their_module_with_their_settings(services, name):
+    module, needed = PYTHON_SERVICES[name]
+    svc = services[name]
+    assert svc["command"] == ["python", "-m", module]
+    assert "build" in svc
+    env = svc["environment"]
+    assert needed <= set(env), needed - set(env)
+    # Addresses point at compose service names, never at the local stack.
+    assert "@postgres:5432/exchange" in env["EXCHANGE_PG_DSN"]
+    assert env["EXCHANGE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    if "EXCHANGE_REDIS_URL" in needed:
+        assert env["EXCHANGE_REDIS_URL"].startswith("redis://redis:6379")
+    if "EXCHANGE_NATS_URL" in needed:
+        assert env["EXCHANGE_NATS_URL"] == "nats://nats:4222"
+    if name != "migrate":
+        assert svc["restart"] == "unless-stopped"
+        assert env["EXCHANGE_HOST"] == "0.0.0.0"
+        assert "healthcheck" in svc
+
+
+def test_query_replicas_listen_on_the_ports_the_gateway_uses(services):
+    conf = (REPO / "ops" / "nginx.compose.conf").read_text()
+    for name in ("query-1", "query-2"):
+        port = services[name]["environment"]["EXCHANGE_QUERY_PORT"]
+        assert f"server {name}:{port} " in conf
+    assert f"server command:{services['command']['environment']['EXCHANGE_COMMAND_PORT']} " in conf
+
+
+def test_services_start_after_what_they_need(services):
+    def needs(name: str) -> dict:
+        return services[name].get("depends_on", {})
+
+    assert needs("migrate")["postgres"]["condition"] == "service_healthy"
+    for name in ("command", "relay", "query-1", "query-2"):
+        assert needs(name)["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("query-1", "query-2"):
+        assert needs(name)["redis"]["condition"] == "service_healthy"
+    assert {"command", "query-1", "query-2"} <= set(needs("gateway"))
+    for name in ("kafka", "postgres", "redis", "nats", "gateway"):
+        assert "healthcheck" in services[name], name
+        assert services[name]["restart"] == "unless-stopped"
+
+
+def test_kafka_is_apache_kafka_in_kraft_mode(services):
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "KAFKA_CONTROLLER_QUORUM_VOTERS" in env and "CONTROLLER" in env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert "ZOOKEEPER" not in " ".join(env)
+    assert len(str(env["CLUSTER_ID"])) == 22  # a base64 UUID, as kafka-storage format requires
+    # The events topic is created explicitly with the partitions the code expects.
+    from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
+
+    init = services["kafka-init"]["command"]
+    assert f"--topic {EVENTS_TOPIC}" in init and f"--partitions {EVENTS_TOPIC_PARTITIONS}" in init
+
+
+def _routes(conf: str) -> dict[str, str]:
+    """location -> what answers it (the proxy_pass target's upstream and path, or `return CODE`)."""
+    routes = {}
+    for m in re.finditer(r"location\s+(=\s+)?(\S+)\s*\{(.*?)\}", conf, re.S):
+        exact, path, body = m.group(1), m.group(2), m.group(3)
+        proxied = re.search(r"proxy_pass\s+http://([^;\s]+);", body)
+        returned = re.search(r"return\s+(\d+)", body)
+        routes[("= " if exact else "") + path] = proxied.group(1) if proxied else f"return {returned.group(1)}"
+    return routes
+
+
+def test_compose_gateway_routes_the_same_paths_as_the_local_one(tmp_path):
+    compose_conf = (REPO / "ops" / "nginx.compose.conf").read_text()
+    local_conf = gateway.write_local_conf(tmp_path, listen_port=3000, command_ports=[8001], query_ports=[8002, 8003]).read_text()
+    assert compose_conf == gateway.render_compose_conf(), "ops/nginx.compose.conf is stale: python -m ops.gateway compose"
+    routes = _routes(compose_conf)
+    assert routes == _routes(local_conf)
+    assert routes["= /orders"] == routes["/orders/"] == routes["/admin/"] == routes["= /ws"] == "command"
+    assert routes["= /metrics"] == "command/metrics"
+    assert routes["/market/"] == routes["= /stream"] == "query"
+    assert routes["= /healthz"] == "query/healthz/system"
+
+
+def test_gateway_service_uses_the_rendered_config(services):
+    gw = services["gateway"]
+    assert gw["image"].startswith("nginx")
+    assert "3000:3000" in [str(p) for p in gw["ports"]]
+    assert any(v.startswith("./ops/nginx.compose.conf:/etc/nginx/nginx.conf") for v in gw["volumes"])
+
+
+def test_dockerfile_builds_the_python_services():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert "pip install" in text
