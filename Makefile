@@ -23,8 +23,15 @@ help:
 	@echo "make install       .venv + apt packages           make venv           .venv only"
 
 # Rebuilt when missing or when pyproject.toml is newer than the stamp.
+# Debian's own python3 needs python3-venv for `-m venv` (ensurepip): installed here when missing.
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if ! $(PY) -m pip --version >/dev/null 2>&1; then \
+		rm -rf $(VENV); \
+		$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+			echo "python3 -m venv failed: installing python3-venv"; rm -rf $(VENV); \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && \
+			$(PYTHON) -m venv $(VENV); }; \
+	fi
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
