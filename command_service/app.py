@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from command_service.auth import Authenticator, RateLimiter
 from command_service.edge import EdgeError, decode_cancel_all, decode_order_request, spec_for, validation_error
 from command_service.settlement import settle
-from command_service.journal import Journal
+from command_service.journal import Journal, NoResetConnection
 from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
 from command_service.order_entry import OrderEntry
@@ -256,7 +256,7 @@ async def _connect_pool(settings: Settings) -> asyncpg.Pool:
     # Start even when PostgreSQL is not up yet: the sequencers keep retrying recovery and
     # answer 503 meanwhile. The pool itself connects lazily (min_size=0).
     return await asyncpg.create_pool(settings.pg_dsn, min_size=0, max_size=settings.pg_pool_size,
-                                     command_timeout=10)
+                                     command_timeout=10, connection_class=NoResetConnection)
 
 
 async def _probe_kafka(st, bootstrap: str) -> None:

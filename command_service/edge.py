@@ -159,12 +159,6 @@ def request_hash(cmd: PlaceOrder, client_order_id: str | None) -> bytes:
 # ------------------------------------------------------------------------ views
 
 
-def _dec(spec: InstrumentSpec, ticks: int | None, lots: bool = False):
-    if ticks is None:
-        return None
-    return spec.lots_to_quantity(ticks) if lots else spec.ticks_to_price(ticks)
-
-
 def average_price(spec: InstrumentSpec, cost: int | Decimal, filled: int) -> Decimal | None:
     """cost = sum(price_ticks * qty_lots); average price = cost * tick / filled. A ratio may
     not terminate: it is rounded to 1/10,000 of a tick (a shown figure, not a balance)."""
@@ -174,35 +168,36 @@ def average_price(spec: InstrumentSpec, cost: int | Decimal, filled: int) -> Dec
     return plain(value.quantize(spec.tick_size / 10_000))
 
 
+def _v(x):
+    return x.value if hasattr(x, "value") else x
+
+
 def order_view(o, spec: InstrumentSpec) -> dict:
     """OrderState (engine) or an `orders` row (asyncpg Record) -> API order."""
     get = o.__getitem__ if not isinstance(o, OrderState) else o.__getattribute__
-    status = get("status")
-    status = status.value if hasattr(status, "value") else status
-    side = get("side")
-    otype = get("order_type")
-    tif = get("tif")
+    price_json, qty_json = spec.price_json, spec.quantity_json
+    price, quantity, filled = get("price"), get("quantity"), get("filled_quantity")
     view = {
         "order_id": get("order_id"),
         "client_id": get("client_id"),
         "instrument": get("instrument"),
-        "side": side.value if hasattr(side, "value") else side,
-        "type": otype.value if hasattr(otype, "value") else otype,
-        "price": _dec(spec, get("price")),
-        "quantity": spec.lots_to_quantity(get("quantity")),
-        "filled_quantity": spec.lots_to_quantity(get("filled_quantity")),
-        "remaining_quantity": spec.lots_to_quantity(get("quantity") - get("filled_quantity")),
-        "status": status,
-        "time_in_force": tif.value if hasattr(tif, "value") else tif,
+        "side": _v(get("side")),
+        "type": _v(get("order_type")),
+        "price": price_json(price) if price is not None else None,
+        "quantity": qty_json(quantity),
+        "filled_quantity": qty_json(filled),
+        "remaining_quantity": qty_json(quantity - filled),
+        "status": _v(get("status")),
+        "time_in_force": _v(get("tif")),
         "post_only": get("post_only"),
-        "average_price": average_price(spec, get("cost"), get("filled_quantity")),
+        "average_price": average_price(spec, get("cost"), filled),
         "created_at": iso_ms(get("created_ts")),
         "updated_at": iso_ms(get("updated_ts")),
     }
     if get("reject_reason"):
         view["reject_reason"] = get("reject_reason")
     if get("stop_price") is not None:
-        view["stop_price"] = spec.ticks_to_price(get("stop_price"))
+        view["stop_price"] = price_json(get("stop_price"))
     return view
 
 
@@ -213,8 +208,8 @@ def trade_view(t: TradeExecuted, spec: InstrumentSpec) -> dict:
         "buy_order_id": buy,
         "sell_order_id": sell,
         "instrument": t.instrument,
-        "price": spec.ticks_to_price(t.price),
-        "quantity": spec.lots_to_quantity(t.quantity),
+        "price": spec.price_json(t.price),
+        "quantity": spec.quantity_json(t.quantity),
         "taker_side": t.taker_side.value,
         "timestamp": iso_ms(t.ts),
         "seq": t.seq,
@@ -223,16 +218,13 @@ def trade_view(t: TradeExecuted, spec: InstrumentSpec) -> dict:
 
 def book_view(book, spec: InstrumentSpec, levels: int) -> dict:
     bids, asks = book.l2(levels)
+    price_json, qty_json = spec.price_json, spec.quantity_json
 
     def side(rows):
         out, cum = [], 0
         for price, qty in rows:
             cum += qty
-            out.append({
-                "price": spec.ticks_to_price(price),
-                "quantity": spec.lots_to_quantity(qty),
-                "cumulative": spec.lots_to_quantity(cum),
-            })
+            out.append({"price": price_json(price), "quantity": qty_json(qty), "cumulative": qty_json(cum)})
         return out
 
     return {"instrument": spec.symbol, "bids": side(bids), "asks": side(asks), "seq": book.seq}

@@ -108,31 +108,43 @@ class OrderEntry:
     # ------------------------------------------------------------------ cancel
     async def cancel(self, principal: Principal, order_id: str) -> Reply:
         seq, state = self._find_resting(order_id)
-        if state is None:
-            return await self._explain_not_resting(principal, order_id)
-        if not principal.may_act_for(state.client_id):
+        if state is not None:
+            owner = state.client_id
+        else:
+            # Not in any book: unknown, closed, or closed by a batch still committing (the
+            # engine runs ahead of the database). The cancel then goes through the
+            # sequencer anyway: it runs after that batch has committed, so the row we
+            # re-read below is the truth.
+            row = await self._order_row(principal, order_id)
+            if row["status"] in CLOSED:
+                raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
+            seq, owner = self.sequencers.get(row["instrument"]), row["client_id"]
+            if seq is None:
+                raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+        if not principal.may_act_for(owner):
             raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
         spec = self.instruments.get(seq.instrument)
 
         def render(result, book):
             if result.code == ResultCode.OK:
                 return 200, json_encoder.encode({"order": order_view(result.orders[0], spec)})
-            return result.code.value, b""  # resolved below against the committed rows
+            return 0, b""
 
-        status, body = await _await(seq.submit(CancelOrder(order_id, state.client_id, seq.instrument, 0), render))
-        if isinstance(status, str):  # filled or cancelled while the request was queued
-            return await self._explain_not_resting(principal, order_id)
-        return status, body, {}
+        status, body = await _await(seq.submit(CancelOrder(order_id, owner, seq.instrument, 0), render))
+        if status:
+            return status, body, {}
+        row = await self._order_row(principal, order_id)
+        if row["status"] in CLOSED:
+            raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
+        raise EdgeError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
 
-    async def _explain_not_resting(self, principal: Principal, order_id: str) -> Reply:
+    async def _order_row(self, principal: Principal, order_id: str):
         row = await self.journal.find_order(order_id)
         if row is None:
             raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
         if not principal.may_act_for(row["client_id"]):
             raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
-        if row["status"] in CLOSED:
-            raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
-        raise EdgeError(503, "unavailable", "the order's instrument is recovering; retry")
+        return row
 
     def _find_resting(self, order_id: str):
         for seq in self.sequencers.values():

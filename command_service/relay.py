@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -77,6 +78,7 @@ class RelaySettings:
     max_batch_bytes: int = 1_000_000  # one record batch; below Kafka's default message.max.bytes
     linger_ms: int = 5  # after a wake-up, wait this long so one round carries more commits
     poll_ms: int = 200  # fallback when no NOTIFY arrives
+    topic_check_ms: int = 1000  # how often the leader checks the topic still exists
     send_timeout_ms: int = 10_000  # a round not acknowledged by then counts as failed
     backoff_min_ms: int = 100
     backoff_max_ms: int = 5_000
@@ -98,6 +100,7 @@ class RelaySettings:
             max_batch_bytes=_env_int("EXCHANGE_RELAY_MAX_BATCH_BYTES", d.max_batch_bytes),
             linger_ms=_env_int("EXCHANGE_RELAY_LINGER_MS", d.linger_ms),
             poll_ms=_env_int("EXCHANGE_RELAY_POLL_MS", d.poll_ms),
+            topic_check_ms=_env_int("EXCHANGE_RELAY_TOPIC_CHECK_MS", d.topic_check_ms),
             send_timeout_ms=_env_int("EXCHANGE_RELAY_SEND_TIMEOUT_MS", d.send_timeout_ms),
             backoff_min_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MIN_MS", d.backoff_min_ms),
             backoff_max_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MAX_MS", d.backoff_max_ms),
@@ -266,7 +269,8 @@ class Relay:
         self._cursors: dict[str, int] = {}
         self._partition_of: dict[tuple[str, int], int] = {}
         self._gap_logged: dict[str, float] = {}
-        self._last_kafka_check = 0.0
+        self._last_topic_check = 0.0
+        self._last_offset: dict[int, int] = {}  # partition -> last offset we got acked
         self._backoff = settings.backoff_min_ms / 1000
         self.last_lag: dict = {}
 
@@ -373,6 +377,7 @@ class Relay:
         }
         self._instruments = {r["instrument"] for r in await data_conn.fetch(DISCOVER_SQL)}
         producer: AIOKafkaProducer | None = None
+        last_housekeeping = time.monotonic()
         try:
             backlog = True  # read at once after taking over
             while True:
@@ -383,17 +388,24 @@ class Relay:
                     if producer is None:
                         await self._sleep_backoff()
                         continue
+                now = time.monotonic()
+                if now - self._last_topic_check >= self.s.topic_check_ms / 1000:
+                    # Busy or idle: under steady load the relay is never idle, and a broker
+                    # that restarted empty still acknowledges sends to the vanished topic.
+                    if not await self._check_topic(producer):
+                        await self._drop_producer(producer)
+                        producer = None
+                        backlog = True
+                        await self._sleep_backoff()
+                        continue
+                if now - last_housekeeping >= self.s.poll_ms / 1000:
+                    last_housekeeping = now
+                    await lock_conn.fetchval("SELECT 1")  # is our session (and lock) alive?
+                    await self._discover(data_conn)  # instruments that were never notified
                 if not backlog:
-                    woke = await self._wait_for_work()
-                    if not woke:
-                        # Poll fallback: cheap housekeeping while idle.
-                        await lock_conn.fetchval("SELECT 1")  # still our session?
-                        await self._discover(data_conn)
-                        if not await self._check_topic(producer):
-                            await self._drop_producer(producer)
-                            producer = None
-                            continue
-                    elif self.s.linger_ms > 0:
+                    # Poll fallback on timeout: read anyway, a notification may be missed
+                    # (e.g. a writer that does not notify).
+                    if await self._wait_for_work() and self.s.linger_ms > 0:
                         await asyncio.sleep(self.s.linger_ms / 1000)
                 self._wake.clear()
                 if self._notified:
@@ -478,17 +490,33 @@ class Relay:
                     backlog = backlog or more
                     batch.close()
                     partition = self._partition(key, name, partitions)
+                    # Checked right before the call, with no await in between: send_batch
+                    # asks for metadata naming the topic if it does not know it, and on
+                    # this broker that auto-creates it with 4 partitions.
+                    if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
+                        raise KafkaRoundError(f"topic {self.s.topic} vanished from metadata")
                     fut = await producer.send_batch(batch, self.s.topic, partition=partition)
-                    sends.append((name, last, count, fut))
-                results = await asyncio.gather(*(s[3] for s in sends), return_exceptions=True)
+                    sends.append((name, last, count, partition, fut))
+                results = await asyncio.gather(*(s[4] for s in sends), return_exceptions=True)
+        except KafkaRoundError:
+            raise
         except Exception as exc:  # incl. TimeoutError, KafkaError, AssertionError (partition)
             raise KafkaRoundError(repr(exc)) from exc
 
         advanced_names, advanced_seqs, published, failures = [], [], 0, []
-        for (name, last, count, _), result in zip(sends, results):
+        for (name, last, count, partition, _), result in zip(sends, results):
             if isinstance(result, BaseException):
                 failures.append(f"{name}: {result!r}")
                 continue
+            # Offsets in a partition only grow. One that went back means the broker lost
+            # its log (the memory broker restarted): the batch may sit in a topic that no
+            # longer exists, so it counts as not delivered, and the topic is recreated.
+            prev = self._last_offset.get(partition)
+            if prev is not None and result.offset <= prev:
+                self._last_offset.clear()
+                failures.append(f"{name}: partition {partition} offset went back {prev} -> {result.offset}")
+                continue
+            self._last_offset[partition] = result.offset + count - 1
             self._cursors[name] = last
             advanced_names.append(name)
             advanced_seqs.append(last)
@@ -503,7 +531,6 @@ class Relay:
             raise KafkaRoundError("; ".join(failures))
         self.kafka_ok = True
         self.metrics.kafka_up.set(1)
-        self._last_kafka_check = time.monotonic()
         self._reset_backoff()
         return backlog
 
@@ -554,11 +581,18 @@ class Relay:
                 retry_backoff_ms=100,
             )
             await asyncio.wait_for(producer.start(), self.s.send_timeout_ms / 1000)
-            # Only now name the topic in a metadata request: it exists, nothing is auto-created.
-            await asyncio.wait_for(producer.partitions_for(self.s.topic), self.s.send_timeout_ms / 1000)
+            # The producer must learn the topic from metadata of ALL topics (its bootstrap,
+            # or a refresh while it tracks no topic): if it ever asked for this topic by
+            # name it would keep doing so on every refresh, and after a broker restart that
+            # request would auto-create the topic with the wrong partition count.
+            if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
+                await asyncio.wait_for(producer.client.force_metadata_update(), self.s.send_timeout_ms / 1000)
+            if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
+                raise KafkaRoundError(f"topic {self.s.topic} not in metadata after create")
+            self._last_offset.clear()  # a new producer may talk to a new broker incarnation
             self.kafka_ok = True
             self.metrics.kafka_up.set(1)
-            self._last_kafka_check = time.monotonic()
+            self._last_topic_check = time.monotonic()
             log.info("relay %s producer ready (%s, topic %s, %d partitions)",
                      self.s.name, self.s.kafka_bootstrap, self.s.topic, count)
             return producer
@@ -578,13 +612,11 @@ class Relay:
             await asyncio.wait_for(producer.stop(), 2)
 
     async def _check_topic(self, producer: AIOKafkaProducer) -> bool:
-        """While idle, about once a second: is the broker there and does the topic still
-        exist? A memory broker that restarted is empty; recreate the topic before the
-        producer's next send names it (which would auto-create it with 4 partitions)."""
-        now = time.monotonic()
-        if now - self._last_kafka_check < 1.0:
-            return True
-        self._last_kafka_check = now
+        """Is the broker there and does the topic still exist (metadata of all topics,
+        which names no topic and so creates none)? A memory broker that restarted is empty
+        and still acknowledges sends to the vanished topic; False makes the caller drop the
+        producer, and the next one recreates the topic with the right partition count."""
+        self._last_topic_check = time.monotonic()
         try:
             metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 5)
             partitions = metadata.partitions_for_topic(self.s.topic)
@@ -626,10 +658,11 @@ class Relay:
             checks["postgres"] = "healthy"
         except Exception:
             pass
+        # The leader's own view (last round / metadata check) can be up to one send timeout
+        # old while a round hangs on a dead broker, so it also needs the broker to answer now.
+        kafka = await _tcp_probe(self.s.kafka_bootstrap)
         if self.role == "leader":
-            kafka = self.kafka_ok
-        else:
-            kafka = await _tcp_probe(self.s.kafka_bootstrap)
+            kafka = kafka and self.kafka_ok
         checks["kafka"] = "healthy" if kafka else "unhealthy"
         ok = all(v == "healthy" for v in checks.values())
         body = {
@@ -644,7 +677,7 @@ class Relay:
 
 
 async def _tcp_probe(bootstrap: str) -> bool:
-    """A standby has no producer; it only checks that the first broker accepts connections."""
+    """Does the first bootstrap broker accept connections (a standby has no producer)?"""
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     try:
         _r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
@@ -683,6 +716,16 @@ def main() -> None:
     async def runner() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+
+        def on_loop_error(loop, context) -> None:
+            # A producer dropped mid-request leaves futures nobody reads; the relay has
+            # already counted and logged that failure.
+            if isinstance(context.get("exception"), KafkaError):
+                log.debug("aiokafka: %s", context.get("exception"))
+                return
+            loop.default_exception_handler(context)
+
+        loop.set_exception_handler(on_loop_error)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):

@@ -6,7 +6,9 @@ idempotency rows in ONE statement, and only then resolves the callers. So a succ
 never sent for something that is not durable, batches grow with load and stay size 1
 when idle.
 
-Exclusivity: a PostgreSQL advisory lock per instrument, held on a dedicated connection.
+Exclusivity: a PostgreSQL advisory lock per instrument, held on a dedicated connection
+that is also the one every batch is written on (so a write can only succeed while the
+lock is held by the very session that writes).
 If that connection dies the lock is gone, so we stop accepting until we hold it again and
 have rebuilt the book from the database (another writer may have written meanwhile). The
 (instrument, seq) primary key catches the remaining window: a second writer's batch
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import asyncpg
 import msgspec
 
-from command_service.journal import Batch, Journal
+from command_service.journal import Batch, Journal, NoResetConnection
 from contracts.messages import decode_event
 from engine import OrderBook
 
@@ -173,7 +175,7 @@ class Sequencer:
         if batch.events or batch.idempotency:
             t0 = time.perf_counter()
             try:
-                await self.journal.append(batch)
+                await self.journal.append(batch, self._lock_conn)
             except Exception as exc:
                 # The engine ran ahead of the database: it must be rebuilt from what was
                 # committed before anything else is accepted. Callers get 503, never a
@@ -240,7 +242,7 @@ class Sequencer:
                     conn.terminate()
                 except Exception:
                     pass
-        conn = await asyncpg.connect(self.dsn)
+        conn = await asyncpg.connect(self.dsn, connection_class=NoResetConnection)
         got = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, self.instrument)
         if not got:
             await conn.close()

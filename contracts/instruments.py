@@ -50,9 +50,40 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
     def lots_to_quantity(self, lots: int) -> Decimal:
         return plain(self.lot_size * lots)
 
+    # -- JSON numbers straight from integers (hot path of every response): exact, no Decimal
+    def price_json(self, ticks: int) -> msgspec.Raw:
+        return msgspec.Raw(_format_units(ticks, self.tick_size))
+
+    def quantity_json(self, lots: int) -> msgspec.Raw:
+        return msgspec.Raw(_format_units(lots, self.lot_size))
+
     def notional(self, ticks_times_lots: int) -> Decimal:
         """A sum of price*quantity products (ticks*lots) as an exact quote amount."""
         return plain(self.tick_size * self.lot_size * ticks_times_lots)
+
+
+_UNIT_CACHE: dict[Decimal, tuple[int, int]] = {}
+
+
+def _format_units(n: int, unit: Decimal) -> bytes:
+    """n * unit as a plain JSON number (no exponent, no trailing zeros), by integer math."""
+    spec = _UNIT_CACHE.get(unit)
+    if spec is None:
+        sign, digits, exponent = unit.normalize().as_tuple()
+        mantissa = int("".join(map(str, digits)))
+        if exponent >= 0:
+            mantissa *= 10**exponent
+            exponent = 0
+        spec = _UNIT_CACHE[unit] = (mantissa, -exponent)
+    mantissa, places = spec
+    v = n * mantissa
+    if places == 0:
+        return str(v).encode()
+    neg = v < 0
+    text = str(-v if neg else v).rjust(places + 1, "0")
+    whole, frac = text[:-places], text[-places:].rstrip("0")
+    out = f"{whole}.{frac}" if frac else whole
+    return ("-" + out if neg else out).encode()
 
 
 def plain(value: Decimal) -> Decimal:
