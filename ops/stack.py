@@ -837,7 +837,8 @@ def spawn(
     """Start a service as a subprocess: name is command|relay|query-1|query-2 (or a module path).
 
     env defaults to service_env(profile); query-N gets its own EXCHANGE_QUERY_PORT; extra_env wins.
-    Output goes to log_path (default STATE/logs/<name>.log). Stop it with stop_process(proc).
+    Output goes to log_path (default STATE/logs/<name>.log); its pid goes to STATE/run/<name>.pid so
+    `down` stops it if the caller does not. Stop it with stop_process(proc).
     """
     cfg = _cfg(profile)
     full = dict(env) if env is not None else service_env(cfg)
@@ -845,7 +846,12 @@ def spawn(
     full.update(extra_env or {})
     full.setdefault("PYTHONUNBUFFERED", "1")
     cfg.logs.mkdir(parents=True, exist_ok=True)
-    return _popen(service_argv(name), log_path or cfg.log_path(name), env=full, cwd=REPO, new_session=new_session)
+    proc = _popen(service_argv(name), log_path or cfg.log_path(name), env=full, cwd=REPO, new_session=new_session)
+    if name in SERVICES:
+        # So `down` (make test's cleanup) stops a service a test forgot or could not stop.
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.pid_path(name).write_text(f"{proc.pid}\n")
+    return proc
 
 
 def _gateway_argv(cfg: StackConfig) -> list[str]:
@@ -1220,11 +1226,18 @@ def cmd_with_servers(cfg: StackConfig, command: list[str], fresh: bool = False) 
     return rc if rc != 0 else down_rc
 
 
+def _marker(name: str) -> str:
+    return "nginx" if name == "gateway" else SERVICE_MODULES[name]
+
+
 def cmd_down(cfg: StackConfig) -> int:
     say = _say_factory(cfg if cfg.state_dir.exists() else None)
     stopped: list[str] = []
     sup = _pid_if_ours(cfg.pid_path("supervisor"), "stack")
     if sup:
+        # What it runs now, to check their ports afterwards (it stops them itself, in its order).
+        stopped += [n for n in ("gateway", *SERVICES) if _pid_if_ours(cfg.pid_path(n), _marker(n))]
+        stopped += [n for n in SERVERS if server_pid(cfg, n)]
         say(f"supervisor (pid {sup}): asking it to stop everything")
         os.kill(sup, signal.SIGTERM)
         deadline = time.monotonic() + 90
@@ -1235,8 +1248,7 @@ def cmd_down(cfg: StackConfig) -> int:
             stop_process(sup, 1)
         cfg.pid_path("supervisor").unlink(missing_ok=True)
     for name in ("gateway", "command", "relay", "query-1", "query-2"):
-        marker = "nginx" if name == "gateway" else SERVICE_MODULES[name]
-        pid = _pid_if_ours(cfg.pid_path(name), marker)
+        pid = _pid_if_ours(cfg.pid_path(name), _marker(name))
         if pid:
             stop_process(pid)
             say(f"{name}: stopped (pid {pid})")
@@ -1245,6 +1257,7 @@ def cmd_down(cfg: StackConfig) -> int:
     for name in reversed(SERVERS):
         if stop_server(cfg, name, say):
             stopped.append(name)
+    stopped = list(dict.fromkeys(stopped))
     busy = _wait_ports_free(cfg, stopped)
     if busy:
         say("FAILED: still in use after stopping: " + ", ".join(busy))
@@ -1281,8 +1294,7 @@ def cmd_status(cfgs: list[StackConfig]) -> int:
                 state = "down"
             print(f"  {name:<11} {'pid ' + str(pid) if pid else '-':<12} {cfg.host}:{port:<6} {state}")
         for name in ("gateway", *SERVICES):
-            marker = "nginx" if name == "gateway" else SERVICE_MODULES[name]
-            pid = _pid_if_ours(cfg.pid_path(name), marker)
+            pid = _pid_if_ours(cfg.pid_path(name), _marker(name))
             port = cfg.service_port(name)
             listening = port_open(port, cfg.host)
             state = ("listening" if listening else "not listening") if pid else (
