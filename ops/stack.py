@@ -354,6 +354,11 @@ def _last_run_output(path: Path, lines: int = 6) -> str:
 
 def _open_log(path: Path, title: str):
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.stat().st_size > 50 * 1024 * 1024:  # logs are appended across runs: keep one old copy
+            path.replace(path.with_name(path.name + ".1"))
+    except OSError:
+        pass
     log = open(path, "ab", buffering=0)
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {title} ===\n".encode())
     return log
@@ -1008,6 +1013,12 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         self.cfg.pid_path("supervisor").write_text(f"{os.getpid()}\n")
+        for c in self.children:
+            # Left by an earlier supervisor that was killed: it would hold the port the new one needs.
+            pid = _pid_if_ours(self.cfg.pid_path(c.name), _marker(c.name))
+            if pid:
+                self.say(f"{c.name}: pid {pid} left running by an earlier run; stopping it first")
+                stop_process(pid, 10)
         try:
             for c in self.children:
                 if not self.stopping:
