@@ -2,7 +2,8 @@
 """Start, supervise and stop the local exchange stack.
 
     ops/stack.py install                          apt packages for PostgreSQL, Redis, NATS, nginx
-    ops/stack.py up --profile run|test [--servers-only]
+    ops/stack.py up --profile run|test [--servers-only] [--fresh]
+    ops/stack.py with-servers --profile test [--fresh] -- CMD ...   (make test: up, CMD, down always)
     ops/stack.py down --profile run|test
     ops/stack.py env --profile run|test           `export EXCHANGE_...=...` lines
     ops/stack.py status [--profile run|test]
@@ -12,8 +13,8 @@ Every process is our own: started on 127.0.0.1 with its data, logs and pid file 
 folder per profile and checkout (/var/tmp/exchange-<profile>-<hash of the repo path>, linked from
 .state/<profile>), and stopped by its pid (PostgreSQL by pg_ctl) - never by process name.
 
-Importable for tests: config(), service_env(), spawn(), stop_process(), start_gateway(),
-stop_gateway(), start_server(), stop_server(), ensure_servers(), ensure_topic(), wait_port().
+Importable for tests: config(), exchange_env(), service_env(), spawn(), stop_process(), start_gateway(),
+stop_gateway(), start_server(), stop_server(), server_pid(), ensure_servers(), ensure_topic(), wait_port().
 """
 
 from __future__ import annotations
