@@ -527,7 +527,8 @@ def _answers(cfg: StackConfig, name: str) -> bool:
     port = cfg.server_port(name)
     if name == "postgres":
         isready = pg_bin() / "pg_isready"  # type: ignore[operator]
-        r = subprocess.run([str(isready), "-q", "-h", cfg.host, "-p", str(port), "-t", "2"], timeout=10)
+        r = subprocess.run([str(isready), "-q", "-h", cfg.host, "-p", str(port), "-U", "postgres", "-d", "postgres",
+                            "-t", "2"], timeout=10)
         return r.returncode == 0
     try:
         with socket.create_connection((cfg.host, port), timeout=1.0) as s:
@@ -666,9 +667,15 @@ def start_server(cfg: StackConfig | str, name: str, say: Callable[[str], None] =
         raise StackError(f"{name}: our process (pid {pid}) is running but does not answer on {cfg.host}:{port}; "
                          f"see {log}:\n{_tail(log)}\nStop it with `ops/stack.py down --profile {cfg.profile}`.")
     stale = _read_pid(cfg.pid_path(name))
-    if stale is not None and name != "postgres":
+    if stale is not None:
         say(f"{name}: pid file names pid {stale}, which is not running (stale); starting a new one")
-        cfg.pid_path(name).unlink(missing_ok=True)
+        if name != "postgres":
+            cfg.pid_path(name).unlink(missing_ok=True)
+        elif not _pg_processes_alive(cfg):
+            # postgres replaces a stale postmaster.pid itself, unless its pid is an unreaped zombie
+            # (kill(pid, 0) succeeds on one, and PID 1 here reaps nothing): remove it once no
+            # process of that cluster is left (they all run with the data folder as cwd).
+            cfg.pid_path(name).unlink(missing_ok=True)
     _check_port_free(cfg, name, port, f"EXCHANGE_{SERVER_PORT_KEY[name].upper()}_PORT")
     t0 = time.monotonic()
     proc = _launch_server(cfg, name)
@@ -681,6 +688,18 @@ def start_server(cfg: StackConfig | str, name: str, say: Callable[[str], None] =
     pid = server_pid(cfg, name)
     say(f"{name}: started (pid {pid}) on {cfg.host}:{port} in {time.monotonic() - t0:.2f}s; log {log}")
     return "started"
+
+
+def _pg_processes_alive(cfg: StackConfig) -> bool:
+    data = str(cfg.pg_data.resolve())
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd") == data and _alive(int(proc.name)):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _wait_answer(cfg: StackConfig, name: str, proc: subprocess.Popen | None, timeout: float) -> bool:
@@ -1032,6 +1051,7 @@ class Supervisor:
                 for c in self.children:
                     self._check_child(c, now)
                 self._check_servers(now)
+                _reap_zombie_children()
                 time.sleep(0.2)
         finally:
             self.shutdown()
@@ -1153,6 +1173,24 @@ def _become_subreaper() -> None:
         pass
 
 
+def _reap_zombie_children(exclude: int = 0) -> None:
+    """Reap our dead children one by one (never waitpid(-1): it would steal a Popen's exit code)."""
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == exclude:
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == me:
+            pid = int(proc.name)
+            if pid in _CHILDREN:
+                _CHILDREN[pid].poll()
+            else:
+                _reap(pid)
+
+
 def _reap_all() -> None:
     # Only once every Popen of ours is finished: waitpid(-1) would steal their exit codes otherwise.
     while True:
@@ -1225,7 +1263,14 @@ def cmd_with_servers(cfg: StackConfig, command: list[str], fresh: bool = False) 
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
             child = subprocess.Popen(command, env=service_env(cfg), cwd=REPO)
-            rc = child.wait()
+            while True:
+                try:
+                    rc = child.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    # A server a test killed is re-parented to us (subreaper): reap it, so its pid
+                    # (and a postmaster.pid naming it) stops looking alive.
+                    _reap_zombie_children(exclude=child.pid)
             if rc == 5 and any("pytest" in part for part in command[:3]):
                 say("pytest collected no tests (exit code 5): counted as a failure")
     except KeyboardInterrupt:
