@@ -1,0 +1,1008 @@
+"""The order book of one instrument: price-time priority matching on integer ticks/lots.
+
+Pure and deterministic: no I/O, no clock, no randomness. A command goes in, a Result with
+the events (gap-free per-instrument seq) and the touched orders' states comes out.
+Rejections are values (Result codes / OrderRejected events), never exceptions.
+
+Layout:
+- two BookSides (bids keyed by price, asks by -price; best key last in a sorted list)
+  of FIFO Levels (deque with lazily dropped dead entries);
+- `_orders`: order id -> Order for every resting order and pending stop;
+- `_clients`: client id -> {order id -> Order} (cancel-all, open_orders);
+- `_stops` plus two sorted lists of (stop_price, accept_seq, order_id) for triggering.
+
+Hot paths are written out with locals and positional struct construction on purpose;
+the enum members are bound to module globals because `Side.BUY` costs ~80 ns per lookup.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import deque
+from typing import Iterator, Optional
+
+import msgspec
+
+from contracts.enums import (
+    CancelReason,
+    OrderStatus,
+    OrderType,
+    RejectReason,
+    ResultCode,
+    Side,
+    StpMode,
+    TimeInForce,
+)
+from contracts.messages import (
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderRejected,
+    OrderState,
+    OrderTriggered,
+    PlaceOrder,
+    Result,
+    TradeExecuted,
+)
+from engine.orders import BookSide, Level, Order
+
+BUY = Side.BUY
+SELL = Side.SELL
+LIMIT = OrderType.LIMIT
+MARKET = OrderType.MARKET
+STOP_LIMIT = OrderType.STOP_LIMIT
+STOP_MARKET = OrderType.STOP_MARKET
+GTC = TimeInForce.GTC
+IOC = TimeInForce.IOC
+FOK = TimeInForce.FOK
+PENDING = OrderStatus.PENDING
+OPEN = OrderStatus.OPEN
+PARTIALLY_FILLED = OrderStatus.PARTIALLY_FILLED
+FILLED = OrderStatus.FILLED
+CANCELLED = OrderStatus.CANCELLED
+REJECTED = OrderStatus.REJECTED
+CANCEL_NEWEST = StpMode.CANCEL_NEWEST
+CANCEL_OLDEST = StpMode.CANCEL_OLDEST
+CANCEL_BOTH = StpMode.CANCEL_BOTH
+R_FOK = RejectReason.FOK_UNFILLABLE
+R_POST_ONLY = RejectReason.POST_ONLY_WOULD_CROSS
+R_INVALID = RejectReason.INVALID_ORDER
+C_USER = CancelReason.USER
+C_CANCEL_ALL = CancelReason.CANCEL_ALL
+C_IOC = CancelReason.IOC_REMAINDER
+C_MARKET = CancelReason.MARKET_REMAINDER
+C_SELF_TRADE = CancelReason.SELF_TRADE
+OK = ResultCode.OK
+RC_REJECTED = ResultCode.REJECTED
+UNKNOWN_ORDER = ResultCode.UNKNOWN_ORDER
+NOT_OWNER = ResultCode.NOT_OWNER
+DUPLICATE_ORDER_ID = ResultCode.DUPLICATE_ORDER_ID
+INVALID_AMEND = ResultCode.INVALID_AMEND
+AMEND_WOULD_CROSS = ResultCode.AMEND_WOULD_CROSS
+
+# Membership by identity: a plain "GTC" string equals TimeInForce.GTC but would fail the
+# `is` checks the hot paths use, so it must be rejected as invalid here.
+_STP_MEMBERS = frozenset(id(m) for m in StpMode)
+
+MAX_VALUE = (1 << 62) - 1
+"""Largest price / stop price / quantity the engine accepts (keeps every key a small int)."""
+NO_LIMIT = -(1 << 63)
+"""The 'limit key' of a market order: every level key is >= it."""
+
+SNAPSHOT_VERSION = 1
+
+# A dead level entry is dropped when it reaches the head; a level is compacted when its dead
+# entries exceed both its live ones and this floor (amortised O(1) per cancel).
+_COMPACT_FLOOR = 16
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    version: int
+    instrument: str
+    seq: int
+    last_price: Optional[int]
+    bids: list[Order]  # best level first, FIFO within a level
+    asks: list[Order]
+    stops: list[Order]  # pending stops in acceptance order
+
+
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+def _state(o: Order, instrument: str) -> OrderState:
+    status = o.status
+    if status is OPEN and o.filled:
+        status = PARTIALLY_FILLED
+    return OrderState(
+        o.order_id,
+        o.client_id,
+        instrument,
+        o.side,
+        o.order_type,
+        o.price,
+        o.quantity,
+        o.filled,
+        status,
+        o.tif,
+        o.post_only,
+        o.created_ts,
+        o.updated_ts,
+        o.reject_reason,
+        o.stop_price,
+        o.cost,
+    )
+
+
+class OrderBook:
+    __slots__ = (
+        "instrument",
+        "seq",
+        "last_price",
+        "_orders",
+        "_bids",
+        "_asks",
+        "_clients",
+        "_stops",
+        "_buy_stops",
+        "_sell_stops",
+    )
+
+    def __init__(self, instrument: str):
+        self.instrument = instrument
+        self.seq = 0  # last seq emitted or applied
+        self.last_price: Optional[int] = None  # last trade price: drives the stops
+        self._orders: dict[str, Order] = {}
+        self._bids = BookSide(1)
+        self._asks = BookSide(-1)
+        self._clients: dict[str, dict[str, Order]] = {}
+        self._stops: dict[str, Order] = {}  # insertion order = acceptance order
+        self._buy_stops: list[tuple[int, int, str]] = []  # (stop_price, accept_seq, id) asc
+        self._sell_stops: list[tuple[int, int, str]] = []
+
+    # ------------------------------------------------------------------ commands
+
+    def execute(self, cmd) -> Result:
+        t = type(cmd)
+        if t is PlaceOrder:
+            return self.place(cmd)
+        if t is CancelOrder:
+            return self.cancel(cmd)
+        if t is AmendOrder:
+            return self.amend(cmd)
+        if t is CancelAll:
+            return self.cancel_all(cmd)
+        raise TypeError(f"not an engine command: {t.__name__}")
+
+    def place(self, cmd: PlaceOrder) -> Result:
+        oid = cmd.order_id
+        if oid in self._orders:
+            return Result(DUPLICATE_ORDER_ID, [], [])
+        otype = cmd.order_type
+        side = cmd.side
+        price = cmd.price
+        qty = cmd.quantity
+        tif = cmd.tif
+        post_only = cmd.post_only
+        stop_price = cmd.stop_price
+
+        # Defensive checks: the command service converts and validates at the edge, but a
+        # malformed command must still become an OrderRejected value, never an exception.
+        if otype is LIMIT:
+            valid = price.__class__ is int and 0 < price <= MAX_VALUE and stop_price is None
+        elif otype is MARKET:
+            valid = price is None and stop_price is None
+        elif otype is STOP_LIMIT:
+            valid = (
+                price.__class__ is int
+                and 0 < price <= MAX_VALUE
+                and stop_price.__class__ is int
+                and 0 < stop_price <= MAX_VALUE
+            )
+        elif otype is STOP_MARKET:
+            valid = price is None and stop_price.__class__ is int and 0 < stop_price <= MAX_VALUE
+        else:
+            valid = False
+        if not (
+            valid
+            and qty.__class__ is int
+            and 0 < qty <= MAX_VALUE
+            and (side is BUY or side is SELL)
+            and (tif is GTC or tif is IOC or tif is FOK)
+            and id(cmd.stp) in _STP_MEMBERS
+            and post_only.__class__ is bool
+            and (not post_only or (otype is LIMIT and tif is GTC))
+            and cmd.instrument == self.instrument
+        ):
+            return self._reject_new(cmd, R_INVALID)
+
+        if otype is LIMIT and post_only:
+            if side is BUY:
+                keys = self._asks.keys
+                if keys and -keys[-1] <= price:
+                    return self._reject_new(cmd, R_POST_ONLY)
+            else:
+                keys = self._bids.keys
+                if keys and keys[-1] >= price:
+                    return self._reject_new(cmd, R_POST_ONLY)
+        elif tif is FOK and (otype is LIMIT or otype is MARKET):
+            if not self._fok_fillable(side, price, qty, cmd.client_id, cmd.stp):
+                return self._reject_new(cmd, R_FOK)
+
+        seq = self.seq + 1
+        self.seq = seq
+        ts = cmd.ts
+        cid = cmd.client_id
+        stp = cmd.stp
+        instrument = self.instrument
+        events = [
+            OrderAccepted(
+                instrument, seq, ts, oid, cid, side, otype, price, qty, tif, post_only, stp, stop_price
+            )
+        ]
+        if stop_price is not None:
+            o = Order(
+                oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, stop_price,
+                ts, ts, seq, seq, 0, PENDING,
+            )
+            self._add_stop(o)
+            touched = {oid: o}
+            # Pending stops never satisfy their condition at rest, so only the new stop can
+            # trigger here (right after its OrderAccepted), and then cascade.
+            if self.last_price is not None:
+                self._run_stops(events, touched, ts)
+            return Result(OK, events, [_state(x, instrument) for x in touched.values()])
+
+        o = Order(
+            oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, None,
+            ts, ts, seq, seq, 0, OPEN,
+        )
+        # Fast path: a GTC limit that does not cross rests directly.
+        if side is BUY:
+            keys = self._asks.keys
+            crosses = keys and (price is None or -keys[-1] <= price)
+        else:
+            keys = self._bids.keys
+            crosses = keys and (price is None or keys[-1] >= price)
+        if not crosses and tif is GTC and price is not None:
+            self._rest(o)
+            return Result(OK, events, [_state(o, instrument)])
+        touched = {oid: o}
+        self._process(o, events, touched, ts)
+        if self._stops and self.last_price is not None:
+            self._run_stops(events, touched, ts)
+        return Result(OK, events, [_state(x, instrument) for x in touched.values()])
+
+    def cancel(self, cmd: CancelOrder) -> Result:
+        o = self._orders.get(cmd.order_id)
+        if o is None or cmd.instrument != self.instrument:
+            return Result(UNKNOWN_ORDER, [], [])
+        if o.client_id != cmd.client_id:
+            return Result(NOT_OWNER, [], [])
+        ts = cmd.ts
+        seq = self.seq + 1
+        self.seq = seq
+        ev = OrderCancelled(
+            self.instrument, seq, ts, o.order_id, o.client_id, C_USER, o.remaining, o.filled
+        )
+        self._close(o, CANCELLED, ts)
+        return Result(OK, [ev], [_state(o, self.instrument)])
+
+    def cancel_all(self, cmd: CancelAll) -> Result:
+        mine = self._clients.get(cmd.client_id)
+        if not mine or cmd.instrument != self.instrument:
+            return Result(OK, [], [])
+        side = cmd.side
+        targets = [o for o in mine.values() if side is None or o.side == side]
+        targets.sort(key=_accept_seq)
+        ts = cmd.ts
+        instrument = self.instrument
+        seq = self.seq
+        events = []
+        for o in targets:
+            seq += 1
+            events.append(
+                OrderCancelled(
+                    instrument, seq, ts, o.order_id, o.client_id, C_CANCEL_ALL, o.remaining, o.filled
+                )
+            )
+            self._close(o, CANCELLED, ts)
+        self.seq = seq
+        return Result(OK, events, [_state(o, instrument) for o in targets])
+
+    def amend(self, cmd: AmendOrder) -> Result:
+        o = self._orders.get(cmd.order_id)
+        if o is None or cmd.instrument != self.instrument:
+            return Result(UNKNOWN_ORDER, [], [])
+        if o.client_id != cmd.client_id:
+            return Result(NOT_OWNER, [], [])
+        if o.status is PENDING:
+            return Result(INVALID_AMEND, [], [])
+        new_qty = o.quantity if cmd.quantity is None else cmd.quantity
+        new_price = o.price if cmd.price is None else cmd.price
+        if (
+            new_qty.__class__ is not int
+            or new_price.__class__ is not int
+            or not 0 < new_price <= MAX_VALUE
+            or new_qty > MAX_VALUE
+            or new_qty <= o.filled
+            or (new_qty == o.quantity and new_price == o.price)
+        ):
+            return Result(INVALID_AMEND, [], [])
+        ts = cmd.ts
+        instrument = self.instrument
+        new_remaining = new_qty - o.filled
+        if new_price == o.price and new_qty < o.quantity:
+            seq = self.seq + 1
+            self.seq = seq
+            ev = OrderAmended(
+                instrument, seq, ts, o.order_id, o.client_id, new_price, new_qty, new_remaining, True
+            )
+            self._level_of(o).qty -= o.remaining - new_remaining
+            o.quantity = new_qty
+            o.remaining = new_remaining
+            o.updated_ts = ts
+            return Result(OK, [ev], [_state(o, instrument)])
+        if o.post_only:
+            if o.side is BUY:
+                keys = self._asks.keys
+                if keys and -keys[-1] <= new_price:
+                    return Result(AMEND_WOULD_CROSS, [], [])
+            else:
+                keys = self._bids.keys
+                if keys and keys[-1] >= new_price:
+                    return Result(AMEND_WOULD_CROSS, [], [])
+        seq = self.seq + 1
+        self.seq = seq
+        events = [
+            OrderAmended(
+                instrument, seq, ts, o.order_id, o.client_id, new_price, new_qty, new_remaining, False
+            )
+        ]
+        # The order loses its place: the old entry is left dead in its level and a fresh
+        # record enters like a newly arriving limit order (it may trade as a taker).
+        self._unrest(o)
+        self._unindex(o)
+        n = Order(
+            o.order_id, o.client_id, o.side, o.order_type, new_price, new_qty, o.filled,
+            new_remaining, o.tif, o.post_only, o.stp, o.stop_price, o.created_ts, ts,
+            o.accept_seq, seq, o.cost, OPEN,
+        )
+        touched = {n.order_id: n}
+        self._process(n, events, touched, ts)
+        if self._stops and self.last_price is not None:
+            self._run_stops(events, touched, ts)
+        return Result(OK, events, [_state(x, instrument) for x in touched.values()])
+
+    # ------------------------------------------------------------------ matching
+
+    def _reject_new(self, cmd: PlaceOrder, reason: RejectReason) -> Result:
+        seq = self.seq + 1
+        self.seq = seq
+        ev = OrderRejected(
+            self.instrument, seq, cmd.ts, cmd.order_id, cmd.client_id, cmd.side,
+            cmd.order_type, cmd.price, cmd.quantity, cmd.tif, reason,
+        )
+        state = OrderState(
+            cmd.order_id, cmd.client_id, self.instrument, cmd.side, cmd.order_type, cmd.price,
+            cmd.quantity, 0, REJECTED, cmd.tif, cmd.post_only, cmd.ts, cmd.ts, reason.value,
+            cmd.stop_price, 0,
+        )
+        return Result(RC_REJECTED, [ev], [state])
+
+    def _fok_fillable(self, side, price, qty, client_id, stp) -> bool:
+        """Walk the opposite side at acceptable prices in priority order, summing other
+        clients' quantity. An own order ends the walk (cancel_newest / cancel_both: the
+        taker would be cancelled there) or is skipped (cancel_oldest: it would be cancelled
+        and matching would go on)."""
+        if side is BUY:
+            opp = self._asks
+            lim = NO_LIMIT if price is None else -price
+        else:
+            opp = self._bids
+            lim = NO_LIMIT if price is None else price
+        keys = opp.keys
+        levels = opp.levels
+        need = qty
+        skip_own = stp is CANCEL_OLDEST
+        for i in range(len(keys) - 1, -1, -1):
+            k = keys[i]
+            if k < lim:
+                return False
+            for m in levels[k].queue:
+                r = m.remaining
+                if not r:
+                    continue
+                if m.client_id == client_id:
+                    if skip_own:
+                        continue
+                    return False
+                need -= r
+                if need <= 0:
+                    return True
+        return False
+
+    def _process(self, o: Order, events: list, touched: dict, ts: int) -> None:
+        """An incoming order (new, triggered or re-priced by an amend): match it, then
+        cancel or rest the remainder."""
+        if o.side is BUY:
+            opp = self._asks
+            lim = NO_LIMIT if o.price is None else -o.price
+        else:
+            opp = self._bids
+            lim = NO_LIMIT if o.price is None else o.price
+        keys = opp.keys
+        if keys and keys[-1] >= lim:
+            if not self._match(o, opp, lim, events, touched, ts):
+                return  # cancelled by self-trade prevention
+        rem = o.remaining
+        if not rem:
+            o.status = FILLED
+            return
+        if o.price is None or o.tif is not GTC:
+            # Market orders never rest (whatever the tif); IOC remainders are cancelled. A
+            # FOK never gets here with a remainder: it was checked to be fillable.
+            seq = self.seq + 1
+            self.seq = seq
+            events.append(
+                OrderCancelled(
+                    self.instrument, seq, ts, o.order_id, o.client_id,
+                    C_MARKET if o.price is None else C_IOC, rem, o.filled,
+                )
+            )
+            o.remaining = 0
+            o.status = CANCELLED
+            return
+        self._rest(o)
+
+    def _match(self, o: Order, opp: BookSide, lim: int, events: list, touched: dict, ts: int) -> bool:
+        """Match taker `o` against `opp` while the best key is >= lim. Returns False when
+        self-trade prevention cancelled the taker."""
+        levels = opp.levels
+        keys = opp.keys
+        orders = self._orders
+        clients = self._clients
+        instrument = self.instrument
+        append = events.append
+        seq = self.seq
+        taker_id = o.order_id
+        taker_cid = o.client_id
+        taker_side = o.side
+        rem = o.remaining
+        filled = o.filled
+        cost = o.cost
+        last = None
+        alive = True
+        while rem and keys:
+            k = keys[-1]
+            if k < lim:
+                break
+            lvl = levels[k]
+            queue = lvl.queue
+            price = lvl.price
+            while rem:
+                m = queue[0]
+                m_rem = m.remaining
+                if not m_rem:
+                    queue.popleft()
+                    lvl.dead -= 1
+                    continue
+                m_id = m.order_id
+                if m.client_id == taker_cid:
+                    mode = o.stp
+                    if mode is not CANCEL_NEWEST:
+                        seq += 1
+                        append(
+                            OrderCancelled(
+                                instrument, seq, ts, m_id, taker_cid, C_SELF_TRADE, m_rem, m.filled
+                            )
+                        )
+                        queue.popleft()
+                        m.remaining = 0
+                        m.status = CANCELLED
+                        m.updated_ts = ts
+                        touched[m_id] = m
+                        del orders[m_id]
+                        mine = clients[taker_cid]
+                        del mine[m_id]
+                        if not mine:
+                            del clients[taker_cid]
+                        lvl.qty -= m_rem
+                        lvl.count -= 1
+                        if not lvl.count:
+                            del levels[k]
+                            keys.pop()
+                        if mode is CANCEL_OLDEST:
+                            if not lvl.count:
+                                break
+                            continue
+                    seq += 1
+                    append(
+                        OrderCancelled(instrument, seq, ts, taker_id, taker_cid, C_SELF_TRADE, rem, filled)
+                    )
+                    rem = 0
+                    o.status = CANCELLED
+                    alive = False
+                    break
+                fill = rem if rem < m_rem else m_rem
+                rem -= fill
+                m_rem -= fill
+                seq += 1
+                append(
+                    TradeExecuted(
+                        instrument, seq, ts, f"{instrument}:{seq}", price, fill, taker_side,
+                        m_id, m.client_id, taker_id, taker_cid, m_rem, rem,
+                    )
+                )
+                last = price
+                notional = price * fill
+                filled += fill
+                cost += notional
+                m.remaining = m_rem
+                m.filled += fill
+                m.cost += notional
+                m.updated_ts = ts
+                touched[m_id] = m
+                lvl.qty -= fill
+                if not m_rem:
+                    m.status = FILLED
+                    queue.popleft()
+                    del orders[m_id]
+                    m_cid = m.client_id
+                    mine = clients[m_cid]
+                    del mine[m_id]
+                    if not mine:
+                        del clients[m_cid]
+                    lvl.count -= 1
+                    if not lvl.count:
+                        del levels[k]
+                        keys.pop()
+                        break
+        self.seq = seq
+        if last is not None:
+            self.last_price = last
+        o.remaining = rem
+        o.filled = filled
+        o.cost = cost
+        o.updated_ts = ts
+        return alive
+
+    def _run_stops(self, events: list, touched: dict, ts: int) -> None:
+        """Trigger pending stops one at a time, lowest acceptance seq first among those whose
+        condition holds at the current last price, re-evaluating after each (a triggered
+        order may move the last price either way). Ends when none holds."""
+        instrument = self.instrument
+        while True:
+            lp = self.last_price
+            best = None
+            for e in self._buy_stops:  # ascending stop price; buy triggers on last >= stop
+                if e[0] > lp:
+                    break
+                if best is None or e[1] < best[1]:
+                    best = e
+            sells = self._sell_stops
+            for i in range(len(sells) - 1, -1, -1):  # sell triggers on last <= stop
+                e = sells[i]
+                if e[0] < lp:
+                    break
+                if best is None or e[1] < best[1]:
+                    best = e
+            if best is None:
+                return
+            o = self._stops[best[2]]
+            self._drop_stop(o)
+            self._unindex(o)
+            seq = self.seq + 1
+            self.seq = seq
+            events.append(OrderTriggered(instrument, seq, ts, o.order_id, o.client_id, lp))
+            o.status = OPEN
+            o.prio = seq  # fresh time priority
+            o.updated_ts = ts
+            touched[o.order_id] = o
+            if o.tif is FOK and not self._fok_fillable(o.side, o.price, o.remaining, o.client_id, o.stp):
+                seq += 1
+                self.seq = seq
+                events.append(
+                    OrderRejected(
+                        instrument, seq, ts, o.order_id, o.client_id, o.side, o.order_type,
+                        o.price, o.quantity, o.tif, R_FOK,
+                    )
+                )
+                o.remaining = 0
+                o.status = REJECTED
+                o.reject_reason = R_FOK.value
+                continue
+            self._process(o, events, touched, ts)
+
+    # ------------------------------------------------------------------ structure
+
+    def _rest(self, o: Order) -> None:
+        """Append o at the back of its level and index it."""
+        price = o.price
+        if o.side is BUY:
+            side = self._bids
+            k = price
+        else:
+            side = self._asks
+            k = -price
+        lvl = side.levels.get(k)
+        if lvl is None:
+            lvl = side.levels[k] = Level(price)
+            keys = side.keys
+            if not keys or k > keys[-1]:
+                keys.append(k)
+            else:
+                insort(keys, k)
+        lvl.queue.append(o)
+        lvl.qty += o.remaining
+        lvl.count += 1
+        oid = o.order_id
+        self._orders[oid] = o
+        mine = self._clients.get(o.client_id)
+        if mine is None:
+            self._clients[o.client_id] = {oid: o}
+        else:
+            mine[oid] = o
+
+    def _level_of(self, o: Order) -> Level:
+        if o.side is BUY:
+            return self._bids.levels[o.price]
+        return self._asks.levels[-o.price]
+
+    def _unrest(self, o: Order) -> None:
+        """Take a resting order out of its level (not out of the indexes)."""
+        if o.side is BUY:
+            side = self._bids
+            k = o.price
+        else:
+            side = self._asks
+            k = -o.price
+        lvl = side.levels[k]
+        lvl.qty -= o.remaining
+        lvl.count -= 1
+        o.remaining = 0
+        if not lvl.count:
+            del side.levels[k]
+            keys = side.keys
+            if keys[-1] == k:
+                keys.pop()
+            else:
+                del keys[bisect_left(keys, k)]
+            return
+        queue = lvl.queue
+        if queue[-1] is o:
+            queue.pop()
+        elif queue[0] is o:
+            queue.popleft()
+        else:
+            lvl.dead += 1
+            if lvl.dead > lvl.count and lvl.dead > _COMPACT_FLOOR:
+                lvl.queue = deque([x for x in queue if x.remaining])
+                lvl.dead = 0
+
+    def _unindex(self, o: Order) -> None:
+        oid = o.order_id
+        del self._orders[oid]
+        cid = o.client_id
+        mine = self._clients[cid]
+        del mine[oid]
+        if not mine:
+            del self._clients[cid]
+
+    def _close(self, o: Order, status: OrderStatus, ts: int) -> None:
+        """Remove a resting order or pending stop from the book for good."""
+        if o.status is PENDING:
+            self._drop_stop(o)
+            o.remaining = 0
+        else:
+            self._unrest(o)
+        self._unindex(o)
+        o.status = status
+        o.updated_ts = ts
+
+    def _add_stop(self, o: Order) -> None:
+        oid = o.order_id
+        self._stops[oid] = o
+        insort(self._buy_stops if o.side is BUY else self._sell_stops, (o.stop_price, o.accept_seq, oid))
+        self._orders[oid] = o
+        mine = self._clients.get(o.client_id)
+        if mine is None:
+            self._clients[o.client_id] = {oid: o}
+        else:
+            mine[oid] = o
+
+    def _drop_stop(self, o: Order) -> None:
+        """Take a pending stop out of the stop structures (not out of the indexes)."""
+        lst = self._buy_stops if o.side is BUY else self._sell_stops
+        entry = (o.stop_price, o.accept_seq, o.order_id)
+        i = bisect_left(lst, entry)
+        del lst[i]
+        del self._stops[o.order_id]
+
+    # ------------------------------------------------------------------ replay
+
+    def apply(self, event) -> None:
+        """Apply one journal event (the only input needed to rebuild the book).
+
+        Mapping: OrderAccepted puts a limit order at the back of its level (a pending stop
+        into the stops) before its trades, which then reduce it; TradeExecuted reduces maker
+        and, if it is in the book, taker; OrderCancelled / OrderRejected remove the order if
+        the book holds it (a market taker never enters the book); OrderAmended changes the
+        quantity in place or moves the order to the back of its new level; OrderTriggered
+        moves a stop_limit from the stops to the back of its level. Inside one command no
+        other order joins the taker's level before the taker is done, so the FIFO order is
+        the same as live processing.
+        """
+        if event.instrument != self.instrument:
+            raise ValueError(f"event for {event.instrument} applied to {self.instrument}")
+        if event.seq != self.seq + 1:
+            raise ValueError(f"event seq {event.seq} does not follow book seq {self.seq}")
+        t = type(event)
+        ts = event.ts
+        if t is TradeExecuted:
+            maker = self._orders.get(event.maker_order_id)
+            if maker is None or maker.status is PENDING:
+                raise ValueError(f"trade {event.seq}: maker {event.maker_order_id} not resting")
+            self._replay_fill(maker, event.price, event.quantity, event.maker_remaining, ts)
+            taker = self._orders.get(event.taker_order_id)
+            if taker is not None:
+                self._replay_fill(taker, event.price, event.quantity, event.taker_remaining, ts)
+            self.last_price = event.price
+        elif t is OrderAccepted:
+            stop = event.stop_price is not None
+            o = Order(
+                event.order_id, event.client_id, event.side, event.order_type, event.price,
+                event.quantity, 0, event.quantity, event.tif, event.post_only, event.stp,
+                event.stop_price, ts, ts, event.seq, event.seq, 0, PENDING if stop else OPEN,
+            )
+            if stop:
+                self._add_stop(o)
+            elif o.price is not None:
+                self._rest(o)
+        elif t is OrderCancelled:
+            o = self._orders.get(event.order_id)
+            if o is not None:
+                self._close(o, CANCELLED, ts)
+        elif t is OrderAmended:
+            o = self._orders[event.order_id]
+            if event.priority_kept:
+                self._level_of(o).qty -= o.remaining - event.remaining
+                o.quantity = event.quantity
+                o.remaining = event.remaining
+                o.updated_ts = ts
+            else:
+                self._unrest(o)
+                self._unindex(o)
+                self._rest(
+                    Order(
+                        o.order_id, o.client_id, o.side, o.order_type, event.price, event.quantity,
+                        o.filled, event.remaining, o.tif, o.post_only, o.stp, o.stop_price,
+                        o.created_ts, ts, o.accept_seq, event.seq, o.cost, OPEN,
+                    )
+                )
+        elif t is OrderTriggered:
+            o = self._stops[event.order_id]
+            self._drop_stop(o)
+            self._unindex(o)
+            o.status = OPEN
+            o.prio = event.seq
+            o.updated_ts = ts
+            if o.price is not None:
+                self._rest(o)
+        elif t is OrderRejected:
+            # Only a triggered stop (already in its level here) can be rejected after it was
+            # accepted; a new order is rejected before it exists, and its id cannot be live
+            # (the duplicate check comes first).
+            o = self._orders.get(event.order_id)
+            if o is not None:
+                self._close(o, REJECTED, ts)
+        else:
+            raise TypeError(f"not an engine event: {t.__name__}")
+        self.seq = event.seq
+
+    def _replay_fill(self, o: Order, price: int, qty: int, remaining_after: int, ts: int) -> None:
+        if o.remaining - qty != remaining_after:
+            raise ValueError(
+                f"replay diverged: {o.order_id} has {o.remaining} open, trade of {qty} leaves {remaining_after}"
+            )
+        o.filled += qty
+        o.cost += price * qty
+        o.updated_ts = ts
+        if remaining_after:
+            self._level_of(o).qty -= qty
+            o.remaining = remaining_after
+        else:
+            self._close(o, FILLED, ts)
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> bytes:
+        """Deterministic bytes: equal books (same orders, priority, seq, last price) give
+        equal bytes; dead level entries and index layouts are not part of it."""
+        return _snapshot_encoder.encode(
+            _Snapshot(
+                SNAPSHOT_VERSION,
+                self.instrument,
+                self.seq,
+                self.last_price,
+                list(self._iter_side(self._bids)),
+                list(self._iter_side(self._asks)),
+                list(self._stops.values()),
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes, *, validate: bool = False) -> "OrderBook":
+        snap = _snapshot_decoder.decode(data)
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported snapshot version {snap.version}")
+        book = cls(snap.instrument)
+        book.seq = snap.seq
+        book.last_price = snap.last_price
+        for o in snap.bids:
+            book._rest(o)
+        for o in snap.asks:
+            book._rest(o)
+        for o in snap.stops:
+            book._add_stop(o)
+        if validate:
+            book.validate()
+        return book
+
+    # ------------------------------------------------------------------ queries
+
+    @staticmethod
+    def _iter_side(side: BookSide) -> Iterator[Order]:
+        levels = side.levels
+        for k in reversed(side.keys):
+            for o in levels[k].queue:
+                if o.remaining:
+                    yield o
+
+    def best_bid(self) -> Optional[int]:
+        keys = self._bids.keys
+        return keys[-1] if keys else None
+
+    def best_ask(self) -> Optional[int]:
+        keys = self._asks.keys
+        return -keys[-1] if keys else None
+
+    def l2(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Top `levels` levels per side as (price, total quantity), best first."""
+        out = []
+        for side in (self._bids, self._asks):
+            keys = side.keys
+            lv = side.levels
+            n = len(keys)
+            out.append([(lv[keys[i]].price, lv[keys[i]].qty) for i in range(n - 1, max(n - levels, 0) - 1, -1)])
+        return out[0], out[1]
+
+    def l2_cumulative(self, levels: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """Like l2, with the cumulative quantity from the best level: (price, qty, cumulative)."""
+        result = []
+        for rows in self.l2(levels):
+            total = 0
+            side_rows = []
+            for price, qty in rows:
+                total += qty
+                side_rows.append((price, qty, total))
+            result.append(side_rows)
+        return result[0], result[1]
+
+    def l3(self) -> Iterator[OrderState]:
+        """Resting orders: bids best-first, then asks best-first, FIFO within a level."""
+        instrument = self.instrument
+        for side in (self._bids, self._asks):
+            for o in self._iter_side(side):
+                yield _state(o, instrument)
+
+    def get(self, order_id: str) -> Optional[OrderState]:
+        o = self._orders.get(order_id)
+        return None if o is None else _state(o, self.instrument)
+
+    def open_orders(self, client_id: Optional[str] = None) -> list[OrderState]:
+        """Resting orders and pending stops (of one client, or all), in acceptance order."""
+        if client_id is None:
+            pool = list(self._orders.values())
+        else:
+            pool = list(self._clients.get(client_id, {}).values())
+        pool.sort(key=_accept_seq)
+        return [_state(o, self.instrument) for o in pool]
+
+    def pending_stops(self) -> list[OrderState]:
+        """Untriggered stop orders in acceptance order."""
+        return [_state(o, self.instrument) for o in self._stops.values()]
+
+    def depth(self) -> tuple[int, int]:
+        return len(self._bids.levels), len(self._asks.levels)
+
+    def __len__(self) -> int:
+        return len(self._orders)
+
+    def __repr__(self) -> str:
+        return (
+            f"OrderBook({self.instrument!r}, seq={self.seq}, bid={self.best_bid()}, "
+            f"ask={self.best_ask()}, orders={len(self._orders)}, stops={len(self._stops)})"
+        )
+
+    # ------------------------------------------------------------------ invariants
+
+    def validate(self) -> None:
+        """Check every invariant; raise AssertionError naming the first broken one."""
+
+        def check(cond, name: str) -> None:
+            if not cond:
+                raise AssertionError(f"{self.instrument}: invariant broken: {name}")
+
+        resting: dict[str, Order] = {}
+        for side, side_enum in ((self._bids, BUY), (self._asks, SELL)):
+            name = side_enum.value
+            check(side.keys == sorted(set(side.keys)), f"{name} price keys sorted and unique")
+            check(set(side.keys) == set(side.levels), f"{name} price keys match the levels")
+            for k in side.keys:
+                lvl = side.levels[k]
+                check(lvl.price == k * side.sign, f"{name} level {k} keyed by its price")
+                live = [o for o in lvl.queue if o.remaining]
+                check(live, f"{name} level {lvl.price} not empty")
+                check(lvl.count == len(live), f"{name} level {lvl.price} count equals its live orders")
+                check(lvl.dead == len(lvl.queue) - len(live), f"{name} level {lvl.price} dead-entry count")
+                check(lvl.qty == sum(o.remaining for o in live), f"{name} level {lvl.price} total equals the sum of its orders")
+                check(lvl.qty > 0, f"{name} level {lvl.price} total > 0")
+                prev = None
+                for o in live:
+                    check(o.side is side_enum, f"order {o.order_id} on its own side")
+                    check(o.price == lvl.price, f"order {o.order_id} in the level of its price")
+                    check(o.order_type in (LIMIT, STOP_LIMIT), f"order {o.order_id} resting is a limit order")
+                    check(o.status is OPEN, f"order {o.order_id} resting is open")
+                    check(o.tif is GTC, f"order {o.order_id} resting is GTC")
+                    check(o.remaining > 0, f"order {o.order_id} has no zero quantity")
+                    check(o.remaining == o.quantity - o.filled, f"order {o.order_id} remaining = quantity - filled")
+                    check(o.filled >= 0 and o.cost >= 0, f"order {o.order_id} filled/cost not negative")
+                    check(prev is None or prev < o.prio, f"level {lvl.price} FIFO (priority increasing)")
+                    prev = o.prio
+                    check(o.order_id not in resting, f"order {o.order_id} rests once")
+                    resting[o.order_id] = o
+                    check(self._orders.get(o.order_id) is o, f"id index agrees with level for {o.order_id}")
+        bb, ba = self.best_bid(), self.best_ask()
+        check(bb is None or ba is None or bb < ba, "book not crossed at rest")
+
+        check(set(self._stops) == {e[2] for e in self._buy_stops} | {e[2] for e in self._sell_stops},
+              "stop lists match the pending stops")
+        check(self._buy_stops == sorted(self._buy_stops) and self._sell_stops == sorted(self._sell_stops),
+              "stop lists sorted")
+        check(len(self._buy_stops) + len(self._sell_stops) == len(self._stops), "stop entries unique")
+        prev_seq = 0
+        for oid, o in self._stops.items():
+            check(o.order_id == oid, f"stop {oid} keyed by its id")
+            check(o.status is PENDING and o.stop_price is not None, f"stop {oid} pending with a stop price")
+            check(o.order_type in (STOP_LIMIT, STOP_MARKET), f"stop {oid} is a stop order")
+            check(o.filled == 0 and o.remaining == o.quantity > 0, f"stop {oid} unfilled")
+            check(oid not in resting, f"stop {oid} not also resting")
+            check(self._orders.get(oid) is o, f"id index agrees with stops for {oid}")
+            check(o.accept_seq > prev_seq, "stops kept in acceptance order")
+            prev_seq = o.accept_seq
+            if self.last_price is not None:
+                if o.side is BUY:
+                    check(self.last_price < o.stop_price, f"pending buy stop {oid} not triggerable")
+                else:
+                    check(self.last_price > o.stop_price, f"pending sell stop {oid} not triggerable")
+        check(len(self._orders) == len(resting) + len(self._stops), "id index holds only resting and pending orders")
+        by_client: dict[str, dict[str, Order]] = {}
+        for oid, o in self._orders.items():
+            by_client.setdefault(o.client_id, {})[oid] = o
+        check(
+            {c: set(d) for c, d in by_client.items()} == {c: set(d) for c, d in self._clients.items()},
+            "client index agrees with the id index",
+        )
+        for c, d in self._clients.items():
+            for oid, o in d.items():
+                check(self._orders.get(oid) is o, f"client index entry {oid} is the indexed order")
+        check(all(o.accept_seq <= self.seq and o.prio <= self.seq for o in self._orders.values()),
+              "order seqs not beyond the book seq")
+
+
+def _accept_seq(o: Order) -> int:
+    return o.accept_seq
