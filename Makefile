@@ -43,13 +43,11 @@ install: venv
 run: install
 	$(STACK) up --profile run
 
+# `down` needs only the standard library: it works before .venv exists too.
 stop:
-	@if [ -x $(PY) ]; then \
-		$(STACK) down --profile run; rc1=$$?; $(STACK) down --profile test; rc2=$$?; \
-		exit $$(( rc1 || rc2 )); \
-	else \
-		echo "no .venv: nothing was started from this checkout"; \
-	fi
+	@py=$(PY); [ -x $$py ] || py=$(PYTHON); \
+	$$py ops/stack.py down --profile run; rc1=$$?; $$py ops/stack.py down --profile test; rc2=$$?; \
+	exit $$(( rc1 || rc2 ))
 
 # with-servers: start the test servers (PostgreSQL from an empty data folder), run pytest with the test
 # profile's EXCHANGE_* env exported, ALWAYS stop the servers, exit with pytest's code (5 = no tests
