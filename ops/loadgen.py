@@ -46,7 +46,7 @@ import msgspec
 from contracts.instruments import load_instruments
 from ops.loadgen_net import HttpConnection, WsConnection, split_url
 from ops.loadgen_stats import Recorder
-from ops.loadgen_workload import KINDS, Command, Workload, build_models, parse_mix
+from ops.loadgen_workload import KINDS, Workload, build_models, parse_mix
 
 OPEN_STATUSES = (b'"status":"open"', b'"status":"partially_filled"')
 
@@ -199,19 +199,17 @@ class Run:
         self.requests_done = asyncio.Event()
         self.unsent_scheduled = 0
         self.fatal: str | None = None
+        self.requests_limit = cfg.requests if cfg.requests is not None else -1
 
     def auth_header(self, client: int) -> bytes:
         if not self.api_keys:
             return b""
         return b"Authorization: Bearer %s\r\n" % self.api_keys[self.client_ids[client]].encode()
 
-    def note_sent(self, t0: float) -> None:
-        """Count a measured send; in --requests mode stop once enough were sent."""
-        if t0 >= self.measure_start:
-            self.sent_measured += 1
-            if self.cfg.requests is not None and self.sent_measured >= self.cfg.requests:
-                self.stopping = True
-                self.requests_done.set()
+    def stop_sending(self) -> None:
+        """--requests reached: no new request is sent; the ones in flight are drained."""
+        self.stopping = True
+        self.requests_done.set()
 
     # open-loop schedule shared by all connections: an idle connection takes the next due
     # slot; if every connection is busy the slot waits, and its latency still counts from
@@ -280,23 +278,28 @@ class HttpDriver:
     def _send(self, conn: HttpConnection, t0: float, now: float) -> None:
         run = self.run
         cmd = run.workload.next()
-        if cmd.kind == "cancel":
-            body = b"{%s}" % cmd.fields
+        kind, client, fields, order_type, order_id, _ = cmd
+        if kind == "cancel":
+            body = b"{%s}" % fields
             req = b"POST %s/orders/%s%s%d\r\n\r\n%s" % (
                 self.base,
-                cmd.order_id.encode(),
-                self.cancel_tail[cmd.client],
+                order_id.encode(),
+                self.cancel_tail[client],
                 len(body),
                 body,
             )
         else:
-            body = b'{"type":"%s",%s}' % (cmd.order_type, cmd.fields)
-            req = b"%s%d\r\n\r\n%s" % (self.order_prefix[cmd.client], len(body), body)
+            body = b'{"type":"%s",%s}' % (order_type, fields)
+            req = b"%s%d\r\n\r\n%s" % (self.order_prefix[client], len(body), body)
         conn.cmd = cmd
         conn.t0 = t0
         conn.t_sent = now
-        run.note_sent(t0)
-        conn.send(req)
+        if t0 >= run.measure_start:
+            run.sent_measured += 1
+            if run.sent_measured == run.requests_limit:
+                run.stop_sending()
+        conn.busy = True
+        conn.transport.write(req)
 
     def _next(self, conn: HttpConnection, now: float) -> None:
         run = self.run
@@ -331,23 +334,22 @@ class HttpDriver:
     def on_response(self, conn: HttpConnection, status: int, body: bytes) -> None:
         now = perf_counter()
         run = self.run
-        cmd: Command = conn.cmd
-        conn.cmd = None
+        kind, client, _, _, _, remember = conn.cmd
         run.inflight -= 1
         run.responses_all += 1
         if conn.t0 >= run.measure_start:
             if 200 <= status < 300:
                 outcome = 0
-            elif status == 409 and cmd.kind == "cancel":
+            elif status == 409 and kind == "cancel":
                 outcome = 1
             else:
                 outcome = 2
-                run.recorder.sample_error(f"{cmd.kind} -> HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
-            run.recorder.record(cmd.kind, status, now - conn.t0, outcome)
-        if cmd.remember and status == 201:
+                run.recorder.sample_error(f"{kind} -> HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+            run.recorder.record(kind, status, now - conn.t0, outcome)
+        if remember and status == 201:
             oid = resting_order_id(body)
             if oid is not None:
-                run.workload.remember(cmd.client, oid)
+                run.workload.remember(client, oid)
         if conn.must_close:
             conn.transport.close()  # the reconnect in on_lost carries on
             return
@@ -388,6 +390,10 @@ class HttpDriver:
                 continue
             self._next(conn, perf_counter())
             return
+
+    def outstanding(self) -> int:
+        """Requests written and not yet answered (slots waiting for their time excluded)."""
+        return sum(1 for c in self.conns if c is not None and c.busy)
 
     def check_timeouts(self, now: float) -> None:
         limit = self.run.cfg.timeout
@@ -456,20 +462,18 @@ class WsDriver:
 
     def _make(self, conn: WsConnection, t0: float, now: float) -> bytes:
         run = self.run
-        bound = self.bound_client[conn.index]
-        cmd = run.workload.next(bound)
+        cmd = run.workload.next(self.bound_client[conn.index])
         conn.seq += 1
         rid = str(conn.seq)
         conn.pending[rid] = (t0, cmd, now)
         run.inflight += 1
-        run.note_sent(t0)
-        if cmd.kind == "cancel":
-            return b'{"type":"cancel","request_id":"%s","order_id":"%s",%s}' % (
-                rid.encode(),
-                cmd.order_id.encode(),
-                cmd.fields,
-            )
-        return b'{"type":"order","request_id":"%s","order_type":"%s",%s}' % (rid.encode(), cmd.order_type, cmd.fields)
+        if t0 >= run.measure_start:
+            run.sent_measured += 1
+            if run.sent_measured == run.requests_limit:
+                run.stop_sending()
+        if cmd[0] == "cancel":
+            return b'{"type":"cancel","request_id":"%s","order_id":"%s",%s}' % (rid.encode(), cmd[4].encode(), cmd[2])
+        return b'{"type":"order","request_id":"%s","order_type":"%s",%s}' % (rid.encode(), cmd[3], cmd[2])
 
     # -- open loop: one timer releases every due slot, spread round-robin over connections
     def _schedule_tick(self) -> None:
@@ -524,26 +528,26 @@ class WsDriver:
             entry = pending.pop(rid if isinstance(rid, str) else str(rid), None)
             if entry is None:
                 continue
-            t0, cmd, _ = entry
+            t0, (kind, client, _, _, _, remember), _ = entry
             run.inflight -= 1
             run.responses_all += 1
             typ = reply.type
             if typ == "order_accepted" or typ == "cancel_accepted":
                 outcome = 0
                 status = typ
-                if cmd.remember and reply.order is not None and reply.order.status in ("open", "partially_filled"):
-                    run.workload.remember(cmd.client, str(reply.order.order_id))
+                if remember and reply.order is not None and reply.order.status in ("open", "partially_filled"):
+                    run.workload.remember(client, str(reply.order.order_id))
             else:
                 code = reply.error.code if reply.error is not None else None
                 status = f"{typ}:{code}"
-                if cmd.kind == "cancel" and typ == "error" and ws_cancel_error_is_race(code):
+                if kind == "cancel" and typ == "error" and ws_cancel_error_is_race(code):
                     outcome = 1
                 else:
                     outcome = 2
                     if t0 >= run.measure_start:
-                        rec.sample_error(f"{cmd.kind} -> {raw[:200].decode('utf-8', 'replace')}")
+                        rec.sample_error(f"{kind} -> {raw[:200].decode('utf-8', 'replace')}")
             if t0 >= run.measure_start:
-                rec.record(cmd.kind, status, now - t0, outcome)
+                rec.record(kind, status, now - t0, outcome)
             if not self.open_loop:
                 refill += 1
         if refill and not run.stopping:
@@ -582,6 +586,9 @@ class WsDriver:
                 self._fill(conn, perf_counter())
             return
 
+    def outstanding(self) -> int:
+        return sum(len(c.pending) for c in self.conns if c is not None)
+
     def check_timeouts(self, now: float) -> None:
         limit = self.run.cfg.timeout
         for conn in self.conns:
@@ -607,6 +614,11 @@ def _cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _cpu_split() -> tuple[float, float]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime
+
+
 class Reporter:
     """Once a second: rotate the recorder's current second, print the progress line,
     enforce request timeouts. Ticks are aligned to the start of measurement."""
@@ -617,6 +629,7 @@ class Reporter:
         self.probe = probe
         self.last_tick = None
         self.cpu_at_measure = None
+        self.split_at_measure = None
         self.cpu_last = _cpu_seconds()
         self.t_cpu_last = perf_counter()
 
@@ -638,9 +651,10 @@ class Reporter:
             now = perf_counter()
             self.driver.check_timeouts(now)
             if t < run.measure_start:
-                self._line(f"warm-up {now - run.t_start:4.0f}s  responses {run.responses_all:,}  inflight {run.inflight}")
+                self._line(f"warm-up {now - run.t_start:4.0f}s  responses {run.responses_all:,}  inflight {self.driver.outstanding()}")
             elif t == run.measure_start:
                 self.cpu_at_measure = _cpu_seconds()
+                self.split_at_measure = _cpu_split()
                 self.last_tick = now
                 # nothing measured yet: samples count from the scheduled/sent time >= measure_start
             else:
@@ -674,7 +688,7 @@ class Reporter:
             self._line(
                 f"[{point['t']:5.0f}s] acked {point['acked_per_s']:9,.0f}/s{offered}"
                 f"  p50 {p50 if p50 is not None else float('nan'):7.2f}ms  p99 {p99 if p99 is not None else float('nan'):7.2f}ms"
-                f"  (run p99 {rp99:.2f}ms)  errors {point['errors']}  inflight {run.inflight}"
+                f"  (run p99 {rp99:.2f}ms)  errors {point['errors']}  inflight {self.driver.outstanding()}"
                 f"  cpu {point['client_cpu_pct']:.0f}%{vis}"
             )
         return point
@@ -754,8 +768,10 @@ async def run(cfg: Config) -> dict:
     if reporter.last_tick is None:  # run shorter than its first tick
         reporter.last_tick = r.measure_start
         reporter.cpu_at_measure = reporter.cpu_at_measure or _cpu_seconds()
+        reporter.split_at_measure = reporter.split_at_measure or _cpu_split()
     reporter.tick(t_done, final=True)
     cpu_end = _cpu_seconds()
+    user_end, sys_end = _cpu_split()
     if probe is not None:
         probe_task.cancel()
         try:
@@ -807,6 +823,8 @@ async def run(cfg: Config) -> dict:
         "client": {
             "cpu_s": round(cpu_used, 3),
             "cpu_us_per_request": round(cpu_used / attempts * 1e6, 2) if attempts else None,
+            "user_us_per_request": round((user_end - reporter.split_at_measure[0]) / attempts * 1e6, 2) if attempts else None,
+            "system_us_per_request": round((sys_end - reporter.split_at_measure[1]) / attempts * 1e6, 2) if attempts else None,
             "cpu_pct_of_one_core": round(cpu_used / elapsed * 100, 1) if elapsed > 0 else None,
             "note": "the generator's own user+system CPU over the measured window (probe included)",
         },
@@ -851,7 +869,8 @@ def format_summary(result: dict) -> str:
         lines.append(f"  e.g. {sample}")
     c = result["client"]
     if c["cpu_us_per_request"] is not None:
-        lines.append(f"client cpu: {c['cpu_us_per_request']:.1f} us/request ({c['cpu_pct_of_one_core']:.0f}% of one core)")
+        lines.append(f"client cpu: {c['cpu_us_per_request']:.1f} us/request (user {c['user_us_per_request']:.1f}, "
+                     f"system {c['system_us_per_request']:.1f}; {c['cpu_pct_of_one_core']:.0f}% of one core)")
     v = result.get("visibility")
     if v:
         for name in ("orderbook", "stream"):

@@ -113,33 +113,45 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.abort()
                 return
             status = int(data[9:12])
-            head = data[:he].lower()
             start = he + 4
-            i = head.find(b"\ncontent-length:")
+            # "ontent-length:" matches Content-Length and content-length without lower-casing
+            # the head (servers here send one of the two spellings); int() skips the blank.
+            i = data.find(b"ontent-length:", 12, he)
             if i >= 0:
-                j = head.find(b"\r", i)
-                n = int(head[i + 16 : j] if j >= 0 else head[i + 16 :])
+                j = data.find(b"\r\n", i, start)
+                n = int(data[i + 14 : j])
                 end = start + n
                 if len(data) < end:
                     self.buf = data
                     return
                 body = data[start:end]
-            elif b"\ntransfer-encoding: chunked" in head:
-                body, end = _dechunk(data, start)
-                if body is None:
-                    self.buf = data
-                    return
-            elif status == 204 or status == 304 or 100 <= status < 200:
-                body, end = b"", start
             else:
-                # no length: the body runs to connection close; benchmark servers never do this
-                self.owner.on_protocol_error(self, "response without Content-Length")
-                self.transport.abort()
-                return
+                head = data[:he].lower()
+                i = head.find(b"\ncontent-length:")
+                if i >= 0:  # unusual capitalisation
+                    j = head.find(b"\r", i)
+                    n = int(head[i + 16 : j] if j >= 0 else head[i + 16 :])
+                    end = start + n
+                    if len(data) < end:
+                        self.buf = data
+                        return
+                    body = data[start:end]
+                elif b"\ntransfer-encoding: chunked" in head:
+                    body, end = _dechunk(data, start)
+                    if body is None:
+                        self.buf = data
+                        return
+                elif status == 204 or status == 304 or 100 <= status < 200:
+                    body, end = b"", start
+                else:
+                    # no length: the body runs to connection close; benchmark servers never do this
+                    self.owner.on_protocol_error(self, "response without Content-Length")
+                    self.transport.abort()
+                    return
             if 100 <= status < 200:
                 data = data[end:]
                 continue
-            if b"\nconnection: close" in head:
+            if data.find(b"onnection: close", 12, he) >= 0 or data.find(b"onnection: Close", 12, he) >= 0:
                 self.must_close = True
             data = data[end:]
             self.busy = False

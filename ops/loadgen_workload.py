@@ -69,13 +69,15 @@ class GridFormatter:
         self.div = 10**self.digits
 
     def __call__(self, units: int) -> str:
-        v = units * self.mult
-        if not self.digits:
-            return str(v)
-        whole, frac = divmod(v, self.div)
-        if not frac:
-            return str(whole)
-        return f"{whole}.{frac:0{self.digits}d}".rstrip("0")
+        # string slicing instead of divmod + a nested format spec: ~4x cheaper (hot path)
+        s = str(units * self.mult)
+        d = self.digits
+        if not d:
+            return s
+        if len(s) <= d:
+            s = "0" * (d + 1 - len(s)) + s
+        frac = s[-d:].rstrip("0")
+        return s[:-d] + "." + frac if frac else s[:-d]
 
 
 class InstrumentModel:
@@ -141,17 +143,13 @@ class InstrumentModel:
         return self.qty_text[int(self.rng.random() * len(self.qty_text))]
 
 
-@dataclass(slots=True)
-class Command:
-    """One request to send. `fields` is the JSON object body without braces, shared by
-    HTTP and WebSocket (which add their own type/request_id keys)."""
-
-    kind: str
-    client: int
-    fields: bytes
-    order_type: bytes = b"limit"  # for WS order_type / HTTP type
-    order_id: str | None = None  # cancels
-    remember: bool = False  # GTC limit: remember its id if it rests
+# A command is a plain tuple (creating one costs a fifth of a dataclass instance):
+#   (kind, client index, fields, order_type, order_id, remember)
+# fields: the JSON object body without braces, shared by HTTP and WebSocket, which add
+# their own keys (type / request_id); order_type: b"limit" | b"market" (b"" for cancels);
+# order_id: the order a cancel targets; remember: a GTC limit whose id is kept if it rests.
+Command = tuple
+KIND, CLIENT, FIELDS, ORDER_TYPE, ORDER_ID, REMEMBER = range(6)
 
 
 @dataclass
@@ -177,44 +175,48 @@ class Workload:
         self.track_open = self.mix.get("cancel", 0) > 0
         self._idem = itertools.count(1)
         self._client_json = [f'"client_id":"{c}"'.encode() for c in self.client_ids]
+        # [client][model][buy?] -> the constant start of an order body, formatted once
+        self._heads = [
+            [
+                [b'%s,"instrument":"%s","side":"%s"' % (cj, m.symbol.encode(), side) for side in (b"sell", b"buy")]
+                for m in self.models
+            ]
+            for cj in self._client_json
+        ]
+        self._qty = [[q.encode() for q in m.qty_text] for m in self.models]
 
     def next(self, client: int | None = None) -> Command:
         """The next request; `client` pins the client (a WebSocket authenticated as one)."""
-        rng = self.rng
+        rnd = self.rng.random
         table = self.kind_table
-        kind = table[int(rng.random() * len(table))]
+        kind = table[int(rnd() * len(table))]
         if client is None:
-            client = int(rng.random() * len(self.client_ids))
+            client = int(rnd() * len(self.client_ids))
         if kind == "cancel":
             orders = self.open_orders[client]
             if orders:
                 # swap-pop a random remembered order: O(1), and one order is never cancelled twice
-                i = int(rng.random() * len(orders))
+                i = int(rnd() * len(orders))
                 orders[i], orders[-1] = orders[-1], orders[i]
-                oid = orders.pop()
-                return Command("cancel", client, self._client_json[client], b"", oid)
+                return ("cancel", client, self._client_json[client], b"", orders.pop(), False)
             kind = "limit"
-        model = self.models[int(rng.random() * len(self.models))]
-        buy = rng.random() < 0.5
-        side = b"buy" if buy else b"sell"
-        qty = model.quantity()
-        head = b'%s,"instrument":"%s","side":"%s"' % (self._client_json[client], model.symbol.encode(), side)
+        mi = int(rnd() * len(self.models))
+        model = self.models[mi]
+        buy = rnd() < 0.5
+        head = self._heads[client][mi][buy]
+        qtys = self._qty[mi]
+        qty = qtys[int(rnd() * len(qtys))]
         if self.idempotency_prefix is not None:
             head += b',"idempotency_key":"%s-%d"' % (self.idempotency_prefix.encode(), next(self._idem))
         if kind == "market":
-            return Command("market", client, head + b',"quantity":%s' % qty.encode(), b"market")
+            return ("market", client, b'%s,"quantity":%s' % (head, qty), b"market", None, False)
         if kind == "ioc":
-            ticks = model.aggressive_ticks(buy)
-            tif = b"IOC"
-        else:
-            ticks = model.aggressive_ticks(buy) if rng.random() < self.aggressive_share else model.passive_ticks(buy)
-            tif = b"GTC"
-        body = head + b',"price":%s,"quantity":%s,"time_in_force":"%s"' % (
-            model.fmt_price(ticks).encode(),
-            qty.encode(),
-            tif,
-        )
-        return Command(kind, client, body, b"limit", None, kind == "limit" and self.track_open)
+            price = model.fmt_price(model.aggressive_ticks(buy))
+            return ("ioc", client, b'%s,"price":%s,"quantity":%s,"time_in_force":"IOC"' % (head, price.encode(), qty),
+                    b"limit", None, False)
+        ticks = model.aggressive_ticks(buy) if rnd() < self.aggressive_share else model.passive_ticks(buy)
+        return ("limit", client, b'%s,"price":%s,"quantity":%s,"time_in_force":"GTC"' % (head, model.fmt_price(ticks).encode(), qty),
+                b"limit", None, self.track_open)
 
     def remember(self, client: int, order_id: str) -> None:
         orders = self.open_orders[client]

@@ -67,7 +67,13 @@ def plot_results(results: list[dict], path: str | Path) -> None:
                 if pts:
                     xs, ys = zip(*pts)
                     ax_vis.plot(xs, ys, style, color=color if many else None, label=f"{name} {what}" if many else what)
+    from matplotlib.ticker import ScalarFormatter
+
     ax_lat.set_yscale("log")
+    for axis_formatter in (ax_lat.yaxis.set_major_formatter, ax_lat.yaxis.set_minor_formatter):
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        axis_formatter(fmt)  # 20, 50, 100 ms rather than 2x10^1
     ax_lat.set_ylabel("latency (ms)")
     ax_lat.grid(True, which="both", alpha=0.3)
     ax_lat.legend(loc="upper right", fontsize=8)

@@ -156,6 +156,15 @@ def test_grid_formatter_exact():
     assert GridFormatter(Decimal("0.05"))(3) == "0.15"
     assert GridFormatter(Decimal("5"))(3) == "15"
     assert GridFormatter(Decimal("0.001"))(150123) == "150.123"
+    assert GridFormatter(Decimal("0.00000001"))(123456789) == "1.23456789"
+    assert GridFormatter(Decimal("0.00000001"))(120000000) == "1.2"
+    assert GridFormatter(Decimal("0.01"))(5) == "0.05"
+    rng = random.Random(4)
+    for unit in ("0.01", "0.00000001", "0.001", "0.25", "1", "10"):
+        fmt = GridFormatter(Decimal(unit))
+        for _ in range(2000):
+            n = rng.randrange(1, 10**12)
+            assert Decimal(fmt(n)) == Decimal(unit) * n
 
 
 def test_mix_parsing():
@@ -174,32 +183,34 @@ def test_generated_orders_are_on_the_instrument_grid():
     kinds = {}
     crossing = resting = 0
     for n in range(20000):
-        cmd = w.next()
-        kinds[cmd.kind] = kinds.get(cmd.kind, 0) + 1
-        if cmd.kind == "cancel":
-            assert cmd.order_id.startswith("x")
+        kind, client, fields, order_type, order_id, remember = w.next()
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "cancel":
+            assert order_id.startswith("x") and order_type == b""
             continue
-        body = json.loads(b"{" + cmd.fields + b"}", parse_float=Decimal, parse_int=Decimal)
+        body = json.loads(b"{" + fields + b"}", parse_float=Decimal, parse_int=Decimal)
+        assert body["client_id"] == clients[client]
         spec = instruments.get(body["instrument"])
         qty = body["quantity"]
         assert isinstance(qty, Decimal)
         lots = spec.quantity_to_lots(qty)  # raises ConversionError when off the lot grid / limits
         assert spec.lots_to_quantity(lots) == qty
         assert spec.min_quantity <= qty <= spec.max_quantity
-        if cmd.kind == "market":
-            assert "price" not in body and cmd.order_type == b"market"
+        if kind == "market":
+            assert "price" not in body and order_type == b"market"
             continue
         price = body["price"]
         ticks = spec.price_to_ticks(price)  # raises when off the tick grid or out of range
         assert spec.ticks_to_price(ticks) == price and price % spec.tick_size == 0
-        assert body["time_in_force"] == ("IOC" if cmd.kind == "ioc" else "GTC")
+        assert body["time_in_force"] == ("IOC" if kind == "ioc" else "GTC") and order_type == b"limit"
         model = next(m for m in models if m.symbol == body["instrument"])
         if (body["side"] == "buy") == (ticks > model.mid):
             crossing += 1
         else:
             resting += 1
-        if cmd.remember and n % 3 == 0:
-            w.remember(cmd.client, f"x{n}")
+        assert remember == (kind == "limit")
+        if remember and n % 3 == 0:
+            w.remember(client, f"x{n}")
     assert set(kinds) == {"limit", "market", "ioc", "cancel"}
     assert crossing > 1000 and resting > 5000  # both rest and cross
 
@@ -475,3 +486,102 @@ def test_client_cpu_per_request_against_subprocess_stub(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+class StubPipeline(StubHttp):
+    """Command + query stub for --visibility: probe buys (IOC) trade and get a journal seq;
+    the 'projection' makes a seq visible PROJECTION_LAG seconds later, on GET
+    /market/orderbook and on the /stream WebSocket."""
+
+    PROJECTION_LAG = 0.02
+    seq = 0
+    committed: list = []  # (time, seq)
+
+    def respond(self, line, head, raw):
+        method, path, _ = line.split(b" ", 2)
+        if method == b"GET" and path.startswith(b"/market/orderbook"):
+            out = msgspec.json.encode({"instrument": "BTC-USD", "bids": [], "asks": [], "seq": visible_seq()})
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+            return
+        body = json.loads(raw, parse_float=Decimal) if raw else {}
+        if path == b"/orders" and body.get("client_id", "").startswith("probe-"):
+            StubPipeline.seq += 1
+            trades = []
+            if body["side"] == "buy":
+                StubPipeline.seq += 1
+                trades = [{"trade_id": f"t{StubPipeline.seq}", "seq": StubPipeline.seq, "price": body["price"]}]
+            StubPipeline.committed.append((time.perf_counter(), StubPipeline.seq))
+            out = msgspec.json.encode({"order": {"order_id": f"p{StubPipeline.seq}",
+                                                 "status": "open" if body["side"] == "sell" else "filled"},
+                                       "trades": trades})
+            self.transport.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+            return
+        super().respond(line, head, raw)
+
+
+def visible_seq() -> int:
+    cutoff = time.perf_counter() - StubPipeline.PROJECTION_LAG
+    seen = 0
+    for t, s in StubPipeline.committed:
+        if t <= cutoff:
+            seen = s
+    return seen
+
+
+def test_visibility_probe_against_stub_pipeline(tmp_path):
+    import uvloop
+    from websockets.asyncio.server import serve
+
+    subscribed = []
+
+    async def stream(ws):
+        await ws.send(json.dumps({"type": "connected"}))
+        last = 0
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), 0.003)
+                msg = json.loads(raw)
+                if msg.get("type") == "subscribe":
+                    subscribed.append(msg["instrument"])
+                    await ws.send(json.dumps({"type": "subscribed", "channels": msg["channels"]}))
+            except asyncio.TimeoutError:
+                pass
+            now_seq = visible_seq()
+            if now_seq > last:
+                last = now_seq
+                for inst in subscribed:
+                    await ws.send(json.dumps({"type": "trade", "instrument": inst, "seq": now_seq, "price": 1}))
+
+    out = tmp_path / "vis.json"
+    png = tmp_path / "vis.png"
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(StubPipeline, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with serve(stream, "127.0.0.1", 0) as ws_server:
+            ws_port = ws_server.sockets[0].getsockname()[1]
+            cfg = loadgen.Config(
+                url=f"http://127.0.0.1:{port}", query_url=f"http://127.0.0.1:{port}",
+                query_ws=f"ws://127.0.0.1:{ws_port}/stream", visibility=True, connections=4,
+                duration=2.5, progress=False, out=str(out), plot=str(png), instruments=["BTC-USD"],
+            )
+            try:
+                return await loadgen.run(cfg)
+            finally:
+                server.close()
+
+    StubPipeline.committed = []
+    result = uvloop.run(scenario())
+    vis = result["visibility"]
+    assert result["passed"], result["fail_reasons"]
+    assert subscribed == ["BTC-USD"]
+    assert vis["probes"] >= 10, vis
+    for name in ("orderbook", "stream"):
+        d = vis[name]
+        assert d["count"] >= 10, vis
+        # visible no earlier than the simulated projection lag, and not absurdly later
+        assert 20 <= d["p50"] <= d["p99"] < 500, vis
+    assert any(p.get("visible_p99_ms") for p in result["series"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    print("\n" + loadgen.format_summary(result))
