@@ -1,0 +1,1 @@
+"""Read side of the exchange: projector (Kafka -> Redis views), read API and WS /stream."""

@@ -1,0 +1,299 @@
+"""The query service's Litestar app: thin controllers over query_service.views.
+
+The lifespan owns every connection (Redis, NATS, PostgreSQL, Kafka via the projector, an
+HTTP client for the system health check) in one Services object on app.state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import httpx
+import redis.asyncio as aioredis
+from litestar import Litestar, Request, Response, get, websocket
+from litestar.connection import WebSocket
+from litestar.exceptions import HTTPException
+from redis.exceptions import RedisError
+
+from contracts.api import error, json_encoder
+from contracts.instruments import load_instruments
+from query_service import params, views
+from query_service.auth import Authenticator
+from query_service.bus import Bus
+from query_service.health import health
+from query_service.journal import Journal
+from query_service.keys import Keys
+from query_service.metrics import Metrics
+from query_service.params import ApiError
+from query_service.projector import Projector
+from query_service.records import CANDLE_INTERVALS
+from query_service.settings import Settings
+from query_service.stream import Hub
+
+log = logging.getLogger("query_service")
+JSON = "application/json"
+DAY_NS = 86_400 * 1_000_000_000
+MAX_ANALYTICS_RANGE_NS = 31 * DAY_NS
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.instruments = load_instruments(settings.instruments_file)
+        self.keys = Keys(settings.redis_prefix)
+        self.metrics = Metrics()
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.bus = Bus(settings.nats_url)
+        self.journal = Journal(settings.pg_dsn)
+        self.auth = Authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
+        self.books = views.BookReader(self.redis, self.keys, self.instruments, settings.book_cache_max_age_s)
+        self.hub = Hub(settings, self.instruments, self.redis, self.bus, self.auth, self.metrics, self.books)
+        self.projector = (
+            Projector(settings, self.instruments, self.redis, self.bus, self.journal, self.metrics)
+            if settings.projector_enabled
+            else None
+        )
+        self.http = httpx.AsyncClient()
+        self.instruments_body = views.instruments_body(self.instruments)
+
+    async def start(self) -> None:
+        await self.journal.start()
+        await self.bus.start()  # the hub registered its feed subscription before this
+        await self.hub.start()
+        if self.projector is not None:
+            await self.projector.start()
+
+    async def stop(self) -> None:
+        if self.projector is not None:
+            await self.projector.stop()
+        await self.hub.stop()
+        await self.bus.stop()
+        await self.journal.stop()
+        await self.http.aclose()
+        await self.redis.aclose()
+
+
+def _svc(request) -> Services:
+    return request.app.state.services
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    return Response(content=body, status_code=status, media_type=JSON)
+
+
+# --------------------------------------------------------------------------- market data
+
+
+@get("/market/orderbook")
+async def orderbook(request: Request) -> Response:
+    s = _svc(request)
+    q = request.query_params
+    spec = params.instrument(s.instruments, q.get("instrument"))
+    levels = params.integer(q.get("levels"), "levels", 20, 1, views.MAX_LEVELS)
+    return _json(await s.books.orderbook(spec, levels))
+
+
+@get("/market/trades")
+async def trades(request: Request) -> Response:
+    s = _svc(request)
+    q = request.query_params
+    spec = params.instrument(s.instruments, q.get("instrument"))
+    limit = params.integer(q.get("limit"), "limit", 50, 1, s.settings.recent_trades)
+    return _json(await views.trades(s.redis, s.keys, spec, limit))
+
+
+@get("/market/analytics")
+async def analytics(request: Request) -> Response:
+    s = _svc(request)
+    q = request.query_params
+    spec = params.instrument(s.instruments, q.get("instrument"))
+    start = params.timestamp(q.get("start_time"), "start_time")
+    end = params.timestamp(q.get("end_time"), "end_time")
+    interval = params.integer(q.get("interval"), "interval", 1, 1, 10_080)
+    if end is None:
+        end = time.time_ns() if start is None else min(start + DAY_NS, time.time_ns())
+        end = max(end, start or 0)
+    if start is None:
+        start = end - DAY_NS
+    if start > end:
+        raise params.bad("invalid_range", "start_time must not be after end_time", "start_time")
+    if end - start > MAX_ANALYTICS_RANGE_NS:
+        raise params.bad("range_too_large", "start_time..end_time may span at most 31 days", "start_time")
+    return _json(await views.analytics(s.redis, s.keys, spec, start, end, interval))
+
+
+@get("/market/candles")
+async def candles(request: Request) -> Response:
+    s = _svc(request)
+    q = request.query_params
+    spec = params.instrument(s.instruments, q.get("instrument"))
+    interval = params.choice(q.get("interval"), "interval", tuple(CANDLE_INTERVALS), "1m")
+    limit = params.integer(q.get("limit"), "limit", 100, 1, 1000)
+    end = params.timestamp(q.get("end_time"), "end_time")
+    return _json(await views.candles(s.redis, s.keys, spec, interval, CANDLE_INTERVALS[interval], limit, end))
+
+
+@get("/market/ticker")
+async def ticker(request: Request) -> Response:
+    s = _svc(request)
+    spec = params.instrument(s.instruments, request.query_params.get("instrument"))
+    return _json(json_encoder.encode(await views.ticker(s.redis, s.keys, spec)))
+
+
+@get("/market/instruments")
+async def instruments(request: Request) -> Response:
+    return _json(_svc(request).instruments_body)
+
+
+# --------------------------------------------------------------------------- per client
+
+
+@get("/market/positions/{client_id:str}")
+async def positions(request: Request, client_id: str) -> Response:
+    s = _svc(request)
+    client = await s.auth.require_client(request.headers.get("authorization"), client_id)
+    return _json(await views.positions(s.redis, s.keys, s.instruments, client))
+
+
+@get("/market/orders")
+async def orders(request: Request) -> Response:
+    s = _svc(request)
+    q = request.query_params
+    status = params.choice(q.get("status"), "status", ("open", "closed"), None)
+    spec = params.optional_instrument(s.instruments, q.get("instrument"))
+    limit = params.integer(q.get("limit"), "limit", 50, 1, 500)
+    cursor = params.decode_cursor(q.get("cursor"))
+    client = await s.auth.require_client(request.headers.get("authorization"), q.get("client_id"))
+    return _json(await views.orders(s.redis, s.keys, s.instruments, client, status, spec, limit, cursor))
+
+
+@get("/market/fills")
+async def fills(request: Request) -> Response:
+    s = _svc(request)
+    q = request.query_params
+    spec = params.optional_instrument(s.instruments, q.get("instrument"))
+    limit = params.integer(q.get("limit"), "limit", 50, 1, 500)
+    cursor = params.decode_cursor(q.get("cursor"))
+    client = await s.auth.require_client(request.headers.get("authorization"), q.get("client_id"))
+    return _json(await views.fills(s.redis, s.keys, client, spec, limit, cursor))
+
+
+# --------------------------------------------------------------------------- ops
+
+
+@get("/healthz")
+async def healthz(request: Request) -> Response:
+    status, body = await health(_svc(request))
+    return _json(json_encoder.encode(body), status)
+
+
+@get("/healthz/system")
+async def healthz_system(request: Request) -> Response:
+    status, body = await health(_svc(request), system=True)
+    return _json(json_encoder.encode(body), status)
+
+
+@get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(content=_svc(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@websocket("/stream")
+async def stream(socket: WebSocket) -> None:
+    await socket.app.state.services.hub.serve(socket)
+
+
+# --------------------------------------------------------------------------- errors / middleware
+
+
+def _api_error(_: Request, exc: ApiError) -> Response:
+    return _json(json_encoder.encode(error(exc.code, exc.message, exc.field)), exc.status)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "error")
+    return _json(json_encoder.encode(error(code, str(exc.detail))), status)
+
+
+def _unavailable(_: Request, exc: Exception) -> Response:
+    return _json(json_encoder.encode(error("unavailable", "a backing store is unavailable, retry")), 503)
+
+
+def _internal(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return _json(json_encoder.encode(error("internal", "internal error")), 500)
+
+
+_KNOWN = {
+    "/market/orderbook", "/market/trades", "/market/analytics", "/market/candles", "/market/ticker",
+    "/market/instruments", "/market/orders", "/market/fills", "/healthz", "/healthz/system", "/metrics",
+}
+
+
+def _metrics_middleware(app):
+    """Request latency per route (path templates only, to keep label cardinality bounded)."""
+
+    async def mw(scope, receive, send):
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            path = scope["path"]
+            if path.startswith("/market/positions/"):
+                path = "/market/positions/{client_id}"
+            elif path not in _KNOWN:
+                path = "other"
+            scope["app"].state.services.metrics.http_latency.labels(scope["method"], path, status).observe(
+                time.perf_counter() - start
+            )
+
+    return mw
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar):
+        services = Services(settings)
+        app.state.services = services
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    return Litestar(
+        route_handlers=[
+            orderbook, trades, analytics, candles, ticker, instruments, positions, orders, fills,
+            healthz, healthz_system, metrics, stream,
+        ],
+        lifespan=[lifespan],
+        middleware=[_metrics_middleware],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            RedisError: _unavailable,
+            ConnectionError: _unavailable,
+            Exception: _internal,
+        },
+        openapi_config=None,
+        debug=False,
+    )

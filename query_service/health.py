@@ -1,0 +1,73 @@
+"""Health checks: own dependencies (/healthz) and the whole system (/healthz/system)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from contracts.api import iso_ms
+
+TIMEOUT = 1.0
+
+
+async def _guard(coro) -> str:
+    try:
+        ok = await asyncio.wait_for(coro, TIMEOUT)
+        return "healthy" if ok else "unhealthy"
+    except Exception:
+        return "unhealthy"
+
+
+async def _redis(redis) -> bool:
+    return bool(await redis.ping())
+
+
+async def _tcp(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    reader, writer = await asyncio.open_connection(host or "127.0.0.1", int(port))
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except Exception:
+        pass
+    return True
+
+
+async def _kafka(services) -> bool:
+    if not await _tcp(services.settings.kafka_bootstrap):
+        return False
+    p = services.projector
+    # A projector whose consumer keeps failing (topic gone, broker refusing) is unhealthy.
+    return p is None or not p.kafka_failed
+
+
+async def _nats(services) -> bool:
+    return services.bus.connected
+
+
+async def own_checks(services) -> dict[str, str]:
+    names = ("postgres", "redis", "kafka", "nats")
+    results = await asyncio.gather(
+        _guard(services.journal.check()),
+        _guard(_redis(services.redis)),
+        _guard(_kafka(services)),
+        _guard(_nats(services)),
+    )
+    return dict(zip(names, results))
+
+
+async def _command(services) -> bool:
+    r = await services.http.get(f"{services.settings.command_url}/healthz", timeout=TIMEOUT)
+    return r.status_code == 200
+
+
+async def health(services, system: bool = False) -> tuple[int, dict]:
+    if system:
+        checks, command = await asyncio.gather(own_checks(services), _guard(_command(services)))
+        checks["command"] = command
+        checks["query"] = "healthy"
+    else:
+        checks = await own_checks(services)
+    ok = all(v == "healthy" for v in checks.values())
+    body = {"status": "healthy" if ok else "unhealthy", "timestamp": iso_ms(time.time_ns()), "checks": checks}
+    return (200 if ok else 503), body

@@ -1,0 +1,363 @@
+"""The projector: Kafka (exchange.events) -> Redis views, with the journal as the truth.
+
+Consumer-group design. Every query replica runs a projector in the SAME consumer group.
+The topic is keyed by instrument, so an instrument lives on one partition and the group
+gives each partition (hence each instrument) to exactly one live replica; when a replica
+dies the group reassigns its partitions after the session timeout (kept low for Tansu).
+No extra leader election is needed, and the work spreads when there are several
+partitions. Correctness never depends on the assignment: every batch is a compare-and-set
+on the instrument's last_seq (WATCH last_seq, read state, MULTI ... SET last_seq EXEC), so
+two projectors that briefly both hold a partition during a rebalance, or a journal
+catch-up racing the Kafka path, can never apply an event twice or out of order - the
+loser's EXEC fails and it retries against the new state (its events are then skipped).
+
+Ordering of side effects per batch: Redis EXEC (views + last_seq) -> NATS publish of the
+feed message -> Kafka offset commit. Offsets are committed only after the views hold the
+events, so a crash re-delivers (harmless: seq <= last_seq is skipped). A lost NATS message
+is detected by the replicas through prev_seq and repaired by resnapshotting.
+
+The broker is memory-only and may lose data and offsets. Nothing here depends on it:
+- a gap (next seq > last_seq + 1) or missing views (no last_seq) -> catch up from the
+  journal (events with seq > last_seq, in chunks, each chunk one MULTI/EXEC);
+- the watchdog compares the journal's max seq with last_seq every second: views that
+  are empty, or that still miss events the journal had a whole interval ago (relay or
+  broker down, offsets lost, topic recreated), are caught up from the journal too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.partitioner import murmur2
+from redis.exceptions import WatchError
+
+from contracts.instruments import Instruments
+from contracts.messages import Event, decode_event
+from contracts.topics import feed_subject
+from query_service.bus import Bus
+from query_service.feed import build_feed
+from query_service.journal import Journal
+from query_service.keys import Keys
+from query_service.metrics import Metrics
+from query_service.projection import GapError, project
+from query_service.render import ticker_view
+from query_service.settings import Settings
+from query_service.store import BookCache, delta_commands, merge_window, purge_commands, read_state
+
+log = logging.getLogger("query_service.projector")
+
+
+class Projector:
+    def __init__(
+        self,
+        settings: Settings,
+        instruments: Instruments,
+        redis,
+        bus: Bus,
+        journal: Journal,
+        metrics: Metrics,
+    ):
+        self.settings = settings
+        self.instruments = instruments
+        self.redis = redis
+        self.bus = bus
+        self.journal = journal
+        self.metrics = metrics
+        self.keys = Keys(settings.redis_prefix)
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._books: dict[str, BookCache] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._running = False
+        self.consumer: AIOKafkaConsumer | None = None
+        self.assigned: set[int] | None = None  # partitions held; None = not in a group (act on all)
+        self.partition_count: int | None = None
+        self.last_poll = 0.0
+        self.kafka_failed = False  # the consumer's last start/poll raised
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, kafka: bool = True) -> None:
+        self._running = True
+        if kafka:
+            self._tasks.append(asyncio.create_task(self._consume_forever(), name="projector-kafka"))
+        self._tasks.append(asyncio.create_task(self._watchdog(), name="projector-watchdog"))
+
+    async def stop(self) -> None:
+        self._running = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self.consumer is not None:
+            try:
+                await self.consumer.stop()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ applying
+
+    async def apply(self, instrument: str, events: list[Event]) -> int:
+        """Apply events of one instrument (sorted by seq; duplicates allowed) in one
+        MULTI/EXEC. Returns how many were new. Raises GapError if they do not continue
+        the views' last_seq."""
+        spec = self.instruments.get(instrument)
+        if spec is None:
+            self.metrics.events_skipped.labels("unknown_instrument").inc(len(events))
+            return 0
+        async with self._locks[instrument]:
+            return await self._apply_locked(spec, instrument, events)
+
+    async def _apply_locked(self, spec, instrument: str, events: list[Event]) -> int:
+        seq_key = self.keys.seq(instrument)
+        for _attempt in range(100):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(seq_key)
+                read = await read_state(self.redis, self.keys, instrument, events, self._books.get(instrument))
+                state = read.state
+                new = [e for e in events if e.seq > state.last_seq]
+                if not new:
+                    self.metrics.events_skipped.labels("duplicate").inc(len(events))
+                    return 0
+                if new[0].seq != state.last_seq + 1:
+                    raise GapError(instrument, state.last_seq, new[0].seq)
+                cmds: list[tuple] = []
+                reset = read.redis_seq_missing
+                if reset:
+                    # No last_seq: the views of this instrument are gone (FLUSHALL, new
+                    # Redis) or were never built. Start from an empty state and remove any
+                    # leftovers in the same transaction, so the rebuild equals a replay.
+                    cmds += await purge_commands(self.redis, self.keys, instrument)
+                    state = type(state)(instrument=instrument)
+                new_state, delta = project(state, new)
+                ticker = None
+                if delta.trades:
+                    now_s = delta.last_ts // 1_000_000_000
+                    minutes, hours = merge_window(read, delta, now_s)
+                    ticker = ticker_view(
+                        spec,
+                        instrument,
+                        minutes,
+                        hours,
+                        new_state.last_trade,
+                        new_state.bids.peekitem(-1)[0] if new_state.bids else None,
+                        new_state.asks.peekitem(0)[0] if new_state.asks else None,
+                        delta.seq,
+                        delta.last_ts,
+                    )
+                cmds += delta_commands(
+                    delta, self.keys, spec, self.settings.recent_trades, self.settings.fills_per_client
+                )
+                pipe.multi()
+                for c in cmds:
+                    pipe.execute_command(*c)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    # Another projector (rebalance overlap, watchdog elsewhere) moved last_seq.
+                    self._books.pop(instrument, None)
+                    self.metrics.batch_conflicts.inc()
+                    continue
+            self._books[instrument] = BookCache(new_state.last_seq, new_state.bids, new_state.asks)
+            await self.bus.publish(feed_subject(instrument), build_feed(spec, delta, ticker, reset))
+            self._observe(instrument, new, delta, new_state)
+            return len(new)
+        raise RuntimeError(f"{instrument}: too many concurrent updates of last_seq")
+
+    def _observe(self, instrument, new, delta, state) -> None:
+        m = self.metrics
+        now = time.time_ns()
+        lag = m.projection_lag_seconds.labels(instrument)
+        for e in new:
+            lag.observe(max(0, now - e.ts) / 1e9)
+        m.events_applied.labels(instrument).inc(len(new))
+        m.batches.labels(instrument).inc()
+        if delta.trades:
+            m.trades.labels(instrument).inc(len(delta.trades))
+            spec = self.instruments.get(instrument)
+            m.trade_volume.labels(instrument).inc(float(spec.lots_to_quantity(sum(t.quantity for t in delta.trades))))
+        m.orderbook_depth.labels(instrument, "buy").set(len(state.bids))
+        m.orderbook_depth.labels(instrument, "sell").set(len(state.asks))
+
+    async def catch_up(self, instrument: str, reason: str) -> int:
+        """Apply the journal's events after the views' last_seq, chunk by chunk."""
+        if instrument not in self.instruments:
+            return 0
+        self.metrics.rebuilds.labels(instrument, reason).inc()
+        total = 0
+        while True:
+            seq = int(await self.redis.get(self.keys.seq(instrument)) or 0)
+            events = await self.journal.read(instrument, seq, self.settings.journal_chunk)
+            if not events:
+                break
+            total += await self.apply(instrument, events)
+            if len(events) < self.settings.journal_chunk:
+                break
+        if total:
+            log.info("projector: %s caught up %d events from the journal (%s)", instrument, total, reason)
+        return total
+
+    async def apply_with_recovery(self, instrument: str, events: list[Event]) -> None:
+        """Apply, repairing gaps from the journal; retry (never skip) while Redis/PG are down."""
+        delay = 0.05
+        while True:
+            try:
+                try:
+                    await self.apply(instrument, events)
+                except GapError as gap:
+                    log.info("projector: %s", gap)
+                    await self.catch_up(instrument, "gap")
+                    # The journal holds every event Kafka delivered; whatever is left is new.
+                    await self.apply(instrument, events)
+                return
+            except GapError as gap:
+                log.error("projector: journal does not continue the views: %s", gap)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._running:
+                    raise
+                log.warning("projector: %s apply failed (%s: %s); retrying", instrument, type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # ------------------------------------------------------------------ Kafka
+
+    def owns(self, instrument: str) -> bool:
+        if self.assigned is None or not self.partition_count:
+            return True
+        return self.partition_of(instrument) in self.assigned
+
+    def partition_of(self, instrument: str) -> int:
+        # The relay produces with key = instrument and the default (murmur2) partitioner.
+        return (murmur2(instrument.encode()) & 0x7FFFFFFF) % self.partition_count
+
+    async def _consume_forever(self) -> None:
+        delay = 0.5
+        while self._running:
+            try:
+                await self._consume()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.kafka_failed = True
+                log.warning("projector: kafka consumer failed (%s: %s); restarting", type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                self.assigned = None
+                if self.consumer is not None:
+                    try:
+                        await self.consumer.stop()
+                    except Exception:
+                        pass
+                    self.consumer = None
+
+    async def _consume(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.kafka_group,
+            client_id="query-projector",
+            enable_auto_commit=False,
+            auto_offset_reset=s.kafka_offset_reset,
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            rebalance_timeout_ms=s.kafka_rebalance_timeout_ms,
+            max_poll_records=s.kafka_max_poll_records,
+            fetch_max_wait_ms=50,
+            metadata_max_age_ms=30_000,
+            request_timeout_ms=10_000,
+            retry_backoff_ms=100,
+        )
+        self.consumer = consumer
+        consumer.subscribe([s.kafka_topic], listener=_Rebalance(self))
+        await consumer.start()
+        self.kafka_failed = False
+        log.info("projector: consuming %s as group %s", s.kafka_topic, s.kafka_group)
+        while self._running:
+            batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka_max_poll_records)
+            self.last_poll = time.monotonic()
+            self.kafka_failed = False
+            if not batches:
+                continue
+            by_instrument: dict[str, list[Event]] = defaultdict(list)
+            offsets = {}
+            for tp, records in batches.items():
+                for r in records:
+                    try:
+                        e = decode_event(r.value)
+                    except Exception:
+                        self.metrics.events_skipped.labels("undecodable").inc()
+                        log.error("projector: undecodable event at %s offset %d", tp, r.offset)
+                        continue
+                    by_instrument[e.instrument].append(e)
+                if records:
+                    offsets[tp] = records[-1].offset + 1
+            for instrument, events in by_instrument.items():
+                events.sort(key=_seq)
+                await self.apply_with_recovery(instrument, events)
+            try:
+                await consumer.commit(offsets)  # only after the views hold the events
+            except Exception as exc:  # rebalanced meanwhile: the next owner skips what we applied
+                log.info("projector: offset commit failed (%s)", exc)
+
+    # ------------------------------------------------------------------ watchdog
+
+    async def _watchdog(self) -> None:
+        prev_journal: dict[str, int] = {}
+        symbols = self.instruments.symbols
+        while self._running:
+            await asyncio.sleep(self.settings.watchdog_interval_s)
+            try:
+                jmax = await self.journal.max_seqs(symbols)
+                raw = await self.redis.mget([self.keys.seq(i) for i in symbols])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("projector: watchdog skipped (%s)", exc)
+                continue
+            for inst, r in zip(symbols, raw):
+                views = int(r or 0)
+                journal = jmax.get(inst, 0)
+                self.metrics.projection_lag_events.labels(inst).set(max(0, journal - views))
+                self.metrics.projection_last_seq.labels(inst).set(views)
+                # Behind on events the journal already had a whole interval ago (relay or
+                # broker down, offsets lost), or views missing entirely: use the journal.
+                behind = views < prev_journal.get(inst, 0) or (r is None and journal > 0)
+                prev_journal[inst] = journal
+                if behind and self.owns(inst):
+                    try:
+                        await self.catch_up(inst, "empty" if r is None else "stalled")
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc)
+
+
+def _seq(e: Event) -> int:
+    return e.seq
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, projector: Projector):
+        self.p = projector
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self.p.assigned = set()
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        p = self.p
+        parts = p.consumer.partitions_for_topic(p.settings.kafka_topic) if p.consumer else None
+        p.partition_count = len(parts) if parts else None
+        p.assigned = {tp.partition for tp in assigned}
+        log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)

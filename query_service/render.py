@@ -1,0 +1,250 @@
+"""Integer ticks/lots -> the API's exact decimals (pure, no I/O).
+
+Sums and differences of ticks and lots are exact decimals (the instrument grid). Ratios
+(average price, VWAP, mean price) are rationals: they are rounded half-even to 8 decimal
+places below the instrument's tick (BTC-USD: 1e-10), and only at this edge.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+
+from contracts.api import iso_ms
+from contracts.instruments import InstrumentSpec, plain
+
+RATIO_EXTRA_PLACES = 8
+_ctx = Context(prec=80, rounding=ROUND_HALF_EVEN)
+
+
+def ratio(numer: int, denom: int, unit: Decimal) -> Decimal:
+    """numer/denom * unit, rounded half-even to unit's exponent - 8 places."""
+    if denom == 0:
+        return Decimal(0)
+    q = _ctx.divide(_ctx.multiply(Decimal(numer), unit), Decimal(denom))
+    exponent = unit.as_tuple().exponent - RATIO_EXTRA_PLACES
+    return plain(q.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN, context=_ctx))
+
+
+def price_ratio(spec: InstrumentSpec, ticks_times_lots: int, lots: int) -> Decimal:
+    """An average price: a sum of price*qty (ticks*lots) over a quantity (lots)."""
+    return ratio(ticks_times_lots, lots, spec.tick_size)
+
+
+def mean_price(spec: InstrumentSpec, sum_ticks: int, count: int) -> Decimal:
+    return ratio(sum_ticks, count, spec.tick_size)
+
+
+def price_or_none(spec: InstrumentSpec, ticks: int | None) -> Decimal | None:
+    return None if ticks is None else spec.ticks_to_price(ticks)
+
+
+def signed_lots(spec: InstrumentSpec, lots: int) -> Decimal:
+    return plain(spec.lot_size * lots)
+
+
+__all__ = ["ratio", "price_ratio", "mean_price", "price_or_none", "signed_lots", "iso_ms", "plain"]
+
+
+# --------------------------------------------------------------------------- API shapes
+
+
+def order_view(spec: InstrumentSpec, o) -> dict:
+    """An OrderRec in the API's order shape (plus remaining_quantity, avg_price, seq)."""
+    d = {
+        "order_id": o.order_id,
+        "client_id": o.client_id,
+        "instrument": o.instrument,
+        "side": o.side,
+        "type": o.order_type,
+        "price": price_or_none(spec, o.price),
+        "quantity": spec.lots_to_quantity(o.quantity),
+        "filled_quantity": spec.lots_to_quantity(o.filled),
+        "remaining_quantity": spec.lots_to_quantity(o.remaining),
+        "avg_price": price_ratio(spec, o.cost, o.filled) if o.filled else None,
+        "status": o.status,
+        "time_in_force": o.tif,
+        "post_only": o.post_only,
+        "created_at": iso_ms(o.created_ts),
+        "updated_at": iso_ms(o.updated_ts),
+        "seq": o.seq,
+    }
+    if o.stop_price is not None:
+        d["stop_price"] = spec.ticks_to_price(o.stop_price)
+    if o.reject_reason:
+        d["reject_reason"] = o.reject_reason
+    if o.cancel_reason:
+        d["cancel_reason"] = o.cancel_reason
+    return d
+
+
+def trade_view(spec: InstrumentSpec, t) -> dict:
+    """A TradeExecuted in the API's trade shape."""
+    buy = t.taker_order_id if t.taker_side.value == "buy" else t.maker_order_id
+    sell = t.maker_order_id if t.taker_side.value == "buy" else t.taker_order_id
+    return {
+        "trade_id": t.trade_id,
+        "buy_order_id": buy,
+        "sell_order_id": sell,
+        "instrument": t.instrument,
+        "price": spec.ticks_to_price(t.price),
+        "quantity": spec.lots_to_quantity(t.quantity),
+        "taker_side": t.taker_side.value,
+        "timestamp": iso_ms(t.ts),
+        "seq": t.seq,
+    }
+
+
+def fill_view(spec: InstrumentSpec, f) -> dict:
+    t = f.trade
+    return {
+        "trade_id": t.trade_id,
+        "order_id": f.order_id,
+        "client_id": f.client_id,
+        "instrument": t.instrument,
+        "side": f.side,
+        "role": f.role,
+        "price": spec.ticks_to_price(t.price),
+        "quantity": spec.lots_to_quantity(t.quantity),
+        "notional": spec.notional(t.price * t.quantity),
+        "timestamp": iso_ms(t.ts),
+        "seq": t.seq,
+    }
+
+
+def position_view(spec: InstrumentSpec, instrument: str, p, mark: int | None) -> dict:
+    from query_service.projection import unrealized
+
+    return {
+        "instrument": instrument,
+        "net_quantity": signed_lots(spec, p.net),
+        "total_cost": spec.notional(p.cost),
+        "avg_price": price_ratio(spec, p.cost, p.net) if p.net else Decimal(0),
+        "realized_pnl": spec.notional(p.realized),
+        "unrealized_pnl": spec.notional(unrealized(p, mark)),
+        "mark_price": price_or_none(spec, mark),
+        "last_updated": iso_ms(p.updated_ts),
+    }
+
+
+def level_rows(spec: InstrumentSpec, levels, cumulative: bool) -> list[dict]:
+    """[(ticks, lots)] best first -> [{price, quantity[, cumulative]}]."""
+    out = []
+    total = 0
+    for ticks, lots in levels:
+        row = {"price": spec.ticks_to_price(ticks), "quantity": spec.lots_to_quantity(lots)}
+        if cumulative:
+            total += lots
+            row["cumulative"] = spec.lots_to_quantity(total)
+        out.append(row)
+    return out
+
+
+def aggregate_buckets(spec: InstrumentSpec, buckets, interval_s: int) -> tuple[list[dict], Decimal | None]:
+    """Minute buckets (sorted by start) -> analytics aggregates per interval, overall VWAP."""
+    groups: dict[int, list] = {}
+    for b in buckets:
+        groups.setdefault(b.start - b.start % interval_s, []).append(b)
+    out = []
+    all_qty = all_notional = 0
+    for start in sorted(groups):
+        bs = groups[start]
+        count = sum(b.count for b in bs)
+        qty = sum(b.qty for b in bs)
+        notional = sum(b.notional for b in bs)
+        sum_price = sum(b.sum_price for b in bs)
+        all_qty += qty
+        all_notional += notional
+        out.append(
+            {
+                "time_bucket": iso_ms(start * 1_000_000_000),
+                "trade_count": count,
+                "total_quantity": spec.lots_to_quantity(qty),
+                "avg_price": mean_price(spec, sum_price, count),
+                "min_price": spec.ticks_to_price(min(b.low for b in bs)),
+                "max_price": spec.ticks_to_price(max(b.high for b in bs)),
+                "open_price": spec.ticks_to_price(bs[0].open),
+                "close_price": spec.ticks_to_price(bs[-1].close),
+                "total_volume": spec.notional(notional),
+                "vwap": price_ratio(spec, notional, qty),
+            }
+        )
+    overall = price_ratio(spec, all_notional, all_qty) if all_qty else None
+    return out, overall
+
+
+def candle_view(spec: InstrumentSpec, b) -> dict:
+    return {
+        "time": iso_ms(b.start * 1_000_000_000),
+        "open": spec.ticks_to_price(b.open),
+        "high": spec.ticks_to_price(b.high),
+        "low": spec.ticks_to_price(b.low),
+        "close": spec.ticks_to_price(b.close),
+        "volume": spec.lots_to_quantity(b.qty),
+        "quote_volume": spec.notional(b.notional),
+        "trade_count": b.count,
+        "vwap": price_ratio(spec, b.notional, b.qty),
+    }
+
+
+TICKER_WINDOW_S = 86400
+
+
+def ticker_window(now_s: int) -> tuple[int, int]:
+    """The rolling 24 h window at minute granularity: minute buckets from w0 up to h1 (the
+    first full hour), hour buckets from h1 on. Returns (w0, h1)."""
+    w0 = now_s - now_s % 60 - (TICKER_WINDOW_S - 60)
+    h1 = -(-w0 // 3600) * 3600
+    return w0, h1
+
+
+def ticker_view(
+    spec: InstrumentSpec,
+    instrument: str,
+    minute_buckets,
+    hour_buckets,
+    last,  # LastTrade | None
+    best_bid: int | None,
+    best_ask: int | None,
+    seq: int,
+    now_ns: int,
+) -> dict:
+    """24 h ticker from the 1m buckets in [w0, h1) and the 1h buckets from h1 on (sorted)."""
+    bs = list(minute_buckets) + list(hour_buckets)
+    d = {
+        "instrument": instrument,
+        "last_price": price_or_none(spec, last.price if last else None),
+        "last_quantity": spec.lots_to_quantity(last.quantity) if last else None,
+        "last_trade_at": iso_ms(last.ts) if last else None,
+        "best_bid": price_or_none(spec, best_bid),
+        "best_ask": price_or_none(spec, best_ask),
+        "open_24h": None,
+        "high_24h": None,
+        "low_24h": None,
+        "volume_24h": Decimal(0),
+        "quote_volume_24h": Decimal(0),
+        "trade_count_24h": 0,
+        "vwap_24h": None,
+        "change_24h": None,
+        "change_percent_24h": None,
+        "seq": seq,
+        "timestamp": iso_ms(now_ns),
+    }
+    if bs:
+        qty = sum(b.qty for b in bs)
+        notional = sum(b.notional for b in bs)
+        open_ = bs[0].open
+        close = bs[-1].close
+        d.update(
+            open_24h=spec.ticks_to_price(open_),
+            high_24h=spec.ticks_to_price(max(b.high for b in bs)),
+            low_24h=spec.ticks_to_price(min(b.low for b in bs)),
+            volume_24h=spec.lots_to_quantity(qty),
+            quote_volume_24h=spec.notional(notional),
+            trade_count_24h=sum(b.count for b in bs),
+            vwap_24h=price_ratio(spec, notional, qty),
+            change_24h=plain(spec.tick_size * (close - open_)),
+            change_percent_24h=plain(
+                (Decimal(close - open_) * 100 / Decimal(open_)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
+            ),
+        )
+    return d

@@ -1,0 +1,110 @@
+"""Query service settings: read once from the environment into one typed object.
+
+Everything the service needs to know about its surroundings is here; nothing else in
+query_service reads os.environ. Tests build their own Settings with `replace(...)`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import msgspec
+
+from contracts.topics import EVENTS_TOPIC
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/exchange"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic: str = EVENTS_TOPIC
+    instruments_file: str | None = None
+    auth_enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8002
+    command_url: str = "http://127.0.0.1:8001"
+
+    # Projector. Every replica joins the same consumer group (see projector.py for why).
+    projector_enabled: bool = True
+    kafka_group: str = "exchange-query-projector"
+    # "latest": a new group (or one whose offsets the memory-only broker forgot) starts at
+    # the end of the topic and catches up from the journal instead of replaying the topic.
+    kafka_offset_reset: str = "latest"
+    # Tansu joins a group in about half the session timeout: keep these low.
+    kafka_session_timeout_ms: int = 4000
+    kafka_heartbeat_interval_ms: int = 500
+    kafka_rebalance_timeout_ms: int = 4000
+    kafka_max_poll_records: int = 2000
+    journal_chunk: int = 1000  # events per MULTI/EXEC when catching up from the journal
+    watchdog_interval_s: float = 1.0  # journal-vs-views check (lag gauge, stalled/empty views)
+
+    # Redis key prefix (all views live under it).
+    redis_prefix: str = "q:"
+    recent_trades: int = 1000
+    fills_per_client: int = 10000
+
+    # Read API
+    book_cache_max_age_s: float = 0.25  # how long a NATS-validated cached book may be served unchecked
+    auth_cache_ttl_s: float = 30.0  # api key -> client cache; a revoked key stops working within this
+
+    # WebSocket /stream
+    ws_send_queue: int = 2000  # messages queued per connection before it is dropped as slow
+    ws_heartbeat_s: float = 5.0
+    order_request_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        d = cls()
+
+        def s(name: str, default: str) -> str:
+            v = env.get(name)
+            return v if v not in (None, "") else default
+
+        def i(name: str, default: int) -> int:
+            return int(s(name, str(default)))
+
+        def f(name: str, default: float) -> float:
+            return float(s(name, str(default)))
+
+        def b(name: str, default: bool) -> bool:
+            v = env.get(name)
+            if v in (None, ""):
+                return default
+            return v.strip().lower() in ("1", "true", "yes", "on", "enabled")
+
+        port = i("EXCHANGE_QUERY_PORT", d.port)
+        return cls(
+            pg_dsn=s("EXCHANGE_PG_DSN", d.pg_dsn),
+            redis_url=s("EXCHANGE_REDIS_URL", d.redis_url),
+            nats_url=s("EXCHANGE_NATS_URL", d.nats_url),
+            kafka_bootstrap=s("EXCHANGE_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
+            kafka_topic=s("EXCHANGE_KAFKA_TOPIC", d.kafka_topic),
+            instruments_file=env.get("EXCHANGE_INSTRUMENTS_FILE") or None,
+            auth_enabled=s("EXCHANGE_AUTH", "enabled").strip().lower() != "disabled",
+            host=s("EXCHANGE_HOST", d.host),
+            port=port,
+            command_url=s("EXCHANGE_COMMAND_URL", d.command_url).rstrip("/"),
+            projector_enabled=b("EXCHANGE_QUERY_PROJECTOR", d.projector_enabled),
+            kafka_group=s("EXCHANGE_QUERY_GROUP", d.kafka_group),
+            kafka_offset_reset=s("EXCHANGE_QUERY_OFFSET_RESET", d.kafka_offset_reset),
+            kafka_session_timeout_ms=i("EXCHANGE_KAFKA_SESSION_TIMEOUT_MS", d.kafka_session_timeout_ms),
+            kafka_heartbeat_interval_ms=i("EXCHANGE_KAFKA_HEARTBEAT_MS", d.kafka_heartbeat_interval_ms),
+            kafka_rebalance_timeout_ms=i("EXCHANGE_KAFKA_REBALANCE_TIMEOUT_MS", d.kafka_rebalance_timeout_ms),
+            kafka_max_poll_records=i("EXCHANGE_QUERY_MAX_POLL_RECORDS", d.kafka_max_poll_records),
+            journal_chunk=i("EXCHANGE_QUERY_JOURNAL_CHUNK", d.journal_chunk),
+            watchdog_interval_s=f("EXCHANGE_QUERY_WATCHDOG_S", d.watchdog_interval_s),
+            redis_prefix=s("EXCHANGE_QUERY_REDIS_PREFIX", d.redis_prefix),
+            recent_trades=i("EXCHANGE_QUERY_RECENT_TRADES", d.recent_trades),
+            fills_per_client=i("EXCHANGE_QUERY_FILLS_PER_CLIENT", d.fills_per_client),
+            book_cache_max_age_s=f("EXCHANGE_QUERY_BOOK_CACHE_S", d.book_cache_max_age_s),
+            auth_cache_ttl_s=f("EXCHANGE_QUERY_AUTH_CACHE_S", d.auth_cache_ttl_s),
+            ws_send_queue=i("EXCHANGE_WS_SEND_QUEUE", d.ws_send_queue),
+            ws_heartbeat_s=f("EXCHANGE_WS_HEARTBEAT_S", d.ws_heartbeat_s),
+            order_request_timeout_s=f("EXCHANGE_WS_ORDER_TIMEOUT_S", d.order_request_timeout_s),
+        )
+
+    def replace(self, **changes) -> "Settings":
+        return msgspec.structs.replace(self, **changes)

@@ -1,0 +1,272 @@
+"""Read queries over the Redis views. Each answers in one Redis round trip where it can;
+responses are built as bytes (exact decimals as JSON numbers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from contracts.api import iso_ms, json_encoder
+from contracts.instruments import InstrumentSpec, Instruments
+from query_service.keys import Keys
+from query_service.params import ApiError, encode_cursor
+from query_service.records import Bucket, unpack_last, unpack_order, unpack_position
+from query_service.render import (
+    aggregate_buckets,
+    candle_view,
+    level_rows,
+    order_view,
+    position_view,
+    ticker_view,
+    ticker_window,
+)
+from query_service.store import level_pairs
+
+MAX_LEVELS = 100
+
+
+@dataclass
+class _Book:
+    seq: int
+    ts: int
+    bids: list  # [(ticks, lots)] best first, up to MAX_LEVELS
+    asks: list
+    checked: float  # monotonic time the seq was last confirmed against Redis
+    bodies: dict  # levels -> encoded response
+
+
+async def read_top(redis, keys: Keys, instrument: str, depth: int) -> tuple[int, int, list, list]:
+    """(seq, ts, bids, asks) read atomically (MULTI): the levels belong to that seq.
+    depth -1 = the whole book."""
+    p = redis.pipeline(transaction=True)
+    p.get(keys.seq(instrument))
+    p.get(keys.ts(instrument))
+    p.zrevrange(keys.bids(instrument), 0, depth - 1 if depth > 0 else -1)
+    p.zrange(keys.asks(instrument), 0, depth - 1 if depth > 0 else -1)
+    seq, ts, bids, asks = await p.execute()
+    return int(seq or 0), int(ts or 0), level_pairs(bids), level_pairs(asks)
+
+
+class BookReader:
+    """GET /market/orderbook. The top 100 levels of each instrument are cached with their
+    seq; one cache entry serves every `levels`. An entry is served without asking Redis
+    while the NATS feed has not announced a newer seq and it was confirmed less than
+    `max_age` ago (the feed can lose messages); otherwise one GET of last_seq confirms it,
+    or one MULTI re-reads it. Concurrent misses share one read."""
+
+    def __init__(self, redis, keys: Keys, instruments: Instruments, max_age: float):
+        self.redis = redis
+        self.keys = keys
+        self.instruments = instruments
+        self.max_age = max_age
+        self.feed_seq: dict[str, int] = {}  # updated by the stream hub from the NATS feed
+        self._cache: dict[str, _Book] = {}
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    async def orderbook(self, spec: InstrumentSpec, levels: int) -> bytes:
+        inst = spec.symbol
+        book = self._cache.get(inst)
+        if book is not None and book.seq >= self.feed_seq.get(inst, 0):
+            now = time.monotonic()
+            if now - book.checked < self.max_age:
+                return self._body(spec, book, levels)
+            seq = int(await self.redis.get(self.keys.seq(inst)) or 0)
+            if seq == book.seq:
+                book.checked = now
+                return self._body(spec, book, levels)
+        book = await self._load(inst)
+        return self._body(spec, book, levels)
+
+    async def _load(self, inst: str) -> _Book:
+        fut = self._inflight.get(inst)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[inst] = fut
+        try:
+            checked = time.monotonic()
+            seq, ts, bids, asks = await read_top(self.redis, self.keys, inst, MAX_LEVELS)
+            book = _Book(seq, ts, bids, asks, checked, {})
+            cur = self._cache.get(inst)
+            if cur is None or cur.seq <= seq:
+                self._cache[inst] = book
+            fut.set_result(book)
+            return book
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._inflight[inst]
+
+    @staticmethod
+    def _body(spec: InstrumentSpec, book: _Book, levels: int) -> bytes:
+        body = book.bodies.get(levels)
+        if body is None:
+            body = json_encoder.encode(
+                {
+                    "instrument": spec.symbol,
+                    "bids": level_rows(spec, book.bids[:levels], True),
+                    "asks": level_rows(spec, book.asks[:levels], True),
+                    "seq": book.seq,
+                    "timestamp": iso_ms(book.ts or time.time_ns()),
+                }
+            )
+            book.bodies[levels] = body
+        return body
+
+
+async def trades(redis, keys: Keys, spec: InstrumentSpec, limit: int) -> bytes:
+    items = await redis.lrange(keys.trades(spec.symbol), 0, limit - 1)
+    head = json_encoder.encode(spec.symbol)
+    return b'{"instrument":' + head + b',"trades":[' + b",".join(items) + b'],"count":' + str(len(items)).encode() + b"}"
+
+
+async def analytics(
+    redis, keys: Keys, spec: InstrumentSpec, start_ns: int, end_ns: int, interval_min: int
+) -> bytes:
+    start_s = start_ns // 1_000_000_000
+    end_s = end_ns // 1_000_000_000
+    rows = await redis.zrangebyscore(keys.candles(spec.symbol, 60), start_s - start_s % 60, end_s)
+    aggregates, overall = aggregate_buckets(spec, [Bucket.unpack(r) for r in rows], interval_min * 60)
+    return json_encoder.encode(
+        {
+            "instrument": spec.symbol,
+            "start_time": iso_ms(start_ns),
+            "end_time": iso_ms(end_ns),
+            "interval_minutes": interval_min,
+            "aggregates": aggregates,
+            "overall_vwap": overall,
+        }
+    )
+
+
+async def candles(redis, keys: Keys, spec: InstrumentSpec, interval: str, res: int, limit: int, end_ns: int | None) -> bytes:
+    hi = "+inf" if end_ns is None else end_ns // 1_000_000_000
+    rows = await redis.zrevrangebyscore(keys.candles(spec.symbol, res), hi, "-inf", start=0, num=limit)
+    bs = [Bucket.unpack(r) for r in reversed(rows)]
+    return json_encoder.encode(
+        {"instrument": spec.symbol, "interval": interval, "candles": [candle_view(spec, b) for b in bs]}
+    )
+
+
+async def ticker(redis, keys: Keys, spec: InstrumentSpec, now_ns: int | None = None) -> dict:
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    inst = spec.symbol
+    w0, h1 = ticker_window(now_ns // 1_000_000_000)
+    p = redis.pipeline(transaction=True)
+    p.get(keys.seq(inst))
+    p.get(keys.last(inst))
+    p.zrangebyscore(keys.candles(inst, 60), w0, h1 - 1)
+    p.zrangebyscore(keys.candles(inst, 3600), h1, "+inf")
+    p.zrevrange(keys.bids(inst), 0, 0)
+    p.zrange(keys.asks(inst), 0, 0)
+    seq, last, mins, hours, bid, ask = await p.execute()
+    bid = level_pairs(bid)
+    ask = level_pairs(ask)
+    return ticker_view(
+        spec,
+        inst,
+        [Bucket.unpack(r) for r in mins],
+        [Bucket.unpack(r) for r in hours],
+        unpack_last(last) if last else None,
+        bid[0][0] if bid else None,
+        ask[0][0] if ask else None,
+        int(seq or 0),
+        now_ns,
+    )
+
+
+async def positions(redis, keys: Keys, instruments: Instruments, client_id: str) -> bytes:
+    symbols = instruments.symbols
+    p = redis.pipeline(transaction=True)
+    p.hgetall(keys.pos(client_id))
+    for s in symbols:
+        p.get(keys.last(s))
+    res = await p.execute()
+    held, marks = res[0], dict(zip(symbols, res[1:]))
+    out = []
+    for inst_b in sorted(held):
+        inst = inst_b.decode()
+        spec = instruments.get(inst)
+        if spec is None:
+            continue
+        last = marks.get(inst)
+        mark = unpack_last(last).price if last else None
+        out.append(position_view(spec, inst, unpack_position(held[inst_b]), mark))
+    return json_encoder.encode({"client_id": client_id, "positions": out})
+
+
+async def orders(
+    redis, keys: Keys, instruments: Instruments, client_id: str, status: str | None,
+    spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
+) -> bytes:
+    which = status or "all"
+    key = keys.client_orders(client_id, which, spec.symbol if spec else None)
+    hi = b"(" + cursor if cursor else b"+"
+    members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
+    more = len(members) > limit
+    members = members[:limit]
+    ids = [m.split(b"|", 1)[1] for m in members]
+    recs = await redis.hmget(keys.orders, ids) if ids else []
+    out = []
+    for raw in recs:
+        if raw is None:
+            continue  # (purged between the two reads)
+        o = unpack_order(raw)
+        out.append(order_view(instruments.get(o.instrument), o))
+    return json_encoder.encode(
+        {
+            "client_id": client_id,
+            "orders": out,
+            "count": len(out),
+            "next_cursor": encode_cursor(members[-1]) if more and members else None,
+        }
+    )
+
+
+async def fills(
+    redis, keys: Keys, client_id: str, spec: InstrumentSpec | None, limit: int, cursor: bytes | None
+) -> bytes:
+    key = keys.client_fills(client_id, spec.symbol if spec else None)
+    hi = b"(" + cursor if cursor else b"+"
+    members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
+    more = len(members) > limit
+    members = members[:limit]
+    prefixes, bodies = [], []
+    for m in members:
+        # member = ts(19)|trade_id|role|<json>; the prefix up to the 3rd "|" is the cursor
+        a = m.index(b"|")
+        b = m.index(b"|", a + 1)
+        c = m.index(b"|", b + 1)
+        prefixes.append(m[:c])
+        bodies.append(m[c + 1 :])
+    nxt = json_encoder.encode(encode_cursor(prefixes[-1]) if more and prefixes else None)
+    return (
+        b'{"client_id":' + json_encoder.encode(client_id) + b',"fills":[' + b",".join(bodies)
+        + b'],"count":' + str(len(bodies)).encode() + b',"next_cursor":' + nxt + b"}"
+    )
+
+
+def instruments_body(instruments: Instruments) -> bytes:
+    return json_encoder.encode(
+        {
+            "instruments": [
+                {
+                    "symbol": s.symbol,
+                    "base": s.base,
+                    "quote": s.quote,
+                    "tick_size": s.tick_size,
+                    "lot_size": s.lot_size,
+                    "min_quantity": s.min_quantity,
+                    "max_quantity": s.max_quantity,
+                    "max_price": s.max_price,
+                }
+                for s in instruments
+            ]
+        }
+    )
+
+
+__all__ = ["ApiError", "BookReader", "read_top"]
