@@ -124,15 +124,19 @@ UNION
 SELECT instrument FROM relay_cursors
 """
 
-# One round trip for all instruments; each LATERAL is an index range scan on the PK.
+# One round trip for all instruments; each LATERAL is a PK range scan. The seq range is
+# bounded above as well (seq is gap-free, so (cursor, cursor+N] holds the next N events):
+# with only "seq > cursor", stale statistics (a big backlog after an outage, a fresh bulk
+# load) made the planner read the WHOLE backlog and sort it on disk in every round, which
+# turns catching up quadratic. Bounded, every plan reads at most N rows.
 FETCH_SQL = """
 SELECT c.instrument, e.seq, e.payload
 FROM unnest($1::text[], $2::bigint[]) AS c(instrument, cursor)
 CROSS JOIN LATERAL (
     SELECT seq, payload FROM events
-    WHERE events.instrument = c.instrument AND events.seq > c.cursor
+    WHERE events.instrument = c.instrument
+      AND events.seq > c.cursor AND events.seq <= c.cursor + $3
     ORDER BY seq
-    LIMIT $3
 ) e
 """
 
@@ -248,6 +252,30 @@ class LeadershipLost(Exception):
 
 class KafkaRoundError(Exception):
     pass
+
+
+@dataclass
+class Pending:
+    """One instrument's record batch in a round: rows cursor+1 .. last."""
+
+    name: str
+    key: bytes
+    last: int
+    count: int
+    batch: object  # aiokafka BatchBuilder
+    partition: int = -1
+
+
+@dataclass
+class Round:
+    batches: list = field(default_factory=list)  # list[Pending], at most one per instrument
+    backlog: bool = False  # some instrument had more rows than fitted
+
+
+async def _settle(task: asyncio.Task | None) -> None:
+    if task is not None:
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def _utc_iso() -> str:
@@ -377,6 +405,7 @@ class Relay:
         }
         self._instruments = {r["instrument"] for r in await data_conn.fetch(DISCOVER_SQL)}
         producer: AIOKafkaProducer | None = None
+        prepared: Round | None = None
         last_housekeeping = time.monotonic()
         try:
             backlog = True  # read at once after taking over
@@ -384,6 +413,7 @@ class Relay:
                 if self._lock_conn_lost.is_set() or lock_conn.is_closed():
                     raise LeadershipLost("lock connection closed")
                 if producer is None:
+                    prepared = None  # its batches belong to the dropped producer
                     producer = await self._start_producer()
                     if producer is None:
                         await self._sleep_backoff()
@@ -402,17 +432,18 @@ class Relay:
                     last_housekeeping = now
                     await lock_conn.fetchval("SELECT 1")  # is our session (and lock) alive?
                     await self._discover(data_conn)  # instruments that were never notified
-                if not backlog:
-                    # Poll fallback on timeout: read anyway, a notification may be missed
-                    # (e.g. a writer that does not notify).
-                    if await self._wait_for_work() and self.s.linger_ms > 0:
-                        await asyncio.sleep(self.s.linger_ms / 1000)
-                self._wake.clear()
-                if self._notified:
-                    self._instruments |= self._notified
-                    self._notified = set()
+                if prepared is None:
+                    if not backlog:
+                        # Poll fallback on timeout: read anyway, a notification may have
+                        # been missed (or a writer does not notify).
+                        if await self._wait_for_work() and self.s.linger_ms > 0:
+                            await asyncio.sleep(self.s.linger_ms / 1000)
+                    prepared = await self._prepare(producer, data_conn, self._cursors)
+                    if prepared is None:
+                        backlog = False
+                        continue
                 try:
-                    backlog = await self._round(producer, data_conn)
+                    prepared = await self._publish(producer, data_conn, prepared)
                 except KafkaRoundError as exc:
                     self.kafka_ok = False
                     self.metrics.kafka_up.set(0)
@@ -420,8 +451,11 @@ class Relay:
                     log.warning("relay %s kafka send failed, restarting from cursor: %s", self.s.name, exc)
                     await self._drop_producer(producer)
                     producer = None
+                    prepared = None
                     backlog = True
                     await self._sleep_backoff()
+                    continue
+                backlog = prepared is not None
         finally:
             if producer is not None:
                 await self._drop_producer(producer)
@@ -438,101 +472,122 @@ class Relay:
     async def _discover(self, data_conn) -> None:
         self._instruments |= {r["instrument"] for r in await data_conn.fetch(DISCOVER_SQL)}
 
-    async def _round(self, producer: AIOKafkaProducer, data_conn) -> bool:
-        """Publish one round. Returns True if more rows may be waiting (backlog)."""
+    async def _prepare(self, producer: AIOKafkaProducer, data_conn, positions: dict[str, int]):
+        """Read the rows after `positions` and build one record batch per instrument.
+        Returns a Round, or None when there is nothing to send."""
+        self._wake.clear()  # before reading: a commit after this point wakes us again
+        if self._notified:
+            self._instruments |= self._notified
+            self._notified = set()
         if not self._instruments:
-            return False
+            return None
         names = sorted(self._instruments)
         rows = await data_conn.fetch(
-            FETCH_SQL, names, [self._cursors.get(n, 0) for n in names], self.s.batch_size
+            FETCH_SQL, names, [positions.get(n, 0) for n in names], self.s.batch_size
         )
         if not rows:
-            return False
+            return None
         by_instrument: dict[str, list] = {}
         for r in rows:
             by_instrument.setdefault(r[0], []).append(r)
+        rnd = Round()
+        for name, inst_rows in by_instrument.items():
+            more = len(inst_rows) >= self.s.batch_size  # a full read: more may be waiting
+            expected = positions.get(name, 0) + 1
+            key = name.encode()
+            batch = producer.create_batch()
+            last = None
+            count = 0
+            hole = False
+            for _, seq, payload in inst_rows:
+                if seq != expected:
+                    # A hole (or disorder): never skip it. Everything before it goes, the
+                    # rest waits until the missing row is visible (the poll fallback
+                    # retries, so no busy loop on a hole).
+                    self._note_gap(name, expected, seq)
+                    hole = True
+                    more = False
+                    break
+                if batch.append(timestamp=None, key=key, value=payload) is None:
+                    more = True  # batch full; the rest goes next round
+                    break
+                last = seq
+                count += 1
+                expected += 1
+            if not hole:
+                self._clear_gap(name)
+            if count:
+                batch.close()
+                rnd.batches.append(Pending(name, key, last, count, batch))
+                rnd.backlog = rnd.backlog or more
+        return rnd if rnd.batches else None
 
+    async def _publish(self, producer: AIOKafkaProducer, data_conn, rnd: "Round"):
+        """Send a prepared round, wait for every acknowledgement, then advance the cursors.
+        While the broker works on the acks, the next round is read and built (if there is
+        a backlog) - but it is only SENT after this one is fully acknowledged, so there is
+        never more than one batch per instrument in flight. Returns the next Round or None.
+        Raises KafkaRoundError; the caller then drops the producer and any prepared round."""
         partitions = sorted(producer.client.cluster.partitions_for_topic(self.s.topic) or ())
         if not partitions:
             raise KafkaRoundError(f"no metadata for topic {self.s.topic}")
-        backlog = False
-        sends = []  # (instrument, last seq in batch, count, future)
         started = time.perf_counter()
+        futures = []
+        prefetch: asyncio.Task | None = None
         try:
             async with asyncio.timeout(self.s.send_timeout_ms / 1000):
-                for name, inst_rows in by_instrument.items():
-                    more = len(inst_rows) >= self.s.batch_size  # a full read: more may wait
-                    expected = self._cursors.get(name, 0) + 1
-                    key = name.encode()
-                    batch = producer.create_batch()
-                    last = None
-                    count = 0
-                    hole = False
-                    for _, seq, payload in inst_rows:
-                        if seq != expected:
-                            # A hole (or disorder): never skip it. Everything before it goes,
-                            # the rest waits until the missing row is visible (the poll
-                            # fallback retries, so no busy loop on a hole).
-                            self._note_gap(name, expected, seq)
-                            hole = True
-                            more = False
-                            break
-                        if batch.append(timestamp=None, key=key, value=payload) is None:
-                            more = True  # batch full; the rest goes next round
-                            break
-                        last = seq
-                        count += 1
-                        expected += 1
-                    if not hole:
-                        self._clear_gap(name)
-                    if count == 0:
-                        continue
-                    backlog = backlog or more
-                    batch.close()
-                    partition = self._partition(key, name, partitions)
+                for p in rnd.batches:
+                    p.partition = self._partition(p.key, p.name, partitions)
                     # Checked right before the call, with no await in between: send_batch
                     # asks for metadata naming the topic if it does not know it, and on
                     # this broker that auto-creates it with 4 partitions.
                     if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
                         raise KafkaRoundError(f"topic {self.s.topic} vanished from metadata")
-                    fut = await producer.send_batch(batch, self.s.topic, partition=partition)
-                    sends.append((name, last, count, partition, fut))
-                results = await asyncio.gather(*(s[4] for s in sends), return_exceptions=True)
+                    futures.append(await producer.send_batch(p.batch, self.s.topic, partition=p.partition))
+                if rnd.backlog:
+                    sent_up_to = {**self._cursors, **{p.name: p.last for p in rnd.batches}}
+                    prefetch = asyncio.create_task(self._prepare(producer, data_conn, sent_up_to))
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                acked = time.perf_counter()
         except KafkaRoundError:
+            await _settle(prefetch)
             raise
         except Exception as exc:  # incl. TimeoutError, KafkaError, AssertionError (partition)
+            await _settle(prefetch)
             raise KafkaRoundError(repr(exc)) from exc
+        # The prefetch uses data_conn too; let it finish before the cursor write.
+        nxt = await prefetch if prefetch is not None else None
 
         advanced_names, advanced_seqs, published, failures = [], [], 0, []
-        for (name, last, count, partition, _), result in zip(sends, results):
+        for p, result in zip(rnd.batches, results):
             if isinstance(result, BaseException):
-                failures.append(f"{name}: {result!r}")
+                failures.append(f"{p.name}: {result!r}")
                 continue
             # Offsets in a partition only grow. One that went back means the broker lost
             # its log (the memory broker restarted): the batch may sit in a topic that no
             # longer exists, so it counts as not delivered, and the topic is recreated.
-            prev = self._last_offset.get(partition)
+            prev = self._last_offset.get(p.partition)
             if prev is not None and result.offset <= prev:
                 self._last_offset.clear()
-                failures.append(f"{name}: partition {partition} offset went back {prev} -> {result.offset}")
+                failures.append(f"{p.name}: partition {p.partition} offset went back {prev} -> {result.offset}")
                 continue
-            self._last_offset[partition] = result.offset + count - 1
-            self._cursors[name] = last
-            advanced_names.append(name)
-            advanced_seqs.append(last)
-            published += count
+            self._last_offset[p.partition] = result.offset + p.count - 1
+            self._cursors[p.name] = p.last
+            advanced_names.append(p.name)
+            advanced_seqs.append(p.last)
+            published += p.count
         if advanced_names:
             # After the acks, never before: a crash before this line only causes duplicates.
             await data_conn.execute(UPSERT_CURSORS_SQL, advanced_names, advanced_seqs)
             self.metrics.published.inc(published)
             self.metrics.batch_size.observe(published)
-            self.metrics.publish_seconds.observe(time.perf_counter() - started)
+            self.metrics.publish_seconds.observe(acked - started)
         if failures:
             raise KafkaRoundError("; ".join(failures))
         self.kafka_ok = True
         self.metrics.kafka_up.set(1)
         self._reset_backoff()
-        return backlog
+        return nxt
 
     def _partition(self, key: bytes, name: str, partitions: list[int]) -> int:
         # Same murmur2 partitioner as the Java client and aiokafka's default: other
