@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import math
 import os
@@ -211,26 +212,45 @@ class Run:
         self.stopping = True
         self.requests_done.set()
 
-    # open-loop schedule shared by all connections: an idle connection takes the next due
-    # slot; if every connection is busy the slot waits, and its latency still counts from
-    # the slot's time, so queueing in front of a slow server is measured, not hidden.
-    def init_schedule(self) -> None:
+    # Open loop: ONE timer releases every due slot (a per-request timer would cost a
+    # wake-up each). libuv timers have 1 ms granularity, so the timer re-arms at least 1 ms
+    # ahead and a wake-up also releases slots due within the next 0.5 ms; an early slot's
+    # latency counts from its real send, a late one's from its schedule (the driver queues
+    # slots no connection is free for, and their wait is measured: no coordinated omission).
+    EARLY = 0.0005
+
+    def start_schedule(self, driver) -> None:
         self.next_slot = self.t_start
         self.interval = 1.0 / self.cfg.rate
         self.poisson = self.cfg.schedule == "poisson"
+        self.slots_measured = 0
+        self._driver = driver
+        self._schedule_tick()
 
     def take_slot(self) -> float | None:
         t = self.next_slot
         if t >= self.end or self.stopping:
             return None
-        if self.cfg.requests is not None and t >= self.measure_start and self.slots_measured >= self.cfg.requests:
-            return None
         if t >= self.measure_start:
+            if self.slots_measured == self.requests_limit:
+                return None
             self.slots_measured += 1
         self.next_slot = t + (self.rng.expovariate(self.cfg.rate) if self.poisson else self.interval)
         return t
 
-    slots_measured = 0
+    def _schedule_tick(self) -> None:
+        now = perf_counter()
+        horizon = now + self.EARLY
+        dispatch = self._driver.dispatch
+        while self.next_slot <= horizon:
+            t = self.take_slot()
+            if t is None:
+                break
+            dispatch(t if t < now else now, now)
+        self._driver.flush()
+        if not self.stopping and self.next_slot < self.end and self.slots_measured != self.requests_limit:
+            delay = self.next_slot - perf_counter()
+            self.loop.call_later(delay if delay > 0.001 else 0.001, self._schedule_tick)
 
 
 class HttpDriver:
@@ -250,6 +270,8 @@ class HttpDriver:
         self.conns: list[HttpConnection | None] = [None] * cfg.resolved_connections()
         self.open_loop = cfg.rate is not None
         self.backoff = [0.05] * len(self.conns)
+        self.idle: list[HttpConnection] = []  # open loop: connections free for a due slot
+        self.backlog: collections.deque = collections.deque()  # open loop: due slots, no free connection
 
     async def start(self) -> None:
         results = await asyncio.gather(*(self._connect(i) for i in range(len(self.conns))), return_exceptions=True)
@@ -268,11 +290,11 @@ class HttpDriver:
         for conn in self.conns:
             if conn is not None and not conn.closed:
                 self._next(conn, now)
-            elif conn is None:
-                pass  # its reconnect is pending
         for i, conn in enumerate(self.conns):
             if conn is None:
                 self.run.loop.create_task(self._reconnect(i))
+        if self.open_loop:
+            self.run.start_schedule(self)
 
     # -- sending
     def _send(self, conn: HttpConnection, t0: float, now: float) -> None:
@@ -302,33 +324,35 @@ class HttpDriver:
         conn.transport.write(req)
 
     def _next(self, conn: HttpConnection, now: float) -> None:
+        """A connection is free: closed loop sends at once; open loop takes the oldest
+        queued slot (its latency counts from the slot's time) or waits for the scheduler."""
         run = self.run
-        if not self.open_loop:
-            if run.stopping or now >= run.end:
-                run.stopping = True
-                return
-            run.inflight += 1
-            self._send(conn, now, now)
+        if self.open_loop:
+            if self.backlog and not run.stopping:
+                run.inflight += 1
+                self._send(conn, self.backlog.popleft(), now)
+            else:
+                self.idle.append(conn)
             return
-        t = run.take_slot()
-        if t is None:
+        if run.stopping or now >= run.end:
+            run.stopping = True
             return
-        run.inflight += 1  # counted from scheduling so the drain waits for timed slots too
-        delay = t - now
-        if delay > 0.0002:
-            conn.pending_timer = run.loop.call_later(delay, self._fire, conn, t)
-        else:
-            self._send(conn, t, now)
+        run.inflight += 1
+        self._send(conn, now, now)
 
-    def _fire(self, conn: HttpConnection, t: float) -> None:
-        conn.pending_timer = None
-        if conn.closed:
-            self.run.inflight -= 1
-            return
-        now = perf_counter()
-        # origin = the earlier of scheduled and actual send: late sends are charged from the
-        # schedule (no coordinated omission), early timer wake-ups from the real send.
-        self._send(conn, t if t < now else now, now)
+    def dispatch(self, origin: float, now: float) -> None:
+        """Open loop: a slot is due."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.run.inflight += 1
+                self._send(conn, origin, now)
+                return
+        self.backlog.append(origin)
+
+    def flush(self) -> None:
+        pass
 
     # -- HttpConnection callbacks
     def on_response(self, conn: HttpConnection, status: int, body: bytes) -> None:
@@ -361,10 +385,6 @@ class HttpDriver:
     def on_lost(self, conn: HttpConnection, exc) -> None:
         if conn.busy:
             self._fail_request(conn, "connection_lost", repr(exc) if exc else "closed by server")
-        elif conn.pending_timer is not None:
-            conn.pending_timer.cancel()
-            conn.pending_timer = None
-            self.run.inflight -= 1
         if not self.run.stopping and self.conns[conn.index] is conn:
             self.run.loop.create_task(self._reconnect(conn.index))
 
@@ -405,8 +425,6 @@ class HttpDriver:
     def close(self) -> None:
         for conn in self.conns:
             if conn is not None and conn.transport is not None:
-                if conn.pending_timer is not None:
-                    conn.pending_timer.cancel()
                 conn.transport.close()
 
 
@@ -425,6 +443,7 @@ class WsDriver:
         self.bound_client = [(i % len(run.client_ids)) if run.api_keys else None for i in range(n)]
         self.backoff = [0.05] * n
         self.rr = 0
+        self.batches: dict[WsConnection, list[bytes]] = {}
 
     async def start(self) -> None:
         results = await asyncio.gather(*(self._connect(i) for i in range(len(self.conns))), return_exceptions=True)
@@ -445,7 +464,7 @@ class WsDriver:
 
     def begin(self) -> None:
         if self.open_loop:
-            self._schedule_tick()
+            self.run.start_schedule(self)
         else:
             for conn in self.conns:
                 if conn is not None and conn.open:
@@ -475,34 +494,32 @@ class WsDriver:
             return b'{"type":"cancel","request_id":"%s","order_id":"%s",%s}' % (rid.encode(), cmd[4].encode(), cmd[2])
         return b'{"type":"order","request_id":"%s","order_type":"%s",%s}' % (rid.encode(), cmd[3], cmd[2])
 
-    # -- open loop: one timer releases every due slot, spread round-robin over connections
-    def _schedule_tick(self) -> None:
+    # -- open loop: due slots go round-robin over the open connections, one write per
+    # connection per scheduler wake-up; no in-flight cap (the server's queueing is measured)
+    def dispatch(self, origin: float, now: float) -> None:
         run = self.run
-        now = perf_counter()
-        batches: dict[WsConnection, list[bytes]] = {}
         conns = self.conns
-        while run.next_slot <= now + 0.0002:
-            t = run.take_slot()
-            if t is None:
-                break
-            conn = None
-            for _ in range(len(conns)):
-                self.rr = (self.rr + 1) % len(conns)
-                c = conns[self.rr]
-                if c is not None and c.open:
-                    conn = c
-                    break
-            origin = t if t < now else now
-            if conn is None:
-                if origin >= run.measure_start:
-                    run.sent_measured += 1
-                    run.recorder.transport_error("not_connected", 1, "no open WebSocket for a due request")
-                continue
-            batches.setdefault(conn, []).append(self._make(conn, origin, now))
-        for conn, payloads in batches.items():
-            conn.send_many(payloads)
-        if not run.stopping and run.next_slot < run.end:
-            run.loop.call_later(max(0.0, run.next_slot - perf_counter()), self._schedule_tick)
+        for _ in range(len(conns)):
+            self.rr = (self.rr + 1) % len(conns)
+            conn = conns[self.rr]
+            if conn is not None and conn.open:
+                batch = self.batches.get(conn)
+                if batch is None:
+                    batch = self.batches[conn] = []
+                batch.append(self._make(conn, origin, now))
+                return
+        if origin >= run.measure_start:
+            run.sent_measured += 1
+            run.recorder.transport_error("not_connected", 1, "no open WebSocket for a due request")
+            if run.sent_measured == run.requests_limit:
+                run.stop_sending()
+
+    def flush(self) -> None:
+        if self.batches:
+            for conn, payloads in self.batches.items():
+                if conn.open:
+                    conn.send_many(payloads)
+            self.batches = {}
 
     # -- WsConnection callbacks
     def on_open(self, conn: WsConnection) -> None:
@@ -732,8 +749,6 @@ async def run(cfg: Config) -> dict:
     r.measure_start = r.t_start + cfg.warmup
     if cfg.duration is not None:
         r.end = r.measure_start + cfg.duration
-    if cfg.rate is not None:
-        r.init_schedule()
     reporter = Reporter(r, driver, probe)
     reporter_task = asyncio.create_task(reporter.loop())
     probe_task = asyncio.create_task(probe.loop()) if probe is not None else None
@@ -751,9 +766,9 @@ async def run(cfg: Config) -> dict:
             pass
     t_stop = perf_counter()
     r.stopping = True
-    if cfg.rate is not None and r.next_slot < min(r.end, t_stop):
+    if cfg.rate is not None and cfg.mode == "http":
         # due slots no connection was free to take: the offered rate was not sustained
-        r.unsent_scheduled = int((min(r.end, t_stop) - r.next_slot) * cfg.rate)
+        r.unsent_scheduled = sum(1 for t in driver.backlog if t >= r.measure_start)
     drain_deadline = perf_counter() + cfg.timeout
     while r.inflight > 0 and perf_counter() < drain_deadline:
         await asyncio.sleep(0.005)

@@ -63,7 +63,6 @@ class HttpConnection(asyncio.Protocol):
         "closed",
         "must_close",
         "index",
-        "pending_timer",
     )
 
     def __init__(self, owner, index: int = 0):
@@ -78,7 +77,6 @@ class HttpConnection(asyncio.Protocol):
         self.ready = asyncio.get_running_loop().create_future()
         self.closed = False
         self.must_close = False
-        self.pending_timer = None
 
     # -- asyncio.Protocol
     def connection_made(self, transport):
@@ -90,9 +88,6 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         if not self.ready.done():
             self.ready.set_exception(exc or ConnectionError("connection closed"))
-        if self.pending_timer is not None:
-            self.pending_timer.cancel()
-            self.pending_timer = None
         self.owner.on_lost(self, exc)
 
     def send(self, data: bytes) -> None:

@@ -326,6 +326,26 @@ def test_open_loop_http_sends_at_the_offered_rate(tmp_path):
     assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"]
 
 
+def test_open_loop_counts_requests_it_could_not_send():
+    """One connection, a server that takes 20 ms per answer, 200/s offered: most slots find
+    no free connection. Their latency is charged from the schedule and the rest is reported
+    as unsent, instead of silently lowering the offered rate (coordinated omission)."""
+    orig = StubHttp.respond
+
+    def slow(self, line, head, raw):
+        asyncio.get_running_loop().call_later(0.02, orig, self, line, head, raw)
+
+    StubHttp.respond = slow
+    try:
+        result = _run(loadgen.Config(connections=1, rate=200, duration=1.5, progress=False, schedule="uniform"))
+    finally:
+        StubHttp.respond = orig
+    s = result["summary"]
+    assert 50 <= s["responses"] <= 80  # ~1.5 s / 20 ms
+    assert s["unsent_scheduled"] >= 180
+    assert s["latency_ms"]["max"] > 500  # queued behind the slow server, measured from schedule
+
+
 def test_requests_limit_and_error_rate_exit(tmp_path):
     # every order answers 201 but every cancel 404 -> errors, so the run fails
     cfg = loadgen.Config(mode="http", connections=4, duration=None, requests=300, progress=False,
@@ -360,8 +380,9 @@ def test_unreachable_server_fails_fast():
         uvloop.run(loadgen.run(cfg))
 
 
-def test_websocket_mode_against_websockets_server(tmp_path):
-    """The hand-written framer against the `websockets` package's server."""
+@pytest.mark.parametrize("rate", [None, 500.0])
+def test_websocket_mode_against_websockets_server(tmp_path, rate):
+    """The hand-written framer against the `websockets` package's server, closed and open loop."""
     import uvloop
     from websockets.asyncio.server import serve
 
@@ -392,17 +413,19 @@ def test_websocket_mode_against_websockets_server(tmp_path):
         async with serve(handler, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
             cfg = loadgen.Config(mode="ws", ws_url=f"ws://127.0.0.1:{port}/ws", connections=3, inflight=8,
-                                 duration=1.5, progress=False, out=str(out), seed=2)
+                                 duration=1.5, progress=False, out=str(out), seed=2, rate=rate)
             return await loadgen.run(cfg)
 
     result = uvloop.run(scenario())
     s = result["summary"]
     assert result["passed"], (result["fail_reasons"], s["error_samples"])
-    assert s["acked"] > 200 and s["errors"] == 0
+    assert s["acked"] > 200 and s["errors"] == 0, s
     assert s["status"]["order_accepted"] > 0 and s["status"]["cancel_accepted"] > 0
     assert s["expected_rejects"] == s["status"].get("error:order_closed", 0)
     assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"]
     assert json.loads(out.read_text())["config"]["mode"] == "ws"
+    if rate:
+        assert 600 <= s["sent"] <= 900 and s["responses"] == s["sent"]
 
 
 def test_ws_framer_large_and_fragmented_messages():
