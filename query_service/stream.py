@@ -186,7 +186,7 @@ class Hub:
             self.books.feed_seq[inst] = m.seq
         subs = self.subs.get((inst, "orderbook"))
         if subs:
-            changes = bytes(m.book).decode() if m.book is not None else None
+            changes = bytes(m.book).decode() if m.book else None
             shared: dict[int, str] = {}
             for c in list(subs):
                 b = c.books.get(inst)
@@ -210,7 +210,7 @@ class Hub:
                     text = bytes(raw).decode()
                     for c in list(subs):
                         c.send(text)
-        if m.ticker is not None:
+        if m.ticker:
             subs = self.subs.get((inst, "ticker"))
             if subs:
                 text = bytes(m.ticker).decode()
@@ -312,7 +312,7 @@ class Hub:
             buffered, b.buffer = b.buffer, []
             shared: dict[int, str] = {}
             for m in buffered:
-                changes = bytes(m.book).decode() if m.book is not None else None
+                changes = bytes(m.book).decode() if m.book else None
                 if not self._book_feed(c, b, inst, m, changes, shared):
                     b.live = False
                     b.buffer = []

@@ -1,0 +1,254 @@
+"""Helpers for tests and benchmarks of the query side against the real servers: write a
+journal, publish it to the broker, run a replica in-process, read the views back.
+
+Not used by the service itself. Tests use their own instrument symbols, Redis key prefix,
+Kafka topic and consumer group, so they never touch data other suites use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import tempfile
+import time
+import uuid
+
+import asyncpg
+import redis.asyncio as aioredis
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts.auth import hash_api_key
+from contracts.messages import Event, encode_event
+from query_service.app import create_app
+from query_service.settings import Settings
+
+BTC_LIKE = {"tick_size": "0.01", "lot_size": "0.00000001", "min_quantity": "0.00000001",
+            "max_quantity": "1000", "max_price": "10000000"}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def instruments_file(symbols: list[str]) -> str:
+    """A temporary instruments file with BTC-USD-like specs for the given symbols."""
+    specs = [{"symbol": s, "base": s.split("-")[0], "quote": "USD", **BTC_LIKE} for s in symbols]
+    fd, path = tempfile.mkstemp(prefix="qs-instruments-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(specs, f)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings_for_test(symbols: list[str], **overrides) -> Settings:
+    """Settings from the EXCHANGE_* environment with per-test topic/group/prefix and fast
+    group joins and watchdog."""
+    base = Settings.from_env()
+    tag = uuid.uuid4().hex[:8]
+    values = dict(
+        kafka_topic=f"qs-test-{tag}",
+        kafka_group=f"qs-test-{tag}",
+        kafka_offset_reset="earliest",
+        kafka_session_timeout_ms=1500,
+        kafka_heartbeat_interval_ms=200,
+        kafka_rebalance_timeout_ms=1500,
+        redis_prefix=f"qt{tag}:",
+        instruments_file=instruments_file(symbols),
+        watchdog_interval_s=0.3,
+        port=free_port(),
+        ws_heartbeat_s=60.0,
+    )
+    values.update(overrides)
+    return base.replace(**values)
+
+
+async def create_topic(settings: Settings, partitions: int = 6) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.kafka_topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def delete_topic(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.kafka_topic])
+    except Exception:
+        pass
+    finally:
+        await admin.close()
+
+
+class Journal:
+    """Test-side writer of the events table (the query service itself only reads it)."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> "Journal":
+        self.conn = await asyncpg.connect(self.dsn)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.conn.close()
+
+    async def clear(self, instruments: list[str]) -> None:
+        await self.conn.execute("DELETE FROM events WHERE instrument = ANY($1::text[])", instruments)
+
+    async def append(self, events: list[Event]) -> None:
+        rows = [(e.instrument, e.seq, type(e).__struct_config__.tag, e.ts, encode_event(e)) for e in events]
+        await self.conn.copy_records_to_table("events", records=rows, columns=["instrument", "seq", "type", "ts", "payload"])
+
+    async def add_key(self, key: str, client_id: str, kind: str = "trader") -> None:
+        await self.conn.execute(
+            "INSERT INTO api_keys(key_hash, client_id, kind, label) VALUES ($1, $2, $3, 'query-test')"
+            " ON CONFLICT (key_hash) DO UPDATE SET client_id = $2, kind = $3, revoked_at = NULL",
+            hash_api_key(key), client_id, kind,
+        )
+
+    async def remove_keys(self, keys: list[str]) -> None:
+        await self.conn.execute("DELETE FROM api_keys WHERE key_hash = ANY($1::bytea[])", [hash_api_key(k) for k in keys])
+
+
+class Publisher:
+    """Publishes events like the relay: key = instrument, value = the journal payload."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
+
+    async def __aenter__(self) -> "Publisher":
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.producer.stop()
+
+    async def publish(self, events: list[Event]) -> None:
+        futs = [
+            await self.producer.send(self.settings.kafka_topic, key=e.instrument.encode(), value=encode_event(e))
+            for e in events
+        ]
+        await self.producer.flush()
+        for f in futs:
+            await f
+
+
+class Replica:
+    """One query replica (the real app under uvicorn) inside the test's event loop."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.app = create_app(settings)
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}/stream"
+
+    @property
+    def services(self):
+        return self.app.state.services
+
+    async def start(self) -> "Replica":
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.settings.port, lifespan="on", log_level="warning",
+            ws="websockets", access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.server.capture_signals = _no_signals  # the test process keeps its own handlers
+        self.task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError("replica did not start")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            try:
+                await asyncio.wait_for(self.task, 15)
+            except asyncio.TimeoutError:
+                self.server.force_exit = True
+                await self.task
+
+
+def _no_signals():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+async def wipe(redis_url: str, prefix: str) -> int:
+    """Delete every key under prefix (the views of one replica set)."""
+    r = aioredis.Redis.from_url(redis_url)
+    n = 0
+    try:
+        async for k in r.scan_iter(match=prefix + "*", count=1000):
+            n += await r.delete(k)
+    finally:
+        await r.aclose()
+    return n
+
+
+async def dump(redis_url: str, prefix: str) -> dict:
+    """Every view key under prefix with its full value, comparable with ==."""
+    r = aioredis.Redis.from_url(redis_url)
+    out = {}
+    try:
+        keys = sorted([k async for k in r.scan_iter(match=prefix + "*", count=1000)])
+        for k in keys:
+            t = (await r.type(k)).decode()
+            if t == "string":
+                v = await r.get(k)
+            elif t == "hash":
+                v = dict(sorted((await r.hgetall(k)).items()))
+            elif t == "zset":
+                v = await r.zrange(k, 0, -1, withscores=True)
+            elif t == "list":
+                v = await r.lrange(k, 0, -1)
+            elif t == "set":
+                v = sorted(await r.smembers(k))
+            else:
+                v = t
+            out[k.decode()[len(prefix):]] = v
+    finally:
+        await r.aclose()
+    return out
+
+
+async def wait_for_seq(redis_url: str, prefix: str, want: dict[str, int], timeout: float = 20.0) -> None:
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = {i: int(await r.get(f"{prefix}{i}:seq") or 0) for i in want}
+            if got == want:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"views at {got}, want {want}")
+            await asyncio.sleep(0.02)
+    finally:
+        await r.aclose()
