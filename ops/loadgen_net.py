@@ -146,9 +146,9 @@ class HttpConnection(asyncio.Protocol):
             if 100 <= status < 200:
                 data = data[end:]
                 continue
-            if data.find(b"onnection: close", 12, he) >= 0 or data.find(b"onnection: Close", 12, he) >= 0:
+            if data.find(b"onnection: close", 12, he) >= 0:  # Connection / connection
                 self.must_close = True
-            data = data[end:]
+            data = data[end:] if end < len(data) else b""
             self.busy = False
             self.owner.on_response(self, status, body)
         # anything after a complete response would be a pipelined answer we never asked for
