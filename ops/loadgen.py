@@ -73,6 +73,7 @@ class Config:
     idempotency_keys: bool = False
     timeout: float = 10.0  # a request unanswered this long is an error (connection is reset)
     max_error_rate: float = 0.01
+    max_stall_seconds: int = 0  # whole seconds without a single ack tolerated (an outage)
     seed: int | None = None
     instruments_file: str | None = None
     out: str | None = None
@@ -700,11 +701,11 @@ class Reporter:
             vis = ""
             if self.probe is not None and point.get("visible_p99_ms") is not None:
                 vis = f"  visible p99 {point['visible_p99_ms']:.1f}ms"
-            p50 = point["p50_ms"]
-            p99 = point["p99_ms"]
+            p50 = f"{point['p50_ms']:7.2f}" if point["p50_ms"] is not None else "      -"
+            p99 = f"{point['p99_ms']:7.2f}" if point["p99_ms"] is not None else "      -"
             self._line(
                 f"[{point['t']:5.0f}s] acked {point['acked_per_s']:9,.0f}/s{offered}"
-                f"  p50 {p50 if p50 is not None else float('nan'):7.2f}ms  p99 {p99 if p99 is not None else float('nan'):7.2f}ms"
+                f"  p50 {p50}ms  p99 {p99}ms"
                 f"  (run p99 {rp99:.2f}ms)  errors {point['errors']}  inflight {self.driver.outstanding()}"
                 f"  cpu {point['client_cpu_pct']:.0f}%{vis}"
             )
@@ -821,7 +822,13 @@ async def run(cfg: Config) -> dict:
     if cfg.rate is not None:
         summary["offered_rate"] = cfg.rate
         summary["unsent_scheduled"] = r.unsent_scheduled
+    # A closed-loop client sends little during an outage, so the error *rate* understates
+    # it: a measured second with no ack at all is a stall and fails the run by itself.
+    stalls = sum(1 for p in r.recorder.series if p["acked"] == 0)
+    summary["stalled_seconds"] = stalls
     fail = []
+    if stalls > cfg.max_stall_seconds and (cfg.rate is None or cfg.rate >= 10):
+        fail.append(f"{stalls} measured second(s) without any acknowledged request (max {cfg.max_stall_seconds})")
     if totals["acked"] == 0:
         fail.append("no request was acknowledged")
     if totals["error_rate"] > cfg.max_error_rate:
@@ -930,6 +937,8 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--idempotency-keys", action="store_true", help="send a unique idempotency_key per order")
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
     p.add_argument("--max-error-rate", type=float, default=0.01, help="exit 1 above this error fraction")
+    p.add_argument("--max-stall-seconds", type=int, default=0,
+                   help="exit 1 when more measured seconds than this had no ack at all (default 0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--instruments-file", default=None)
     p.add_argument("--out", default=None, help="JSON result file")
@@ -948,7 +957,7 @@ def parse_args(argv=None) -> Config:
         schedule=a.schedule, duration=duration, requests=a.requests, warmup=a.warmup, clients=a.clients,
         client_prefix=a.client_prefix, instruments=[s.strip() for s in a.instruments.split(",") if s.strip()],
         mix=a.mix, mids=_parse_mids(a.mid), api_keys_file=a.api_keys_file, idempotency_keys=a.idempotency_keys,
-        timeout=a.timeout, max_error_rate=a.max_error_rate, seed=a.seed, instruments_file=a.instruments_file,
+        timeout=a.timeout, max_error_rate=a.max_error_rate, max_stall_seconds=a.max_stall_seconds, seed=a.seed, instruments_file=a.instruments_file,
         out=a.out, plot=a.plot, label=a.label, progress=not a.quiet, visibility=a.visibility,
         query_url=a.query_url, query_ws=a.query_ws, probe_interval=a.probe_interval, probe_levels=a.probe_levels,
     )

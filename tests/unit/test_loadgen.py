@@ -346,6 +346,30 @@ def test_open_loop_counts_requests_it_could_not_send():
     assert s["latency_ms"]["max"] > 500  # queued behind the slow server, measured from schedule
 
 
+def test_a_stall_fails_the_run_even_with_few_errors():
+    """The server stops answering for ~2.2 s (no errors at all, just silence): the run fails
+    on the measured seconds without an ack, not on the error rate."""
+    orig = StubHttp.respond
+    t0 = time.perf_counter()
+
+    def pausing(self, line, head, raw):
+        now = time.perf_counter() - t0
+        if 0.8 <= now < 3.0:
+            asyncio.get_running_loop().call_later(3.0 - now, orig, self, line, head, raw)
+        else:
+            orig(self, line, head, raw)
+
+    StubHttp.respond = pausing
+    try:
+        result = _run(loadgen.Config(connections=4, duration=4.0, progress=False))
+    finally:
+        StubHttp.respond = orig
+    s = result["summary"]
+    assert s["errors"] == 0 and s["stalled_seconds"] >= 1
+    assert not result["passed"] and "without any acknowledged request" in result["fail_reasons"][0]
+    assert s["latency_ms"]["max"] > 1500
+
+
 def test_requests_limit_and_error_rate_exit(tmp_path):
     # every order answers 201 but every cancel 404 -> errors, so the run fails
     cfg = loadgen.Config(mode="http", connections=4, duration=None, requests=300, progress=False,
