@@ -1,9 +1,9 @@
 """Order-to-visible probe for the full-pipeline benchmark (--visibility).
 
 Every ~100 ms, while the load runs, the probe submits a crossing pair on the command
-side (a GTC sell at the instrument's current mid, then an IOC buy at the same price from
-another client, so a trade happens even on an empty book) and takes the journal `seq` of
-the trade from the 201 response. The order is visible on the read side once
+side (a GTC sell 2% above the instrument's mid, out of the load's reach, then an IOC buy
+at the same price from another client, which trades with the best ask - or with that
+sell on an empty book) and takes the journal `seq` of the trade from the 201 response. The order is visible on the read side once
   - GET {query}/market/orderbook?instrument=..&levels=.. reports seq >= that seq
     (the projection has applied the order's events), and
   - a trade with seq >= that seq arrives on the query WebSocket {query_ws} (trades channel).
@@ -26,6 +26,13 @@ from ops.loadgen_net import SimpleHttpClient, WsConnection, split_url
 from ops.loadgen_stats import percentile, summary_ms
 
 
+class _BookSeq(msgspec.Struct):
+    seq: int | None = None
+
+
+_book_decoder = msgspec.json.Decoder(_BookSeq)  # skips the levels: only seq matters
+
+
 class _StreamMsg(msgspec.Struct):
     type: str = ""
     instrument: str | None = None
@@ -35,6 +42,7 @@ class _StreamMsg(msgspec.Struct):
 _stream_decoder = msgspec.json.Decoder(_StreamMsg)
 MAX_CONCURRENT_PROBES = 20
 PROBE_TIMEOUT = 10.0
+POLL_INTERVAL = 0.005
 
 
 class VisibilityProbe:
@@ -151,12 +159,17 @@ class VisibilityProbe:
         leftover = None
         try:
             await cmd.connect()  # before t0: connecting is not part of the order's path
-            price = model.fmt_price(model.mid)
+            # Far above the mid (2%), where the load's limit orders never reach: the sell
+            # rests untouched, and the IOC buy at the same price must trade, with the best
+            # ask (usually a load order) or, on an empty book, with this sell.
+            price = model.fmt_price(model._clamp(model.mid + model.base // 50))
             qty = model.qty_text[0]
             base = {"instrument": model.symbol, "type": "limit", "price": price, "quantity": qty}
-            # sell and buy go one after the other on one connection: the buy must reach
-            # the sequencer after the sell so it can trade with it on an empty book
+            # sell then buy on one connection: the buy reaches the sequencer after the sell
             t_a, a = await self._order(cmd, 0, {**base, "client_id": self.clients[0], "side": "sell", "time_in_force": "GTC"})
+            order = a.get("order") or {}
+            if order.get("status") in ("open", "partially_filled") and order.get("order_id"):
+                leftover = order["order_id"]  # cancelled after the measurement, not before
             t_b, b = await self._order(cmd, 1, {**base, "client_id": self.clients[1], "side": "buy", "time_in_force": "IOC"})
             seq, t0 = None, None
             for t, reply in ((t_b, b), (t_a, a)):
@@ -164,9 +177,6 @@ class VisibilityProbe:
                 if seqs:
                     seq, t0 = max(seqs), t
                     break
-            order = a.get("order") or {}
-            if order.get("status") in ("open", "partially_filled") and order.get("order_id"):
-                leftover = order["order_id"]  # cancelled after the measurement, not before
             if seq is None:
                 raise ProbeError("no_trade_with_seq")
             self.probes += 1
@@ -213,12 +223,14 @@ class VisibilityProbe:
                 status, raw = await client.request("GET", path, None, self.auth[0], timeout=PROBE_TIMEOUT)
                 now = perf_counter()
                 if status == 200:
-                    got = msgspec.json.decode(raw).get("seq")
-                    if isinstance(got, int) and got >= seq:
+                    got = _book_decoder.decode(raw).seq
+                    if got is not None and got >= seq:
                         return now - t0
                 if now > deadline:
                     raise asyncio.TimeoutError()
-                await asyncio.sleep(0.002)
+                # 5 ms between polls: ~2.5 ms of resolution, and at 10 probes/s with ~100 ms
+                # of lag a couple of hundred GETs/s, small next to the query service's capacity
+                await asyncio.sleep(POLL_INTERVAL)
         finally:
             client.close()
 
@@ -252,7 +264,7 @@ class VisibilityProbe:
 
     def summary(self) -> dict:
         return {
-            "method": "crossing pair per probe; visible when GET /market/orderbook seq >= trade seq "
+            "method": "crossing pair per probe (GTC sell 2% above mid, IOC buy at that price); visible when GET /market/orderbook seq >= trade seq "
             "(orderbook) and when the trade arrives on the query WebSocket (stream); from order send",
             "interval_s": self.cfg.probe_interval,
             "probes": self.probes,

@@ -40,10 +40,13 @@ def plot_results(results: list[dict], path: str | Path) -> None:
     fig, axes = plt.subplots(rows, 1, figsize=(11, 3.2 * rows + 0.6), sharex=True)
     ax_lat, ax_tp = axes[0], axes[1]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = [_label(r, many) for r in results]
+    if len(set(names)) < len(names):  # same settings twice: tell the runs apart
+        names = [f"#{i + 1} {n}" for i, n in enumerate(names)]
     for i, r in enumerate(results):
         series = r.get("series", [])
         color = colors[i % len(colors)]
-        name = _label(r, many)
+        name = names[i]
         t = [p["t"] for p in series]
         for key, style, width, what in (("p50_ms", ":", 1.2, "p50"), ("p99_ms", "-", 1.6, "p99"), ("max_ms", "--", 0.8, "max")):
             pts = [(x, p.get(key)) for x, p in zip(t, series) if p.get(key) is not None]
@@ -67,13 +70,13 @@ def plot_results(results: list[dict], path: str | Path) -> None:
                 if pts:
                     xs, ys = zip(*pts)
                     ax_vis.plot(xs, ys, style, color=color if many else None, label=f"{name} {what}" if many else what)
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     ax_lat.set_yscale("log")
-    for axis_formatter in (ax_lat.yaxis.set_major_formatter, ax_lat.yaxis.set_minor_formatter):
-        fmt = ScalarFormatter()
-        fmt.set_scientific(False)
-        axis_formatter(fmt)  # 20, 50, 100 ms rather than 2x10^1
+    # labels at 1-2-5 steps (0.5, 1, 2, 5, 10, 20 ms ...) rather than 2x10^1
+    ax_lat.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax_lat.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_lat.yaxis.set_minor_formatter(NullFormatter())
     ax_lat.set_ylabel("latency (ms)")
     ax_lat.grid(True, which="both", alpha=0.3)
     ax_lat.legend(loc="upper right", fontsize=8)
