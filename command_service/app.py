@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import generate_latest
 
 from command_service.auth import Authenticator, RateLimiter
-from command_service.edge import EdgeError, decode_cancel_all, decode_order_request, spec_for, validation_error
+from command_service.edge import CancelAllRequest, EdgeError, OrderRequest, decode_cancel_all, decode_order_request, spec_for, validation_error
 from command_service.settlement import settle
 from command_service.journal import Journal, NoResetConnection
 from command_service.metrics import Metrics
@@ -156,6 +156,30 @@ async def metrics(request: Request) -> Response:
     return Response(content=generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+@get("/openapi.json", summary="OpenAPI schema with the request bodies the handlers decode themselves",
+     include_in_schema=False)
+async def openapi_json(request: Request) -> Response:
+    return _reply(200, json_encoder.encode(openapi_document(request.app)))
+
+
+_BODIES = {("/orders", "post"): OrderRequest, ("/orders/cancel-all", "post"): CancelAllRequest,
+           ("/admin/settlement", "post"): SettlementRequest}
+
+
+def openapi_document(app: Litestar) -> dict:
+    """Litestar's generated schema plus the JSON bodies of the routes that decode raw bytes
+    (they do so to keep numbers exact, so Litestar cannot see their body type)."""
+    doc = app.openapi_schema.to_schema()
+    refs, components = msgspec.json.schema_components(list(_BODIES.values()),
+                                                      ref_template="#/components/schemas/{name}")
+    doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    for ((path, method), _), ref in zip(_BODIES.items(), refs):
+        op = doc.get("paths", {}).get(path, {}).get(method)
+        if op is not None:
+            op["requestBody"] = {"required": path == "/orders", "content": {"application/json": {"schema": ref}}}
+    return doc
+
+
 # ---------------------------------------------------------------------- errors
 
 
@@ -237,7 +261,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, admin_settlement,
-                        healthz, metrics,
+                        healthz, metrics, openapi_json,
                         order_socket],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

@@ -10,23 +10,28 @@ How it keeps the stream gap-free and in order (at-least-once, duplicates allowed
   (kill -9, crash, lost network) releases it and a standby takes over at once. If the
   leader's lock connection dies, it stops publishing and campaigns again.
 - Per instrument a cursor in relay_cursors = the last seq the broker acknowledged. A round
-  reads up to N rows per instrument after the cursor, checks they are exactly cursor+1,
-  cursor+2, ... (a hole means a row not visible yet: stop before it, never skip), puts each
-  instrument's rows in ONE record batch for the partition of its key, awaits every
-  acknowledgement (acks=all), and only then advances the cursors. On any send error the
-  producer is thrown away and the next attempt starts again from the cursors.
+  reads up to N rows per instrument after the cursor (one query for all instruments),
+  checks they are exactly cursor+1, cursor+2, ... (a hole means a row not visible yet: stop
+  before it, never skip), puts each instrument's rows in ONE record batch for the partition
+  of its key (murmur2, as the Java client), awaits every acknowledgement (acks=all), and
+  only then advances the cursors. On any send error the producer is thrown away and the
+  next attempt starts again from the cursors.
   Why this cannot reorder without an idempotent producer (Tansu has none): every round sends
-  at most one batch per instrument and waits for all of them before the next round, so a
-  batch that fails can never be overtaken by a later batch of the same instrument; a batch
-  whose outcome is unknown (timeout, crash) always starts at cursor+1 with everything up to
-  the cursor already in the log, so whenever it lands it only adds duplicates.
+  at most one batch per instrument and waits for all of them before the next round is SENT
+  (it may already be read and built meanwhile), so a batch that fails can never be
+  overtaken by a later batch of the same instrument; a batch whose outcome is unknown
+  (timeout, crash) always starts at cursor+1 with everything up to the cursor already in
+  the log, so whenever it lands it only adds duplicates.
 - Commit order == seq order per instrument (one writer per instrument), so a row with a
   lower seq never becomes visible after a higher one; the hole check is a second guard.
 - Woken by NOTIFY exchange_events (sent in the writer's transaction, so it arrives after
   the commit); polls every poll_ms as a fallback.
 - The topic is created explicitly (kafka_topics.ensure_topic) before a producer is made,
   at start and after every Kafka error: the memory-only broker comes back empty after a
-  restart and would otherwise auto-create the topic with the wrong partition count.
+  restart and would otherwise auto-create the topic with the wrong partition count. The
+  producer never names the topic in a metadata request (that auto-creates it). A restarted
+  broker still acknowledges sends to the vanished topic, so the leader also checks the
+  topic every topic_check_ms and treats a partition offset that went back as a failed send.
 """
 
 from __future__ import annotations
@@ -355,6 +360,7 @@ class Relay:
             self.s.pg_dsn,
             server_settings={
                 "application_name": f"relay {self.s.name}",
+                "statement_timeout": "0",  # the lock wait of a standby has no end
                 "tcp_keepalives_idle": "5",
                 "tcp_keepalives_interval": "2",
                 "tcp_keepalives_count": "3",

@@ -261,7 +261,16 @@ class Sequencer:
         await self._ensure_lock()
         t0 = time.perf_counter()
         snap = await self.journal.latest_snapshot(self.instrument)
-        book = OrderBook.restore(snap[1]) if snap else OrderBook(self.instrument)
+        book = OrderBook(self.instrument)
+        if snap:
+            try:
+                book = OrderBook.restore(snap[1])
+            except Exception as exc:
+                # An unreadable snapshot (e.g. written by an older engine) costs time, not
+                # correctness: the journal alone rebuilds the same book.
+                log.warning("%s: snapshot at seq %d unreadable (%s); replaying the whole journal",
+                            self.instrument, snap[0], exc)
+                snap = None
         replayed = 0
         while True:
             rows = await self.journal.read(self.instrument, book.seq, 20_000)
