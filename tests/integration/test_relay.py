@@ -183,6 +183,16 @@ class RelayProc:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"relay {self.name} not {role} (last {body}): {self.log()}")
 
+    async def wait_healthy(self, timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = await self.get("/healthz")
+            if r.status_code == 200:
+                return r.json()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"relay {self.name} not healthy: {r.text}")
+            await asyncio.sleep(0.05)
+
     def log(self) -> str:
         return self.log_path.read_text()[-4000:] if self.log_path.exists() else ""
 
@@ -453,7 +463,7 @@ async def test_only_the_leader_publishes(pg, relays, collectors, lock_key):
     assert (ma["relay_is_leader"], mb["relay_is_leader"]) == (1, 0)
     assert ma["relay_published_total"] == 1500
     assert mb["relay_published_total"] == 0
-    hb = (await b.get("/healthz")).json()
+    hb = await b.wait_healthy()
     assert hb["role"] == "standby" and hb["checks"] == {"postgres": "healthy", "kafka": "healthy"}
     for inst in INSTRUMENTS[:3]:
         assert check_stream(coll.seqs[inst], 500) == 0
@@ -489,6 +499,32 @@ async def test_leader_killed_mid_stream_standby_continues_from_the_cursor(
     await asyncio.sleep(0.5)
     cursors = dict(await pg.fetch("SELECT instrument, seq FROM relay_cursors"))
     assert cursors == {i: n for i in insts}
+
+
+async def test_leader_whose_postgres_session_dies_steps_down_and_resumes(pg, relays, collectors, lock_key):
+    topic = unique_topic("pgkill")
+    relay = relays("pgkill", topic, lock_key)
+    await relay.wait_role("leader")
+    health = await relay.wait_healthy()
+    assert health["role"] == "leader" and health["checks"] == {"postgres": "healthy", "kafka": "healthy"}
+    coll = await collectors(topic)
+    await write_stream(pg, INSTRUMENTS[:2], 200)
+    await coll.wait_for({i: 200 for i in INSTRUMENTS[:2]})
+    # Kill the leader's lock session (and with it the lock) from the server side.
+    killed = await pg.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+        "relay pgkill",
+    )
+    assert killed == 1
+    await write_stream(pg, INSTRUMENTS[:2], 400, start=201)
+    await coll.wait_for({i: 400 for i in INSTRUMENTS[:2]}, timeout=30)
+    deadline = time.monotonic() + 10
+    while "lost leadership" not in relay.log():  # it noticed, stepped down and campaigned
+        assert time.monotonic() < deadline, relay.log()
+        await asyncio.sleep(0.05)
+    await relay.wait_role("leader")
+    for i in INSTRUMENTS[:2]:
+        check_stream(coll.seqs[i], 400)
 
 
 async def test_broker_outage_journal_grows_and_relay_catches_up(pg, relays, collectors, lock_key, tmp_path):
