@@ -49,7 +49,6 @@ from ops.loadgen_net import HttpConnection, WsConnection, split_url
 from ops.loadgen_stats import Recorder
 from ops.loadgen_workload import KINDS, Workload, build_models, parse_mix
 
-OPEN_STATUSES = (b'"status":"open"', b'"status":"partially_filled"')
 
 
 @dataclass
@@ -125,18 +124,21 @@ _ORDER_ID_KEY = b'"order_id":"'
 def resting_order_id(body: bytes) -> str | None:
     """order_id of a 201 response if the order rests (open / partially filled).
 
-    Fast path: the response has exactly one `"order_id":"` (trades carry buy_/sell_order_id,
-    which never match with the leading quote) and one order `"status":`; the msgspec
-    decode is the fallback for other spellings (whitespace, numeric ids)."""
-    if OPEN_STATUSES[0] in body or OPEN_STATUSES[1] in body:
+    Fast path: the response has exactly one `"status":"` (the order's; trades and book
+    levels carry none) and one `"order_id":"` (trades carry buy_/sell_order_id, which never
+    match with the leading quote); the msgspec decode is the fallback for other spellings
+    (whitespace, numeric ids)."""
+    i = body.find(b'"status":"')
+    if i >= 0:
+        state = body[i + 10 : i + 14]
+        if state != b"open" and state != b"part":
+            return None
         i = body.find(_ORDER_ID_KEY)
         if i >= 0:
             i += len(_ORDER_ID_KEY)
             j = body.find(b'"', i)
             if j > i:
                 return body[i:j].decode()
-    elif b'"status":"' in body:
-        return None  # compact JSON with a closed status
     try:
         reply = _http_reply.decode(body)
     except msgspec.DecodeError:

@@ -632,3 +632,11 @@ def test_visibility_probe_against_stub_pipeline(tmp_path):
     assert any(p.get("visible_p99_ms") for p in result["series"])
     assert png.read_bytes()[:4] == b"\x89PNG"
     print("\n" + loadgen.format_summary(result))
+
+
+def test_idempotency_keys_are_unique_per_order():
+    instruments = load_instruments(ROOT / "ops" / "instruments.json")
+    models = build_models(instruments, ["ETH-USD"], {})
+    w = Workload(models, ["a", "b"], parse_mix("limit=1,market=1,ioc=1"), seed=1, idempotency_prefix="run7")
+    keys = [json.loads(b"{" + w.next()[2] + b"}")["idempotency_key"] for _ in range(1000)]
+    assert len(set(keys)) == 1000 and all(k.startswith("run7-") for k in keys)
