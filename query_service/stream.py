@@ -107,8 +107,11 @@ class Conn:
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        # Not cancelled early: the server's WebSocket protocol bounds the closing handshake
+        # itself (close_timeout) and aborts the TCP connection when a client that does not
+        # read cannot even take the close frame.
         try:
-            await asyncio.wait_for(self.socket.close(code=code, reason=reason), 2.0)
+            await asyncio.wait_for(self.socket.close(code=code, reason=reason), 30.0)
         except Exception:
             pass
 
