@@ -56,11 +56,9 @@ test: install
 	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	@if [ ! -f ops/bench.py ]; then echo "make bench: ops/bench.py does not exist yet"; exit 1; fi
-	$(PY) -m ops.bench
+	$(STACK) with-servers --profile test --fresh -- $(PY) -m ops.bench $(BENCH_ARGS)
 
 bench-engine: install
-	@if [ ! -f ops/bench_engine.py ]; then echo "make bench-engine: ops/bench_engine.py does not exist yet"; exit 1; fi
 	$(PY) -m ops.bench_engine
 
 fuzz: install

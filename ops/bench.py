@@ -1,0 +1,393 @@
+"""`make bench`: the exchange's benchmarks on this machine, written to docs/BENCHMARKS.md.
+
+Runs inside `ops/stack.py with-servers --profile test --fresh` (PostgreSQL with fsync and
+synchronous_commit on, Redis, NATS, Tansu), starts the services itself with benchmark
+settings (EXCHANGE_AUTH=disabled, rate limits off: EXCHANGE_RATE_LIMIT_PER_SECOND=0), and
+drives them with ops.loadgen, all on the same 2 cores. Scenarios (all by default):
+
+  command   command service alone: HTTP closed loop (64 connections), WebSocket, and an
+            open-loop HTTP run at 2,000 orders/s offered (p99)
+  pipeline  the whole system (command, relay, two query replicas): HTTP closed loop and
+            2,000/s open loop with order-to-visible probes (REST book and /stream trade),
+            projection lag from the query service's histogram
+  query     GET /market/orderbook throughput on one query replica (wrk)
+  fanout    WebSocket fan-out to 1,000 /stream subscribers while orders flow
+  engine    `python -m ops.bench_engine` (its own section)
+  relay     `python -m ops.bench_relay` (its own section)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from ops import stack
+from ops.benchdoc import machine_line, today, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "bench"
+BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}
+SCENARIOS = ("command", "pipeline", "query", "fanout", "engine", "relay")
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Services:
+    """Services of the test profile started for one scenario, stopped afterwards."""
+
+    def __init__(self, topic: str):
+        self.cfg = stack.config("test")
+        self.topic = topic
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    async def start(self, *names: str) -> None:
+        env = stack.service_env(self.cfg, EXCHANGE_KAFKA_TOPIC=self.topic, **BENCH_ENV)
+        for name in names:
+            self.procs[name] = stack.spawn(name, env, profile=self.cfg, new_session=True)
+        urls = []
+        if "command" in names:
+            urls.append(self.cfg.command_url)
+        for i, url in enumerate(self.cfg.query_urls, 1):
+            if f"query-{i}" in names:
+                urls.append(url)
+        for url in urls:
+            await wait_ok(url + "/healthz", 60)
+        if "gateway" in names:
+            stack.start_gateway(self.cfg)
+
+    def stop(self) -> None:
+        for name, proc in self.procs.items():
+            stack.stop_process(proc)
+        self.procs.clear()
+
+
+async def wait_ok(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(url, timeout=2)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} not healthy after {timeout}s")
+
+
+async def reset_state() -> None:
+    conn = await asyncpg.connect(os.environ["EXCHANGE_PG_DSN"])
+    try:
+        await conn.execute("TRUNCATE events, orders, idempotency, snapshots, relay_cursors")
+    finally:
+        await conn.close()
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(os.environ["EXCHANGE_REDIS_URL"])
+    await r.flushall()
+    await r.aclose()
+
+
+def loadgen(name: str, *args: str) -> dict:
+    """Run the load generator as its own process (its CPU is then its own) and load its JSON."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    out, plot = OUT / f"{name}.json", OUT / f"{name}.png"
+    cmd = [sys.executable, "-m", "ops.loadgen", *args, "--out", str(out), "--plot", str(plot), "--label", name]
+    say("$ " + " ".join(cmd[1:]))
+    subprocess.run(cmd, cwd=ROOT, check=False)
+    result = json.loads(out.read_text())
+    result["_command"] = "python " + " ".join(cmd[1:])
+    result["_plot"] = str(plot.relative_to(ROOT))
+    return result
+
+
+def lat(r: dict, key: str = "latency_ms") -> dict:
+    return r["summary"][key]
+
+
+def row(name: str, r: dict, offered: str = "closed loop") -> str:
+    s = r["summary"]
+    l = s["latency_ms"]
+    return (f"| {name} | {offered} | {s['acked_per_s']:,.0f} | {l['p50']:.1f} | {l['p95']:.1f} | {l['p99']:.1f} | "
+            f"{s['error_rate'] * 100:.2f}% | {r['client']['cpu_us_per_request']:.0f} us |")
+
+
+TABLE_HEAD = ("| run | offered load | acked orders/s | p50 ms | p95 ms | p99 ms | errors | load-generator CPU/req |\n"
+              "|---|---|---|---|---|---|---|---|")
+
+
+def histogram_p(text: str, name: str, before: dict | None, q: float) -> tuple[float | None, dict]:
+    """Quantile of a Prometheus histogram (summed over labels) between two scrapes."""
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            m = re.search(r'le="([^"]+)"\}\s+([0-9.e+]+)', line)
+            if m:
+                le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+                buckets[le] = buckets.get(le, 0.0) + float(m.group(2))
+    if before:
+        buckets = {le: c - before.get(le, 0.0) for le, c in buckets.items()}
+    total = buckets.get(float("inf"), 0.0)
+    if total <= 0:
+        return None, buckets
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return le, buckets
+    return None, buckets
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+async def bench_command(args) -> None:
+    await reset_state()
+    svc = Services("bench.command")
+    await svc.start("command")
+    url = svc.cfg.command_url
+    ws = url.replace("http", "ws") + "/ws"
+    d = str(args.duration)
+    try:
+        http = loadgen("command-http-64", "--mode", "http", "--url", url, "-c", "64", "-d", d, "--warmup", "3",
+                       "--quiet")
+        wsr = loadgen("command-ws", "--mode", "ws", "--ws-url", ws, "-c", "4", "--inflight", "64", "-d", d,
+                      "--warmup", "3", "--quiet")
+        openr = loadgen("command-http-open-2000", "--mode", "http", "--url", url, "-c", "64", "--rate", "2000",
+                        "-d", d, "--warmup", "2", "--quiet")
+    finally:
+        svc.stop()
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m ops.bench --only command --duration {d}`). Settings: EXCHANGE_AUTH=disabled,
+EXCHANGE_RATE_LIMIT_PER_SECOND=0 (rate limits off), PostgreSQL 15 with fsync and synchronous_commit on; every
+acknowledged order is committed. The command service runs alone (no relay, no query service); the load
+generator shares the 2 cores. Mix: 60% limit, 25% cancel, 10% market, 5% IOC over BTC/ETH/SOL, 100 clients.
+
+{TABLE_HEAD}
+{row("HTTP, 64 connections", http)}
+{row("WebSocket, 4 connections x 64 in flight", wsr)}
+{row("HTTP, 64 connections", openr, "2,000/s open loop")}
+
+Targets: >= 4,000/s HTTP, >= 15,000/s WebSocket, p99 < 50 ms at 2,000/s offered. The system we replace:
+~450 acked orders/s at 64 connections, p99 ~190 ms. Plots: `{http['_plot']}`, `{wsr['_plot']}`, `{openr['_plot']}`.
+Exact load-generator commands:
+```
+{http['_command']}
+{wsr['_command']}
+{openr['_command']}
+```"""
+    write_section("Command service", body)
+
+
+async def bench_pipeline(args) -> None:
+    await reset_state()
+    topic = f"bench.pipeline.{int(time.time())}"
+    svc = Services(topic)
+    await svc.start("command", "relay", "query-1", "query-2")
+    url = svc.cfg.command_url
+    q = svc.cfg.query_urls[0]
+    qws = q.replace("http", "ws") + "/stream"
+    d = str(args.duration)
+    try:
+        async with httpx.AsyncClient() as client:
+            before = (await client.get(q + "/metrics")).text
+        _, b0 = histogram_p(before, "projection_lag_seconds", None, 0.99)
+        closed = loadgen("pipeline-http-64", "--mode", "http", "--url", url, "-c", "64", "-d", d, "--warmup", "3",
+                         "--visibility", "--query-url", q, "--query-ws", qws, "--quiet")
+        async with httpx.AsyncClient() as client:
+            mid = (await client.get(q + "/metrics")).text
+        lag_closed, b1 = histogram_p(mid, "projection_lag_seconds", b0, 0.99)
+        openr = loadgen("pipeline-http-open-2000", "--mode", "http", "--url", url, "-c", "64", "--rate", "2000",
+                        "-d", d, "--warmup", "2", "--visibility", "--query-url", q, "--query-ws", qws, "--quiet")
+        async with httpx.AsyncClient() as client:
+            after = (await client.get(q + "/metrics")).text
+        _, b1full = histogram_p(mid, "projection_lag_seconds", None, 0.99)
+        lag_open, _ = histogram_p(after, "projection_lag_seconds", b1full, 0.99)
+        wsr = loadgen("pipeline-ws", "--mode", "ws", "--ws-url", url.replace("http", "ws") + "/ws", "-c", "4",
+                      "--inflight", "64", "-d", d, "--warmup", "2", "--quiet")
+    finally:
+        svc.stop()
+
+    def vis(r):
+        v = r.get("visibility") or {}
+        parts = []
+        for key, label in (("book", "in /market/orderbook"), ("trade", "trade on /stream")):
+            x = v.get(key) or {}
+            lm = x.get("latency_ms") or x
+            if lm.get("p50") is not None:
+                parts.append(f"{label}: p50 {lm['p50']:.1f} ms, p99 {lm['p99']:.1f} ms (n={lm.get('count', '?')})")
+        return "; ".join(parts) or json.dumps(v)[:300]
+
+    def fmt(x):
+        return "n/a" if x is None else (f"<= {x * 1000:.0f} ms" if x != float("inf") else "> largest bucket")
+
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m ops.bench --only pipeline --duration {d}`). Everything runs at once on the
+2 cores: command service, PostgreSQL, relay, Tansu, two query replicas (projector in a consumer group), Redis,
+NATS and the load generator. Settings as in "Command service".
+
+{TABLE_HEAD}
+{row("HTTP, whole pipeline", closed)}
+{row("HTTP, whole pipeline", openr, "2,000/s open loop")}
+{row("WebSocket, whole pipeline", wsr)}
+
+Order-to-visible latency (submit -> visible on the read side), closed loop: {vis(closed)}.
+At 2,000/s offered: {vis(openr)}.
+Projection lag p99 (query service histogram `projection_lag_seconds`, bucket bound): closed loop {fmt(lag_closed)},
+2,000/s open loop {fmt(lag_open)}. Target: < 100 ms at the benchmark rate.
+Plots: `{closed['_plot']}`, `{openr['_plot']}`, `{wsr['_plot']}`.
+```
+{closed['_command']}
+{openr['_command']}
+{wsr['_command']}
+```"""
+    write_section("Full pipeline", body)
+
+
+async def bench_query(args) -> None:
+    if shutil.which("wrk") is None:
+        say("installing wrk (Debian package) for the read benchmark")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not available (apt-get install wrk failed)")
+    await reset_state()
+    svc = Services(f"bench.query.{int(time.time())}")
+    await svc.start("command", "relay", "query-1")
+    q = svc.cfg.query_urls[0]
+    try:
+        # a realistic book first: 20 s of orders, then wait for the projection
+        loadgen("query-seed", "--mode", "http", "--url", svc.cfg.command_url, "-c", "16", "-d", "5", "--quiet",
+                "--mix", "limit=100")
+        await asyncio.sleep(2)
+        results = {}
+        for levels in (20, 100):
+            target = f"{q}/market/orderbook?instrument=BTC-USD&levels={levels}"
+            cmd = ["wrk", "-t1", "-c64", f"-d{args.duration}s", "--latency", target]
+            say("$ " + " ".join(cmd))
+            out = subprocess.run(cmd, capture_output=True, text=True).stdout
+            rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+            p = dict(re.findall(r"\s+(50|99)%\s+([0-9.]+\w+)", out))
+            non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            results[levels] = (rps, p, non2xx.group(1) if non2xx else "0", " ".join(cmd))
+    finally:
+        svc.stop()
+    rows = "\n".join(f"| levels={lv} | {rps:,.0f} | {p.get('50', '?')} | {p.get('99', '?')} | {bad} |"
+                     for lv, (rps, p, bad, _) in results.items())
+    cmds = "\n".join(c for *_, c in results.values())
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m ops.bench --only query`). One query replica process (uvicorn, one worker)
+serving from Redis; wrk with 1 thread and 64 connections on the same 2 cores; the book seeded by 5 s of limit
+orders through the command service. Target: >= 8,000 requests/s per replica.
+
+| request | requests/s | p50 | p99 | non-2xx |
+|---|---|---|---|---|
+{rows}
+```
+{cmds}
+```"""
+    write_section("Query service read API", body)
+
+
+async def bench_fanout(args) -> None:
+    import websockets
+
+    await reset_state()
+    svc = Services(f"bench.fanout.{int(time.time())}")
+    await svc.start("command", "relay", "query-1")
+    q = svc.cfg.query_urls[0]
+    ws_url = q.replace("http", "ws") + "/stream"
+    n_subs = args.subscribers
+    counts = [0] * n_subs
+    closed = [None] * n_subs
+    stop = asyncio.Event()
+
+    async def subscriber(i: int):
+        try:
+            async with websockets.connect(ws_url, max_queue=None) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "channels": ["trades", "orderbook"],
+                                          "instrument": "BTC-USD"}))
+                while not stop.is_set():
+                    try:
+                        await asyncio.wait_for(ws.recv(), 1)
+                        counts[i] += 1
+                    except asyncio.TimeoutError:
+                        continue
+        except Exception as exc:  # a dropped slow consumer is counted, not fatal
+            closed[i] = repr(exc)[:120]
+
+    try:
+        tasks = []
+        for i in range(n_subs):
+            tasks.append(asyncio.create_task(subscriber(i)))
+            if i % 100 == 99:
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
+        base = sum(counts)
+        t0 = time.monotonic()
+        gen = subprocess.Popen([sys.executable, "-m", "ops.loadgen", "--mode", "http", "--url", svc.cfg.command_url,
+                                "-c", "16", "--rate", str(args.fanout_rate), "-d", str(args.duration), "--quiet",
+                                "--instruments", "BTC-USD"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        await asyncio.to_thread(gen.wait)
+        elapsed = time.monotonic() - t0
+        delivered = sum(counts) - base
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(q + "/metrics")).text
+    finally:
+        svc.stop()
+    dropped = sum(1 for c in closed if c)
+    m = re.search(r"^ws_messages_dropped_total(?:\{[^}]*\})?\s+([0-9.e+]+)", metrics, re.M)
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m ops.bench --only fanout --subscribers {n_subs} --fanout-rate {args.fanout_rate}`).
+{n_subs} WebSocket subscribers (one process, `websockets` client) on one query replica, channels trades +
+orderbook for BTC-USD, while the load generator offers {args.fanout_rate} orders/s on BTC-USD for
+{args.duration} s (everything on the same 2 cores).
+
+| subscribers | messages delivered | messages/s delivered (all subscribers) | per subscriber/s | subscribers dropped | server-side dropped messages |
+|---|---|---|---|---|---|
+| {n_subs} | {delivered:,} | {delivered / elapsed:,.0f} | {delivered / elapsed / n_subs:.1f} | {dropped} | {m.group(1) if m else '?'} |"""
+    write_section("WebSocket fan-out", body)
+
+
+def run_module(module: str, *args: str) -> None:
+    cmd = [sys.executable, "-m", module, *args]
+    say("$ " + " ".join(cmd[1:]))
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+async def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default=",".join(SCENARIOS), help=f"comma list of {SCENARIOS}")
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--subscribers", type=int, default=1000)
+    ap.add_argument("--fanout-rate", type=int, default=500)
+    args = ap.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    for s in chosen:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r}")
+    for s in chosen:
+        say(f"== {s}")
+        if s == "engine":
+            run_module("ops.bench_engine")
+        elif s == "relay":
+            run_module("ops.bench_relay")
+        else:
+            await globals()[f"bench_{s}"](args)
+    say(f"done: results in {os.path.relpath(ROOT / 'docs' / 'BENCHMARKS.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
