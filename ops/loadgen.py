@@ -3,7 +3,9 @@
     python -m ops.loadgen --mode http --connections 64 --duration 30 --out docs/bench/http.json --plot docs/bench/http.png
     python -m ops.loadgen --mode ws --connections 4 --inflight 32 --duration 30
     python -m ops.loadgen --mode http --rate 2000 --duration 60 --warmup 5      # open loop
-    python -m ops.loadgen --url http://127.0.0.1:3000 --visibility --duration 30  # whole pipeline
+    python -m ops.loadgen --visibility --duration 30          # + order-to-visible on the query side (:8002)
+    python -m ops.loadgen --url http://127.0.0.1:3000 --query-url http://127.0.0.1:3000 \
+        --query-ws ws://127.0.0.1:3000/stream --visibility      # all through the gateway
 
 Closed loop (default): every connection (HTTP) or every in-flight slot (WebSocket) sends
 the next request as soon as the previous answer arrives; throughput is what the exchange
@@ -13,8 +15,10 @@ requests it delayed (no coordinated omission).
 
 Only 2xx (HTTP) / order_accepted, cancel_accepted (WebSocket) count as acked. A cancel
 answered 409 (the order filled before the cancel arrived) is an expected race and reported
-separately; every other status, protocol error, timeout or lost connection is an error, and
-the run exits non-zero when errors exceed --max-error-rate.
+separately; every other status, protocol error, timeout or lost connection is an error.
+Exit status: 0 pass; 1 when errors exceed --max-error-rate, when a measured second had no
+ack at all (a stall; a closed-loop client sends little during an outage, so the error rate
+alone would understate it) or when nothing was acked; 2 when the run could not start.
 
 The hot path is callback driven (see ops/loadgen_net.py): the next request is formatted
 and written from inside the previous response's data_received, without coroutines, futures
@@ -918,7 +922,7 @@ def _parse_mids(text: str | None) -> dict[str, str]:
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m ops.loadgen", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m ops.loadgen", description="\n\n".join(__doc__.split("\n\n")[:4]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("http", "ws"), default="http")
     p.add_argument("--url", default="http://127.0.0.1:8001", help="command service or gateway (HTTP mode)")
@@ -930,10 +934,11 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--duration", "-d", type=float, default=None, help="measured seconds (default 10)")
     p.add_argument("--requests", "-n", type=int, default=None, help="stop after this many measured requests")
     p.add_argument("--warmup", type=float, default=0.0, help="seconds of load before measuring")
-    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--clients", type=int, default=100, help="client ids PREFIX-000.. (or the first N of --api-keys-file)")
     p.add_argument("--client-prefix", default="lg")
     p.add_argument("--instruments", default="BTC-USD,ETH-USD,SOL-USD")
-    p.add_argument("--mix", default="limit=60,cancel=25,market=10,ioc=5")
+    p.add_argument("--mix", default="limit=60,cancel=25,market=10,ioc=5",
+                   help="weights of GTC limit, cancel (of an own resting order), market, IOC limit")
     p.add_argument("--mid", default=None, help="starting mid prices, e.g. BTC-USD=65000,ETH-USD=3000")
     p.add_argument("--api-keys-file", default=None, help="JSON {client_id: api_key}; sends Authorization: Bearer")
     p.add_argument("--idempotency-keys", action="store_true", help="send a unique idempotency_key per order")
@@ -948,10 +953,10 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--label", default=None, help="free text stored in the result")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--visibility", action="store_true", help="probe order-to-visible latency on the query side")
-    p.add_argument("--query-url", default="http://127.0.0.1:8002")
-    p.add_argument("--query-ws", default="ws://127.0.0.1:8002/stream")
-    p.add_argument("--probe-interval", type=float, default=0.1)
-    p.add_argument("--probe-levels", type=int, default=100)
+    p.add_argument("--query-url", default="http://127.0.0.1:8002", help="visibility: GET /market/orderbook here")
+    p.add_argument("--query-ws", default="ws://127.0.0.1:8002/stream", help="visibility: trades stream here")
+    p.add_argument("--probe-interval", type=float, default=0.1, help="visibility: seconds between probes")
+    p.add_argument("--probe-levels", type=int, default=100, help="visibility: levels= of the orderbook poll")
     a = p.parse_args(argv)
     duration = a.duration if (a.duration is not None or a.requests is not None) else 10.0
     return Config(
