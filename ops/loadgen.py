@@ -4,8 +4,7 @@
     python -m ops.loadgen --mode ws --connections 4 --inflight 32 --duration 30
     python -m ops.loadgen --mode http --rate 2000 --duration 60 --warmup 5      # open loop
     python -m ops.loadgen --visibility --duration 30          # + order-to-visible on the query side (:8002)
-    python -m ops.loadgen --url http://127.0.0.1:3000 --query-url http://127.0.0.1:3000 \
-        --query-ws ws://127.0.0.1:3000/stream --visibility      # all through the gateway
+    python -m ops.loadgen --url http://127.0.0.1:3000 --query-url http://127.0.0.1:3000 --query-ws ws://127.0.0.1:3000/stream --visibility
 
 Closed loop (default): every connection (HTTP) or every in-flight slot (WebSocket) sends
 the next request as soon as the previous answer arrives; throughput is what the exchange
