@@ -276,6 +276,8 @@ class VisibilityProbe:
 
     async def close(self) -> None:
         self.closing = True
+        if self.tasks:  # still waiting for visibility when the run ended: report, not hide
+            self.failures["unfinished_at_end"] = self.failures.get("unfinished_at_end", 0) + len(self.tasks)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
