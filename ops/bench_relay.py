@@ -275,6 +275,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def write_section(text: str) -> None:
     """Replace (or append) the '## Relay' section of docs/BENCHMARKS.md, nothing else."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +311,9 @@ async def main(args) -> None:
         "EXCHANGE_RELAY_MAX_BATCH_BYTES": str(args.max_batch_bytes),
         "EXCHANGE_RELAY_LINGER_MS": str(args.linger_ms),
     }
-    say(f"postgres {with_database(base_dsn, bench_db)}  kafka {bootstrap}  topic {topic}")
+    load_at_start = load_average()
+    say(f"postgres {with_database(base_dsn, bench_db)}  kafka {bootstrap}  topic {topic}  "
+        f"(load average {load_at_start})")
 
     admin_conn = await asyncpg.connect(base_dsn)
     try:
@@ -377,7 +386,8 @@ async def main(args) -> None:
             "## Relay",
             "",
             f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- Machine: {machine()}",
+            f"- Machine: {machine()}; load average at start {load_at_start} (1/5/15 min: other "
+            f"work on the machine shares the cores)",
             f"- Command: `{cmd.strip()}` (EXCHANGE_PG_DSN={with_database(base_dsn, '<db>')}, "
             f"EXCHANGE_KAFKA_BOOTSTRAP={bootstrap}; own database and topic)",
             f"- Servers: PostgreSQL (fsync and synchronous_commit on) and the embedded broker "
