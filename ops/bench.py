@@ -106,8 +106,13 @@ def loadgen(name: str, *args: str) -> dict:
     out, plot = OUT / f"{name}.json", OUT / f"{name}.png"
     cmd = [sys.executable, "-m", "ops.loadgen", *args, "--out", str(out), "--plot", str(plot), "--label", name]
     say("$ " + " ".join(cmd[1:]))
-    subprocess.run(cmd, cwd=ROOT, check=False)
+    out.unlink(missing_ok=True)
+    rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    if not out.exists():
+        raise RuntimeError(f"load generator run {name!r} could not start (exit {rc}); see its output above")
     result = json.loads(out.read_text())
+    if rc != 0:
+        say(f"WARNING: {name} did not pass (exit {rc}): {result.get('fail_reasons')}")
     result["_command"] = "python " + " ".join(cmd[1:])
     result["_plot"] = str(plot.relative_to(ROOT))
     return result
@@ -120,6 +125,8 @@ def lat(r: dict, key: str = "latency_ms") -> dict:
 def row(name: str, r: dict, offered: str = "closed loop") -> str:
     s = r["summary"]
     l = s["latency_ms"]
+    if l.get("p50") is None:
+        return f"| {name} | {offered} | {s['acked_per_s']:,.0f} | - | - | - | {s['error_rate'] * 100:.2f}% | - |"
     return (f"| {name} | {offered} | {s['acked_per_s']:,.0f} | {l['p50']:.1f} | {l['p95']:.1f} | {l['p99']:.1f} | "
             f"{s['error_rate'] * 100:.2f}% | {r['client']['cpu_us_per_request']:.0f} us |")
 
