@@ -83,9 +83,6 @@ DUPLICATE_ORDER_ID = ResultCode.DUPLICATE_ORDER_ID
 INVALID_AMEND = ResultCode.INVALID_AMEND
 AMEND_WOULD_CROSS = ResultCode.AMEND_WOULD_CROSS
 
-# Membership by identity: a plain "GTC" string equals TimeInForce.GTC but would fail the
-# `is` checks the hot paths use, so it must be rejected as invalid here.
-_STP_MEMBERS = frozenset(id(m) for m in StpMode)
 
 MAX_VALUE = (1 << 62) - 1
 """Largest price / stop price / quantity the engine accepts (keeps every key a small int)."""
@@ -111,6 +108,18 @@ class _Snapshot(msgspec.Struct, array_like=True):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+def _states(touched: dict, instrument: str) -> list[OrderState]:
+    """OrderStates of the touched orders, in first-touched order (inlined _state)."""
+    return [
+        OrderState(
+            o.order_id, o.client_id, instrument, o.side, o.order_type, o.price, o.quantity, o.filled,
+            PARTIALLY_FILLED if o.status is OPEN and o.filled else o.status, o.tif, o.post_only,
+            o.created_ts, o.updated_ts, o.reject_reason, o.stop_price, o.cost,
+        )
+        for o in touched.values()
+    ]
 
 
 def _state(o: Order, instrument: str) -> OrderState:
@@ -179,7 +188,8 @@ class OrderBook:
 
     def place(self, cmd: PlaceOrder) -> Result:
         oid = cmd.order_id
-        if oid in self._orders:
+        orders = self._orders
+        if oid in orders:
             return Result(DUPLICATE_ORDER_ID, [], [])
         otype = cmd.order_type
         side = cmd.side
@@ -188,9 +198,79 @@ class OrderBook:
         tif = cmd.tif
         post_only = cmd.post_only
         stop_price = cmd.stop_price
+        stp = cmd.stp
+
+        # Fast path (most of the traffic): a well-formed GTC limit order that does not cross
+        # rests directly, with everything inlined. Anything else takes the general path
+        # below, which checks it again in full.
+        if (
+            otype is LIMIT
+            and tif is GTC
+            and price.__class__ is int
+            and qty.__class__ is int
+            and 0 < price <= MAX_VALUE
+            and 0 < qty <= MAX_VALUE
+            and stop_price is None
+            and (post_only is False or post_only is True)
+            and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
+            and cmd.instrument == self.instrument
+        ):
+            if side is BUY:
+                keys = self._asks.keys
+                book_side = self._bids if not keys or -keys[-1] > price else None
+                k = price
+            elif side is SELL:
+                keys = self._bids.keys
+                book_side = self._asks if not keys or keys[-1] < price else None
+                k = -price
+            else:
+                book_side = None
+            if book_side is not None:
+                seq = self.seq + 1
+                self.seq = seq
+                ts = cmd.ts
+                cid = cmd.client_id
+                o = Order(
+                    oid, cid, side, LIMIT, price, qty, 0, qty, GTC, post_only, stp, None,
+                    ts, ts, seq, seq, 0, OPEN,
+                )
+                lvl = book_side.levels.get(k)
+                if lvl is None:
+                    lvl = book_side.levels[k] = Level(price)
+                    keys = book_side.keys
+                    if not keys or k > keys[-1]:
+                        keys.append(k)
+                    else:
+                        insort(keys, k)
+                lvl.queue.append(o)
+                lvl.qty += qty
+                lvl.count += 1
+                orders[oid] = o
+                mine = self._clients.get(cid)
+                if mine is None:
+                    self._clients[cid] = {oid: o}
+                else:
+                    mine[oid] = o
+                instrument = self.instrument
+                return Result(
+                    OK,
+                    [
+                        OrderAccepted(
+                            instrument, seq, ts, oid, cid, side, LIMIT, price, qty, GTC, post_only, stp, None
+                        )
+                    ],
+                    [
+                        OrderState(
+                            oid, cid, instrument, side, LIMIT, price, qty, 0, OPEN, GTC, post_only,
+                            ts, ts, None, None, 0,
+                        )
+                    ],
+                )
 
         # Defensive checks: the command service converts and validates at the edge, but a
         # malformed command must still become an OrderRejected value, never an exception.
+        # Enum fields are checked by identity: a plain "GTC" string equals TimeInForce.GTC
+        # but would fail the `is` tests the hot paths use, so it is invalid here.
         if otype is LIMIT:
             valid = price.__class__ is int and 0 < price <= MAX_VALUE and stop_price is None
         elif otype is MARKET:
@@ -212,7 +292,7 @@ class OrderBook:
             and 0 < qty <= MAX_VALUE
             and (side is BUY or side is SELL)
             and (tif is GTC or tif is IOC or tif is FOK)
-            and id(cmd.stp) in _STP_MEMBERS
+            and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
             and post_only.__class__ is bool
             and (not post_only or (otype is LIMIT and tif is GTC))
             and cmd.instrument == self.instrument
@@ -236,7 +316,6 @@ class OrderBook:
         self.seq = seq
         ts = cmd.ts
         cid = cmd.client_id
-        stp = cmd.stp
         instrument = self.instrument
         events = [
             OrderAccepted(
@@ -254,27 +333,17 @@ class OrderBook:
             # trigger here (right after its OrderAccepted), and then cascade.
             if self.last_price is not None:
                 self._run_stops(events, touched, ts)
-            return Result(OK, events, [_state(x, instrument) for x in touched.values()])
+            return Result(OK, events, _states(touched, instrument))
 
         o = Order(
             oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, None,
             ts, ts, seq, seq, 0, OPEN,
         )
-        # Fast path: a GTC limit that does not cross rests directly.
-        if side is BUY:
-            keys = self._asks.keys
-            crosses = keys and (price is None or -keys[-1] <= price)
-        else:
-            keys = self._bids.keys
-            crosses = keys and (price is None or keys[-1] >= price)
-        if not crosses and tif is GTC and price is not None:
-            self._rest(o)
-            return Result(OK, events, [_state(o, instrument)])
         touched = {oid: o}
         self._process(o, events, touched, ts)
         if self._stops and self.last_price is not None:
             self._run_stops(events, touched, ts)
-        return Result(OK, events, [_state(x, instrument) for x in touched.values()])
+        return Result(OK, events, _states(touched, instrument))
 
     def cancel(self, cmd: CancelOrder) -> Result:
         o = self._orders.get(cmd.order_id)
@@ -285,11 +354,62 @@ class OrderBook:
         ts = cmd.ts
         seq = self.seq + 1
         self.seq = seq
-        ev = OrderCancelled(
-            self.instrument, seq, ts, o.order_id, o.client_id, C_USER, o.remaining, o.filled
+        oid = o.order_id
+        cid = o.client_id
+        rem = o.remaining
+        filled = o.filled
+        if o.status is PENDING:
+            self._drop_stop(o)
+        else:
+            # _unrest, inlined: cancels are a quarter of the traffic
+            price = o.price
+            if o.side is BUY:
+                side = self._bids
+                k = price
+            else:
+                side = self._asks
+                k = -price
+            lvl = side.levels[k]
+            lvl.qty -= rem
+            lvl.count -= 1
+            if not lvl.count:
+                del side.levels[k]
+                keys = side.keys
+                if keys[-1] == k:
+                    keys.pop()
+                else:
+                    del keys[bisect_left(keys, k)]
+            else:
+                queue = lvl.queue
+                if queue[-1] is o:
+                    queue.pop()
+                elif queue[0] is o:
+                    queue.popleft()
+                else:
+                    lvl.dead += 1
+                    if lvl.dead > lvl.count and lvl.dead > _COMPACT_FLOOR:
+                        o.remaining = 0
+                        lvl.queue = deque([x for x in queue if x.remaining])
+                        lvl.dead = 0
+        o.remaining = 0
+        o.status = CANCELLED
+        o.updated_ts = ts
+        del self._orders[oid]
+        mine = self._clients[cid]
+        del mine[oid]
+        if not mine:
+            del self._clients[cid]
+        instrument = self.instrument
+        return Result(
+            OK,
+            [OrderCancelled(instrument, seq, ts, oid, cid, C_USER, rem, filled)],
+            [
+                OrderState(
+                    oid, cid, instrument, o.side, o.order_type, o.price, o.quantity, filled, CANCELLED,
+                    o.tif, o.post_only, o.created_ts, ts, None, o.stop_price, o.cost,
+                )
+            ],
         )
-        self._close(o, CANCELLED, ts)
-        return Result(OK, [ev], [_state(o, self.instrument)])
 
     def cancel_all(self, cmd: CancelAll) -> Result:
         mine = self._clients.get(cmd.client_id)
@@ -375,7 +495,7 @@ class OrderBook:
         self._process(n, events, touched, ts)
         if self._stops and self.last_price is not None:
             self._run_stops(events, touched, ts)
-        return Result(OK, events, [_state(x, instrument) for x in touched.values()])
+        return Result(OK, events, _states(touched, instrument))
 
     # ------------------------------------------------------------------ matching
 
@@ -921,6 +1041,10 @@ class OrderBook:
 
     def __len__(self) -> int:
         return len(self._orders)
+
+    def __contains__(self, order_id: object) -> bool:
+        """Is this id a resting order or pending stop of the book?"""
+        return order_id in self._orders
 
     def __repr__(self) -> str:
         return (
