@@ -449,6 +449,8 @@ class Relay:
                     if prepared is None:
                         backlog = False
                         continue
+                if self._lock_conn_lost.is_set():  # may have woken us: do not send as ex-leader
+                    raise LeadershipLost("lock connection closed")
                 try:
                     prepared = await self._publish(producer, data_conn, prepared)
                 except KafkaRoundError as exc:

@@ -13,7 +13,6 @@ import asyncio
 import importlib.util
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
