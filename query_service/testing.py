@@ -201,16 +201,23 @@ def _no_signals():
     return contextlib.nullcontext()
 
 
+_WIPE = """
+local keys = redis.call('KEYS', ARGV[1] .. '*')
+for i = 1, #keys, 1000 do
+    redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys)))
+end
+return #keys
+"""
+
+
 async def wipe(redis_url: str, prefix: str) -> int:
-    """Delete every key under prefix (the views of one replica set)."""
+    """Delete every key under prefix at once (atomically, like FLUSHALL does for these
+    views: a projector writing meanwhile sees all of them or none)."""
     r = aioredis.Redis.from_url(redis_url)
-    n = 0
     try:
-        async for k in r.scan_iter(match=prefix + "*", count=1000):
-            n += await r.delete(k)
+        return int(await r.eval(_WIPE, 0, prefix))
     finally:
         await r.aclose()
-    return n
 
 
 async def dump(redis_url: str, prefix: str) -> dict:

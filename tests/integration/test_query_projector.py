@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiokafka.partitioner import murmur2
 
 from query_service.projector import Projector
 from query_service.sim import Simulator
@@ -18,6 +19,7 @@ from query_service.testing import (
     delete_topic,
     dump,
     free_port,
+    instruments_file,
     settings_for_test,
     unique,
     wait_for_seq,
@@ -180,9 +182,22 @@ async def test_views_catch_up_from_the_journal_when_the_broker_has_nothing(env):
     assert got == await reference_views(settings, symbols)
 
 
+def partition_of(symbol: str, partitions: int = 6) -> int:
+    return (murmur2(symbol.encode()) & 0x7FFFFFFF) % partitions
+
+
 @pytest.mark.slow
 async def test_two_projectors_in_one_group_and_takeover(env):
-    settings, symbols, journal = env
+    settings, _, journal = env
+    # one symbol on an even and one on an odd partition: whatever the round-robin
+    # assignment, each replica projects one of them before the takeover
+    symbols = [unique("QE") + "-USD", unique("QO") + "-USD"]
+    while partition_of(symbols[0]) % 2:
+        symbols[0] = unique("QE") + "-USD"
+    while not partition_of(symbols[1]) % 2:
+        symbols[1] = unique("QO") + "-USD"
+    settings = settings.replace(instruments_file=instruments_file(symbols))
+    await journal.clear(symbols)
     journals = flows(symbols, 600, seed=21)
     events = interleave(journals)
     await journal.append(events)
@@ -193,23 +208,36 @@ async def test_two_projectors_in_one_group_and_takeover(env):
     try:
         async with Publisher(settings) as pub:
             half = len(events) // 2
-            await pub.publish(events[:half])
-            want = {}
-            for e in events[:half]:
-                want[e.instrument] = e.seq
-            await wait_for_seq(settings.redis_url, settings.redis_prefix, want)
             # both are members: together they hold every partition, each a share
-            for _ in range(100):
+            for _ in range(400):
                 pa, pb = a.services.projector.assigned, b.services.projector.assigned
                 if pa and pb and pa | pb == set(range(6)) and not pa & pb:
                     break
                 await asyncio.sleep(0.05)
             assert pa and pb and pa | pb == set(range(6)) and not pa & pb
-            await a.stop()  # one replica dies; its partitions move to b after the session timeout
+            await pub.publish(events[:half])
+            want = {}
+            for e in events[:half]:
+                want[e.instrument] = e.seq
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, want)
+            applied_a = {x: a.services.metrics.events_applied.labels(x)._value.get() for x in symbols}
+            applied_b = {x: b.services.metrics.events_applied.labels(x)._value.get() for x in symbols}
+            assert sorted(applied_a.values())[0] == 0 and sorted(applied_b.values())[0] == 0
+            assert all(applied_a[x] + applied_b[x] > 0 for x in symbols)  # each projected one symbol
+            await a.stop()  # one replica dies; the group gives its partitions to b
+            for _ in range(400):
+                if b.services.projector.assigned == set(range(6)):
+                    break
+                await asyncio.sleep(0.05)
+            assert b.services.projector.assigned == set(range(6))
             await pub.publish(events[half:])
             await wait_for_seq(settings.redis_url, settings.redis_prefix, last_seqs(journals), timeout=30)
-        assert b.services.projector.assigned == set(range(6))
+        taken = [x for x in symbols if applied_a[x] > 0][0]
+        assert b.services.metrics.events_applied.labels(taken)._value.get() > 0
         got = await dump(settings.redis_url, settings.redis_prefix)
     finally:
         await b.stop()
-    assert got == await reference_views(settings, symbols)
+    try:
+        assert got == await reference_views(settings, symbols)
+    finally:
+        await journal.clear(symbols)
