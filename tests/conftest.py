@@ -11,3 +11,18 @@ os.environ.setdefault("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:15432/
 os.environ.setdefault("EXCHANGE_REDIS_URL", "redis://127.0.0.1:16379/0")
 os.environ.setdefault("EXCHANGE_NATS_URL", "nats://127.0.0.1:14222")
 os.environ.setdefault("EXCHANGE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+
+
+_ORDER = ("tests/unit/", "tests/integration/", "tests/e2e/", "tests/fuzz/", "tests/chaos/")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Unit, then integration, then the whole-system tests. The e2e system fixture is
+    session-scoped and holds the sequencer locks and relay cursors of the test database,
+    so it must only start once the integration tests (which run their own services) are done."""
+
+    def rank(item):
+        path = str(item.path.relative_to(config.rootpath)) if item.path.is_relative_to(config.rootpath) else ""
+        return next((i for i, prefix in enumerate(_ORDER) if path.startswith(prefix)), len(_ORDER))
+
+    items.sort(key=rank)  # stable: keeps the file and definition order within each group
