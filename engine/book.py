@@ -200,32 +200,47 @@ class OrderBook:
         stop_price = cmd.stop_price
         stp = cmd.stp
 
-        # Fast path (most of the traffic): a well-formed GTC limit order that does not cross
-        # rests directly, with everything inlined. Anything else takes the general path
-        # below, which checks it again in full.
-        if (
-            otype is LIMIT
-            and tif is GTC
-            and price.__class__ is int
+        # Defensive checks: the command service converts and validates at the edge, but a
+        # malformed command must still become an OrderRejected value, never an exception.
+        # Enum fields are checked by identity: a plain "GTC" string equals TimeInForce.GTC
+        # but would fail the `is` tests the hot paths use, so it is invalid here.
+        if otype is LIMIT:
+            valid = price.__class__ is int and 0 < price <= MAX_VALUE and stop_price is None
+        elif otype is MARKET:
+            valid = price is None and stop_price is None
+        elif otype is STOP_LIMIT:
+            valid = (
+                price.__class__ is int
+                and 0 < price <= MAX_VALUE
+                and stop_price.__class__ is int
+                and 0 < stop_price <= MAX_VALUE
+            )
+        elif otype is STOP_MARKET:
+            valid = price is None and stop_price.__class__ is int and 0 < stop_price <= MAX_VALUE
+        else:
+            valid = False
+        if not (
+            valid
             and qty.__class__ is int
-            and 0 < price <= MAX_VALUE
             and 0 < qty <= MAX_VALUE
-            and stop_price is None
-            and (post_only is False or post_only is True)
+            and (side is BUY or side is SELL)
+            and (tif is GTC or tif is IOC or tif is FOK)
             and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
+            and (post_only is False or (post_only is True and otype is LIMIT and tif is GTC))
             and cmd.instrument == self.instrument
         ):
+            return self._reject_new(cmd, R_INVALID)
+
+        if otype is LIMIT:
             if side is BUY:
                 keys = self._asks.keys
-                book_side = self._bids if not keys or -keys[-1] > price else None
-                k = price
-            elif side is SELL:
-                keys = self._bids.keys
-                book_side = self._asks if not keys or keys[-1] < price else None
-                k = -price
+                crosses = keys and -keys[-1] <= price
             else:
-                book_side = None
-            if book_side is not None:
+                keys = self._bids.keys
+                crosses = keys and keys[-1] >= price
+            if not crosses and tif is GTC:
+                # Fast path (most of the traffic): a GTC limit that does not cross rests
+                # directly, everything inlined.
                 seq = self.seq + 1
                 self.seq = seq
                 ts = cmd.ts
@@ -234,6 +249,12 @@ class OrderBook:
                     oid, cid, side, LIMIT, price, qty, 0, qty, GTC, post_only, stp, None,
                     ts, ts, seq, seq, 0, OPEN,
                 )
+                if side is BUY:
+                    book_side = self._bids
+                    k = price
+                else:
+                    book_side = self._asks
+                    k = -price
                 lvl = book_side.levels.get(k)
                 if lvl is None:
                     lvl = book_side.levels[k] = Level(price)
@@ -266,50 +287,10 @@ class OrderBook:
                         )
                     ],
                 )
-
-        # Defensive checks: the command service converts and validates at the edge, but a
-        # malformed command must still become an OrderRejected value, never an exception.
-        # Enum fields are checked by identity: a plain "GTC" string equals TimeInForce.GTC
-        # but would fail the `is` tests the hot paths use, so it is invalid here.
-        if otype is LIMIT:
-            valid = price.__class__ is int and 0 < price <= MAX_VALUE and stop_price is None
-        elif otype is MARKET:
-            valid = price is None and stop_price is None
-        elif otype is STOP_LIMIT:
-            valid = (
-                price.__class__ is int
-                and 0 < price <= MAX_VALUE
-                and stop_price.__class__ is int
-                and 0 < stop_price <= MAX_VALUE
-            )
-        elif otype is STOP_MARKET:
-            valid = price is None and stop_price.__class__ is int and 0 < stop_price <= MAX_VALUE
-        else:
-            valid = False
-        if not (
-            valid
-            and qty.__class__ is int
-            and 0 < qty <= MAX_VALUE
-            and (side is BUY or side is SELL)
-            and (tif is GTC or tif is IOC or tif is FOK)
-            and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
-            and post_only.__class__ is bool
-            and (not post_only or (otype is LIMIT and tif is GTC))
-            and cmd.instrument == self.instrument
-        ):
-            return self._reject_new(cmd, R_INVALID)
-
-        if otype is LIMIT and post_only:
-            if side is BUY:
-                keys = self._asks.keys
-                if keys and -keys[-1] <= price:
-                    return self._reject_new(cmd, R_POST_ONLY)
-            else:
-                keys = self._bids.keys
-                if keys and keys[-1] >= price:
-                    return self._reject_new(cmd, R_POST_ONLY)
-        elif tif is FOK and (otype is LIMIT or otype is MARKET):
-            if not self._fok_fillable(side, price, qty, cmd.client_id, cmd.stp):
+            if crosses and post_only:
+                return self._reject_new(cmd, R_POST_ONLY)
+        if tif is FOK and stop_price is None:
+            if not self._fok_fillable(side, price, qty, cmd.client_id, stp):
                 return self._reject_new(cmd, R_FOK)
 
         seq = self.seq + 1
@@ -546,8 +527,9 @@ class OrderBook:
         return False
 
     def _process(self, o: Order, events: list, touched: dict, ts: int) -> None:
-        """An incoming order (new, triggered or re-priced by an amend): match it, then
-        cancel or rest the remainder."""
+        """An incoming order (new, triggered or re-priced by an amend): match it against the
+        opposite side (best price first, FIFO within a level, at the maker's price, with
+        self-trade prevention), then cancel or rest the remainder."""
         if o.side is BUY:
             opp = self._asks
             lim = NO_LIMIT if o.price is None else -o.price
@@ -555,10 +537,117 @@ class OrderBook:
             opp = self._bids
             lim = NO_LIMIT if o.price is None else o.price
         keys = opp.keys
-        if keys and keys[-1] >= lim:
-            if not self._match(o, opp, lim, events, touched, ts):
-                return  # cancelled by self-trade prevention
         rem = o.remaining
+        # Matching: a level is acceptable while its key >= lim (see BookSide).
+        if keys and keys[-1] >= lim:
+            levels = opp.levels
+            orders = self._orders
+            clients = self._clients
+            instrument = self.instrument
+            append = events.append
+            seq = self.seq
+            taker_id = o.order_id
+            taker_cid = o.client_id
+            taker_side = o.side
+            filled = o.filled
+            cost = o.cost
+            last = None
+            alive = True
+            while rem and keys:
+                k = keys[-1]
+                if k < lim:
+                    break
+                lvl = levels[k]
+                queue = lvl.queue
+                price = lvl.price
+                while rem:
+                    m = queue[0]
+                    m_rem = m.remaining
+                    if not m_rem:  # dead entry (cancelled or amended away)
+                        queue.popleft()
+                        lvl.dead -= 1
+                        continue
+                    m_id = m.order_id
+                    if m.client_id == taker_cid:
+                        mode = o.stp
+                        if mode is not CANCEL_NEWEST:  # cancel_oldest / cancel_both: the maker goes
+                            seq += 1
+                            append(
+                                OrderCancelled(
+                                    instrument, seq, ts, m_id, taker_cid, C_SELF_TRADE, m_rem, m.filled
+                                )
+                            )
+                            queue.popleft()
+                            m.remaining = 0
+                            m.status = CANCELLED
+                            m.updated_ts = ts
+                            touched[m_id] = m
+                            del orders[m_id]
+                            mine = clients[taker_cid]
+                            del mine[m_id]
+                            if not mine:
+                                del clients[taker_cid]
+                            lvl.qty -= m_rem
+                            lvl.count -= 1
+                            if not lvl.count:
+                                del levels[k]
+                                keys.pop()
+                            if mode is CANCEL_OLDEST:
+                                if not lvl.count:
+                                    break
+                                continue
+                        # cancel_newest / cancel_both: the taker's remainder goes
+                        seq += 1
+                        append(
+                            OrderCancelled(instrument, seq, ts, taker_id, taker_cid, C_SELF_TRADE, rem, filled)
+                        )
+                        rem = 0
+                        alive = False
+                        break
+                    fill = rem if rem < m_rem else m_rem
+                    rem -= fill
+                    m_rem -= fill
+                    seq += 1
+                    append(
+                        TradeExecuted(
+                            instrument, seq, ts, f"{instrument}:{seq}", price, fill, taker_side,
+                            m_id, m.client_id, taker_id, taker_cid, m_rem, rem,
+                        )
+                    )
+                    last = price
+                    notional = price * fill
+                    filled += fill
+                    cost += notional
+                    m.remaining = m_rem
+                    m.filled += fill
+                    m.cost += notional
+                    m.updated_ts = ts
+                    touched[m_id] = m
+                    lvl.qty -= fill
+                    if not m_rem:
+                        m.status = FILLED
+                        queue.popleft()
+                        del orders[m_id]
+                        m_cid = m.client_id
+                        mine = clients[m_cid]
+                        del mine[m_id]
+                        if not mine:
+                            del clients[m_cid]
+                        lvl.count -= 1
+                        if not lvl.count:
+                            del levels[k]
+                            keys.pop()
+                            break
+            self.seq = seq
+            if last is not None:
+                self.last_price = last
+            o.remaining = rem
+            o.filled = filled
+            o.cost = cost
+            o.updated_ts = ts
+            if not alive:
+                o.status = CANCELLED
+                return
         if not rem:
             o.status = FILLED
             return
@@ -577,118 +666,6 @@ class OrderBook:
             o.status = CANCELLED
             return
         self._rest(o)
-
-    def _match(self, o: Order, opp: BookSide, lim: int, events: list, touched: dict, ts: int) -> bool:
-        """Match taker `o` against `opp` while the best key is >= lim. Returns False when
-        self-trade prevention cancelled the taker."""
-        levels = opp.levels
-        keys = opp.keys
-        orders = self._orders
-        clients = self._clients
-        instrument = self.instrument
-        append = events.append
-        seq = self.seq
-        taker_id = o.order_id
-        taker_cid = o.client_id
-        taker_side = o.side
-        rem = o.remaining
-        filled = o.filled
-        cost = o.cost
-        last = None
-        alive = True
-        while rem and keys:
-            k = keys[-1]
-            if k < lim:
-                break
-            lvl = levels[k]
-            queue = lvl.queue
-            price = lvl.price
-            while rem:
-                m = queue[0]
-                m_rem = m.remaining
-                if not m_rem:
-                    queue.popleft()
-                    lvl.dead -= 1
-                    continue
-                m_id = m.order_id
-                if m.client_id == taker_cid:
-                    mode = o.stp
-                    if mode is not CANCEL_NEWEST:
-                        seq += 1
-                        append(
-                            OrderCancelled(
-                                instrument, seq, ts, m_id, taker_cid, C_SELF_TRADE, m_rem, m.filled
-                            )
-                        )
-                        queue.popleft()
-                        m.remaining = 0
-                        m.status = CANCELLED
-                        m.updated_ts = ts
-                        touched[m_id] = m
-                        del orders[m_id]
-                        mine = clients[taker_cid]
-                        del mine[m_id]
-                        if not mine:
-                            del clients[taker_cid]
-                        lvl.qty -= m_rem
-                        lvl.count -= 1
-                        if not lvl.count:
-                            del levels[k]
-                            keys.pop()
-                        if mode is CANCEL_OLDEST:
-                            if not lvl.count:
-                                break
-                            continue
-                    seq += 1
-                    append(
-                        OrderCancelled(instrument, seq, ts, taker_id, taker_cid, C_SELF_TRADE, rem, filled)
-                    )
-                    rem = 0
-                    o.status = CANCELLED
-                    alive = False
-                    break
-                fill = rem if rem < m_rem else m_rem
-                rem -= fill
-                m_rem -= fill
-                seq += 1
-                append(
-                    TradeExecuted(
-                        instrument, seq, ts, f"{instrument}:{seq}", price, fill, taker_side,
-                        m_id, m.client_id, taker_id, taker_cid, m_rem, rem,
-                    )
-                )
-                last = price
-                notional = price * fill
-                filled += fill
-                cost += notional
-                m.remaining = m_rem
-                m.filled += fill
-                m.cost += notional
-                m.updated_ts = ts
-                touched[m_id] = m
-                lvl.qty -= fill
-                if not m_rem:
-                    m.status = FILLED
-                    queue.popleft()
-                    del orders[m_id]
-                    m_cid = m.client_id
-                    mine = clients[m_cid]
-                    del mine[m_id]
-                    if not mine:
-                        del clients[m_cid]
-                    lvl.count -= 1
-                    if not lvl.count:
-                        del levels[k]
-                        keys.pop()
-                        break
-        self.seq = seq
-        if last is not None:
-            self.last_price = last
-        o.remaining = rem
-        o.filled = filled
-        o.cost = cost
-        o.updated_ts = ts
-        return alive
 
     def _run_stops(self, events: list, touched: dict, ts: int) -> None:
         """Trigger pending stops one at a time, lowest acceptance seq first among those whose
