@@ -207,12 +207,16 @@ def profile(args) -> str:
     for cmd in wl.seed_commands(args.seed_orders):
         book.execute(cmd)
     wl.prune(book)
-    cmds, _ = wl.chunk(args.profile_commands)
     prof = cProfile.Profile()
-    prof.enable()
-    for cmd in cmds:
-        book.execute(cmd)
-    prof.disable()
+    done = 0
+    while done < args.profile_commands:
+        cmds, _ = wl.chunk(min(args.chunk, args.profile_commands - done))
+        prof.enable()
+        for cmd in cmds:
+            book.execute(cmd)
+        prof.disable()
+        done += len(cmds)
+        wl.prune(book)
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
     return out.getvalue()
