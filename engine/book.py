@@ -92,8 +92,10 @@ NO_LIMIT = -(1 << 63)
 SNAPSHOT_VERSION = 1
 
 # A dead level entry is dropped when it reaches the head; a level is compacted when its dead
-# entries exceed both its live ones and this floor (amortised O(1) per cancel).
-_COMPACT_FLOOR = 16
+# entries exceed both twice its live ones and this floor: amortised O(1) per cancel, memory at
+# most ~3x the live entries, and compactions rare enough (<1% of cancels in the benchmark)
+# to stay out of the p99.
+_COMPACT_FLOOR = 32
 
 
 class _Snapshot(msgspec.Struct, array_like=True):
@@ -175,7 +177,7 @@ class OrderBook:
     # ------------------------------------------------------------------ commands
 
     def execute(self, cmd) -> Result:
-        t = type(cmd)
+        t = cmd.__class__
         if t is PlaceOrder:
             return self.place(cmd)
         if t is CancelOrder:
@@ -368,7 +370,7 @@ class OrderBook:
                     queue.popleft()
                 else:
                     lvl.dead += 1
-                    if lvl.dead > lvl.count and lvl.dead > _COMPACT_FLOOR:
+                    if lvl.dead > 2 * lvl.count and lvl.dead > _COMPACT_FLOOR:
                         o.remaining = 0
                         lvl.queue = deque([x for x in queue if x.remaining])
                         lvl.dead = 0
@@ -776,7 +778,7 @@ class OrderBook:
             queue.popleft()
         else:
             lvl.dead += 1
-            if lvl.dead > lvl.count and lvl.dead > _COMPACT_FLOOR:
+            if lvl.dead > 2 * lvl.count and lvl.dead > _COMPACT_FLOOR:
                 lvl.queue = deque([x for x in queue if x.remaining])
                 lvl.dead = 0
 

@@ -218,8 +218,12 @@ def profile(args) -> str:
         done += len(cmds)
         wl.prune(book)
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
-    return out.getvalue()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    text = out.getvalue()
+    # keep the table only, with paths shortened to the repository
+    lines = [line.replace(str(ROOT) + "/", "") for line in text.splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("ncalls")), 0)
+    return "\n".join(line for line in lines[start:] if line.strip())
 
 
 def loadavg() -> str:
@@ -332,6 +336,19 @@ def main(argv=None) -> int:
             "",
         ]
     )
+    if prof_text:
+        text += "\n".join(
+            [
+                "",
+                f"cProfile over {args.profile_commands:,} commands of the same workload (own time first; "
+                "cProfile inflates call overhead, so read the shares, not the absolute times):",
+                "",
+                "```",
+                prof_text,
+                "```",
+                "",
+            ]
+        )
     if not args.no_write:
         write_section(text + "\n")
         say(f"wrote the Engine section of {DOC}")
