@@ -1,0 +1,338 @@
+"""Schemathesis against both services of a private exchange (auth enabled, a trader key).
+
+- command service: its own complete schema (GET /openapi.json, with the request bodies),
+  every operation, positive and negative generation; plus a stateful run over links added to
+  that schema (POST /orders -> GET/cancel of the order it returned, cancel -> GET);
+- query service: the read API contract (query_contract.py; see there why) at the service's
+  address, plus a check that the service serves its own OpenAPI document.
+
+Every response: no 5xx, answered within the request timeout (no hang), JSON, and a 4xx has
+the API's error shape {"error": {"code", "message"}}. Afterwards the services are alive and
+healthy, accept a valid order, and the journal replays into valid books that the query
+views equal (tests/chaos/invariants.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import random
+import zlib
+from decimal import Decimal
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+
+from tests.chaos.invariants import INSTRUMENTS, SYMBOLS, assert_exchange_sound
+from tests.fuzz.conftest import FUZZ_EXAMPLES, FUZZ_STEPS, REQUEST_TIMEOUT
+from tests.fuzz.query_contract import query_contract
+
+TRADER = "fuzz-trader"
+CLIENTS = {"trader": TRADER, "other": "fuzz-other", "admin": TRADER}
+
+# Prices and quantities are decimal strings in the schema ("format": "decimal"): generate ones
+# that look like what traders send, around the grids and limits of the instruments, plus the
+# ones that broke the seed system (0, too many decimals, exponents, non-finite, huge).
+DECIMALS = st.one_of(
+    st.decimals(min_value=Decimal("0.001"), max_value=Decimal("200000"), places=3, allow_nan=False).map(str),
+    st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("10"), places=8, allow_nan=False).map(str),
+    st.integers(min_value=-5, max_value=2_000_000).map(str),
+    st.sampled_from(["0", "-0", "0.0", "-1", "1e3", "1E-9", "0.30000000000000004", "NaN", "Infinity", "-Infinity",
+                     "1" + "0" * 40, "0." + "0" * 30 + "1", "", " 1", "1_000", "0x10", "70150.5", "100.25"]),
+)
+schemathesis.openapi.format("decimal", DECIMALS)
+
+SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+def _config() -> schemathesis.Config:
+    return schemathesis.Config.from_dict({
+        "request-timeout": REQUEST_TIMEOUT,
+        "generation": {"max-examples": FUZZ_EXAMPLES, "database": "none"},
+        # Only the links below: the inferred ones start scenarios with random order ids (404s).
+        "phases": {"stateful": {"max-steps": 12, "inference": {"algorithms": []}}},
+    })
+
+
+@schemathesis.check
+def error_body_shape(ctx, response, case) -> None:
+    """Every answer is JSON; a 4xx carries {"error": {"code": str, "message": str}}."""
+    if case.path == "/metrics" or case.method.upper() in ("HEAD", "OPTIONS") or response.status_code == 204:
+        return  # no body by definition (OPTIONS is answered by the framework with 204)
+    ctype = response.headers.get("content-type", [""])
+    ctype = ctype[0] if isinstance(ctype, list) else ctype
+    assert ctype.startswith("application/json"), f"content-type {ctype!r}, body {response.text[:200]!r}"
+    body = json.loads(response.text)
+    if 400 <= response.status_code < 500:
+        err = body.get("error") if isinstance(body, dict) else None
+        assert isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str), (
+            f"{response.status_code} without the error shape: {response.text[:300]}")
+
+
+CHECKS = [not_a_server_error, error_body_shape]
+
+# requests sent and statuses seen, per operation (printed by test_exchange_sound_after_api_fuzz)
+STATS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+# ids of orders that exist, so some generated paths hit real orders (found, own, other's, closed)
+KNOWN_ORDERS: list[str] = []
+
+
+def _rng(case) -> random.Random:
+    # Derived from the generated data, so hypothesis' replay of a failing example steers the same way.
+    seed = zlib.crc32(repr((case.path_parameters, case.query, case.body)).encode())
+    return random.Random(seed)
+
+
+def _steer(case) -> str:
+    """Push most generated requests past the first check they would fail (own client id, known
+    instrument, a price for a limit order, an existing order id, an admin key for /admin/*), so
+    the fuzz reaches the sequencer and the engine instead of stopping at 400/403 every time; two
+    clients, so orders meet and trade instead of hitting self-trade prevention. About a third
+    of the requests go out as generated. Returns whose key to send."""
+    rng = _rng(case)
+    who = "trader"
+    if case.path.startswith("/admin/") and rng.random() < 0.6:
+        who = "admin"
+    body = case.body
+    if isinstance(body, dict) and rng.random() < 0.7:
+        if rng.random() < 0.5:
+            who = "other"
+        body["client_id"] = CLIENTS[who]
+        sym = body["instrument"] = rng.choice(SYMBOLS)
+        if case.path == "/orders":
+            tick = INSTRUMENTS.get(sym).tick_size
+            near = lambda: str(Decimal(100) + rng.randint(-6, 6) * tick)  # noqa: E731
+            if body.get("type") in ("limit", "stop_limit") and not isinstance(body.get("price"), str):
+                body["price"] = near()
+            if body.get("type") in ("stop_limit", "stop_market") and not isinstance(body.get("stop_price"), str):
+                body["stop_price"] = near()
+            if rng.random() < 0.6:
+                body["quantity"] = rng.choice(["1", "0.5", "2", "3", "0.25"])
+    if case.path_parameters and "order_id" in case.path_parameters and KNOWN_ORDERS and rng.random() < 0.6:
+        case.path_parameters["order_id"] = rng.choice(KNOWN_ORDERS)
+    if case.path_parameters and "client_id" in case.path_parameters and rng.random() < 0.5:
+        case.path_parameters["client_id"] = TRADER
+    if isinstance(case.query, dict) and "client_id" in case.query and rng.random() < 0.5:
+        case.query["client_id"] = TRADER
+    return who
+
+
+def _remember(response, case) -> None:
+    key = response.status_code
+    if 400 <= key < 500:
+        try:
+            key = f"{key} {json.loads(response.text)['error']['code']}"
+        except (ValueError, KeyError, TypeError):
+            pass
+    STATS[f"{case.method.upper()} {case.path}"][key] += 1
+    if response.status_code == 201:
+        try:
+            oid = json.loads(response.text)["order"]["order_id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if len(KNOWN_ORDERS) < 500:
+            KNOWN_ORDERS.append(oid)
+
+
+def _auth(exchange, who: str = "trader") -> dict:
+    return {"Authorization": f"Bearer {exchange.keys[who]}"}
+
+
+def _with_links(doc: dict) -> dict:
+    """The command schema declares no links; add POST /orders -> read it, cancel it. Only
+    POST /orders gets outgoing links: schemathesis starts scenarios at operations with
+    outgoing links, and from a cancel of a random id (404) no scenario would get anywhere."""
+    doc = copy.deepcopy(doc)
+    paths = doc["paths"]
+    by_id = {"order_id": "$response.body#/order/order_id"}
+    created = paths["/orders"]["post"]["responses"]["201"]
+    created["content"]["application/json"]["schema"] = {
+        "type": "object", "properties": {"order": {"type": "object", "properties": {"order_id": {"type": "string"}}}}}
+    created["links"] = {
+        "GetOrder": {"operationId": paths["/orders/{order_id}"]["get"]["operationId"], "parameters": by_id},
+        "CancelOrder": {"operationId": paths["/orders/{order_id}/cancel"]["post"]["operationId"], "parameters": by_id},
+    }
+    return doc
+
+
+def _command_document() -> dict:
+    """The document GET /openapi.json serves, built in-process (create_app does no I/O), so the
+    operations are known when pytest collects; test_command_schema_is_served checks that the
+    running service serves the same one."""
+    from command_service.app import create_app, openapi_document
+
+    return openapi_document(create_app())
+
+
+COMMAND_DOC = _command_document()
+command_api = schemathesis.openapi.from_dict(_with_links(COMMAND_DOC), config=_config())
+query_api = schemathesis.openapi.from_dict(query_contract(), config=_config())
+
+
+@pytest.fixture(scope="package")
+def seeded_orders(exchange):
+    """A few resting orders of another client: reads and cancels of them must answer 403."""
+    with httpx.Client(base_url=exchange.command_url, timeout=10, headers=_auth(exchange, "other")) as client:
+        for i, sym in enumerate(SYMBOLS):
+            r = client.post("/orders", json={"client_id": "fuzz-other", "instrument": sym, "side": "sell",
+                                              "type": "limit", "price": "150000" if i == 0 else "90000",
+                                              "quantity": "1"})
+            assert r.status_code == 201, r.text
+            KNOWN_ORDERS.append(r.json()["order"]["order_id"])
+
+
+@SETTINGS
+@command_api.parametrize()
+def test_command_api_fuzz(case, exchange, seeded_orders):
+    who = _steer(case)
+    response = case.call(base_url=exchange.command_url, headers=_auth(exchange, who), timeout=REQUEST_TIMEOUT)
+    _remember(response, case)
+    case.validate_response(response, checks=CHECKS)
+
+
+@SETTINGS
+@query_api.parametrize()
+def test_query_api_fuzz(case, exchange):
+    who = _steer(case)
+    response = case.call(base_url=exchange.query_url, headers=_auth(exchange, who), timeout=REQUEST_TIMEOUT)
+    _remember(response, case)
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_command_api_stateful(exchange, seeded_orders):
+    """Sequences over the links: place, then read/cancel what was placed, then read again."""
+    base_url = exchange.command_url
+
+    class Orders(command_api.as_state_machine()):
+        who = "trader"
+
+        def before_call(self, case):
+            self.who = _steer(case)  # step() calls get_call_kwargs right after this
+
+        def get_call_kwargs(self, case):
+            return {"base_url": base_url, "headers": _auth(exchange, self.who), "timeout": REQUEST_TIMEOUT}
+
+        def after_call(self, response, case):
+            _remember(response, case)
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS)
+
+    Orders.run(settings=settings(max_examples=FUZZ_STEPS, stateful_step_count=8, deadline=None, database=None,
+                                 suppress_health_check=list(HealthCheck)))
+
+
+# Bodies a schema-driven generator does not produce (it stays within JSON it can describe):
+# deep nesting, also inside an unknown field a typed decoder has to skip, numbers past any
+# float, invalid UTF-8, other content types, a body past the size limit.
+_ORDER = '"side":"buy","type":"limit","price":"100","quantity":"1","client_id":"fuzz-trader"'
+MALFORMED_BODIES = [
+    ("deep array", "[" * 3000 + "]" * 3000),
+    ("deep object in a known field", '{"side":' + '{"a":' * 3000 + "1" + "}" * 3000 + "}"),
+    ("deep array in an unknown field", '{"extra":' + "[" * 3000 + "]" * 3000 + "," + _ORDER + "}"),
+    ("deep object in an unknown field", '{"extra":' + '{"a":' * 3000 + "1" + "}" * 3000 + "," + _ORDER + "}"),
+    ("unterminated deep array", "[" * 8000),
+    ("huge exponent", '{"side":"buy","type":"limit","price":1e999999,"quantity":1e-999999,"client_id":"fuzz-trader"}'),
+    ("400-digit integer", '{"side":"buy","type":"limit","price":' + "9" * 400 + ',"quantity":1}'),
+    ("invalid UTF-8", b'{"side":"buy","type":"limit","price":"100","quantity":"1","client_id":"\xff\xfe"}'),
+    ("NUL bytes", '{"side":"buy\u0000","type":"limit","price":"100","quantity":"1"}'),
+    ("duplicate keys", '{' + _ORDER + ',"side":"sell","side":"sideways"}'),
+    ("BOM", "\ufeff{" + _ORDER + "}"),
+    ("empty", ""),
+    ("whitespace", "  \n "),
+    ("json null", "null"),
+    ("json string", '"order"'),
+    ("over the size limit", "{" + _ORDER + ',"pad":"' + "x" * 200_000 + '"}'),
+]
+CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+
+
+@pytest.mark.parametrize("path", ["/orders", "/orders/cancel-all", "/admin/settlement", "/admin/snapshot"])
+def test_command_malformed_bodies(exchange, path):
+    """No malformed body gets a 5xx; a 4xx has the error shape."""
+    failures = []
+    with httpx.Client(base_url=exchange.command_url, timeout=REQUEST_TIMEOUT) as client:
+        for what, body in MALFORMED_BODIES:
+            for ctype in CONTENT_TYPES if what == "deep array in an unknown field" else CONTENT_TYPES[:1]:
+                who = "admin" if path.startswith("/admin/") else "trader"
+                r = client.post(path, content=body, headers={**_auth(exchange, who), "content-type": ctype})
+                STATS[f"POST {path} (malformed)"][r.status_code] += 1
+                # 2xx is fine where the endpoint ignores what it does not know (no body, extra fields)
+                ok = r.status_code < 500
+                if ok and r.status_code >= 400:
+                    try:
+                        err = r.json()["error"]
+                        ok = isinstance(err["code"], str) and isinstance(err["message"], str)
+                    except (ValueError, KeyError, TypeError):
+                        ok = False
+                if not ok:
+                    failures.append(f"POST {path} {what} ({ctype}): {r.status_code} {r.text[:150]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("path", ["/market/orderbook", "/market/trades", "/market/analytics", "/market/candles",
+                                  "/market/orders", "/market/positions/fuzz-trader"])
+def test_query_malformed_query_strings(exchange, path):
+    """Raw query strings no generator sends: bad percent-encoding, NULs, repeated and very long
+    parameters. Each gets a 2xx or a 4xx with the error shape, never a 5xx."""
+    raws = ["levels=%ff", "instrument=%00", "instrument=BTC-USD&instrument=ETH-USD", "limit=1&limit=0",
+            "start_time=%E2%80%AE2024", "interval=" + "9" * 5000, "instrument=" + "A" * 8000, "cursor=" + "%" * 100,
+            "limit=+1", "limit=1_0", "levels=0x10", "end_time=9999-12-31T23:59:59Z", "start_time=-1",
+            "status=open%00", "a" * 2000 + "=1", "=&=&&", "levels=1e2", "interval=1m%20"]
+    failures = []
+    with httpx.Client(base_url=exchange.query_url, timeout=REQUEST_TIMEOUT, headers=_auth(exchange)) as client:
+        for raw in raws:
+            r = client.get(f"{path}?{raw}")
+            STATS[f"GET {path} (raw query)"][r.status_code] += 1
+            ok = r.status_code < 500
+            if ok and r.status_code >= 400:
+                try:
+                    ok = isinstance(r.json()["error"]["code"], str)
+                except (ValueError, KeyError, TypeError):
+                    ok = False
+            if not ok:
+                failures.append(f"GET {path}?{raw[:60]}: {r.status_code} {r.text[:150]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_command_schema_is_served(exchange):
+    """The fuzzed document is the one the running service serves at GET /openapi.json."""
+    r = httpx.get(exchange.command_url + "/openapi.json", timeout=10)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json() == json.loads(json.dumps(COMMAND_DOC)), "GET /openapi.json differs from the app's document"
+
+
+def test_query_schema_is_served(exchange):
+    """DESIGN/issue: the query service serves its OpenAPI document at /schema/openapi.json."""
+    r = httpx.get(exchange.query_url + "/schema/openapi.json", timeout=10)
+    assert r.status_code == 200, f"GET /schema/openapi.json -> {r.status_code} {r.text[:200]}"
+    served = set(r.json().get("paths", {}))
+    contract = set(query_contract()["paths"])
+    assert contract <= served, f"the served schema lacks {sorted(contract - served)}"
+
+
+async def test_exchange_sound_after_api_fuzz(exchange):
+    """No crash (processes alive, healthy), a valid order still goes through, and the journal
+    replays into valid books that the query views equal."""
+    for name in ("command", "relay", "query"):
+        assert exchange.alive(name), f"{name} died during the fuzz:\n{exchange.log_tail(name)}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for url in (exchange.command_url, exchange.query_url):
+            r = await client.get(url + "/healthz")
+            assert r.status_code == 200, f"{url}/healthz {r.status_code} {r.text}"
+        r = await client.post(exchange.command_url + "/orders", headers=_auth(exchange), json={
+            "client_id": TRADER, "instrument": "ETH-USD", "side": "buy", "type": "limit", "price": "1.5",
+            "quantity": "0.5"})
+        assert r.status_code == 201, r.text
+    await assert_exchange_sound(exchange.dsn, [exchange.query_url], acked=KNOWN_ORDERS)
+    total = sum(sum(c.values()) for c in STATS.values())
+    print(f"\n[fuzz] {total} API requests (EXCHANGE_FUZZ_EXAMPLES={FUZZ_EXAMPLES}, EXCHANGE_FUZZ_STEPS={FUZZ_STEPS})")
+    for op, counts in sorted(STATS.items()):
+        print(f"[fuzz]   {op}: {dict(sorted(counts.items(), key=str))}")
