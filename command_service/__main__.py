@@ -4,14 +4,14 @@ import logging
 
 import uvicorn
 
-from command_service.app import create_app
+from command_service.app import create_asgi
 from command_service.settings import Settings
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+    uvicorn.run(create_asgi(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                 ws="websockets", log_level="warning", access_log=False, lifespan="on", backlog=2048, proxy_headers=False, server_header=False, date_header=False,
                 ws_max_size=64 * 1024)
 

@@ -217,17 +217,22 @@ def trade_view(t: TradeExecuted, spec: InstrumentSpec) -> dict:
 
 
 def book_view(book, spec: InstrumentSpec, levels: int) -> dict:
+    """Top levels with cumulative quantity. Built as one pre-encoded JSON fragment: it is
+    in every POST /orders response, so it is the largest per-order rendering cost."""
     bids, asks = book.l2(levels)
-    price_json, qty_json = spec.price_json, spec.quantity_json
+    num = spec.price_json, spec.quantity_json
 
-    def side(rows):
-        out, cum = [], 0
+    def side(rows) -> bytes:
+        price_json, qty_json = num
+        parts, cum = [], 0
         for price, qty in rows:
             cum += qty
-            out.append({"price": price_json(price), "quantity": qty_json(qty), "cumulative": qty_json(cum)})
-        return out
+            parts.append(b'{"price":%s,"quantity":%s,"cumulative":%s}' % (price_json(price), qty_json(qty),
+                                                                        qty_json(cum)))
+        return b"[" + b",".join(parts) + b"]"
 
-    return {"instrument": spec.symbol, "bids": side(bids), "asks": side(asks), "seq": book.seq}
+    return {"instrument": spec.symbol, "bids": msgspec.Raw(side(bids)), "asks": msgspec.Raw(side(asks)),
+            "seq": book.seq}
 
 
 CLOSED = {OrderStatus.FILLED.value, OrderStatus.CANCELLED.value, OrderStatus.REJECTED.value}

@@ -25,11 +25,17 @@ def error(code: str, message: str, field: str | None = None) -> dict:
     return {"error": body}
 
 
+_second_cache: list = [None, ""]
+
+
 def iso_ms(ts_ns: int) -> str:
     """ns since epoch -> ISO 8601 UTC with milliseconds and Z (2024-01-01T00:00:00.000Z)."""
     ms = ts_ns // 1_000_000
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    sec = ms // 1000
+    if _second_cache[0] != sec:  # most stamps fall in the same second as the previous one
+        _second_cache[1] = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0] = sec
+    return f"{_second_cache[1]}.{ms % 1000:03d}Z"
 
 
 def parse_iso(value: str) -> int:

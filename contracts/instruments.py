@@ -52,10 +52,10 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
 
     # -- JSON numbers straight from integers (hot path of every response): exact, no Decimal
     def price_json(self, ticks: int) -> msgspec.Raw:
-        return msgspec.Raw(_format_units(ticks, self.tick_size))
+        return _json_number(ticks, self.tick_size)
 
     def quantity_json(self, lots: int) -> msgspec.Raw:
-        return msgspec.Raw(_format_units(lots, self.lot_size))
+        return _json_number(lots, self.lot_size)
 
     def notional(self, ticks_times_lots: int) -> Decimal:
         """A sum of price*quantity products (ticks*lots) as an exact quote amount."""
@@ -63,6 +63,22 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
 
 
 _UNIT_CACHE: dict[Decimal, tuple[int, int]] = {}
+
+
+_RAW_CACHE: dict[str, dict[int, msgspec.Raw]] = {}
+
+
+def _json_number(n: int, unit: Decimal) -> msgspec.Raw:
+    # Prices and sizes repeat a lot (book levels, round lots): remember their encodings.
+    cache = _RAW_CACHE.get(unit)
+    if cache is None:
+        cache = _RAW_CACHE[unit] = {}
+    raw = cache.get(n)
+    if raw is None:
+        if len(cache) >= 100_000:
+            cache.clear()
+        raw = cache[n] = msgspec.Raw(_format_units(n, unit))
+    return raw
 
 
 def _format_units(n: int, unit: Decimal) -> bytes:

@@ -1,0 +1,82 @@
+"""An ASGI front for the two hottest routes, POST /orders and POST /orders/{id}/cancel.
+
+Measured here, Litestar's request/response machinery costs ~60 us of CPU per request
+(88 us for a trivial Litestar route vs 26 us for the same route as bare ASGI on uvicorn):
+at 4,000 orders/s that is a quarter of a core. These two routes call the same use cases,
+authentication, rate limit and error shapes as the Litestar handlers (which stay, for the
+OpenAPI schema and every other route); everything else passes through to Litestar.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from command_service.edge import EdgeError, decode_order_request
+
+log = logging.getLogger("command.fastpath")
+_JSON = (b"content-type", b"application/json")
+
+
+class OrderFastPath:
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/orders":
+                return await self._handle(scope, receive, send, None)
+            if path.startswith("/orders/") and path.endswith("/cancel"):
+                order_id = path[8:-7]
+                if order_id and "/" not in order_id and order_id != "cancel-all":
+                    return await self._handle(scope, receive, send, order_id)
+        return await self.app(scope, receive, send)
+
+    async def _handle(self, scope, receive, send, cancel_id: str | None) -> None:
+        st = self.app.state
+        try:
+            body = await self._body(receive)
+            authorization = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                    break
+            client = scope.get("client")
+            principal = await authorize(st, authorization, client[0] if client else "")
+            if cancel_id is None:
+                status, payload, headers = await st.entry.place(principal, decode_order_request(body))
+            else:
+                status, payload, headers = await st.entry.cancel(principal, cancel_id)
+        except EdgeError as exc:
+            st.metrics.http_errors.labels(str(exc.status), exc.code).inc()
+            status, payload, headers = exc.status, exc.body(), exc.headers
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            status, payload, headers = 500, EdgeError(500, "internal", "internal error").body(), None
+        out = [_JSON, (b"content-length", b"%d" % len(payload))]
+        if headers:
+            out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _body(self, receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise EdgeError(400, "invalid_request", "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise EdgeError(413, "body_too_large", f"request body over {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def authorize(st, authorization: str | None, client_host: str):
+    """Authenticate and charge the caller's rate limit (shared by every entry point)."""
+    principal = await st.auth.authenticate(authorization)
+    st.limiter.check(principal.rate_key if principal.client_id else f"ip:{client_host}")
+    return principal
