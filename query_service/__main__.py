@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from query_service.app import create_app
+from query_service.app import create_asgi
 from query_service.settings import Settings
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     uvicorn.run(
-        create_app(settings),
+        create_asgi(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

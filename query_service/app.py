@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 import httpx
 import redis.asyncio as aioredis
@@ -50,8 +51,12 @@ class Services:
         self.auth = Authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         self.books = views.BookReader(self.redis, self.keys, self.instruments, settings.book_cache_max_age_s)
         self.hub = Hub(settings, self.instruments, self.redis, self.bus, self.auth, self.metrics, self.books)
+        # The projector's own connections: no per-read socket timeout (redis-py arms one
+        # per reply, which costs more than the write itself in large MULTI/EXECs); each
+        # batch is bounded by one timeout around the whole transaction instead.
+        self.projector_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
         self.projector = (
-            Projector(settings, self.instruments, self.redis, self.bus, self.journal, self.metrics)
+            Projector(settings, self.instruments, self.projector_redis, self.bus, self.journal, self.metrics)
             if settings.projector_enabled
             else None
         )
@@ -73,6 +78,7 @@ class Services:
         await self.journal.stop()
         await self.http.aclose()
         await self.redis.aclose()
+        await self.projector_redis.aclose()
 
 
 def _svc(request) -> Services:
@@ -265,6 +271,70 @@ def _metrics_middleware(app):
             )
 
     return mw
+
+
+class FastPath:
+    """ASGI front of the Litestar app: GET /market/orderbook - by far the hottest read - is
+    answered here from the book cache without the framework's routing, request and
+    response objects (~4x the throughput on one process); everything else, including the
+    lifespan, goes to Litestar. Same parameters, errors and metrics as the route."""
+
+    __slots__ = ("app", "_parsed")
+
+    def __init__(self, app: Litestar):
+        self.app = app
+        self._parsed: dict[bytes, object] = {}  # raw query string -> (spec, levels) | ApiError
+
+    @property
+    def state(self):
+        return self.app.state
+
+    def _parse(self, services: Services, qs: bytes):
+        hit = self._parsed.get(qs)
+        if hit is None:
+            q: dict[str, str] = {}
+            for k, v in parse_qsl(qs.decode("latin-1"), keep_blank_values=True):
+                q.setdefault(k, v)
+            try:
+                hit = (
+                    params.instrument(services.instruments, q.get("instrument")),
+                    params.integer(q.get("levels"), "levels", 20, 1, views.MAX_LEVELS),
+                )
+            except ApiError as exc:
+                hit = exc
+            if len(self._parsed) > 4096:
+                self._parsed.clear()
+            self._parsed[qs] = hit
+        return hit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/market/orderbook" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        services: Services = self.app.state.services
+        parsed = self._parse(services, scope["query_string"])
+        if isinstance(parsed, ApiError):
+            status, body = parsed.status, json_encoder.encode(error(parsed.code, parsed.message, parsed.field))
+        else:
+            try:
+                status, body = 200, await services.books.orderbook(*parsed)
+            except (RedisError, ConnectionError, OSError):
+                status, body = 503, json_encoder.encode(error("unavailable", "a backing store is unavailable, retry"))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        services.metrics.http_latency.labels("GET", "/market/orderbook", status).observe(time.perf_counter() - start)
+
+
+def create_asgi(settings: Settings | None = None) -> FastPath:
+    """The ASGI application uvicorn serves: the fast path in front of the Litestar app."""
+    return FastPath(create_app(settings))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

@@ -17,16 +17,19 @@ from query_service.projection import ViewDelta
 from query_service.render import order_view, trade_view
 
 
+EMPTY = msgspec.Raw()  # omit_defaults compares by identity: always use this instance
+
+
 class FeedMessage(msgspec.Struct, omit_defaults=True):
     instrument: str
     prev_seq: int
     seq: int
     ts: int = 0  # ts of the batch's last event (ns)
     # Raw fields cannot be optional in msgspec: an empty Raw (len 0) means "absent".
-    book: msgspec.Raw = msgspec.Raw()  # JSON array of {side, price, quantity} (new level totals)
+    book: msgspec.Raw = EMPTY  # JSON array of {side, price, quantity} (new level totals)
     trades: list[msgspec.Raw] = []  # WS "trade" messages, in seq order
     orders: list[tuple[str, msgspec.Raw]] = []  # (client_id, WS "order_update" message)
-    ticker: msgspec.Raw = msgspec.Raw()  # WS "ticker" message
+    ticker: msgspec.Raw = EMPTY  # WS "ticker" message
     reset: bool = False  # the instrument's views were rebuilt from scratch: resnapshot
 
 
@@ -49,7 +52,7 @@ def book_changes(spec: InstrumentSpec, levels: dict) -> list[dict]:
 
 def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: dict | None, reset: bool = False) -> bytes:
     enc = json_encoder.encode
-    book = msgspec.Raw(enc(book_changes(spec, delta.levels))) if delta.levels else msgspec.Raw()
+    book = msgspec.Raw(enc(book_changes(spec, delta.levels))) if delta.levels else EMPTY
     trades = [msgspec.Raw(enc({"type": "trade", **trade_view(spec, t)})) for t in delta.trades]
     orders = [
         (
@@ -60,7 +63,7 @@ def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: dict | None, rese
         )
         for o in delta.orders.values()
     ]
-    tick = msgspec.Raw(enc({"type": "ticker", **ticker})) if ticker is not None else msgspec.Raw()
+    tick = msgspec.Raw(enc({"type": "ticker", **ticker})) if ticker is not None else EMPTY
     msg = FeedMessage(
         instrument=delta.instrument,
         prev_seq=delta.prev_seq,

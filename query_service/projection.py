@@ -182,6 +182,7 @@ class ViewDelta:
     first_ts: int = 0
     last_ts: int = 0
     levels: dict = field(default_factory=dict)  # ("buy"|"sell", ticks) -> new total lots (0 = gone)
+    old_levels: dict = field(default_factory=dict)  # the same keys -> total before the batch (0 = none)
     orders: dict = field(default_factory=dict)  # order_id -> final OrderRec of changed orders
     index_add: list = field(default_factory=list)  # (client_id, member, is_open) of new orders
     index_close: list = field(default_factory=list)  # (client_id, member) open -> closed
@@ -189,6 +190,7 @@ class ViewDelta:
     trades: list = field(default_factory=list)  # TradeExecuted, in seq order
     fills: list = field(default_factory=list)  # Fill
     buckets: dict = field(default_factory=dict)  # (resolution, start) -> Bucket
+    old_buckets: dict = field(default_factory=dict)  # the same keys -> Bucket before the batch | None
     last_trade: LastTrade | None = None
     taking_changed: bool = False
     taking: list = field(default_factory=list)
@@ -287,7 +289,9 @@ def _level_add(w: ProjectionState, d: ViewDelta, side: str, price: int, lots: in
     if lots == 0:
         return
     book = w.bids if side == "buy" else w.asks
-    total = book.get(price, 0) + lots
+    before = book.get(price, 0)
+    d.old_levels.setdefault((side, price), before)
+    total = before + lots
     if total > 0:
         book[price] = total
     else:
@@ -462,7 +466,10 @@ def _trade(w: ProjectionState, d: ViewDelta, t: TradeExecuted) -> None:
     d.fills.append(Fill(t.taker_client_id, t.taker_order_id, taker_side, "taker", t))
     for res in RESOLUTIONS:
         key = (res, bucket_start(t.ts, res))
-        b = add_to_bucket(w.buckets.get(key), key[1], t.price, t.quantity)
+        old = w.buckets.get(key)
+        if key not in d.old_buckets:
+            d.old_buckets[key] = old
+        b = add_to_bucket(old, key[1], t.price, t.quantity)
         w.buckets[key] = b
         d.buckets[key] = b
     w.last_trade = LastTrade(t.price, t.quantity, t.ts, t.seq, taker_side)

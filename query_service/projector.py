@@ -33,7 +33,6 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.partitioner import murmur2
-from redis.exceptions import WatchError
 
 from contracts.instruments import Instruments
 from contracts.messages import Event, decode_event
@@ -46,9 +45,10 @@ from query_service.metrics import Metrics
 from query_service.projection import GapError, project
 from query_service.render import ticker_view
 from query_service.settings import Settings
-from query_service.store import BookCache, delta_commands, merge_window, purge_commands, read_state
+from query_service.store import BookCache, WatchedTx, delta_commands, merge_window, purge_commands, read_state
 
 log = logging.getLogger("query_service.projector")
+BATCH_TIMEOUT_S = 30.0  # one bound per batch (reads + MULTI/EXEC), not per Redis reply
 
 
 class Projector:
@@ -77,6 +77,8 @@ class Projector:
         self.partition_count: int | None = None
         self.last_poll = 0.0
         self.kafka_failed = False  # the consumer's last start/poll raised
+        self._to_commit: dict = {}
+        self._commit_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,14 +115,14 @@ class Projector:
             self.metrics.events_skipped.labels("unknown_instrument").inc(len(events))
             return 0
         async with self._locks[instrument]:
-            return await self._apply_locked(spec, instrument, events)
+            async with asyncio.timeout(BATCH_TIMEOUT_S):
+                return await self._apply_locked(spec, instrument, events)
 
     async def _apply_locked(self, spec, instrument: str, events: list[Event]) -> int:
         seq_key = self.keys.seq(instrument)
         for _attempt in range(100):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(seq_key)
-                read = await read_state(self.redis, self.keys, instrument, events, self._books.get(instrument))
+            async with WatchedTx(self.redis, seq_key) as tx:
+                read = await read_state(tx, self.keys, instrument, events, self._books.get(instrument))
                 state = read.state
                 new = [e for e in events if e.seq > state.last_seq]
                 if not new:
@@ -134,7 +136,7 @@ class Projector:
                     # No last_seq: the views of this instrument are gone (FLUSHALL, new
                     # Redis) or were never built. Start from an empty state and remove any
                     # leftovers in the same transaction, so the rebuild equals a replay.
-                    cmds += await purge_commands(self.redis, self.keys, instrument)
+                    cmds += await purge_commands(tx, self.keys, instrument)
                     state = type(state)(instrument=instrument)
                 new_state, delta = project(state, new)
                 ticker = None
@@ -155,13 +157,9 @@ class Projector:
                 cmds += delta_commands(
                     delta, self.keys, spec, self.settings.recent_trades, self.settings.fills_per_client
                 )
-                pipe.multi()
-                for c in cmds:
-                    pipe.execute_command(*c)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    # Another projector (rebalance overlap, watchdog elsewhere) moved last_seq.
+                if not await tx.commit(cmds):
+                    # Another projector (rebalance overlap, a catch-up elsewhere) moved
+                    # last_seq between our read and EXEC: nothing was applied; retry.
                     self._books.pop(instrument, None)
                     self.metrics.batch_conflicts.inc()
                     continue
@@ -255,6 +253,9 @@ class Projector:
                 delay = min(delay * 2, 5.0)
             finally:
                 self.assigned = None
+                self._to_commit = {}
+                if self._commit_task is not None:
+                    self._commit_task.cancel()
                 if self.consumer is not None:
                     try:
                         await self.consumer.stop()
@@ -303,11 +304,25 @@ class Projector:
                     by_instrument[e.instrument].append(e)
                 if records:
                     offsets[tp] = records[-1].offset + 1
-            for instrument, events in by_instrument.items():
+            for events in by_instrument.values():
                 events.sort(key=_seq)
-                await self.apply_with_recovery(instrument, events)
+            # Instruments are independent (own last_seq, own connection): apply them
+            # concurrently so one poll costs the slowest instrument's round trips, not the sum.
+            await asyncio.gather(*(self.apply_with_recovery(i, evs) for i, evs in by_instrument.items()))
+            # Only now - the views hold every event up to these offsets - may they be
+            # committed. The commit runs in the background so the next poll need not wait.
+            self._schedule_commit(consumer, offsets)
+
+    def _schedule_commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
+        self._to_commit.update(offsets)
+        if self._commit_task is None or self._commit_task.done():
+            self._commit_task = asyncio.create_task(self._committer(consumer))
+
+    async def _committer(self, consumer: AIOKafkaConsumer) -> None:
+        while self._to_commit:
+            offsets, self._to_commit = self._to_commit, {}
             try:
-                await consumer.commit(offsets)  # only after the views hold the events
+                await consumer.commit(offsets)
             except Exception as exc:  # rebalanced meanwhile: the next owner skips what we applied
                 log.info("projector: offset commit failed (%s)", exc)
 

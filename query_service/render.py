@@ -7,10 +7,27 @@ places below the instrument's tick (BTC-USD: 1e-10), and only at this edge.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
-from contracts.api import iso_ms
 from contracts.instruments import InstrumentSpec, plain
+
+_seconds: dict[int, str] = {}
+
+
+def iso_ms(ts_ns: int) -> str:
+    """contracts.api.iso_ms with the date part cached per second (the projector renders
+    thousands of timestamps a second, nearly all within the same few seconds)."""
+    ms = ts_ns // 1_000_000
+    sec, rem = divmod(ms, 1000)
+    head = _seconds.get(sec)
+    if head is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        head = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        _seconds[sec] = head
+    return f"{head}{rem:03d}Z"
+
 
 RATIO_EXTRA_PLACES = 8
 _ctx = Context(prec=80, rounding=ROUND_HALF_EVEN)

@@ -46,6 +46,7 @@ class Simulator:
         mid: int = 7_000_000,  # ticks
         start_ts: int = 1_700_000_000_000_000_000,
         max_step_ns: int = 2_000_000_000,
+        clock=None,  # e.g. time.time_ns: stamp events with the wall clock (benchmarks)
     ):
         self.instrument = instrument
         self.rng = random.Random(seed)
@@ -53,6 +54,7 @@ class Simulator:
         self.mid = mid
         self.ts = start_ts
         self.max_step_ns = max_step_ns
+        self.clock = clock
         self.seq = 0
         self.n = 0
         self.bids: dict[int, deque] = {}
@@ -65,7 +67,10 @@ class Simulator:
     # ------------------------------------------------------------------ helpers
 
     def _tick(self) -> int:
-        self.ts += self.rng.randint(1, self.max_step_ns)
+        if self.clock is not None:
+            self.ts = max(self.ts + 1, self.clock())
+        else:
+            self.ts += self.rng.randint(1, self.max_step_ns)
         return self.ts
 
     def _next(self) -> int:

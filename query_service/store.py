@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from sortedcontainers import SortedDict
 
+from redis.exceptions import ResponseError
+
 from contracts.api import json_encoder
 from contracts.instruments import InstrumentSpec
 from contracts.messages import Event, TradeExecuted
@@ -41,9 +43,11 @@ class BookCache:
 
 
 def parse_levels(rows) -> SortedDict:
-    """ZRANGE ... WITHSCORES rows of 'ticks:lots' members -> SortedDict ticks -> lots."""
+    """Raw ZRANGE ... WITHSCORES reply of 'ticks:lots' members -> SortedDict ticks -> lots.
+    (RESP3, redis-py's default, gives [[member, score], ...]; RESP2 a flat list.)"""
     out = SortedDict()
-    for member, _score in rows:
+    members = [r[0] for r in rows] if rows and isinstance(rows[0], list) else rows[::2]
+    for member in members:
         ticks, _, lots = member.partition(b":")
         out[int(ticks)] = int(lots)
     return out
@@ -61,6 +65,59 @@ def _int(raw) -> int:
     return int(raw) if raw is not None else 0
 
 
+class WatchedTx:
+    """One pooled connection used for a compare-and-set on a key: WATCH and all reads go
+    in ONE round trip, MULTI ... EXEC in a second. (redis-py's pipeline would need a
+    round trip for WATCH alone and parses each reply with a timeout of its own.)
+    Replies are raw (no redis-py response callbacks)."""
+
+    def __init__(self, redis, key: str):
+        self.pool = redis.connection_pool
+        self.key = key
+        self.conn = None
+        self.done = False
+
+    async def __aenter__(self) -> "WatchedTx":
+        self.conn = await self.pool.get_connection()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                # The reply stream may be out of step: never reuse this connection.
+                await self.conn.disconnect()
+            elif not self.done:
+                await self._run([("UNWATCH",)])
+        finally:
+            await self.pool.release(self.conn)
+
+    async def _run(self, cmds: list[tuple]) -> list:
+        conn = self.conn
+        await conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+        out, err = [], None
+        for _ in cmds:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as e:  # keep reading: every command has a reply
+                err = err or e
+                out.append(e)
+        if err is not None:
+            raise err
+        return out
+
+    async def watch_and_read(self, cmds: list[tuple]) -> list:
+        return (await self._run([("WATCH", self.key), *cmds]))[1:]
+
+    async def read(self, cmds: list[tuple]) -> list:
+        return await self._run(cmds)
+
+    async def commit(self, cmds: list[tuple]) -> bool:
+        """MULTI cmds EXEC: False when the watched key changed (nothing was applied)."""
+        res = await self._run([("MULTI",), *cmds, ("EXEC",)])
+        self.done = True
+        return res[-1] is not None
+
+
 @dataclass
 class StateRead:
     state: ProjectionState
@@ -70,10 +127,10 @@ class StateRead:
     window_now_s: int
 
 
-async def read_state(redis, keys: Keys, instrument: str, events: list[Event], cache: BookCache | None) -> StateRead:
-    """Everything project() needs for `events`, in one round trip (plus one more when the
-    book cache is stale). Call it after WATCH on the seq key: the values read here are
-    then either still current at EXEC or the EXEC fails."""
+async def read_state(tx: WatchedTx, keys: Keys, instrument: str, events: list[Event], cache: BookCache | None) -> StateRead:
+    """WATCH the seq key and read everything project() needs for `events` in one round
+    trip (plus one more when the book cache is stale or a taking order was not read).
+    Under the WATCH the values read are either still current at EXEC or EXEC fails."""
     order_ids = sorted(referenced_orders(events))
     clients = sorted(referenced_clients(events))
     buckets = sorted(referenced_buckets(events))
@@ -81,21 +138,20 @@ async def read_state(redis, keys: Keys, instrument: str, events: list[Event], ca
     now_s = max(e.ts for e in events) // 1_000_000_000 if events else 0
     w0, h1 = ticker_window(now_s)
 
-    p = redis.pipeline(transaction=False)
-    p.get(keys.seq(instrument))
-    p.get(keys.taking(instrument))
-    p.get(keys.last(instrument))
+    cmds: list[tuple] = [("GET", keys.seq(instrument)), ("GET", keys.taking(instrument)), ("GET", keys.last(instrument))]
     if order_ids:
-        p.hmget(keys.orders, order_ids)
+        cmds.append(("HMGET", keys.orders, *order_ids))
     for c in clients:
-        p.hget(keys.pos(c), instrument)
+        cmds.append(("HGET", keys.pos(c), instrument))
     for res, start in buckets:
-        p.zrangebyscore(keys.candles(instrument, res), start, start)
+        cmds.append(("ZRANGEBYSCORE", keys.candles(instrument, res), start, start))
     if has_trades:
-        p.zrangebyscore(keys.candles(instrument, 60), w0, h1 - 1)
-        p.zrangebyscore(keys.candles(instrument, 3600), h1, "+inf")
-    res = await p.execute()
-    it = iter(res)
+        cmds.append(("ZRANGEBYSCORE", keys.candles(instrument, 60), w0, h1 - 1))
+        cmds.append(("ZRANGEBYSCORE", keys.candles(instrument, 3600), h1, "+inf"))
+    if cache is None:
+        cmds.append(("ZRANGE", keys.bids(instrument), 0, -1, "WITHSCORES"))
+        cmds.append(("ZRANGE", keys.asks(instrument), 0, -1, "WITHSCORES"))
+    it = iter(await tx.watch_and_read(cmds))
     raw_seq, raw_taking, raw_last = next(it), next(it), next(it)
     seq = _int(raw_seq)
     orders = {}
@@ -117,19 +173,21 @@ async def read_state(redis, keys: Keys, instrument: str, events: list[Event], ca
     if has_trades:
         win_m = [Bucket.unpack(r) for r in next(it)]
         win_h = [Bucket.unpack(r) for r in next(it)]
-    taking = json.loads(raw_taking) if raw_taking else []
-
-    if cache is not None and cache.seq == seq:
+    if cache is None:
+        bids, asks = parse_levels(next(it)), parse_levels(next(it))
+    elif cache.seq == seq:
         bids, asks = cache.bids, cache.asks
     else:
-        p = redis.pipeline(transaction=False)
-        p.zrange(keys.bids(instrument), 0, -1, withscores=True)
-        p.zrange(keys.asks(instrument), 0, -1, withscores=True)
-        rb, ra = await p.execute()
+        rb, ra = await tx.read([
+            ("ZRANGE", keys.bids(instrument), 0, -1, "WITHSCORES"),
+            ("ZRANGE", keys.asks(instrument), 0, -1, "WITHSCORES"),
+        ])
         bids, asks = parse_levels(rb), parse_levels(ra)
+    taking = json.loads(raw_taking) if raw_taking else []
     missing = [oid for oid in taking if oid not in orders]
     if missing:
-        for oid, raw in zip(missing, await redis.hmget(keys.orders, missing)):
+        (raws,) = await tx.read([("HMGET", keys.orders, *missing)])
+        for oid, raw in zip(missing, raws):
             if raw is not None:
                 orders[oid] = unpack_order(raw)
     state = ProjectionState(
@@ -146,18 +204,19 @@ async def read_state(redis, keys: Keys, instrument: str, events: list[Event], ca
     return StateRead(state, raw_seq is None, win_m, win_h, now_s)
 
 
-async def purge_commands(redis, keys: Keys, instrument: str) -> list[tuple]:
+async def purge_commands(tx: WatchedTx, keys: Keys, instrument: str) -> list[tuple]:
     """Commands that remove every trace of `instrument` from the views (before a rebuild
     from seq 1 when its last_seq is gone but other data may remain)."""
     cmds: list[tuple] = [("DEL", *keys.instrument_keys(instrument))]
-    clients = [c.decode() for c in await redis.smembers(keys.clients(instrument))]
+    (members,) = await tx.read([("SMEMBERS", keys.clients(instrument))])
+    clients = [c.decode() for c in members]
     if not clients:
         return cmds
-    p = redis.pipeline(transaction=False)
+    reads = []
     for c in clients:
-        p.zrange(keys.client_orders(c, "all", instrument), 0, -1)
-        p.zrange(keys.client_fills(c, instrument), 0, -1)
-    res = await p.execute()
+        reads.append(("ZRANGE", keys.client_orders(c, "all", instrument), 0, -1))
+        reads.append(("ZRANGE", keys.client_fills(c, instrument), 0, -1))
+    res = await tx.read(reads)
     for n, c in enumerate(clients):
         order_members, fill_members = res[2 * n], res[2 * n + 1]
         cmds.append(("HDEL", keys.pos(c), instrument))
@@ -182,28 +241,51 @@ def fill_member(spec: InstrumentSpec, f) -> bytes:
 def delta_commands(
     delta: ViewDelta, keys: Keys, spec: InstrumentSpec, recent_trades: int = 1000, fills_cap: int = 10000
 ) -> list[tuple]:
-    """The Redis commands (for one MULTI/EXEC) that apply `delta`, ending with last_seq."""
+    """The Redis commands (for one MULTI/EXEC) that apply `delta`, ending with last_seq.
+
+    Commands are grouped per key (one ZREM/ZADD per side for all changed levels, one ZADD
+    per index key, ...): their number grows with the keys a batch touches, not with its
+    events. Replacing a level or bucket member removes its previous member, which the
+    state read under WATCH knows exactly."""
     i = delta.instrument
     cmds: list[tuple] = []
-    for (side, price), total in delta.levels.items():
+    for side in ("buy", "sell"):
+        rem, add = [], []
+        for (s, price), total in delta.levels.items():
+            if s != side:
+                continue
+            old = delta.old_levels.get((s, price), 0)
+            if old == total:
+                continue
+            if old > 0:
+                rem.append(f"{price}:{old}")
+            if total > 0:
+                add += (price, f"{price}:{total}")
         k = keys.side(i, side)
-        cmds.append(("ZREMRANGEBYSCORE", k, price, price))
-        if total > 0:
-            cmds.append(("ZADD", k, price, f"{price}:{total}"))
+        if rem:
+            cmds.append(("ZREM", k, *rem))
+        if add:
+            cmds.append(("ZADD", k, *add))
     if delta.orders:
         flat = []
         for oid, o in delta.orders.items():
             flat += (oid, pack(o))
         cmds.append(("HSET", keys.orders, *flat))
+    zadd: dict[str, list] = {}
+    zrem: dict[str, list] = {}
     for client, member, is_open in delta.index_add:
         which = "open" if is_open else "closed"
         for k in (keys.client_orders(client, "all"), keys.client_orders(client, "all", i),
                   keys.client_orders(client, which), keys.client_orders(client, which, i)):
-            cmds.append(("ZADD", k, 0, member))
+            zadd.setdefault(k, []).extend((0, member))
     for client, member in delta.index_close:
         for inst in (None, i):
-            cmds.append(("ZREM", keys.client_orders(client, "open", inst), member))
-            cmds.append(("ZADD", keys.client_orders(client, "closed", inst), 0, member))
+            zrem.setdefault(keys.client_orders(client, "open", inst), []).append(member)
+            zadd.setdefault(keys.client_orders(client, "closed", inst), []).extend((0, member))
+    for k, members in zrem.items():
+        cmds.append(("ZREM", k, *members))
+    for k, flat in zadd.items():
+        cmds.append(("ZADD", k, *flat))
     for client, pos in delta.positions.items():
         cmds.append(("HSET", keys.pos(client), i, pack(pos)))
     if delta.trades:
@@ -213,18 +295,24 @@ def delta_commands(
         by_key: dict[str, list] = {}
         for f in delta.fills:
             m = fill_member(spec, f)
-            by_key.setdefault(keys.client_fills(f.client_id), []).append(m)
-            by_key.setdefault(keys.client_fills(f.client_id, i), []).append(m)
-        for k, members in by_key.items():
-            flat = []
-            for m in members:
-                flat += (0, m)
+            by_key.setdefault(keys.client_fills(f.client_id), []).extend((0, m))
+            by_key.setdefault(keys.client_fills(f.client_id, i), []).extend((0, m))
+        for k, flat in by_key.items():
             cmds.append(("ZADD", k, *flat))
             cmds.append(("ZREMRANGEBYRANK", k, 0, -(fills_cap + 1)))
-    for (res, start), b in delta.buckets.items():
-        k = keys.candles(i, res)
-        cmds.append(("ZREMRANGEBYSCORE", k, start, start))
-        cmds.append(("ZADD", k, start, b.pack()))
+    for res in RESOLUTIONS:
+        rem, add = [], []
+        for (r, start), b in delta.buckets.items():
+            if r != res:
+                continue
+            old = delta.old_buckets.get((r, start))
+            if old is not None:
+                rem.append(old.pack())
+            add += (start, b.pack())
+        if rem:
+            cmds.append(("ZREM", keys.candles(i, res), *rem))
+        if add:
+            cmds.append(("ZADD", keys.candles(i, res), *add))
     if delta.last_trade is not None:
         cmds.append(("SET", keys.last(i), pack(delta.last_trade)))
     if delta.taking_changed:

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.auth import hash_api_key
 from contracts.messages import Event, encode_event
-from query_service.app import create_app
+from query_service.app import create_asgi
 from query_service.settings import Settings
 
 BTC_LIKE = {"tick_size": "0.01", "lot_size": "0.00000001", "min_quantity": "0.00000001",
@@ -152,7 +152,7 @@ class Replica:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_asgi(settings)
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task | None = None
 

@@ -122,6 +122,9 @@ async def test_a_gap_is_rebuilt_from_the_journal(env):
         async with Publisher(settings) as pub:
             await pub.publish(events[:100])
             await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[99].seq})
+            # a restart in between: the new projector starts from the views in Redis
+            await replica.stop()
+            replica = await Replica(settings.replace(watchdog_interval_s=30.0)).start()
             await pub.publish(events[180:])  # ... the broker lost 101..180
             await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[-1].seq})
         rebuilds = replica.services.metrics.rebuilds.labels(sym, "gap")._value.get()

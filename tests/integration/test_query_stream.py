@@ -81,9 +81,11 @@ class BookClient:
         self.asks: dict = {}
         self.seq = None
         self.updates = 0
+        self.snapshots = 0
 
     def apply(self, m):
         if m["action"] == "snapshot":
+            self.snapshots += 1
             self.bids = {r["price"]: r["quantity"] for r in m["bids"]}
             self.asks = {r["price"]: r["quantity"] for r in m["asks"]}
             self.seq = m["seq"]
@@ -134,6 +136,7 @@ async def test_snapshot_then_contiguous_deltas_equal_the_rest_book(env):
                 await pub.publish(events[i : i + 25])
             await asyncio.wait_for(task, 30)
         assert book.updates > 10
+        assert book.snapshots == 1  # no resnapshot: the replica lost no feed message
         async with httpx.AsyncClient(base_url=replica.url) as http:
             rest = decode((await http.get("/market/orderbook", params={"instrument": sym, "levels": 100})).content)
         assert rest["seq"] == book.seq

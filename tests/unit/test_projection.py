@@ -368,8 +368,43 @@ def test_delta_commands_write_levels_records_and_last_seq_last():
     assert cmds[-1] == ("SET", "q:BTC-USD:seq", delta.seq)
     names = {c[0] for c in cmds}
     assert {"ZADD", "HSET", "SET"} <= names
-    for (side, price), total in delta.levels.items():
-        key = "q:BTC-USD:bids" if side == "buy" else "q:BTC-USD:asks"
-        assert ("ZREMRANGEBYSCORE", key, price, price) in cmds
-        if total:
-            assert ("ZADD", key, price, f"{price}:{total}") in cmds
+    # applying the commands to a model of the level zsets gives the projected book
+    zsets = {"q:BTC-USD:bids": {}, "q:BTC-USD:asks": {}}
+    for c in cmds:
+        if c[1] in zsets:
+            z = zsets[c[1]]
+            if c[0] == "ZREM":
+                for m in c[2:]:
+                    del z[m]
+            elif c[0] == "ZADD":
+                for score, m in zip(c[2::2], c[3::2]):
+                    z[m] = score
+    book = {key: {int(m.split(":")[0]): int(m.split(":")[1]) for m in z} for key, z in zsets.items()}
+    state2, _ = project(s.state_for(events), events)
+    assert book["q:BTC-USD:bids"] == dict(state2.bids) and book["q:BTC-USD:asks"] == dict(state2.asks)
+    # grouped: at most one ZREM and one ZADD per level side
+    assert sum(1 for c in cmds if c[1] == "q:BTC-USD:bids") <= 2
+
+
+def test_feed_messages_round_trip():
+    from query_service.feed import build_feed, decode_feed
+
+    events = Simulator(seed=11).run(300)
+    s = DictStore()
+    for i in range(0, len(events), 7):
+        chunk = events[i : i + 7]
+        state = s.state_for(chunk)
+        _, delta = project(state, chunk)
+        s.apply(chunk)
+        m = decode_feed(build_feed(SPEC, delta, None))
+        assert (m.prev_seq, m.seq) == (delta.prev_seq, delta.seq)
+        assert bool(m.book) == bool(delta.levels) and not m.ticker
+        assert len(m.trades) == len(delta.trades) and len(m.orders) == len(delta.orders)
+
+
+def test_parse_levels_accepts_resp2_and_resp3_replies():
+    from query_service.store import parse_levels
+
+    assert dict(parse_levels([[b"100:5", 100.0], [b"101:7", 101.0]])) == {100: 5, 101: 7}
+    assert dict(parse_levels([b"100:5", b"100", b"101:7", b"101"])) == {100: 5, 101: 7}
+    assert dict(parse_levels([])) == {}
