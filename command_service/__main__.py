@@ -1,6 +1,7 @@
 """`python -m command_service`: serve the command API with uvicorn (uvloop, httptools)."""
 
 import logging
+import os
 
 import uvicorn
 
@@ -12,7 +13,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     uvicorn.run(create_asgi(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                ws="websockets", log_level="warning", access_log=False, lifespan="on", backlog=2048, proxy_headers=False, server_header=False, date_header=False,
+                ws=os.environ.get("EXCHANGE_WS_IMPL", "websockets-sansio"), log_level="warning", access_log=False, lifespan="on", backlog=2048, proxy_headers=False, server_header=False, date_header=False,
                 ws_max_size=64 * 1024)
 
 

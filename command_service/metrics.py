@@ -48,22 +48,31 @@ class Metrics:
         c.observe(seconds)
 
     def after_batch(self, instrument: str, events, book) -> None:
+        # Counted per batch, not per event: one labels() lookup per kind instead of per order.
+        trades = volume = 0
+        received: dict[tuple[str, str], int] = {}
+        rejected: dict[str, int] = {}
         takers = set()
-        spec = self.specs.get(instrument)
         for e in events:
             t = type(e)
             if t is TradeExecuted:
-                self.trades.labels(instrument).inc()
-                self.trade_volume.labels(instrument).inc(float(spec.lots_to_quantity(e.quantity)))
+                trades += 1
+                volume += e.quantity
                 takers.add(e.taker_order_id)
             elif t is OrderAccepted:
-                self.orders_received.labels(e.order_type.value, e.side.value).inc()
+                k = (e.order_type.value, e.side.value)
+                received[k] = received.get(k, 0) + 1
             elif t is OrderRejected:
-                self.orders_received.labels(e.order_type.value, e.side.value).inc()
-                self.orders_rejected.labels(e.reason.value).inc()
-            elif t is OrderCancelled:
-                pass
-        if takers:
+                k = (e.order_type.value, e.side.value)
+                received[k] = received.get(k, 0) + 1
+                rejected[e.reason.value] = rejected.get(e.reason.value, 0) + 1
+        for (kind, side), n in received.items():
+            self.orders_received.labels(kind, side).inc(n)
+        for reason, n in rejected.items():
+            self.orders_rejected.labels(reason).inc(n)
+        if trades:
+            self.trades.labels(instrument).inc(trades)
+            self.trade_volume.labels(instrument).inc(float(self.specs.get(instrument).lots_to_quantity(volume)))
             self.orders_matched.labels(instrument).inc(len(takers))
         bids, asks = book.depth()
         self.book_depth.labels(instrument, "buy").set(bids)

@@ -18,6 +18,7 @@ fails as a whole.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import asyncpg
 import msgspec
 
 from command_service.journal import Batch, Journal, NoResetConnection
+from contracts.enums import CLOSED_STATUSES as _CLOSED
 from contracts.messages import decode_event
 from engine import OrderBook
 
@@ -73,6 +75,9 @@ class Sequencer:
         self._snapshot_waiters: list[asyncio.Future] = []
         self._background: set[asyncio.Task] = set()
         self._stopping = False
+        # Orders closed by committed batches, newest last: a cancel racing a fill is the
+        # common case under load and is answered from here without a database round trip.
+        self.recently_closed: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -192,6 +197,13 @@ class Sequencer:
             if self.metrics:
                 self.metrics.observe_batch(self.instrument, len(items), time.perf_counter() - t0)
             self._events_since_snapshot += len(batch.events)
+            closed = self.recently_closed
+            for state, _ in batch.orders.values():
+                if state.status in _CLOSED:
+                    closed[state.order_id] = (state.client_id, state.status.value)
+            if len(closed) > 200_000:
+                for k in list(itertools.islice(closed, 100_000)):
+                    del closed[k]
 
         now = time.perf_counter_ns()
         for item, resp in zip(items, responses):
@@ -282,6 +294,7 @@ class Sequencer:
                 book.apply(decode_event(payload))
             replayed += len(rows)
         self.book = book
+        self.recently_closed = {}
         self._events_since_snapshot = replayed
         self.ready = True
         log.info("%s: recovered at seq %d (snapshot %s, %d events replayed, %d resting) in %.2fs",
