@@ -14,7 +14,7 @@ import msgspec
 from contracts.api import json_encoder
 from contracts.instruments import InstrumentSpec
 from query_service.projection import ViewDelta
-from query_service.render import order_view, trade_view
+from query_service.render import P, Q, order_view, trade_views
 
 
 EMPTY = msgspec.Raw()  # omit_defaults compares by identity: always use this instance
@@ -43,8 +43,8 @@ def book_changes(spec: InstrumentSpec, levels: dict) -> list[dict]:
         out.append(
             {
                 "side": side,
-                "price": spec.ticks_to_price(price),
-                "quantity": spec.lots_to_quantity(levels[(side, price)]),
+                "price": P(spec)(price),
+                "quantity": Q(spec)(levels[(side, price)]),
             }
         )
     return out
@@ -53,7 +53,7 @@ def book_changes(spec: InstrumentSpec, levels: dict) -> list[dict]:
 def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: dict | None, reset: bool = False) -> bytes:
     enc = json_encoder.encode
     book = msgspec.Raw(enc(book_changes(spec, delta.levels))) if delta.levels else EMPTY
-    trades = [msgspec.Raw(enc({"type": "trade", **trade_view(spec, t)})) for t in delta.trades]
+    trades = [msgspec.Raw(enc({"type": "trade", **tv})) for tv in trade_views(spec, delta)]
     orders = [
         (
             o.client_id,

@@ -195,6 +195,7 @@ class ViewDelta:
     taking_changed: bool = False
     taking: list = field(default_factory=list)
     new_clients: set = field(default_factory=set)
+    rendered: dict = field(default_factory=dict)  # memo of API renderings, shared by store and feed
 
     @property
     def empty(self) -> bool:

@@ -29,6 +29,50 @@ def iso_ms(ts_ns: int) -> str:
     return f"{head}{rem:03d}Z"
 
 
+_scalers: dict = {}
+
+
+def scaler(unit: Decimal):
+    """n -> n * unit as a plain Decimal, equal to contracts' plain(unit * n) but built from
+    integer digits when unit is a power of ten (every tick, lot and notional unit so far):
+    the projector renders a few hundred thousand of these a second."""
+    f = _scalers.get(unit)
+    if f is not None:
+        return f
+    t = unit.normalize().as_tuple()
+    if t.digits == (1,) and t.exponent < 0:
+        k = -t.exponent
+        div = 10**k
+
+        def f(n: int) -> Decimal:
+            neg = n < 0
+            q, r = divmod(-n if neg else n, div)
+            if not r:
+                return Decimal(-q if neg else q)
+            text = f"{q}.{r:0{k}d}".rstrip("0")
+            return Decimal("-" + text if neg else text)
+
+    else:
+
+        def f(n: int) -> Decimal:
+            return plain(unit * n)
+
+    _scalers[unit] = f
+    return f
+
+
+def P(spec: InstrumentSpec):
+    return scaler(spec.tick_size)
+
+
+def Q(spec: InstrumentSpec):
+    return scaler(spec.lot_size)
+
+
+def N(spec: InstrumentSpec):
+    return scaler(spec.tick_size * spec.lot_size)
+
+
 RATIO_EXTRA_PLACES = 8
 _ctx = Context(prec=80, rounding=ROUND_HALF_EVEN)
 
@@ -52,11 +96,11 @@ def mean_price(spec: InstrumentSpec, sum_ticks: int, count: int) -> Decimal:
 
 
 def price_or_none(spec: InstrumentSpec, ticks: int | None) -> Decimal | None:
-    return None if ticks is None else spec.ticks_to_price(ticks)
+    return None if ticks is None else scaler(spec.tick_size)(ticks)
 
 
 def signed_lots(spec: InstrumentSpec, lots: int) -> Decimal:
-    return plain(spec.lot_size * lots)
+    return scaler(spec.lot_size)(lots)
 
 
 __all__ = ["ratio", "price_ratio", "mean_price", "price_or_none", "signed_lots", "iso_ms", "plain"]
@@ -74,9 +118,9 @@ def order_view(spec: InstrumentSpec, o) -> dict:
         "side": o.side,
         "type": o.order_type,
         "price": price_or_none(spec, o.price),
-        "quantity": spec.lots_to_quantity(o.quantity),
-        "filled_quantity": spec.lots_to_quantity(o.filled),
-        "remaining_quantity": spec.lots_to_quantity(o.remaining),
+        "quantity": Q(spec)(o.quantity),
+        "filled_quantity": Q(spec)(o.filled),
+        "remaining_quantity": Q(spec)(o.remaining),
         "avg_price": price_ratio(spec, o.cost, o.filled) if o.filled else None,
         "status": o.status,
         "time_in_force": o.tif,
@@ -86,12 +130,20 @@ def order_view(spec: InstrumentSpec, o) -> dict:
         "seq": o.seq,
     }
     if o.stop_price is not None:
-        d["stop_price"] = spec.ticks_to_price(o.stop_price)
+        d["stop_price"] = P(spec)(o.stop_price)
     if o.reject_reason:
         d["reject_reason"] = o.reject_reason
     if o.cancel_reason:
         d["cancel_reason"] = o.cancel_reason
     return d
+
+
+def trade_views(spec: InstrumentSpec, delta) -> list[dict]:
+    """The delta's trades in API shape, rendered once per batch (Redis list and feed)."""
+    tv = delta.rendered.get("trades")
+    if tv is None:
+        tv = delta.rendered["trades"] = [trade_view(spec, t) for t in delta.trades]
+    return tv
 
 
 def trade_view(spec: InstrumentSpec, t) -> dict:
@@ -103,8 +155,8 @@ def trade_view(spec: InstrumentSpec, t) -> dict:
         "buy_order_id": buy,
         "sell_order_id": sell,
         "instrument": t.instrument,
-        "price": spec.ticks_to_price(t.price),
-        "quantity": spec.lots_to_quantity(t.quantity),
+        "price": P(spec)(t.price),
+        "quantity": Q(spec)(t.quantity),
         "taker_side": t.taker_side.value,
         "timestamp": iso_ms(t.ts),
         "seq": t.seq,
@@ -120,9 +172,9 @@ def fill_view(spec: InstrumentSpec, f) -> dict:
         "instrument": t.instrument,
         "side": f.side,
         "role": f.role,
-        "price": spec.ticks_to_price(t.price),
-        "quantity": spec.lots_to_quantity(t.quantity),
-        "notional": spec.notional(t.price * t.quantity),
+        "price": P(spec)(t.price),
+        "quantity": Q(spec)(t.quantity),
+        "notional": N(spec)(t.price * t.quantity),
         "timestamp": iso_ms(t.ts),
         "seq": t.seq,
     }
@@ -134,10 +186,10 @@ def position_view(spec: InstrumentSpec, instrument: str, p, mark: int | None) ->
     return {
         "instrument": instrument,
         "net_quantity": signed_lots(spec, p.net),
-        "total_cost": spec.notional(p.cost),
+        "total_cost": N(spec)(p.cost),
         "avg_price": price_ratio(spec, p.cost, p.net) if p.net else Decimal(0),
-        "realized_pnl": spec.notional(p.realized),
-        "unrealized_pnl": spec.notional(unrealized(p, mark)),
+        "realized_pnl": N(spec)(p.realized),
+        "unrealized_pnl": N(spec)(unrealized(p, mark)),
         "mark_price": price_or_none(spec, mark),
         "last_updated": iso_ms(p.updated_ts),
     }
@@ -148,10 +200,10 @@ def level_rows(spec: InstrumentSpec, levels, cumulative: bool) -> list[dict]:
     out = []
     total = 0
     for ticks, lots in levels:
-        row = {"price": spec.ticks_to_price(ticks), "quantity": spec.lots_to_quantity(lots)}
+        row = {"price": P(spec)(ticks), "quantity": Q(spec)(lots)}
         if cumulative:
             total += lots
-            row["cumulative"] = spec.lots_to_quantity(total)
+            row["cumulative"] = Q(spec)(total)
         out.append(row)
     return out
 
@@ -175,13 +227,13 @@ def aggregate_buckets(spec: InstrumentSpec, buckets, interval_s: int) -> tuple[l
             {
                 "time_bucket": iso_ms(start * 1_000_000_000),
                 "trade_count": count,
-                "total_quantity": spec.lots_to_quantity(qty),
+                "total_quantity": Q(spec)(qty),
                 "avg_price": mean_price(spec, sum_price, count),
-                "min_price": spec.ticks_to_price(min(b.low for b in bs)),
-                "max_price": spec.ticks_to_price(max(b.high for b in bs)),
-                "open_price": spec.ticks_to_price(bs[0].open),
-                "close_price": spec.ticks_to_price(bs[-1].close),
-                "total_volume": spec.notional(notional),
+                "min_price": P(spec)(min(b.low for b in bs)),
+                "max_price": P(spec)(max(b.high for b in bs)),
+                "open_price": P(spec)(bs[0].open),
+                "close_price": P(spec)(bs[-1].close),
+                "total_volume": N(spec)(notional),
                 "vwap": price_ratio(spec, notional, qty),
             }
         )
@@ -192,12 +244,12 @@ def aggregate_buckets(spec: InstrumentSpec, buckets, interval_s: int) -> tuple[l
 def candle_view(spec: InstrumentSpec, b) -> dict:
     return {
         "time": iso_ms(b.start * 1_000_000_000),
-        "open": spec.ticks_to_price(b.open),
-        "high": spec.ticks_to_price(b.high),
-        "low": spec.ticks_to_price(b.low),
-        "close": spec.ticks_to_price(b.close),
-        "volume": spec.lots_to_quantity(b.qty),
-        "quote_volume": spec.notional(b.notional),
+        "open": P(spec)(b.open),
+        "high": P(spec)(b.high),
+        "low": P(spec)(b.low),
+        "close": P(spec)(b.close),
+        "volume": Q(spec)(b.qty),
+        "quote_volume": N(spec)(b.notional),
         "trade_count": b.count,
         "vwap": price_ratio(spec, b.notional, b.qty),
     }
@@ -230,7 +282,7 @@ def ticker_view(
     d = {
         "instrument": instrument,
         "last_price": price_or_none(spec, last.price if last else None),
-        "last_quantity": spec.lots_to_quantity(last.quantity) if last else None,
+        "last_quantity": Q(spec)(last.quantity) if last else None,
         "last_trade_at": iso_ms(last.ts) if last else None,
         "best_bid": price_or_none(spec, best_bid),
         "best_ask": price_or_none(spec, best_ask),
@@ -252,11 +304,11 @@ def ticker_view(
         open_ = bs[0].open
         close = bs[-1].close
         d.update(
-            open_24h=spec.ticks_to_price(open_),
-            high_24h=spec.ticks_to_price(max(b.high for b in bs)),
-            low_24h=spec.ticks_to_price(min(b.low for b in bs)),
-            volume_24h=spec.lots_to_quantity(qty),
-            quote_volume_24h=spec.notional(notional),
+            open_24h=P(spec)(open_),
+            high_24h=P(spec)(max(b.high for b in bs)),
+            low_24h=P(spec)(min(b.low for b in bs)),
+            volume_24h=Q(spec)(qty),
+            quote_volume_24h=N(spec)(notional),
             trade_count_24h=sum(b.count for b in bs),
             vwap_24h=price_ratio(spec, notional, qty),
             change_24h=plain(spec.tick_size * (close - open_)),

@@ -29,7 +29,7 @@ from query_service.records import (
     unpack_order,
     unpack_position,
 )
-from query_service.render import fill_view, ticker_window, trade_view
+from query_service.render import fill_view, ticker_window, trade_views
 
 
 @dataclass
@@ -65,6 +65,26 @@ def _int(raw) -> int:
     return int(raw) if raw is not None else 0
 
 
+def resp_encode(cmds: list[tuple]) -> bytes:
+    """Commands -> one RESP request (args: bytes, str or int). A few times cheaper than
+    redis-py's per-argument packer for MULTIs of hundreds of arguments."""
+    out: list[bytes] = []
+    add = out.append
+    for c in cmds:
+        add(b"*%d\r\n" % len(c))
+        for a in c:
+            if a.__class__ is bytes:
+                b = a
+            elif a.__class__ is str:
+                b = a.encode()
+            else:
+                b = str(a).encode()
+            add(b"$%d\r\n" % len(b))
+            add(b)
+            add(b"\r\n")
+    return b"".join(out)
+
+
 class WatchedTx:
     """One pooled connection used for a compare-and-set on a key: WATCH and all reads go
     in ONE round trip, MULTI ... EXEC in a second. (redis-py's pipeline would need a
@@ -93,7 +113,7 @@ class WatchedTx:
 
     async def _run(self, cmds: list[tuple]) -> list:
         conn = self.conn
-        await conn.send_packed_command(conn.pack_commands(cmds), check_health=False)
+        await conn.send_packed_command(resp_encode(cmds), check_health=False)
         out, err = [], None
         for _ in cmds:
             try:
@@ -289,7 +309,7 @@ def delta_commands(
     for client, pos in delta.positions.items():
         cmds.append(("HSET", keys.pos(client), i, pack(pos)))
     if delta.trades:
-        cmds.append(("LPUSH", keys.trades(i), *(json_encoder.encode(trade_view(spec, t)) for t in delta.trades)))
+        cmds.append(("LPUSH", keys.trades(i), *(json_encoder.encode(tv) for tv in trade_views(spec, delta))))
         cmds.append(("LTRIM", keys.trades(i), 0, recent_trades - 1))
     if delta.fills:
         by_key: dict[str, list] = {}

@@ -408,3 +408,24 @@ def test_parse_levels_accepts_resp2_and_resp3_replies():
     assert dict(parse_levels([[b"100:5", 100.0], [b"101:7", 101.0]])) == {100: 5, 101: 7}
     assert dict(parse_levels([b"100:5", b"100", b"101:7", b"101"])) == {100: 5, 101: 7}
     assert dict(parse_levels([])) == {}
+
+
+def test_resp_encoding_matches_redis_py():
+    from redis.asyncio.connection import Connection
+
+    from query_service.store import resp_encode
+
+    cmds = [("SET", "k", 5), ("HSET", "h", "f", b"\x00\xffbin", "g", "é"), ("ZADD", "z", 0, "m|1"), ("MULTI",)]
+    assert resp_encode(cmds) == b"".join(Connection().pack_commands(cmds))
+
+
+def test_fast_decimal_rendering_equals_plain():
+    from contracts.instruments import plain
+    from query_service.render import scaler
+
+    rng = random.Random(3)
+    for unit in (Decimal("0.01"), Decimal("0.00000001"), Decimal("1E-10"), Decimal("0.001"), Decimal("0.5"),
+                 Decimal("5"), Decimal("1")):
+        f = scaler(unit)
+        for n in [0, 1, -1, 10, 100, 12345678901234, -987654321] + [rng.randint(-10**15, 10**15) for _ in range(2000)]:
+            assert str(f(n)) == str(plain(unit * n)) and f(n) == unit * n, (unit, n)
