@@ -12,6 +12,8 @@ drives them with ops.loadgen, all on the same 2 cores. Scenarios (all by default
             projection lag from the query service's histogram
   query     GET /market/orderbook throughput on one query replica (wrk)
   fanout    WebSocket fan-out to 1,000 /stream subscribers while orders flow
+  recovery  command service start-up with 1,000,000 resting orders: journal replay, then
+            snapshot + replay; time to ready and RSS
   engine    `python -m ops.bench_engine` (its own section)
   relay     `python -m ops.bench_relay` (its own section)
 """
@@ -38,7 +40,7 @@ from ops.benchdoc import machine_line, today, write_section
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
 BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}
-SCENARIOS = ("command", "pipeline", "query", "fanout", "engine", "relay")
+SCENARIOS = ("command", "pipeline", "query", "fanout", "recovery", "engine", "relay")
 
 
 def say(msg: str) -> None:
@@ -367,6 +369,70 @@ orderbook for BTC-USD, while the load generator offers {args.fanout_rate} orders
     write_section("WebSocket fan-out", body)
 
 
+async def bench_recovery(args) -> None:
+    from contracts.enums import OrderType, Side, StpMode, TimeInForce
+    from contracts.messages import OrderAccepted, encode_event
+
+    await reset_state()
+    n = args.resting
+    dsn = os.environ["EXCHANGE_PG_DSN"]
+    say(f"writing a journal of {n:,} resting BTC-USD orders (COPY)")
+    conn = await asyncpg.connect(dsn)
+    try:
+        ts0 = time.time_ns()
+
+        def rows(start, stop):
+            for i in range(start, stop):
+                buy = i % 2 == 0
+                price = 6_000_000 - (i % 5000) if buy else 6_000_001 + (i % 5000)
+                e = OrderAccepted(instrument="BTC-USD", seq=i + 1, ts=ts0 + i, order_id=f"r-{i}",
+                                  client_id=f"c{i % 1000}", side=Side.BUY if buy else Side.SELL,
+                                  order_type=OrderType.LIMIT, price=price, quantity=1_000_000 + i % 997,
+                                  tif=TimeInForce.GTC, post_only=False, stp=StpMode.CANCEL_NEWEST)
+                yield ("BTC-USD", i + 1, "order_accepted", e.ts, encode_event(e))
+
+        for start in range(0, n, 100_000):
+            await conn.copy_records_to_table("events", records=rows(start, min(n, start + 100_000)),
+                                             columns=["instrument", "seq", "type", "ts", "payload"])
+            say(f"  {min(n, start + 100_000):,} / {n:,}")
+    finally:
+        await conn.close()
+
+    async def start_and_measure(label: str) -> tuple[float, float]:
+        t0 = time.monotonic()
+        svc = Services("bench.recovery")
+        await svc.start("command")
+        ready = time.monotonic() - t0
+        pid = svc.procs["command"].pid
+        rss = int(next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if l.startswith("VmRSS")).split()[1]) / 1024 / 1024
+        say(f"{label}: ready in {ready:.1f} s, RSS {rss:.2f} GiB")
+        return ready, rss, svc
+
+    replay_s, rss1, svc = await start_and_measure("journal replay")
+    try:
+        async with httpx.AsyncClient(timeout=600) as client:
+            r = await client.post(svc.cfg.command_url + "/admin/snapshot", params={"instrument": "BTC-USD"})
+            r.raise_for_status()
+            snap = r.json()["snapshots"][0]
+    finally:
+        svc.stop()
+    snap_s, rss2, svc = await start_and_measure("snapshot + replay")
+    svc.stop()
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m ops.bench --only recovery --resting {n}`). A journal of {n:,} accepted,
+non-crossing BTC-USD limit orders (10,000 price levels, 1,000 clients) is written with COPY; then the command
+service is started and timed until `/healthz` answers 200 (all sequencers recovered and accepting).
+
+| start-up | time to ready | command service RSS |
+|---|---|---|
+| replay of the whole journal ({n:,} events) | {replay_s:.1f} s | {rss1:.2f} GiB |
+| latest snapshot (seq {snap['seq']:,}, {snap['bytes'] / 1e6:.0f} MB) + replay of later events | {snap_s:.1f} s | {rss2:.2f} GiB |
+
+Targets (DESIGN section 6): recovery < 30 s (goal 10 s), RSS < 1.5 GiB (goal 1 GiB) with 1,000,000 resting orders."""
+    write_section("Recovery and memory", body)
+
+
 def run_module(module: str, *args: str) -> None:
     cmd = [sys.executable, "-m", module, *args]
     say("$ " + " ".join(cmd[1:]))
@@ -379,6 +445,7 @@ async def main(argv=None) -> int:
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--subscribers", type=int, default=1000)
     ap.add_argument("--fanout-rate", type=int, default=500)
+    ap.add_argument("--resting", type=int, default=1_000_000)
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in chosen:
