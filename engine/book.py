@@ -13,6 +13,26 @@ Layout:
 
 Hot paths are written out with locals and positional struct construction on purpose;
 the enum members are bound to module globals because `Side.BUY` costs ~80 ns per lookup.
+
+Decisions beyond the written semantics (tests/unit/reference_matcher.py implements the same):
+- The duplicate-id check comes before every other check, so the id of an OrderRejected is
+  never live; replay relies on this.
+- invalid_order also covers: another instrument, post_only on anything but a GTC limit
+  (stops included), a stop_price on limit/market, a price on stop_market, non-int or
+  out-of-range (> 2**62-1) numbers, enum fields that are not enum members.
+- FOK applies to market orders too; a market remainder is market_remainder whatever the tif.
+- A triggered FOK stop that cannot fill gets OrderRejected(fok_unfillable) right after its
+  OrderTriggered (status rejected; the command's code stays OK).
+- Stops are evaluated after every place/amend; cancel and cancel-all never move the last
+  price, so they never trigger anything. A triggered order keeps its stop order_type.
+- Commands without events (duplicate, unknown, not owner, invalid amend, amend would cross)
+  return no order states. Cancel/amend for another instrument is UNKNOWN_ORDER; cancel-all
+  for another instrument is OK with nothing cancelled.
+- An amend that loses priority keeps the acceptance seq (cancel-all order) and the
+  post_only flag; a non-int or non-positive new price is INVALID_AMEND.
+- open_orders() lists resting orders and pending stops in acceptance order.
+- apply() raises ValueError on a seq gap, a repeated seq, another instrument or a trade that
+  does not match the book: those are journal/programming errors, not rejections.
 """
 
 from __future__ import annotations

@@ -322,7 +322,9 @@ def main(argv=None) -> int:
             f"- workload: {args.commands:,} commands after {args.seed_orders:,} seed orders, seed {args.seed}: "
             + ", ".join(f"{name} {mix[name]:,}" for name in KINDS)
             + "; prices clustered around a drifting mid (passive offsets ~exp(mean 10 ticks), 15% of limits"
-            " cross); cancels pick random placed orders (some already filled -> unknown_order).",
+            " cross); cancels pick a random resting passive order (pool pruned every 5,000 commands; the rest"
+            " hit orders filled meanwhile -> unknown_order); 15,000 of the seed orders sit 30-1,000 ticks"
+            " deep and stay.",
             f"- book at the end: {final}; {stats['events']:,} events emitted by the measured commands, "
             f"{stats['rejected_or_error']:,} non-OK results (mostly cancels of filled orders).",
             "",
