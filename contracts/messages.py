@@ -73,10 +73,12 @@ class CancelAll(msgspec.Struct, frozen=True, tag="cancel_all", tag_field="type")
 Command = Union[PlaceOrder, CancelOrder, AmendOrder, CancelAll]
 
 # --------------------------------------------------------------------------- events
-# Every event carries its instrument and a per-instrument, gap-free `seq`.
+# Every event carries its instrument and a per-instrument, gap-free `seq`. Events, order
+# states and results hold only scalars (a Result a list of them), so they can never be part
+# of a reference cycle: gc=False spares the collector from tracking millions of them.
 
 
-class OrderAccepted(msgspec.Struct, frozen=True, tag="order_accepted", tag_field="type"):
+class OrderAccepted(msgspec.Struct, frozen=True, gc=False, tag="order_accepted", tag_field="type"):
     instrument: str
     seq: int
     ts: int
@@ -92,7 +94,7 @@ class OrderAccepted(msgspec.Struct, frozen=True, tag="order_accepted", tag_field
     stop_price: Optional[int] = None
 
 
-class OrderRejected(msgspec.Struct, frozen=True, tag="order_rejected", tag_field="type"):
+class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag="order_rejected", tag_field="type"):
     instrument: str
     seq: int
     ts: int
@@ -106,7 +108,7 @@ class OrderRejected(msgspec.Struct, frozen=True, tag="order_rejected", tag_field
     reason: RejectReason
 
 
-class TradeExecuted(msgspec.Struct, frozen=True, tag="trade", tag_field="type"):
+class TradeExecuted(msgspec.Struct, frozen=True, gc=False, tag="trade", tag_field="type"):
     """A fill at the maker's (resting order's) price."""
 
     instrument: str
@@ -124,7 +126,7 @@ class TradeExecuted(msgspec.Struct, frozen=True, tag="trade", tag_field="type"):
     taker_remaining: int  # taker's unfilled quantity after this fill
 
 
-class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled", tag_field="type"):
+class OrderCancelled(msgspec.Struct, frozen=True, gc=False, tag="order_cancelled", tag_field="type"):
     instrument: str
     seq: int
     ts: int
@@ -135,7 +137,7 @@ class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled", tag_fie
     filled_quantity: int  # the order's filled quantity at cancel time
 
 
-class OrderAmended(msgspec.Struct, frozen=True, tag="order_amended", tag_field="type"):
+class OrderAmended(msgspec.Struct, frozen=True, gc=False, tag="order_amended", tag_field="type"):
     instrument: str
     seq: int
     ts: int
@@ -147,7 +149,7 @@ class OrderAmended(msgspec.Struct, frozen=True, tag="order_amended", tag_field="
     priority_kept: bool
 
 
-class OrderTriggered(msgspec.Struct, frozen=True, tag="order_triggered", tag_field="type"):
+class OrderTriggered(msgspec.Struct, frozen=True, gc=False, tag="order_triggered", tag_field="type"):
     """A stop order whose stop price was crossed now enters the book as limit/market."""
 
     instrument: str
@@ -170,7 +172,7 @@ Event = Union[
 # --------------------------------------------------------------------------- results
 
 
-class OrderState(msgspec.Struct, frozen=True):
+class OrderState(msgspec.Struct, frozen=True, gc=False):
     """An order's state after a command, for the orders table and the API response."""
 
     order_id: str
@@ -191,7 +193,7 @@ class OrderState(msgspec.Struct, frozen=True):
     cost: int = 0  # sum of price*quantity of its fills, in ticks*lots (for average price)
 
 
-class Result(msgspec.Struct, frozen=True):
+class Result(msgspec.Struct, frozen=True, gc=False):
     """Outcome of one command: a code, the events it produced (possibly none), and the
     states of every order it touched (the command's own order first)."""
 
