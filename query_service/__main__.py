@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import uvicorn
 
@@ -11,6 +12,11 @@ from query_service.settings import Settings
 
 
 def main() -> None:
+    # uvicorn's "websockets" (legacy) protocol, deprecated in favour of websockets-sansio,
+    # is kept on purpose: when a dropped slow consumer does not even read the close frame,
+    # it aborts the TCP connection after close_timeout; the sans-io one waits for the
+    # socket to become writable first and keeps such a connection (and its buffer) open.
+    warnings.filterwarnings("ignore", message=".*websockets. implementation is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     uvicorn.run(

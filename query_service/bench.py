@@ -50,6 +50,8 @@ async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_j
 
         ts_of: dict[str, dict[int, int]] = {s: {} for s in symbols}
         lags: list[float] = []
+        windows: dict[int, list[float]] = {}  # 10 s window of the send time -> lags
+        t_start = time.time_ns()
         batches = 0
         nc = await nats.connect(settings.nats_url)
         done = asyncio.Event()
@@ -67,6 +69,7 @@ async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_j
                 ts = known.pop(seq, None)
                 if ts is not None:
                     lags.append((now - ts) / 1e9)
+                    windows.setdefault((ts - t_start) // 10**10, []).append((now - ts) / 1e9)
             if finished and all(not ts_of[s] for s in symbols):
                 done.set()
 
@@ -117,6 +120,7 @@ async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_j
             "events_per_batch": round(produced / max(1, batches), 1),
             "lag_ms": {p: round(pct(lags, p) * 1000, 2) for p in (50, 90, 99, 99.9)},
             "lag_max_ms": round(max(lags) * 1000, 2) if lags else None,
+            "lag_p99_ms_per_10s": [round(pct(windows[k], 99) * 1000, 1) for k in sorted(windows)],
             "unmeasured": missing,
             "views_seq": seqs,
             "last_seq_sent": {s: max((e.seq for e in flow[:produced] if e.instrument == s), default=0) for s in symbols},

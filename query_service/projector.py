@@ -275,7 +275,7 @@ class Projector:
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             rebalance_timeout_ms=s.kafka_rebalance_timeout_ms,
             max_poll_records=s.kafka_max_poll_records,
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             metadata_max_age_ms=30_000,
             request_timeout_ms=10_000,
             retry_backoff_ms=100,

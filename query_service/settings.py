@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_heartbeat_interval_ms: int = 500
     kafka_rebalance_timeout_ms: int = 4000
     kafka_max_poll_records: int = 2000
+    # How long the broker may hold a fetch open waiting for data. Tansu answers a fetch
+    # only when this expires (it does not wake on new data), so it is a floor of the lag.
+    kafka_fetch_max_wait_ms: int = 10
     journal_chunk: int = 1000  # events per MULTI/EXEC when catching up from the journal
     watchdog_interval_s: float = 1.0  # journal-vs-views check (lag gauge, stalled/empty views)
 
@@ -94,6 +97,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             kafka_heartbeat_interval_ms=i("EXCHANGE_KAFKA_HEARTBEAT_MS", d.kafka_heartbeat_interval_ms),
             kafka_rebalance_timeout_ms=i("EXCHANGE_KAFKA_REBALANCE_TIMEOUT_MS", d.kafka_rebalance_timeout_ms),
             kafka_max_poll_records=i("EXCHANGE_QUERY_MAX_POLL_RECORDS", d.kafka_max_poll_records),
+            kafka_fetch_max_wait_ms=i("EXCHANGE_QUERY_FETCH_MAX_WAIT_MS", d.kafka_fetch_max_wait_ms),
             journal_chunk=i("EXCHANGE_QUERY_JOURNAL_CHUNK", d.journal_chunk),
             watchdog_interval_s=f("EXCHANGE_QUERY_WATCHDOG_S", d.watchdog_interval_s),
             redis_prefix=s("EXCHANGE_QUERY_REDIS_PREFIX", d.redis_prefix),
