@@ -14,6 +14,12 @@ class Metrics:
         self.projection_lag_seconds = Histogram(
             "projection_lag_seconds", "now - event ts when the event's view update committed", ["instrument"],
             buckets=LAG_BUCKETS, registry=r)
+        self.projector_poll_seconds = Histogram(
+            "projector_poll_seconds", "time from a Kafka poll returning to all its events being in Redis",
+            buckets=LAG_BUCKETS, registry=r)
+        self.projector_received_lag_seconds = Histogram(
+            "projector_received_lag_seconds", "now - event ts when the projector received the event from Kafka",
+            buckets=LAG_BUCKETS, registry=r)
         self.projection_lag_events = Gauge(
             "projection_lag_events", "journal max seq - views last_seq (sampled)", ["instrument"], registry=r)
         self.projection_last_seq = Gauge(

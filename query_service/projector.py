@@ -287,7 +287,8 @@ class Projector:
         log.info("projector: consuming %s as group %s", s.kafka_topic, s.kafka_group)
         while self._running:
             batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka_max_poll_records)
-            self.last_poll = time.monotonic()
+            self.last_poll = polled = time.monotonic()
+            received_ns = time.time_ns()
             self.kafka_failed = False
             if not batches:
                 continue
@@ -304,11 +305,14 @@ class Projector:
                     by_instrument[e.instrument].append(e)
                 if records:
                     offsets[tp] = records[-1].offset + 1
+            received = self.metrics.projector_received_lag_seconds
             for events in by_instrument.values():
                 events.sort(key=_seq)
+                received.observe(max(0, received_ns - events[0].ts) / 1e9)
             # Instruments are independent (own last_seq, own connection): apply them
             # concurrently so one poll costs the slowest instrument's round trips, not the sum.
             await asyncio.gather(*(self.apply_with_recovery(i, evs) for i, evs in by_instrument.items()))
+            self.metrics.projector_poll_seconds.observe(time.monotonic() - polled)
             # Only now - the views hold every event up to these offsets - may they be
             # committed. The commit runs in the background so the next poll need not wait.
             self._schedule_commit(consumer, offsets)

@@ -1,14 +1,17 @@
 """Integer ticks/lots -> the API's exact decimals (pure, no I/O).
 
-Sums and differences of ticks and lots are exact decimals (the instrument grid). Ratios
-(average price, VWAP, mean price) are rationals: they are rounded half-even to 8 decimal
-places below the instrument's tick (BTC-USD: 1e-10), and only at this edge.
+Sums and differences of ticks and lots are exact decimals (the instrument grid), written as
+JSON numbers without exponent (msgspec.Raw). Ratios (average price, VWAP, mean price) are
+rationals: they are rounded half-even to 1/10,000 of the tick (BTC-USD: 0.000001), like the
+command service's average_price, and only at this edge.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Context, Decimal
+
+import msgspec
 
 from contracts.instruments import InstrumentSpec, plain
 
@@ -30,32 +33,33 @@ def iso_ms(ts_ns: int) -> str:
 
 
 _scalers: dict = {}
+ZERO = msgspec.Raw(b"0")
 
 
 def scaler(unit: Decimal):
-    """n -> n * unit as a plain Decimal, equal to contracts' plain(unit * n) but built from
-    integer digits when unit is a power of ten (every tick, lot and notional unit so far):
-    the projector renders a few hundred thousand of these a second."""
+    """n -> n * unit as a JSON number (msgspec.Raw): exact, never an exponent (0.00000001,
+    not 1E-8), no trailing zeros - the same text as contracts' price_json/quantity_json,
+    so both services write identical numbers. Built by integer math: the projector renders
+    a few hundred thousand of these a second."""
     f = _scalers.get(unit)
     if f is not None:
         return f
-    t = unit.normalize().as_tuple()
-    if t.digits == (1,) and t.exponent < 0:
-        k = -t.exponent
-        div = 10**k
+    sign, digits, exponent = unit.normalize().as_tuple()
+    mantissa = int("".join(map(str, digits)))
+    if exponent >= 0:
+        mantissa *= 10**exponent
+        exponent = 0
+    places = -exponent
 
-        def f(n: int) -> Decimal:
-            neg = n < 0
-            q, r = divmod(-n if neg else n, div)
-            if not r:
-                return Decimal(-q if neg else q)
-            text = f"{q}.{r:0{k}d}".rstrip("0")
-            return Decimal("-" + text if neg else text)
-
-    else:
-
-        def f(n: int) -> Decimal:
-            return plain(unit * n)
+    def f(n: int) -> msgspec.Raw:
+        v = n * mantissa
+        if places == 0:
+            return msgspec.Raw(str(v).encode())
+        neg = v < 0
+        text = str(-v if neg else v).rjust(places + 1, "0")
+        whole, frac = text[:-places], text[-places:].rstrip("0")
+        out = f"{whole}.{frac}" if frac else whole
+        return msgspec.Raw(("-" + out if neg and out != "0" else out).encode())
 
     _scalers[unit] = f
     return f
@@ -73,33 +77,39 @@ def N(spec: InstrumentSpec):
     return scaler(spec.tick_size * spec.lot_size)
 
 
-RATIO_EXTRA_PLACES = 8
+def dec_json(d: Decimal) -> msgspec.Raw:
+    return msgspec.Raw(format(plain(d), "f").encode())
+
+
+# A ratio may not terminate: it is rounded half-even to 1/10,000 of the unit (the command
+# service shows average prices the same way), a shown figure, never a balance.
+RATIO_EXTRA_PLACES = 4
 _ctx = Context(prec=80, rounding=ROUND_HALF_EVEN)
 
 
-def ratio(numer: int, denom: int, unit: Decimal) -> Decimal:
-    """numer/denom * unit, rounded half-even to unit's exponent - 8 places."""
+def ratio(numer: int, denom: int, unit: Decimal) -> msgspec.Raw:
+    """numer/denom * unit, rounded half-even to unit's exponent - 4 places."""
     if denom == 0:
-        return Decimal(0)
+        return ZERO
     q = _ctx.divide(_ctx.multiply(Decimal(numer), unit), Decimal(denom))
     exponent = unit.as_tuple().exponent - RATIO_EXTRA_PLACES
-    return plain(q.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN, context=_ctx))
+    return dec_json(q.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN, context=_ctx))
 
 
-def price_ratio(spec: InstrumentSpec, ticks_times_lots: int, lots: int) -> Decimal:
+def price_ratio(spec: InstrumentSpec, ticks_times_lots: int, lots: int) -> msgspec.Raw:
     """An average price: a sum of price*qty (ticks*lots) over a quantity (lots)."""
     return ratio(ticks_times_lots, lots, spec.tick_size)
 
 
-def mean_price(spec: InstrumentSpec, sum_ticks: int, count: int) -> Decimal:
+def mean_price(spec: InstrumentSpec, sum_ticks: int, count: int) -> msgspec.Raw:
     return ratio(sum_ticks, count, spec.tick_size)
 
 
-def price_or_none(spec: InstrumentSpec, ticks: int | None) -> Decimal | None:
+def price_or_none(spec: InstrumentSpec, ticks: int | None):
     return None if ticks is None else scaler(spec.tick_size)(ticks)
 
 
-def signed_lots(spec: InstrumentSpec, lots: int) -> Decimal:
+def signed_lots(spec: InstrumentSpec, lots: int):
     return scaler(spec.lot_size)(lots)
 
 
@@ -120,8 +130,9 @@ def order_view(spec: InstrumentSpec, o) -> dict:
         "price": price_or_none(spec, o.price),
         "quantity": Q(spec)(o.quantity),
         "filled_quantity": Q(spec)(o.filled),
-        "remaining_quantity": Q(spec)(o.remaining),
-        "avg_price": price_ratio(spec, o.cost, o.filled) if o.filled else None,
+        # as the command service shows it: what is not filled (also after a cancel)
+        "remaining_quantity": Q(spec)(o.quantity - o.filled),
+        "average_price": price_ratio(spec, o.cost, o.filled) if o.filled else None,
         "status": o.status,
         "time_in_force": o.tif,
         "post_only": o.post_only,
@@ -187,7 +198,7 @@ def position_view(spec: InstrumentSpec, instrument: str, p, mark: int | None) ->
         "instrument": instrument,
         "net_quantity": signed_lots(spec, p.net),
         "total_cost": N(spec)(p.cost),
-        "avg_price": price_ratio(spec, p.cost, p.net) if p.net else Decimal(0),
+        "avg_price": price_ratio(spec, p.cost, p.net) if p.net else ZERO,
         "realized_pnl": N(spec)(p.realized),
         "unrealized_pnl": N(spec)(unrealized(p, mark)),
         "mark_price": price_or_none(spec, mark),
@@ -289,8 +300,8 @@ def ticker_view(
         "open_24h": None,
         "high_24h": None,
         "low_24h": None,
-        "volume_24h": Decimal(0),
-        "quote_volume_24h": Decimal(0),
+        "volume_24h": ZERO,
+        "quote_volume_24h": ZERO,
         "trade_count_24h": 0,
         "vwap_24h": None,
         "change_24h": None,
@@ -311,8 +322,8 @@ def ticker_view(
             quote_volume_24h=N(spec)(notional),
             trade_count_24h=sum(b.count for b in bs),
             vwap_24h=price_ratio(spec, notional, qty),
-            change_24h=plain(spec.tick_size * (close - open_)),
-            change_percent_24h=plain(
+            change_24h=P(spec)(close - open_),
+            change_percent_24h=dec_json(
                 (Decimal(close - open_) * 100 / Decimal(open_)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
             ),
         )

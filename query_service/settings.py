@@ -86,7 +86,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             kafka_bootstrap=s("EXCHANGE_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             kafka_topic=s("EXCHANGE_KAFKA_TOPIC", d.kafka_topic),
             instruments_file=env.get("EXCHANGE_INSTRUMENTS_FILE") or None,
-            auth_enabled=s("EXCHANGE_AUTH", "enabled").strip().lower() != "disabled",
+            auth_enabled=s("EXCHANGE_AUTH", "enabled").strip().lower() not in ("disabled", "off", "0", "false"),
             host=s("EXCHANGE_HOST", d.host),
             port=port,
             command_url=s("EXCHANGE_COMMAND_URL", d.command_url).rstrip("/"),

@@ -15,6 +15,7 @@ from query_service.records import Bucket, unpack_last, unpack_order, unpack_posi
 from query_service.render import (
     aggregate_buckets,
     candle_view,
+    dec_json,
     level_rows,
     order_view,
     position_view,
@@ -257,11 +258,11 @@ def instruments_body(instruments: Instruments) -> bytes:
                     "symbol": s.symbol,
                     "base": s.base,
                     "quote": s.quote,
-                    "tick_size": s.tick_size,
-                    "lot_size": s.lot_size,
-                    "min_quantity": s.min_quantity,
-                    "max_quantity": s.max_quantity,
-                    "max_price": s.max_price,
+                    "tick_size": dec_json(s.tick_size),
+                    "lot_size": dec_json(s.lot_size),
+                    "min_quantity": dec_json(s.min_quantity),
+                    "max_quantity": dec_json(s.max_quantity),
+                    "max_price": dec_json(s.max_price),
                 }
                 for s in instruments
             ]

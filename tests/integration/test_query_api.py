@@ -116,9 +116,9 @@ async def test_analytics_exact(api):
     assert status == 200 and body["interval_minutes"] == 5 and body["start_time"] == start
     (agg,) = body["aggregates"]
     assert agg["trade_count"] == 2 and agg["total_quantity"] == Decimal("1.5")
-    assert agg["total_volume"] == Decimal("150.5") and agg["vwap"] == Decimal("100.3333333333")
+    assert agg["total_volume"] == Decimal("150.5") and agg["vwap"] == Decimal("100.333333")
     assert agg["avg_price"] == Decimal("100.5") and (agg["min_price"], agg["max_price"]) == (100, 101)
-    assert body["overall_vwap"] == Decimal("100.3333333333")
+    assert body["overall_vwap"] == Decimal("100.333333")
     # default window (the last 24 h) contains it too
     status, body = await get(api["http"], "/market/analytics", params={"instrument": sym})
     assert status == 200 and sum(a["trade_count"] for a in body["aggregates"]) == 2
@@ -154,13 +154,13 @@ async def test_positions_exact_and_authorized(api):
     assert status == 200 and body["client_id"] == bob
     (p,) = body["positions"]
     assert p["instrument"] == api["sym"] and p["net_quantity"] == Decimal("1.5")
-    assert p["total_cost"] == Decimal("150.5") and p["avg_price"] == Decimal("100.3333333333")
+    assert p["total_cost"] == Decimal("150.5") and p["avg_price"] == Decimal("100.333333")
     assert p["realized_pnl"] == 0 and p["unrealized_pnl"] == Decimal("1")  # 1.5 * 101 - 150.5
     status, body = await get(http, f"/market/positions/{alice}", headers=auth(keys[admin]))
     assert status == 200
     (p,) = body["positions"]
     assert p["net_quantity"] == Decimal("-1.5") and p["total_cost"] == Decimal("-150.5")
-    assert p["unrealized_pnl"] == Decimal("-1") and p["avg_price"] == Decimal("100.3333333333")
+    assert p["unrealized_pnl"] == Decimal("-1") and p["avg_price"] == Decimal("100.333333")
 
 
 async def test_order_history_and_fills_paginate(api):
@@ -169,8 +169,8 @@ async def test_order_history_and_fills_paginate(api):
     assert status == 200 and body["client_id"] == bob
     assert [o["order_id"] for o in body["orders"]] == [f"{sym}-o4", f"{sym}-o3"]
     o4 = body["orders"][0]
-    assert (o4["status"], o4["filled_quantity"], o4["avg_price"], o4["type"]) == (
-        "filled", Decimal("1.5"), Decimal("100.3333333333"), "market")
+    assert (o4["status"], o4["filled_quantity"], o4["average_price"], o4["type"]) == (
+        "filled", Decimal("1.5"), Decimal("100.333333"), "market")
     assert body["orders"][1]["status"] == "cancelled"
     status, body = await get(http, "/market/orders", params={"status": "open"}, headers=auth(keys[bob]))
     assert body["orders"] == [] and body["next_cursor"] is None
@@ -178,6 +178,8 @@ async def test_order_history_and_fills_paginate(api):
                              headers=auth(keys[alice]))
     (o2,) = body["orders"]
     assert (o2["order_id"], o2["status"], o2["remaining_quantity"]) == (f"{sym}-o2", "partially_filled", Decimal("1.5"))
+    # numbers are plain JSON numbers: never an exponent, even for one lot
+    assert b"E-" not in (await http.get("/market/orders", headers=auth(keys[alice]))).content
     # cursor pagination, newest first
     seen, cursor = [], None
     while True:

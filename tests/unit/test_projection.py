@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
+import msgspec
 import pytest
 from sortedcontainers import SortedDict
 
+from contracts.api import json_encoder
 from contracts.enums import CancelReason, OrderType, Side, StpMode, TimeInForce
 from contracts.instruments import load_instruments
 from contracts.messages import OrderAccepted, OrderCancelled, TradeExecuted
@@ -25,6 +27,12 @@ from query_service.sim import Simulator
 from query_service.store import delta_commands
 
 SPEC = load_instruments().get("BTC-USD")
+_dec = msgspec.json.Decoder(float_hook=Decimal).decode
+
+
+def J(view):
+    """A rendered view as a client sees it: JSON numbers read as exact Decimals."""
+    return _dec(json_encoder.encode(view))
 T0 = 1_700_000_040_000_000_000  # a minute boundary (1700000040 = 28333334 * 60)
 
 
@@ -220,12 +228,12 @@ def _position_rows(store, client):
     from query_service.render import position_view
 
     mark = store.last.price if store.last else None
-    return position_view(SPEC, "BTC-USD", store.positions[client], mark)
+    return J(position_view(SPEC, "BTC-USD", store.positions[client], mark))
 
 
 def test_positions_average_cost_hand_computed():
     """BTC-USD (tick 0.01, lot 1e-8). alice trades against makers; hand-computed:
-    buy 1 @ 100.00, buy 2 @ 101.00      -> net 3, cost 302.00, avg 100.6666666667
+    buy 1 @ 100.00, buy 2 @ 101.00      -> net 3, cost 302.00, avg 100.666667 (shown to 1/10,000 tick)
     sell 1.5 @ 103.00 (relieves 151.00) -> realized 154.50 - 151.00 = 3.50, net 1.5, cost 151.00
     sell 2.5 @ 99.00 (closes 1.5 then flips) -> realized += 148.50 - 151.00 = -2.50 (1.00);
                                           net -1, cost -99.00, avg 99.00
@@ -250,7 +258,7 @@ def test_positions_average_cost_hand_computed():
     trade("buy", 10100, 2 * L)
     p = _position_rows(s, "alice")
     assert p["net_quantity"] == Decimal("3") and p["total_cost"] == Decimal("302")
-    assert p["avg_price"] == Decimal("100.6666666667")
+    assert p["avg_price"] == Decimal("100.666667")
     assert p["realized_pnl"] == 0 and p["unrealized_pnl"] == Decimal("1")  # mark 101: 303 - 302
 
     trade("sell", 10300, 150_000_000)
@@ -312,7 +320,7 @@ def test_buckets_vwap_and_aggregates_hand_computed():
     """minute 0: 1.0 @ 100.00, 3.0 @ 101.00; minute 1: 2.0 @ 102.50 (BTC-USD).
     minute 0: count 2, qty 4, notional 403, avg 100.5, vwap 100.75, min 100, max 101
     minute 1: count 1, qty 2, notional 205, vwap 102.5
-    2-minute interval: count 3, qty 6, notional 608, vwap 101.3333333333 (608/6), avg 101.1666666667
+    2-minute interval: count 3, qty 6, notional 608, vwap 101.333333 (608/6), avg 101.166667
     """
     from query_service.render import aggregate_buckets
 
@@ -329,16 +337,16 @@ def test_buckets_vwap_and_aggregates_hand_computed():
     ]
     s.apply(evs)
     minutes = sorted((b for (res, _), b in s.buckets.items() if res == 60), key=lambda b: b.start)
-    rows, overall = aggregate_buckets(SPEC, minutes, 60)
+    rows, overall = J(aggregate_buckets(SPEC, minutes, 60))
     assert [r["trade_count"] for r in rows] == [2, 1]
     r0 = rows[0]
     assert r0["total_quantity"] == 4 and r0["total_volume"] == 403 and r0["avg_price"] == Decimal("100.5")
     assert r0["vwap"] == Decimal("100.75") and r0["min_price"] == 100 and r0["max_price"] == 101
     assert rows[1]["vwap"] == Decimal("102.5") and rows[1]["total_volume"] == 205
-    assert overall == Decimal("101.3333333333")
-    rows2, overall2 = aggregate_buckets(SPEC, minutes, 120)
+    assert overall == Decimal("101.333333")
+    rows2, overall2 = J(aggregate_buckets(SPEC, minutes, 120))
     assert len(rows2) == 1 and rows2[0]["trade_count"] == 3 and rows2[0]["total_volume"] == 608
-    assert rows2[0]["vwap"] == Decimal("101.3333333333") and rows2[0]["avg_price"] == Decimal("101.1666666667")
+    assert rows2[0]["vwap"] == Decimal("101.333333") and rows2[0]["avg_price"] == Decimal("101.166667")
     assert overall2 == overall
     hour = [b for (res, _), b in s.buckets.items() if res == 3600]
     assert len(hour) == 1 and (hour[0].count, hour[0].open, hour[0].close, hour[0].low, hour[0].high) == (
@@ -350,7 +358,7 @@ def test_ticker_view_hand_computed():
     from query_service.render import ticker_view
 
     m = [Bucket(T0 // 10**9, 2, 4 * 10**8, 403 * 10**10, 20100, 10000, 10100, 10000, 10100)]
-    t = ticker_view(SPEC, "BTC-USD", m, [], LastTrade(10100, 3 * 10**8, T0, 6, "buy"), 9990, 10110, 6, T0)
+    t = J(ticker_view(SPEC, "BTC-USD", m, [], LastTrade(10100, 3 * 10**8, T0, 6, "buy"), 9990, 10110, 6, T0))
     assert t["open_24h"] == 100 and t["last_price"] == 101 and t["change_24h"] == 1
     assert t["change_percent_24h"] == Decimal("1") and t["volume_24h"] == 4 and t["vwap_24h"] == Decimal("100.75")
     assert t["best_bid"] == Decimal("99.9") and t["best_ask"] == Decimal("101.1")
@@ -419,13 +427,18 @@ def test_resp_encoding_matches_redis_py():
     assert resp_encode(cmds) == b"".join(Connection().pack_commands(cmds))
 
 
-def test_fast_decimal_rendering_equals_plain():
+def test_json_numbers_are_exact_and_never_use_an_exponent():
     from contracts.instruments import plain
-    from query_service.render import scaler
+    from query_service.render import ratio, scaler
 
     rng = random.Random(3)
     for unit in (Decimal("0.01"), Decimal("0.00000001"), Decimal("1E-10"), Decimal("0.001"), Decimal("0.5"),
                  Decimal("5"), Decimal("1")):
         f = scaler(unit)
         for n in [0, 1, -1, 10, 100, 12345678901234, -987654321] + [rng.randint(-10**15, 10**15) for _ in range(2000)]:
-            assert str(f(n)) == str(plain(unit * n)) and f(n) == unit * n, (unit, n)
+            text = bytes(f(n)).decode()
+            assert "E" not in text and text == format(plain(unit * n), "f"), (unit, n, text)
+            assert Decimal(text) == unit * n
+    assert bytes(scaler(Decimal("0.00000001"))(1)) == b"0.00000001"
+    assert bytes(ratio(2, 3, Decimal("0.01"))) == b"0.006667"  # 2/3 tick, to 1/10,000 of a tick, half-even
+    assert bytes(ratio(1, 8, Decimal("0.0001"))) == b"0.0000125"
