@@ -125,7 +125,7 @@ def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentS
     if is_stop and req.stop_price is None:
         raise EdgeError(400, "missing_field", f"stop_price is required for {t.value} orders", "stop_price")
     if not is_stop and req.stop_price is not None:
-        raise EdgeError(400, "invalid_field", f"stop_price is only allowed for stop orders", "stop_price")
+        raise EdgeError(400, "invalid_field", "stop_price is only allowed for stop orders", "stop_price")
     if req.post_only and (t != OrderType.LIMIT or req.time_in_force != TimeInForce.GTC):
         raise EdgeError(400, "invalid_field", "post_only needs a GTC limit order", "post_only")
     price = _convert(spec.price_to_ticks, req.price, "price") if needs_price else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from contracts.messages import OrderAccepted, OrderCancelled, OrderRejected, TradeExecuted
+from contracts.messages import OrderAccepted, OrderRejected, TradeExecuted
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 

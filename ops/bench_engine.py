@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import random
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from contracts.enums import OrderType, ResultCode, Side, StpMode, TimeInForce
 from contracts.messages import CancelOrder, PlaceOrder
 from engine import OrderBook
+from ops import benchdoc
+from ops.benchdoc import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -234,29 +235,13 @@ def loadavg() -> str:
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()} ({platform.python_implementation()})"
+    return machine_line()
 
 
 def write_section(text: str) -> None:
     """Replace (or append) the '## Engine' section of docs/BENCHMARKS.md, nothing else."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == "## Engine"), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:])
-    DOC.write_text(new)
+    heading, _, body = text.partition("\n")
+    benchdoc.write_section(heading.removeprefix("## ").strip(), body, DOC)
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
-import re
 import shlex
 import socket
 import subprocess
@@ -39,6 +37,8 @@ from command_service.relay import relay_lag
 from contracts.enums import OrderType, Side, StpMode, TimeInForce
 from contracts.messages import OrderAccepted, TradeExecuted, decode_event, encode_event
 from db.migrate import migrate
+from ops import benchdoc
+from ops.benchdoc import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -258,21 +258,7 @@ async def live(dsn: str, pool, instruments: list[str], start_seq: int, rate: int
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f", {kb / 1024 / 1024:.1f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return machine_line()
 
 
 def load_average() -> str:
@@ -284,17 +270,8 @@ def load_average() -> str:
 
 def write_section(text: str) -> None:
     """Replace (or append) the '## Relay' section of docs/BENCHMARKS.md, nothing else."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == "## Relay"), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    DOC.write_text(new)
+    heading, _, body = text.partition("\n")
+    benchdoc.write_section(heading.removeprefix("## ").strip(), body, DOC)
 
 
 async def main(args) -> None:

@@ -33,10 +33,10 @@ def today() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
-def write_section(title: str, body: str) -> None:
+def write_section(title: str, body: str, doc: Path = DOC) -> None:
     """Replace (or append) the `## {title}` section, leaving every other section as it is."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
     heading = f"## {title}"
     text = heading + "\n\n" + body.strip("\n") + "\n"
@@ -47,4 +47,4 @@ def write_section(title: str, body: str) -> None:
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
         rest = "".join(lines[end:])
         new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    DOC.write_text(new)
+    doc.write_text(new)
