@@ -1,6 +1,6 @@
 """What must hold after any fault or fuzz, checked against the journal (the truth):
 
-- every acknowledged (201) order is in the orders table;
+- every acknowledged (201) order is in the orders table and has its event in the journal;
 - the journal of each instrument is gap-free, replays into a book that passes validate(),
   and holds no trade id twice;
 - each query replica's /market/orderbook equals the L2 of that replayed book at the same seq;
@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from contracts.instruments import load_instruments
-from contracts.messages import TradeExecuted, decode_event
+from contracts.messages import OrderAccepted, OrderRejected, TradeExecuted, decode_event
 from engine import OrderBook
 
 INSTRUMENTS = load_instruments()
@@ -34,11 +34,12 @@ _decode = msgspec.json.Decoder(float_hook=Decimal).decode
 class JournalState:
     """One instrument's journal, replayed."""
 
-    def __init__(self, instrument: str, book: OrderBook, seq: int, trade_ids: list[str]):
+    def __init__(self, instrument: str, book: OrderBook, seq: int, trade_ids: list[str], order_ids: set[str]):
         self.instrument = instrument
         self.book = book
         self.seq = seq
         self.trade_ids = trade_ids
+        self.order_ids = order_ids  # orders the journal accepted or rejected
 
     def l2(self, levels: int = MAX_LEVELS) -> dict:
         """The book's top levels in the read API's units (exact decimals)."""
@@ -58,14 +59,17 @@ async def replay_journal(dsn: str, symbols=SYMBOLS) -> dict[str, JournalState]:
             for sym in symbols:
                 rows = await conn.fetch("SELECT seq, payload FROM events WHERE instrument=$1 ORDER BY seq", sym)
                 book = OrderBook(sym)
-                trade_ids = []
+                trade_ids, order_ids = [], set()
                 for i, r in enumerate(rows, 1):
                     assert r["seq"] == i, f"{sym}: journal gap at seq {i} (found {r['seq']})"
                     event = decode_event(r["payload"])
                     book.apply(event)
-                    if type(event) is TradeExecuted:
+                    kind = type(event)
+                    if kind is TradeExecuted:
                         trade_ids.append(event.trade_id)
-                states[sym] = JournalState(sym, book, len(rows), trade_ids)
+                    elif kind is OrderAccepted or kind is OrderRejected:
+                        order_ids.add(event.order_id)
+                states[sym] = JournalState(sym, book, len(rows), trade_ids, order_ids)
     finally:
         await conn.close()
     return states
@@ -152,5 +156,9 @@ async def assert_exchange_sound(dsn: str, query_urls, acked=(), timeout: float =
     if acked:
         await assert_acked_orders_present(dsn, acked)
     states = await assert_views_equal_journal(dsn, query_urls, timeout, symbols)
+    if acked:
+        journaled = set().union(*(st.order_ids for st in states.values()))
+        missing = sorted(set(acked) - journaled)
+        assert not missing, f"{len(missing)} acknowledged orders have no event in the journal, e.g. {missing[:5]}"
     await assert_trade_views_sound(query_urls, states)
     return states
