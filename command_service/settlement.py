@@ -87,16 +87,6 @@ def _run_view(row) -> dict:
             "trade_count": row["trade_count"]}
 
 
-def settlement_view(row) -> dict:
-    return {
-        "instrument": row["instrument"], "client_id": row["client_id"],
-        "from_seq": row["from_seq"], "to_seq": row["to_seq"], "cutoff": iso_ms(row["cutoff_ts"]),
-        "net_quantity": plain(row["net_base"]), "net_quote": plain(row["net_quote"]),
-        "bought_quantity": plain(row["bought"]), "sold_quantity": plain(row["sold"]),
-        "trade_count": row["trade_count"], "created_at": iso_ms(int(row["created_at"].timestamp() * 1e9)),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m command_service.settlement", description=__doc__)
     p.add_argument("--dsn", default=os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/exchange"))

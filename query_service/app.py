@@ -31,6 +31,7 @@ from query_service.params import ApiError
 from query_service.projector import Projector
 from query_service.records import CANDLE_INTERVALS
 from query_service.settings import Settings
+from query_service.settlements import settlements
 from query_service.stream import Hub
 
 log = logging.getLogger("query_service")
@@ -352,7 +353,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            orderbook, trades, analytics, candles, ticker, instruments, positions, orders, fills,
+            orderbook, trades, analytics, candles, ticker, instruments, positions, orders, fills, settlements,
             healthz, healthz_system, metrics, stream,
         ],
         lifespan=[lifespan],
