@@ -138,6 +138,7 @@ class Projector:
                     # leftovers in the same transaction, so the rebuild equals a replay.
                     cmds += await purge_commands(tx, self.keys, instrument)
                     state = type(state)(instrument=instrument)
+                    read.window_minutes, read.window_hours = [], []
                 new_state, delta = project(state, new)
                 ticker = None
                 if delta.trades:

@@ -113,8 +113,6 @@ def signed_lots(spec: InstrumentSpec, lots: int):
     return scaler(spec.lot_size)(lots)
 
 
-__all__ = ["ratio", "price_ratio", "mean_price", "price_or_none", "signed_lots", "iso_ms", "plain"]
-
 
 # --------------------------------------------------------------------------- API shapes
 

@@ -15,6 +15,7 @@ from contracts.instruments import InstrumentSpec
 from contracts.messages import Event, TradeExecuted
 from query_service.keys import Keys
 from query_service.projection import (
+    GapError,
     ProjectionState,
     ViewDelta,
     referenced_buckets,
@@ -103,7 +104,7 @@ class WatchedTx:
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None:
+            if exc_type is not None and not issubclass(exc_type, GapError):
                 # The reply stream may be out of step: never reuse this connection.
                 await self.conn.disconnect()
             elif not self.done:

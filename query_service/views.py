@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from contracts.api import iso_ms, json_encoder
 from contracts.instruments import InstrumentSpec, Instruments
 from query_service.keys import Keys
-from query_service.params import ApiError, encode_cursor
+from query_service.params import encode_cursor
 from query_service.records import Bucket, unpack_last, unpack_order, unpack_position
 from query_service.render import (
     aggregate_buckets,
@@ -269,5 +269,3 @@ def instruments_body(instruments: Instruments) -> bytes:
         }
     )
 
-
-__all__ = ["ApiError", "BookReader", "read_top"]
