@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from contracts.api import error, json_encoder
 from contracts.instruments import load_instruments
-from query_service import params, views
+from query_service import openapi, params, views
 from query_service.auth import Authenticator
 from query_service.bus import Bus
 from query_service.health import health
@@ -63,6 +63,7 @@ class Services:
         )
         self.http = httpx.AsyncClient()
         self.instruments_body = views.instruments_body(self.instruments)
+        self.openapi_body = json_encoder.encode(openapi.document(self.instruments))
 
     async def start(self) -> None:
         await self.journal.start()
@@ -202,6 +203,11 @@ async def healthz_system(request: Request) -> Response:
     return _json(json_encoder.encode(body), status)
 
 
+@get("/schema/openapi.json")
+async def openapi_json(request: Request) -> Response:
+    return _json(_svc(request).openapi_body)
+
+
 @get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(content=_svc(request).metrics.render(), media_type="text/plain; version=0.0.4")
@@ -240,6 +246,7 @@ def _internal(_: Request, exc: Exception) -> Response:
 _KNOWN = {
     "/market/orderbook", "/market/trades", "/market/analytics", "/market/candles", "/market/ticker",
     "/market/instruments", "/market/orders", "/market/fills", "/healthz", "/healthz/system", "/metrics",
+    "/schema/openapi.json",
 }
 
 
@@ -354,7 +361,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             orderbook, trades, analytics, candles, ticker, instruments, positions, orders, fills, settlements,
-            healthz, healthz_system, metrics, stream,
+            healthz, healthz_system, openapi_json, metrics, stream,
         ],
         lifespan=[lifespan],
         middleware=[_metrics_middleware],

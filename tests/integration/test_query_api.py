@@ -275,6 +275,16 @@ async def test_never_500_on_odd_input(api):
     assert r.status_code == 405 and "error" in decode(r.content)
 
 
+async def test_openapi_document_is_served(api):
+    status, doc = await get(api["http"], "/schema/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert {"/market/orderbook", "/market/trades", "/market/analytics", "/market/candles", "/market/ticker",
+            "/market/instruments", "/market/positions/{client_id}", "/market/orders", "/market/fills",
+            "/healthz", "/healthz/system"} <= set(doc["paths"])
+    levels = [p for p in doc["paths"]["/market/orderbook"]["get"]["parameters"] if p["name"] == "levels"][0]
+    assert (levels["schema"]["minimum"], levels["schema"]["maximum"]) == (1, 100)
+
+
 async def test_health_and_metrics(api):
     http = api["http"]
     status, body = await get(http, "/healthz")
