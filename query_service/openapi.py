@@ -100,6 +100,10 @@ def document(instruments: Instruments) -> dict:
             "/market/fills": op("GetFills", "the key's client's fills, newest first", [opt_instrument, *page],
                                 _obj({**paged, "fills": {"type": "array", "items": {"type": "object"}}}),
                                 errors=(400, 401, 403), secured=True),
+            "/market/settlements": op("GetSettlements", "the key's client's settlement records, newest first", [
+                opt_instrument, _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "how many")],
+                _obj({"client_id": {"type": "string"}, "settlements": {"type": "array", "items": {"type": "object"}}}),
+                errors=(400, 401, 403), secured=True),
             "/healthz": op("GetHealth", "own dependencies (503 when unhealthy)", [], health, errors=(503,)),
             "/healthz/system": op("GetSystemHealth", "the whole exchange (503 when unhealthy)", [], health,
                                   errors=(503,)),
