@@ -40,6 +40,7 @@ class JournalState:
         self.seq = seq
         self.trade_ids = trade_ids
         self.order_ids = order_ids  # orders the journal accepted or rejected
+        self.table_open: dict[str, tuple[int, str]] = {}  # orders table: open ones -> (filled lots, status)
 
     def l2(self, levels: int = MAX_LEVELS) -> dict:
         """The book's top levels in the read API's units (exact decimals)."""
@@ -69,17 +70,30 @@ async def replay_journal(dsn: str, symbols=SYMBOLS) -> dict[str, JournalState]:
                         trade_ids.append(event.trade_id)
                     elif kind is OrderAccepted or kind is OrderRejected:
                         order_ids.add(event.order_id)
-                states[sym] = JournalState(sym, book, len(rows), trade_ids, order_ids)
+                states[sym] = st = JournalState(sym, book, len(rows), trade_ids, order_ids)
+                # Same snapshot as the journal: the orders table is written in the same transactions.
+                st.table_open = {r["order_id"]: (r["filled_quantity"], r["status"]) for r in await conn.fetch(
+                    "SELECT order_id, filled_quantity, status FROM orders WHERE instrument=$1"
+                    " AND status IN ('open', 'partially_filled', 'pending')", sym)}
     finally:
         await conn.close()
     return states
 
 
 def check_journal(states: dict[str, JournalState]) -> None:
-    """Books valid; no trade id twice (within an instrument and across instruments)."""
+    """Books valid; no trade id twice (within an instrument and across instruments); the orders
+    table's open orders are exactly the replayed book's open orders, with the same fills."""
     seen: dict[str, str] = {}
     for sym, st in states.items():
         st.book.validate()
+        replayed = {o.order_id: (o.filled_quantity, o.status.value) for o in st.book.open_orders()}
+        if replayed != st.table_open:
+            only_book = sorted(set(replayed) - set(st.table_open))[:3]
+            only_table = sorted(set(st.table_open) - set(replayed))[:3]
+            differ = [(k, replayed[k], st.table_open[k]) for k in replayed.keys() & st.table_open.keys()
+                      if replayed[k] != st.table_open[k]][:3]
+            raise AssertionError(f"{sym}: orders table disagrees with the journal at seq {st.seq}: open only in the "
+                                 f"replayed book {only_book}, only in the table {only_table}, differing {differ}")
         for tid in st.trade_ids:
             assert tid not in seen, f"duplicate trade id {tid} in the journal ({seen[tid]} and {sym})"
             seen[tid] = sym
