@@ -1,20 +1,22 @@
-"""Fixtures of the fuzz tests: a private exchange (see private_exchange.py), the budget, and
-the checks every fuzzed response must pass.
+"""Fixtures of the fuzz tests: a private exchange (see private_exchange.py) and the budget.
 
 Budget: EXCHANGE_FUZZ_EXAMPLES examples per API operation (hypothesis max_examples of the
-fuzzing phase; schemathesis adds its deterministic coverage and examples phases on top) and
-EXCHANGE_FUZZ_STEPS stateful scenarios; EXCHANGE_FUZZ_WS_FRAMES random frames per WebSocket.
-The defaults keep `make test` well under two minutes; `make fuzz` runs the same tests, with
-whatever larger budget is exported (e.g. EXCHANGE_FUZZ_EXAMPLES=500 make fuzz).
+fuzzing phase; schemathesis adds its deterministic coverage and examples phases on top),
+EXCHANGE_FUZZ_STEPS stateful scenarios, EXCHANGE_FUZZ_WS_FRAMES random frames per WebSocket.
+Defaults: 20 / 20 / 100 in `make test` (well under two minutes), 300 / 300 / 1500 under
+`make fuzz` (tests/fuzz named on the command line); an exported value wins in both.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from tests.fuzz.private_exchange import PrivateExchange
+
+FUZZ_DIR = Path(__file__).resolve().parent
 
 
 def _env_int(name: str, default: int) -> int:
@@ -22,11 +24,30 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-FUZZ_EXAMPLES = _env_int("EXCHANGE_FUZZ_EXAMPLES", 20)
-FUZZ_STEPS = _env_int("EXCHANGE_FUZZ_STEPS", max(4, FUZZ_EXAMPLES))
-FUZZ_WS_FRAMES = _env_int("EXCHANGE_FUZZ_WS_FRAMES", max(40, FUZZ_EXAMPLES * 5))
+# Set by pytest_configure (below), before pytest imports the test modules of this folder.
+FUZZ_EXAMPLES = FUZZ_STEPS = FUZZ_WS_FRAMES = 0
 # A response slower than this counts as a hang (the request is abandoned and the test fails).
 REQUEST_TIMEOUT = float(os.environ.get("EXCHANGE_FUZZ_REQUEST_TIMEOUT", "10"))
+
+
+def _named_on_command_line(config) -> bool:
+    base = Path(config.invocation_params.dir)
+    for arg in config.args:
+        try:
+            (base / arg.split("::")[0]).resolve().relative_to(FUZZ_DIR)
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def pytest_configure(config):
+    """The budget: EXCHANGE_FUZZ_EXAMPLES if set; else 20 in a whole-suite run (make test) and
+    300 when tests/fuzz is named on the command line (make fuzz runs `pytest tests/fuzz`)."""
+    global FUZZ_EXAMPLES, FUZZ_STEPS, FUZZ_WS_FRAMES
+    FUZZ_EXAMPLES = _env_int("EXCHANGE_FUZZ_EXAMPLES", 300 if _named_on_command_line(config) else 20)
+    FUZZ_STEPS = _env_int("EXCHANGE_FUZZ_STEPS", max(4, FUZZ_EXAMPLES))
+    FUZZ_WS_FRAMES = _env_int("EXCHANGE_FUZZ_WS_FRAMES", max(40, FUZZ_EXAMPLES * 5))
 
 
 @pytest.fixture(scope="package")
