@@ -24,8 +24,14 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-# Set by pytest_configure (below), before pytest imports the test modules of this folder.
-FUZZ_EXAMPLES = FUZZ_STEPS = FUZZ_WS_FRAMES = 0
+def _budget(default_examples: int) -> tuple[int, int, int]:
+    examples = _env_int("EXCHANGE_FUZZ_EXAMPLES", default_examples)
+    return (examples, _env_int("EXCHANGE_FUZZ_STEPS", max(4, examples)),
+            _env_int("EXCHANGE_FUZZ_WS_FRAMES", max(40, examples * 5)))
+
+
+# Reset by pytest_configure (below), before pytest imports the test modules of this folder.
+FUZZ_EXAMPLES, FUZZ_STEPS, FUZZ_WS_FRAMES = _budget(20)
 # A response slower than this counts as a hang (the request is abandoned and the test fails).
 REQUEST_TIMEOUT = float(os.environ.get("EXCHANGE_FUZZ_REQUEST_TIMEOUT", "10"))
 
@@ -45,9 +51,7 @@ def pytest_configure(config):
     """The budget: EXCHANGE_FUZZ_EXAMPLES if set; else 20 in a whole-suite run (make test) and
     300 when tests/fuzz is named on the command line (make fuzz runs `pytest tests/fuzz`)."""
     global FUZZ_EXAMPLES, FUZZ_STEPS, FUZZ_WS_FRAMES
-    FUZZ_EXAMPLES = _env_int("EXCHANGE_FUZZ_EXAMPLES", 300 if _named_on_command_line(config) else 20)
-    FUZZ_STEPS = _env_int("EXCHANGE_FUZZ_STEPS", max(4, FUZZ_EXAMPLES))
-    FUZZ_WS_FRAMES = _env_int("EXCHANGE_FUZZ_WS_FRAMES", max(40, FUZZ_EXAMPLES * 5))
+    FUZZ_EXAMPLES, FUZZ_STEPS, FUZZ_WS_FRAMES = _budget(300 if _named_on_command_line(config) else 20)
 
 
 @pytest.fixture(scope="package")
