@@ -165,6 +165,7 @@ class Socket:
         self.closes: list[int] = []
         self.answers: dict[str, int] = {}
         self.slowest: tuple[float, str] = (0.0, "")
+        self.failures: list[str] = []
 
     async def open(self):
         self.ws = await websockets.connect(self.url, additional_headers=self.headers, max_size=None,
@@ -210,7 +211,6 @@ async def fuzz_socket(url: str, headers: dict, service: str, seed: int, n: int) 
     is reopened and the fuzz goes on, so one run reports every kind of failure)."""
     rng = random.Random(f"{seed}-{service}")
     sock = Socket(url, headers, service)
-    sock.failures = []
     await sock.open()
     try:
         for i, (what, frame) in enumerate(frames(rng, service, n)):
