@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import generate_latest
 
 from command_service.auth import Authenticator, RateLimiter
-from command_service.edge import CancelAllRequest, EdgeError, OrderRequest, decode_cancel_all, decode_order_request, spec_for, validation_error
+from command_service.edge import CancelAllRequest, EdgeError, OrderRequest, decode_cancel_all, decode_json, decode_order_request, spec_for
 from command_service.settlement import settle
 from command_service.journal import Journal, NoResetConnection
 from command_service.metrics import Metrics
@@ -94,18 +94,16 @@ class SettlementRequest(msgspec.Struct, kw_only=True):
     instrument: str | None = None
 
 
+_settlement_decoder = msgspec.json.Decoder(SettlementRequest)
+
+
 @post("/admin/settlement", status_code=201, summary="Run end-of-day settlement up to a cutoff (admin)")
 async def admin_settlement(request: Request) -> Response:
     principal = await _principal(request)
     if not principal.is_admin:
         raise EdgeError(403, "forbidden", "an admin key is required")
     raw = await request.body()
-    try:
-        req = msgspec.json.decode(raw, type=SettlementRequest) if raw.strip() else SettlementRequest()
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
-    except msgspec.DecodeError:
-        raise EdgeError(400, "invalid_json", "body is not valid JSON") from None
+    req = decode_json(_settlement_decoder.decode, raw) if raw.strip() else SettlementRequest()
     st = _state(request)
     if req.instrument is not None:
         spec_for(st.instruments, req.instrument)

@@ -19,7 +19,9 @@ from contracts.instruments import ConversionError, InstrumentSpec, Instruments, 
 from contracts.messages import CancelAll, CancelOrder, OrderState, PlaceOrder, TradeExecuted
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Printable ASCII only: PostgreSQL text cannot hold NUL, and one such value in a batch
+# would fail the whole batch's commit for every order in it.
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")]
 
 
 class EdgeError(Exception):
@@ -60,32 +62,31 @@ class CancelAllRequest(msgspec.Struct, kw_only=True):
 
 
 _order_decoder = msgspec.json.Decoder(OrderRequest)
+_cancel_all_decoder = msgspec.json.Decoder(CancelAllRequest)
+
+
+def decode_json(decode, raw):
+    """Run a msgspec decode and turn every way a body can be bad into a 400: wrong shapes
+    (ValidationError), broken JSON, invalid UTF-8 and nesting too deep to decode."""
+    try:
+        return decode(raw)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+        raise EdgeError(400, "invalid_json", f"body is not valid JSON: {str(exc)[:200]}") from None
 
 
 def decode_order_request(raw: bytes | Any) -> OrderRequest:
     """Decode a body (bytes) or an already-parsed dict (WebSocket/NATS) into an OrderRequest."""
-    try:
-        if isinstance(raw, (bytes, bytearray, memoryview, str)):
-            return _order_decoder.decode(raw)
-        return msgspec.convert(raw, OrderRequest)
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise EdgeError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-
-
-_cancel_all_decoder = msgspec.json.Decoder(CancelAllRequest)
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        return decode_json(_order_decoder.decode, raw)
+    return decode_json(lambda r: msgspec.convert(r, OrderRequest), raw)
 
 
 def decode_cancel_all(raw: bytes) -> CancelAllRequest:
     if not raw.strip():
         return CancelAllRequest()
-    try:
-        return _cancel_all_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise EdgeError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    return decode_json(_cancel_all_decoder.decode, raw)
 
 
 def validation_error(text: str) -> EdgeError:

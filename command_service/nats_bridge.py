@@ -13,7 +13,7 @@ import logging
 import msgspec
 import nats
 
-from command_service.edge import EdgeError, decode_order_request
+from command_service.edge import EdgeError, decode_json, decode_order_request
 from contracts.topics import ORDER_REQUEST_SUBJECT
 
 log = logging.getLogger("command.nats")
@@ -22,6 +22,9 @@ log = logging.getLogger("command.nats")
 class _Request(msgspec.Struct):
     body: dict
     api_key: str | None = None
+
+
+_request_decoder = msgspec.json.Decoder(_Request)
 
 
 class NatsBridge:
@@ -61,16 +64,12 @@ class NatsBridge:
 
     async def _on_request(self, msg) -> None:
         try:
-            req = msgspec.json.decode(msg.data, type=_Request)
+            req = decode_json(_request_decoder.decode, msg.data)
             principal = (await self.auth.principal_for_key(req.api_key) if req.api_key
                          else await self.auth.authenticate(None))
             status, body, _ = await self.entry.place(principal, decode_order_request(req.body), with_book=False)
         except EdgeError as exc:
             status, body = exc.status, exc.body()
-        except msgspec.DecodeError:
-            status, body = 400, EdgeError(400, "invalid_json", "request is not valid JSON").body()
-        except msgspec.ValidationError as exc:
-            status, body = 400, EdgeError(400, "invalid_request", str(exc)).body()
         except Exception:
             log.exception("nats order request failed")
             status, body = 500, EdgeError(500, "internal", "internal error").body()

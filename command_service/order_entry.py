@@ -70,8 +70,10 @@ class OrderEntry:
         cmd = to_place(req, client_id, order_id, spec)
         seq = self.sequencers[spec.symbol]
 
-        idem = None
+        # Reserve the idempotency key and the client's order id BEFORE the first await:
+        # a second request arriving while we look them up must find them taken.
         key = req.idempotency_key
+        idem = slot = None
         if key is not None:
             h = request_hash(cmd, req.order_id)
             inflight = self._inflight_keys.get((client_id, key))
@@ -80,18 +82,46 @@ class OrderEntry:
                     raise _key_reused()
                 status, body = await asyncio.shield(inflight[1])
                 return status, body, REPLAYED
-            row = await self.journal.find_idempotent(client_id, key)
-            if row is not None:
-                if bytes(row["request_hash"]) != h:
-                    raise _key_reused()
-                return row["status_code"], bytes(row["response"]), REPLAYED
+            slot = asyncio.get_running_loop().create_future()
+            slot.add_done_callback(_consume)  # waiters may be none; never "exception not retrieved"
+            self._inflight_keys[(client_id, key)] = (h, slot)
             idem = (client_id, key, h)
-
         if req.order_id is not None:
-            if order_id in self._reserved_ids or await self.journal.order_exists(order_id):
+            if order_id in self._reserved_ids:
+                self._release(slot, client_id, key, EdgeError(409, "duplicate_order_id", "order_id in flight"))
                 raise EdgeError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
             self._reserved_ids.add(order_id)
+        try:
+            if idem is not None:
+                row = await self.journal.find_idempotent(client_id, key)
+                if row is not None:
+                    if bytes(row["request_hash"]) != idem[2]:
+                        raise _key_reused()
+                    answer = (row["status_code"], bytes(row["response"]))
+                    slot.set_result(answer)
+                    return answer[0], answer[1], REPLAYED
+            if req.order_id is not None and await self.journal.order_exists(order_id):
+                raise EdgeError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
+            status, body = await _await(seq.submit(cmd, self._render_place(spec, order_id, with_book), idem))
+            if slot is not None:
+                slot.set_result((status, body))
+            return status, body, {}
+        except BaseException as exc:
+            if slot is not None and not slot.done():
+                slot.set_exception(exc if isinstance(exc, Exception) else EdgeError(503, "unavailable", "cancelled"))
+            raise
+        finally:
+            if key is not None:
+                self._inflight_keys.pop((client_id, key), None)
+            if req.order_id is not None:
+                self._reserved_ids.discard(order_id)
 
+    def _release(self, slot, client_id, key, exc) -> None:
+        if slot is not None:
+            self._inflight_keys.pop((client_id, key), None)
+            slot.set_exception(exc)
+
+    def _render_place(self, spec, order_id: str, with_book: bool):
         levels = self.book_levels
 
         def render(result, book):
@@ -108,17 +138,7 @@ class OrderEntry:
                 body["orderbook"] = book_view(book, spec, levels)
             return 201, json_encoder.encode(body)
 
-        fut = seq.submit(cmd, render, idem)
-        if idem is not None:
-            self._inflight_keys[(client_id, key)] = (idem[2], fut)
-        try:
-            status, body = await _await(fut)
-        finally:
-            if idem is not None:
-                self._inflight_keys.pop((client_id, key), None)
-            if req.order_id is not None:
-                self._reserved_ids.discard(order_id)
-        return status, body, {}
+        return render
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, principal: Principal, order_id: str) -> Reply:
@@ -238,6 +258,11 @@ async def _await(fut):
         return await fut
     except Unavailable as exc:
         raise EdgeError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from None
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _key_reused() -> EdgeError:

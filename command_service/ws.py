@@ -13,7 +13,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from command_service.edge import EdgeError, decode_order_request
+from command_service.edge import EdgeError, decode_json, decode_order_request
 from contracts.api import error, json_encoder
 
 log = logging.getLogger("command.ws")
@@ -93,9 +93,9 @@ async def order_socket(socket: WebSocket) -> None:
         while True:
             raw = await socket.receive_data(mode="text")
             try:
-                msg = msgspec.json.decode(raw)
-            except msgspec.DecodeError:
-                out.put_nowait(_err(None, EdgeError(400, "invalid_json", "message is not valid JSON")))
+                msg = decode_json(msgspec.json.decode, raw)
+            except EdgeError as exc:
+                out.put_nowait(_err(None, exc))
                 continue
             if not isinstance(msg, dict):
                 out.put_nowait(_err(None, EdgeError(400, "invalid_message", "message must be a JSON object")))

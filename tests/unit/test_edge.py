@@ -74,7 +74,8 @@ def test_bad_orders_are_refused_with_code_and_field(body, code, field):
     assert (err.code, err.field) == (code, field), err.message
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b"not json", b'{"side": NaN}', b"[1,2]", b"null"])
+@pytest.mark.parametrize("body", [b"", b"{", b"not json", b'{"side": NaN}', b"[1,2]", b"null",
+                                  b'{"x":' + b"[" * 40000 + b"]" * 40000 + b"}", b'{"side":"\xff"}', b"[" * 50000])
 def test_malformed_json_is_refused(body):
     err = refused(body)
     assert err.code in ("invalid_json", "invalid_field")
@@ -87,3 +88,8 @@ def test_request_hash_changes_with_the_request_and_not_with_formatting():
     assert request_hash(a, None) == request_hash(b, None)
     assert request_hash(a, None) != request_hash(c, None)
     assert request_hash(a, None) != request_hash(a, "my-id")
+
+
+def test_control_characters_in_idempotency_key_are_refused():
+    err = refused(b'{"side":"buy","type":"limit","price":1,"quantity":1,"idempotency_key":"a\\u0000b"}')
+    assert (err.code, err.field) == ("invalid_field", "idempotency_key")
