@@ -115,6 +115,12 @@ async def test_concurrent_duplicates_of_one_key_create_one_order(http, svc):
     assert [r.status_code for r in rs] == [201] * 10 and len(ids) == 1
 
 
+async def test_concurrent_requests_with_one_client_order_id_create_one_order(http, svc):
+    rs = await asyncio.gather(*[post_order(http, svc, "client-B", order_id="race-id-1", side="buy", type="limit",
+                                           price=3, quantity=0.01, instrument="SOL-USD") for _ in range(10)])
+    assert sorted(r.status_code for r in rs) == [201] + [409] * 9
+
+
 async def test_client_order_id_is_kept_and_duplicates_refused(http, svc):
     r = await post_order(http, svc, "client-A", order_id="my-order-1", side="buy", type="limit", price=99, quantity=1)
     assert r.status_code == 201 and r.json()["order"]["order_id"] == "my-order-1"
