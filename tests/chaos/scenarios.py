@@ -75,10 +75,13 @@ def order_body(client_id: str, i: int, rng: random.Random) -> dict:
 class Load:
     """Closed-loop load through the command service: `workers` connections, each a client with
     its own key; every 201 is recorded. About one request in eight cancels one of the worker's
-    own earlier orders (200, or 409 when it was filled meanwhile)."""
+    own earlier orders (200, or 409 when it was filled meanwhile), one in ten reads one back
+    (GET /orders/{id}, the committed state: same client, price, quantity, and at least the
+    filled quantity it was acknowledged with)."""
 
     ORDER_OK = {201, 503}  # 503: the service says it cannot take orders now (declared outage)
     CANCEL_OK = {200, 409, 503}
+    READ_OK = {200, 503}
 
     def __init__(self, url: str, keys: dict[str, str], seed: int | None = None):
         self.url = url
@@ -88,21 +91,33 @@ class Load:
         self.acked_at: list[float] = []  # monotonic time of every 201
         self.orders = collections.Counter()  # status or exception name -> count
         self.cancels = collections.Counter()
+        self.reads = collections.Counter()
         self.unexpected: list[str] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     async def _worker(self, n: int, client_id: str, key: str) -> None:
         rng = random.Random(f"{self.seed}-{n}")
-        mine: list[str] = []
+        mine: list[str] = []  # own orders that may still rest (cancel candidates)
+        own: list[str] = []  # own acknowledged orders (read candidates)
         i = n
         async with httpx.AsyncClient(base_url=self.url, timeout=10,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
             while not self._stop.is_set():
                 i += len(self.keys)
-                cancel = mine and rng.random() < 0.125
+                pick = rng.random()
+                cancel = bool(mine) and pick < 0.125
+                read = not cancel and bool(own) and pick < 0.225
                 try:
-                    if cancel:
+                    if read:
+                        oid = own[rng.randrange(len(own))]
+                        r = await client.get(f"/orders/{oid}")
+                        self.reads[r.status_code] += 1
+                        if r.status_code == 200:
+                            self._check_read(oid, r.json()["order"])
+                        elif r.status_code not in self.READ_OK:
+                            self.unexpected.append(f"read {r.status_code} {r.text[:200]}")
+                    elif cancel:
                         r = await client.post(f"/orders/{mine.pop(rng.randrange(len(mine)))}/cancel")
                         self.cancels[r.status_code] += 1
                         if r.status_code not in self.CANCEL_OK:
@@ -116,13 +131,22 @@ class Load:
                             self.acked_at.append(time.monotonic())
                             if order["status"] in ("open", "partially_filled") and len(mine) < 200:
                                 mine.append(order["order_id"])
+                            if len(own) < 500:
+                                own.append(order["order_id"])
                         elif r.status_code not in self.ORDER_OK:
                             self.unexpected.append(f"order {r.status_code} {r.text[:200]}")
-                        if r.status_code == 503:
-                            await asyncio.sleep(0.05)
+                    if r.status_code == 503:
+                        await asyncio.sleep(0.05)
                 except httpx.HTTPError as exc:  # the service is down or was killed mid-request
-                    (self.cancels if cancel else self.orders)[type(exc).__name__] += 1
+                    (self.reads if read else self.cancels if cancel else self.orders)[type(exc).__name__] += 1
                     await asyncio.sleep(0.05)
+
+    def _check_read(self, oid: str, now: dict) -> None:
+        acked = self.acked[oid]
+        same = all(now.get(k) == acked.get(k) for k in ("order_id", "client_id", "instrument", "side", "price",
+                                                         "quantity"))
+        if not same or now["filled_quantity"] < acked["filled_quantity"]:
+            self.unexpected.append(f"read {oid}: {now} does not continue the acknowledged {acked}")
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(n, cid, key))
@@ -136,7 +160,8 @@ class Load:
         return sum(1 for a in self.acked_at if a >= t)
 
     def summary(self) -> str:
-        return f"{len(self.acked)} acked; orders {dict(self.orders)}; cancels {dict(self.cancels)}"
+        return (f"{len(self.acked)} acked; orders {dict(self.orders)}; cancels {dict(self.cancels)}; "
+                f"reads {dict(self.reads)}")
 
 
 async def load_keys(workers: int, prefix: str = "chaos") -> dict[str, str]:
