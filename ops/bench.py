@@ -230,12 +230,11 @@ async def bench_pipeline(args) -> None:
     def vis(r):
         v = r.get("visibility") or {}
         parts = []
-        for key, label in (("book", "in /market/orderbook"), ("trade", "trade on /stream")):
+        for key, label in (("orderbook", "in /market/orderbook"), ("stream", "trade on /stream")):
             x = v.get(key) or {}
-            lm = x.get("latency_ms") or x
-            if lm.get("p50") is not None:
-                parts.append(f"{label}: p50 {lm['p50']:.1f} ms, p99 {lm['p99']:.1f} ms (n={lm.get('count', '?')})")
-        return "; ".join(parts) or json.dumps(v)[:300]
+            if x.get("p50") is not None:
+                parts.append(f"{label}: p50 {x['p50']:.0f} ms, p99 {x['p99']:.0f} ms (n={x.get('count', '?')})")
+        return "; ".join(parts) or "no probe result"
 
     def fmt(x):
         return "n/a" if x is None else (f"<= {x * 1000:.0f} ms" if x != float("inf") else "> largest bucket")
