@@ -17,7 +17,17 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import generate_latest
 
 from command_service.auth import Authenticator, RateLimiter
-from command_service.edge import CancelAllRequest, EdgeError, OrderRequest, decode_cancel_all, decode_json, decode_order_request, spec_for
+from command_service.edge import (
+    CancelAllRequest,
+    EdgeError,
+    OrderRequest,
+    database_unavailable,
+    decode_cancel_all,
+    decode_json,
+    decode_order_request,
+    spec_for,
+    unavailable,
+)
 from command_service.settlement import settle
 from command_service.journal import Journal, NoResetConnection
 from command_service.metrics import Metrics
@@ -214,6 +224,8 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
+    if database_unavailable(exc):
+        return _edge_error(request, unavailable())
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _edge_error(request, EdgeError(500, "internal", "internal error"))
 

@@ -11,6 +11,7 @@ import hashlib
 from decimal import Decimal
 from typing import Annotated, Any, Optional
 
+import asyncpg
 import msgspec
 
 from contracts.api import error, iso_ms, json_encoder
@@ -35,6 +36,18 @@ class EdgeError(Exception):
 
     def body(self) -> bytes:
         return json_encoder.encode(error(self.code, self.message, self.field))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Errors that mean PostgreSQL cannot be reached or is restarting (answer 503, not 500)."""
+    # InternalClientError: a pooled connection left mid-operation by a query the outage cut off.
+    return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                            asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError, OSError,
+                            TimeoutError))
+
+
+def unavailable() -> EdgeError:
+    return EdgeError(503, "unavailable", "the database is unavailable; retry", headers={"Retry-After": "1"})
 
 
 class OrderRequest(msgspec.Struct, kw_only=True):

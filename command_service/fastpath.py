@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from command_service.edge import EdgeError, decode_order_request
+from command_service.edge import EdgeError, database_unavailable, decode_order_request, unavailable
 
 log = logging.getLogger("command.fastpath")
 _JSON = (b"content-type", b"application/json")
@@ -51,9 +51,13 @@ class OrderFastPath:
         except EdgeError as exc:
             st.metrics.http_errors.labels(str(exc.status), exc.code).inc()
             status, payload, headers = exc.status, exc.body(), exc.headers
-        except Exception:
-            log.exception("unhandled error on %s", scope["path"])
-            status, payload, headers = 500, EdgeError(500, "internal", "internal error").body(), None
+        except Exception as exc:
+            if database_unavailable(exc):
+                err = unavailable()
+                status, payload, headers = err.status, err.body(), err.headers
+            else:
+                log.exception("unhandled error on %s", scope["path"])
+                status, payload, headers = 500, EdgeError(500, "internal", "internal error").body(), None
         out = [_JSON, (b"content-length", b"%d" % len(payload))]
         if headers:
             out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]

@@ -13,7 +13,7 @@ import logging
 import msgspec
 import nats
 
-from command_service.edge import EdgeError, decode_json, decode_order_request
+from command_service.edge import EdgeError, database_unavailable, decode_json, decode_order_request, unavailable
 from contracts.topics import ORDER_REQUEST_SUBJECT
 
 log = logging.getLogger("command.nats")
@@ -70,9 +70,13 @@ class NatsBridge:
             status, body, _ = await self.entry.place(principal, decode_order_request(req.body), with_book=False)
         except EdgeError as exc:
             status, body = exc.status, exc.body()
-        except Exception:
-            log.exception("nats order request failed")
-            status, body = 500, EdgeError(500, "internal", "internal error").body()
+        except Exception as exc:
+            if database_unavailable(exc):
+                err = unavailable()
+                status, body = err.status, err.body()
+            else:
+                log.exception("nats order request failed")
+                status, body = 500, EdgeError(500, "internal", "internal error").body()
         if msg.reply:
             await msg.respond(b'{"status":%d,"body":%s}' % (status, body))
 

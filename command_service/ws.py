@@ -13,7 +13,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from command_service.edge import EdgeError, decode_json, decode_order_request
+from command_service.edge import EdgeError, database_unavailable, decode_json, decode_order_request, unavailable
 from contracts.api import error, json_encoder
 
 log = logging.getLogger("command.ws")
@@ -82,9 +82,12 @@ async def order_socket(socket: WebSocket) -> None:
                 raise EdgeError(400, "unknown_type", f"unknown message type {kind!r}", "type")
         except EdgeError as exc:
             out.put_nowait(_err(request_id, exc))
-        except Exception:
-            log.exception("ws request failed")
-            out.put_nowait(_err(request_id, EdgeError(500, "internal", "internal error")))
+        except Exception as exc:
+            if database_unavailable(exc):
+                out.put_nowait(_err(request_id, unavailable()))
+            else:
+                log.exception("ws request failed")
+                out.put_nowait(_err(request_id, EdgeError(500, "internal", "internal error")))
         finally:
             slots.release()
 

@@ -404,7 +404,7 @@ class Hub:
             return
         try:
             msg = _frame_decoder.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError, UnicodeError):  # nesting too deep is malformed too
             c.send_obj(_err("invalid_json", "frame is not JSON"))
             return
         if not isinstance(msg, dict):
