@@ -13,15 +13,18 @@ from typing import Iterable
 
 import asyncpg
 
-from contracts.messages import OrderState, encode_event
+import msgspec
+
+from contracts.messages import OrderState, encode_events
 
 NOTIFY_CHANNEL = "exchange_events"
+_encode = msgspec.json.Encoder().encode
 
 _APPEND_BATCH = """
 WITH ev AS (
     INSERT INTO events (instrument, seq, type, ts, payload)
-    SELECT $1, x.seq, x.type, x.ts, x.payload
-    FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bytea[]) AS x(seq, type, ts, payload)
+    SELECT $1, (e->>'seq')::bigint, e->>'type', (e->>'ts')::bigint, convert_to(e::text, 'UTF8')
+    FROM json_array_elements($2::json) AS e
 ), od AS (
     INSERT INTO orders (order_id, client_id, instrument, side, order_type, price, stop_price, quantity,
                         filled_quantity, cost, status, tif, post_only, reject_reason, created_ts,
@@ -29,11 +32,10 @@ WITH ev AS (
     SELECT o.order_id, o.client_id, $1, o.side, o.order_type, o.price, o.stop_price, o.quantity,
            o.filled_quantity, o.cost, o.status, o.tif, o.post_only, o.reject_reason, o.created_ts,
            o.updated_ts, o.last_seq
-    FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
-                $12::bigint[], $13::bigint[], $14::numeric[], $15::text[], $16::text[], $17::bool[],
-                $18::text[], $19::bigint[], $20::bigint[], $21::bigint[])
-         AS o(order_id, client_id, side, order_type, price, stop_price, quantity, filled_quantity,
-              cost, status, tif, post_only, reject_reason, created_ts, updated_ts, last_seq)
+    FROM json_to_recordset($3::json) AS o(order_id text, client_id text, side text, order_type text,
+         price bigint, stop_price bigint, quantity bigint, filled_quantity bigint, cost numeric,
+         status text, tif text, post_only bool, reject_reason text, created_ts bigint, updated_ts bigint,
+         last_seq bigint)
     ON CONFLICT (order_id) DO UPDATE SET
         price = EXCLUDED.price, quantity = EXCLUDED.quantity,
         filled_quantity = EXCLUDED.filled_quantity, cost = EXCLUDED.cost, status = EXCLUDED.status,
@@ -41,7 +43,7 @@ WITH ev AS (
         last_seq = EXCLUDED.last_seq
 ), idem AS (
     INSERT INTO idempotency (client_id, key, request_hash, status_code, response)
-    SELECT * FROM unnest($22::text[], $23::text[], $24::bytea[], $25::int[], $26::bytea[])
+    SELECT * FROM unnest($4::text[], $5::text[], $6::bytea[], $7::int[], $8::bytea[])
     ON CONFLICT DO NOTHING
 )
 SELECT pg_notify('exchange_events', $1)
@@ -77,31 +79,18 @@ class Journal:
     async def append(self, batch: Batch, conn: asyncpg.Connection | None = None) -> None:
         """Commit one batch atomically. The (instrument, seq) primary key is the last line
         of defence against a second writer: a duplicate seq fails the whole batch."""
-        evs = batch.events
-        orders = list(batch.orders.values())
+        # Events and order rows travel as two JSON documents that PostgreSQL unpacks
+        # (json_array_elements / json_to_recordset): msgspec encodes a whole batch in one
+        # call, where 21 typed arrays cost asyncpg ~6 us of CPU per order to encode
+        # (measured: 534 -> 150 us per 64-command batch). A `json` value keeps its input
+        # text, so each event's payload is stored byte for byte as encode_event() makes it.
+        enc = _encode
+        orders = b"[" + b",".join([enc(s)[:-1] + b',"last_seq":%d}' % seq for s, seq in batch.orders.values()]) + b"]"
         idem = batch.idempotency
         args = (
             batch.instrument,
-            [e.seq for e in evs],
-            [type(e).__struct_config__.tag for e in evs],
-            [e.ts for e in evs],
-            [encode_event(e) for e in evs],
-            [s.order_id for s, _ in orders],
-            [s.client_id for s, _ in orders],
-            [s.side.value for s, _ in orders],
-            [s.order_type.value for s, _ in orders],
-            [s.price for s, _ in orders],
-            [s.stop_price for s, _ in orders],
-            [s.quantity for s, _ in orders],
-            [s.filled_quantity for s, _ in orders],
-            [s.cost for s, _ in orders],
-            [s.status.value for s, _ in orders],
-            [s.tif.value for s, _ in orders],
-            [s.post_only for s, _ in orders],
-            [s.reject_reason for s, _ in orders],
-            [s.created_ts for s, _ in orders],
-            [s.updated_ts for s, _ in orders],
-            [seq for _, seq in orders],
+            encode_events(batch.events).decode(),
+            orders.decode(),
             [i[0] for i in idem],
             [i[1] for i in idem],
             [i[2] for i in idem],

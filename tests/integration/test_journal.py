@@ -9,7 +9,7 @@ import pytest
 
 from command_service.journal import NOTIFY_CHANNEL, Batch, Journal
 from contracts.enums import OrderStatus, OrderType, Side, StpMode, TimeInForce
-from contracts.messages import OrderAccepted, OrderState, TradeExecuted, decode_event
+from contracts.messages import OrderAccepted, OrderState, TradeExecuted, decode_event, encode_event
 
 DSN = os.environ["EXCHANGE_PG_DSN"]
 
@@ -66,6 +66,32 @@ async def test_payload_round_trips_exactly(journal):
     await journal.append(b)
     [(seq, payload)] = await journal.read("BTC-USD")
     assert decode_event(payload) == t
+
+
+async def test_payloads_and_order_rows_survive_any_text_exactly(journal):
+    # The batch travels to PostgreSQL as JSON: quotes, backslashes, control characters and
+    # non-ASCII must come back byte for byte, and a cost beyond 64 bits must stay exact.
+    odd = 'zo\u00eb "q" \\ \t \u2603 \U0001f600'
+    events = [
+        accepted("BTC-USD", 1, "o-1", client=odd),
+        TradeExecuted(instrument="BTC-USD", seq=2, ts=7, trade_id="BTC-USD:2", price=2**62, quantity=2**62,
+                      taker_side=Side.BUY, maker_order_id="o-1", maker_client_id=odd, taker_order_id="o-2",
+                      taker_client_id="b", maker_remaining=0, taker_remaining=0),
+    ]
+    b = Batch("BTC-USD")
+    b.events.extend(events)
+    big = OrderState(order_id="o-1", client_id=odd, instrument="BTC-USD", side=Side.SELL,
+                     order_type=OrderType.STOP_LIMIT, price=2**62, quantity=2**62, filled_quantity=2**62,
+                     status=OrderStatus.FILLED, tif=TimeInForce.IOC, post_only=False, created_ts=1,
+                     updated_ts=2**62, reject_reason=None, stop_price=3, cost=2**124)
+    b.add_orders([big], 2)
+    await journal.append(b)
+    rows = await journal.read("BTC-USD")
+    assert [bytes(p) for _, p in rows] == [encode_event(e) for e in events]
+    row = await journal.find_order("o-1")
+    assert (row["client_id"], row["cost"], row["price"], row["stop_price"], row["order_type"], row["tif"],
+            row["reject_reason"], row["updated_ts"], row["last_seq"]) == (
+        odd, 2**124, 2**62, 3, OrderType.STOP_LIMIT.value, TimeInForce.IOC.value, None, 2**62, 2)
 
 
 async def test_duplicate_seq_fails_the_whole_batch(journal):
