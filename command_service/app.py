@@ -36,7 +36,6 @@ from command_service.nats_bridge import NatsBridge
 from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
 from command_service.settings import Settings
-from command_service.ws import order_socket
 from contracts.api import iso_ms, json_encoder, parse_iso
 from contracts.instruments import load_instruments
 
@@ -276,8 +275,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, admin_settlement,
-                        healthz, metrics, openapi_json,
-                        order_socket],
+                        healthz, metrics, openapi_json],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={

@@ -63,7 +63,22 @@ class OrderEntry:
         self._new_id = _order_ids().__next__
 
     # ------------------------------------------------------------------ place
+    def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True):
+        """The common case without an await before the sequencer: no idempotency key and no
+        client order id to look up. Returns the sequencer's future of (status, body), or
+        None when the request needs `place` (it raises EdgeError for a bad request)."""
+        if req.idempotency_key is not None or req.order_id is not None:
+            return None
+        spec = spec_for(self.instruments, req.instrument)
+        order_id = self._new_id()
+        cmd = to_place(req, self._client_for(principal, req.client_id), order_id, spec)
+        return self.sequencers[spec.symbol].submit(cmd, self._render_place(spec, order_id, with_book))
+
     async def place(self, principal: Principal, req: OrderRequest, *, with_book: bool = True) -> Reply:
+        fut = self.place_nowait(principal, req, with_book=with_book)
+        if fut is not None:
+            status, body = await _await(fut)
+            return status, body, {}
         spec = spec_for(self.instruments, req.instrument)
         client_id = self._client_for(principal, req.client_id)
         order_id = req.order_id or self._new_id()
@@ -141,29 +156,27 @@ class OrderEntry:
         return render
 
     # ------------------------------------------------------------------ cancel
-    async def cancel(self, principal: Principal, order_id: str) -> Reply:
+    def cancel_nowait(self, principal: Principal, order_id: str):
+        """A cancel of an order resting in a book needs no database read. Returns the
+        sequencer's future of (status, body) - status 0 when the order closed before the
+        cancel ran, which `cancel` resolves from the database - or None when the order is
+        not resting (then `cancel` looks it up). Raises EdgeError for 403/409 known here."""
         seq, state = self._find_resting(order_id)
-        if state is not None:
-            owner = state.client_id
-        else:
+        if state is None:
             # Not in any book: unknown, closed, or closed by a batch still committing (the
-            # engine runs ahead of the database). The cancel then goes through the
-            # sequencer anyway: it runs after that batch has committed, so the row we
-            # re-read below is the truth.
+            # engine runs ahead of the database).
             for s in self.sequencers.values():
                 hit = s.recently_closed.get(order_id)
                 if hit is not None:
                     if not principal.may_act_for(hit[0]):
                         raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
                     raise EdgeError(409, "order_closed", f"order is already {hit[1]}", "order_id")
-            row = await self._order_row(principal, order_id)
-            if row["status"] in CLOSED:
-                raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
-            seq, owner = self.sequencers.get(row["instrument"]), row["client_id"]
-            if seq is None:
-                raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
-        if not principal.may_act_for(owner):
+            return None
+        if not principal.may_act_for(state.client_id):
             raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+        return self._submit_cancel(seq, order_id, state.client_id)
+
+    def _submit_cancel(self, seq: Sequencer, order_id: str, owner: str):
         spec = self.instruments.get(seq.instrument)
 
         def render(result, book):
@@ -171,7 +184,25 @@ class OrderEntry:
                 return 200, json_encoder.encode({"order": order_view(result.orders[0], spec)})
             return 0, b""
 
-        status, body = await _await(seq.submit(CancelOrder(order_id, owner, seq.instrument, 0), render))
+        return seq.submit(CancelOrder(order_id, owner, seq.instrument, 0), render)
+
+    async def cancel(self, principal: Principal, order_id: str) -> Reply:
+        fut = self.cancel_nowait(principal, order_id)
+        if fut is None:
+            # Not resting and not recently closed: the cancel goes through the sequencer
+            # anyway if the row says open - it then runs after any batch still committing,
+            # so the row we re-read below is the truth.
+            row = await self._order_row(principal, order_id)
+            if row["status"] in CLOSED:
+                raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
+            seq = self.sequencers.get(row["instrument"])
+            if seq is None:
+                raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+            fut = self._submit_cancel(seq, order_id, row["client_id"])
+        return await self.finish_cancel(principal, order_id, await _await(fut))
+
+    async def finish_cancel(self, principal: Principal, order_id: str, answer: tuple[int, bytes]) -> Reply:
+        status, body = answer
         if status:
             return status, body, {}
         row = await self._order_row(principal, order_id)

@@ -1,120 +1,293 @@
 """WS /ws: order entry and cancel over one WebSocket, many requests in flight.
 
 Each request is answered after its batch commits, in completion order (request_id ties
-answers to requests). One writer task per connection serialises the sends.
+answers to requests). Served as bare ASGI (like command_service.fastpath), not through
+Litestar: this is the highest-rate entry point, and per message we want no task, no
+coroutine chain and no middleware. A request that needs no database read before the
+sequencer (the common case) is decoded, validated and submitted synchronously in the
+receive loop; the sequencer's future carries a callback that queues the answer. Only
+requests with an idempotency key, a client order id or a cancel of an order not in the
+book run as a task.
+
+One writer task per connection drains the queued answers, so a batch commit that
+resolves hundreds of requests wakes the writer once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from decimal import Decimal
+from typing import Any, Optional
 
 import msgspec
-from litestar import WebSocket, websocket
-from litestar.exceptions import WebSocketDisconnect
 
-from command_service.edge import EdgeError, database_unavailable, decode_json, decode_order_request, unavailable
+from command_service.edge import (
+    EdgeError,
+    Id,
+    Key,
+    OrderRequest,
+    database_unavailable,
+    decode_json,
+    unavailable,
+    validation_error,
+)
+from command_service.sequencer import Unavailable
 from contracts.api import error, json_encoder
+from contracts.enums import OrderType, Side, StpMode, TimeInForce
 
 log = logging.getLogger("command.ws")
 MAX_IN_FLIGHT = 1024  # per connection; beyond it we stop reading (backpressure)
-ORDER_TYPES = ("limit", "market", "stop_limit", "stop_market")
+ORDER_TYPES = frozenset(t.value for t in OrderType)
+
+
+class WsMessage(msgspec.Struct, kw_only=True):
+    """Every message a client may send, decoded in one pass. `type` is "order", "cancel" or
+    "ping"; the seed's form puts the order type in `type` ({"type":"limit","side":...})."""
+
+    type: Optional[str] = None
+    request_id: Any = None
+    order_type: Optional[OrderType] = None
+    side: Optional[Side] = None
+    quantity: Optional[Decimal] = None
+    client_id: Optional[Id] = None
+    instrument: str = "BTC-USD"
+    price: Optional[Decimal] = None
+    stop_price: Optional[Decimal] = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
+    order_id: Optional[Id] = None
+    idempotency_key: Optional[Key] = None
+
+
+_decode_message = msgspec.json.Decoder(WsMessage).decode
+_encode = json_encoder.encode
 
 
 def _err(request_id, exc: EdgeError) -> bytes:
-    return json_encoder.encode({"type": "error", "request_id": request_id,
-                                **error(exc.code, exc.message, exc.field)})
+    return _encode({"type": "error", "request_id": request_id, **error(exc.code, exc.message, exc.field)})
 
 
-@websocket("/ws")
-async def order_socket(socket: WebSocket) -> None:
-    st = socket.app.state
+def _decode(raw) -> WsMessage:
     try:
-        principal = await st.auth.authenticate(socket.headers.get("authorization"))
-    except EdgeError as exc:
-        await socket.accept()
-        await socket.send_text(_err(None, exc).decode())
-        await socket.close(code=4401, reason=exc.code)
-        return
-    await socket.accept()
-    out: asyncio.Queue = asyncio.Queue()
-    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-    tasks: set[asyncio.Task] = set()
-
-    async def writer():
-        while True:
-            data = await out.get()
-            if data is None:
-                return
-            await socket.send_text(data.decode())
-
-    async def handle(msg: dict):
-        request_id = msg.get("request_id")
+        return _decode_message(raw)
+    except msgspec.ValidationError as exc:
+        # The typed decode failed; find the request_id (and whether it is an object at all)
+        # the slow way, so the error still says which request it answers.
         try:
-            st.limiter.check(principal.rate_key if principal.client_id else "ws:" + str(id(socket)))
-            kind = msg.get("type")
-            if kind == "order" or (kind in ORDER_TYPES and "side" in msg):
+            loose = msgspec.json.decode(raw)
+        except Exception:
+            loose = None
+        if not isinstance(loose, dict):
+            raise _Bad(None, EdgeError(400, "invalid_message", "message must be a JSON object")) from None
+        rid = loose.get("request_id")
+        raise _Bad(rid if isinstance(rid, (str, int, float, bool)) else None, validation_error(str(exc))) from None
+    except Exception:
+        try:
+            decode_json(msgspec.json.decode, raw)
+        except EdgeError as edge:
+            raise _Bad(None, edge) from None
+        raise _Bad(None, EdgeError(400, "invalid_json", "message is not valid JSON")) from None
+
+
+class _Bad(Exception):
+    def __init__(self, request_id, edge: EdgeError):
+        self.request_id = request_id
+        self.edge = edge
+
+
+def _order_request(m: WsMessage, order_type) -> OrderRequest:
+    if m.side is None:
+        raise EdgeError(400, "missing_field", "side is required", "side")
+    if m.quantity is None:
+        raise EdgeError(400, "missing_field", "quantity is required", "quantity")
+    # Every field was validated by the typed decode (same annotated types as OrderRequest).
+    return OrderRequest(side=m.side, type=order_type, quantity=m.quantity, client_id=m.client_id,
+                        instrument=m.instrument, price=m.price, stop_price=m.stop_price,
+                        time_in_force=m.time_in_force, post_only=m.post_only,
+                        self_trade_prevention=m.self_trade_prevention, order_id=m.order_id,
+                        idempotency_key=m.idempotency_key)
+
+
+class OrderSocket:
+    """One /ws connection after the handshake."""
+
+    def __init__(self, st, principal, rate_key: str):
+        self.st = st
+        self.entry = st.entry
+        self.principal = principal
+        self.rate_key = rate_key
+        self.out: list[bytes] = []
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    # ---------------------------------------------------------------- answers
+    def push(self, data: bytes) -> None:
+        self.out.append(data)
+        self.wake.set()
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight < MAX_IN_FLIGHT:
+            self.room.set()
+
+    def _answer(self, kind: bytes, request_id, fut: asyncio.Future) -> None:
+        self.done()
+        exc = fut.exception()
+        if exc is None:
+            status, payload = fut.result()
+            rid = _encode(request_id)
+            if status >= 400:
+                self.push(b'{"type":"error","request_id":' + rid + b"," + payload[1:])
+            else:
+                self.push(b'{"type":"' + kind + b'","request_id":' + rid + b"," + payload[1:])
+        elif isinstance(exc, Unavailable):
+            self.push(_err(request_id, EdgeError(503, "unavailable", str(exc))))
+        else:
+            self._failed(request_id, exc)
+
+    def _failed(self, request_id, exc: BaseException) -> None:
+        if isinstance(exc, EdgeError):
+            self.push(_err(request_id, exc))
+        elif database_unavailable(exc):
+            self.push(_err(request_id, unavailable()))
+        else:
+            log.error("ws request failed", exc_info=exc)
+            self.push(_err(request_id, EdgeError(500, "internal", "internal error")))
+
+    # ---------------------------------------------------------------- requests
+    def on_message(self, raw) -> None:
+        try:
+            m = _decode(raw)
+        except _Bad as bad:
+            self.push(_err(bad.request_id, bad.edge))
+            return
+        rid = m.request_id
+        try:
+            self.st.limiter.check(self.rate_key)
+            kind = m.type
+            if kind == "order" or (kind in ORDER_TYPES and m.side is not None):
                 # {"type":"order","order_type":...}; the seed's duplicated "type" key arrives
                 # as its last value ("limit"/"market"), which we accept too.
-                body = {k: v for k, v in msg.items() if k not in ("type", "order_type", "request_id")}
-                body["type"] = msg.get("order_type", kind if kind != "order" else None)
-                if body["type"] is None:
+                order_type = m.order_type if kind == "order" else (m.order_type or OrderType(kind))
+                if order_type is None:
                     raise EdgeError(400, "missing_field", "order_type is required", "order_type")
-                req = decode_order_request(body)
-                status, payload, headers = await st.entry.place(principal, req, with_book=False)
-                prefix = b'{"type":"order_accepted","request_id":' + json_encoder.encode(request_id)
-                if headers:
-                    prefix += b',"replayed":true'
-                if status >= 400:
-                    out.put_nowait(b'{"type":"error","request_id":' + json_encoder.encode(request_id) + b"," + payload[1:])
+                req = _order_request(m, order_type)
+                fut = self.entry.place_nowait(self.principal, req, with_book=False)
+                if fut is None:
+                    self._spawn(self._place_slow(rid, req))
                 else:
-                    out.put_nowait(prefix + b"," + payload[1:])
+                    self.in_flight += 1
+                    fut.add_done_callback(lambda f: self._answer(b"order_accepted", rid, f))
             elif kind == "cancel":
-                order_id = msg.get("order_id")
-                if not isinstance(order_id, str) or not order_id:
+                if m.order_id is None:
                     raise EdgeError(400, "missing_field", "order_id is required", "order_id")
-                status, payload, _ = await st.entry.cancel(principal, order_id)
-                out.put_nowait(b'{"type":"cancel_accepted","request_id":' + json_encoder.encode(request_id)
-                               + b"," + payload[1:])
+                fut = self.entry.cancel_nowait(self.principal, m.order_id)
+                if fut is None:
+                    self._spawn(self._cancel_slow(rid, m.order_id, None))
+                else:
+                    self.in_flight += 1
+                    fut.add_done_callback(lambda f: self._cancel_done(rid, m.order_id, f))
             elif kind == "ping":
-                out.put_nowait(b'{"type":"pong","request_id":' + json_encoder.encode(request_id) + b"}")
+                self.push(b'{"type":"pong","request_id":' + _encode(rid) + b"}")
             else:
                 raise EdgeError(400, "unknown_type", f"unknown message type {kind!r}", "type")
-        except EdgeError as exc:
-            out.put_nowait(_err(request_id, exc))
         except Exception as exc:
-            if database_unavailable(exc):
-                out.put_nowait(_err(request_id, unavailable()))
-            else:
-                log.exception("ws request failed")
-                out.put_nowait(_err(request_id, EdgeError(500, "internal", "internal error")))
-        finally:
-            slots.release()
+            self._failed(rid, exc)
 
-    writer_task = asyncio.create_task(writer())
+    def _cancel_done(self, rid, order_id: str, fut: asyncio.Future) -> None:
+        if fut.exception() is None and fut.result()[0] == 0:
+            # The order closed before the cancel ran: the database row says how.
+            self.done()
+            self._spawn(self._cancel_slow(rid, order_id, fut.result()))
+        else:
+            self._answer(b"cancel_accepted", rid, fut)
+
+    def _spawn(self, coro) -> None:
+        self.in_flight += 1
+        t = asyncio.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _place_slow(self, rid, req: OrderRequest) -> None:
+        try:
+            status, payload, headers = await self.entry.place(self.principal, req, with_book=False)
+            head = b'{"type":"order_accepted","request_id":' + _encode(rid)
+            if status >= 400:
+                self.push(b'{"type":"error","request_id":' + _encode(rid) + b"," + payload[1:])
+            else:
+                self.push(head + (b',"replayed":true,' if headers else b",") + payload[1:])
+        except Exception as exc:
+            self._failed(rid, exc)
+        finally:
+            self.done()
+
+    async def _cancel_slow(self, rid, order_id: str, answer) -> None:
+        try:
+            if answer is None:
+                status, payload, _ = await self.entry.cancel(self.principal, order_id)
+            else:
+                status, payload, _ = await self.entry.finish_cancel(self.principal, order_id, answer)
+            self.push(b'{"type":"cancel_accepted","request_id":' + _encode(rid) + b"," + payload[1:])
+        except Exception as exc:
+            self._failed(rid, exc)
+        finally:
+            self.done()
+
+    # ---------------------------------------------------------------- I/O
+    async def writer(self, send) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                batch, self.out = self.out, []
+                for data in batch:
+                    await send({"type": "websocket.send", "text": data.decode()})
+        except Exception:  # the client went away; the receive loop sees the disconnect
+            return
+
+    async def run(self, receive, send) -> None:
+        writer = asyncio.create_task(self.writer(send))
+        try:
+            while True:
+                message = await receive()
+                t = message["type"]
+                if t == "websocket.receive":
+                    raw = message.get("text")
+                    self.on_message(raw if raw is not None else message.get("bytes") or b"")
+                    if self.in_flight >= MAX_IN_FLIGHT:
+                        self.room.clear()
+                        await self.room.wait()
+                elif t == "websocket.disconnect":
+                    return
+        finally:
+            # Requests already handed to a sequencer still commit; their answers are dropped.
+            writer.cancel()
+
+
+async def serve(st, scope, receive, send) -> None:
+    """The ASGI application of WS /ws."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    authorization = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+            break
     try:
-        while True:
-            raw = await socket.receive_data(mode="text")
-            try:
-                msg = decode_json(msgspec.json.decode, raw)
-            except EdgeError as exc:
-                out.put_nowait(_err(None, exc))
-                continue
-            if not isinstance(msg, dict):
-                out.put_nowait(_err(None, EdgeError(400, "invalid_message", "message must be a JSON object")))
-                continue
-            await slots.acquire()
-            t = asyncio.create_task(handle(msg))
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        # Requests already handed to a sequencer still commit; their answers are dropped.
-        for t in list(tasks):
-            try:
-                await t
-            except Exception:
-                pass
-        out.put_nowait(None)
-        writer_task.cancel()
+        principal = await st.auth.authenticate(authorization)
+    except Exception as exc:
+        edge = exc if isinstance(exc, EdgeError) else unavailable() if database_unavailable(exc) else None
+        if edge is None:
+            raise
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": _err(None, edge).decode()})
+        await send({"type": "websocket.close", "code": 4401 if edge.status == 401 else 1013, "reason": edge.code})
+        return
+    await send({"type": "websocket.accept"})
+    rate_key = principal.rate_key if principal.client_id else f"ws:{id(scope)}"
+    await OrderSocket(st, principal, rate_key).run(receive, send)

@@ -213,11 +213,6 @@ def encode_event(event: Event) -> bytes:
     return _event_encoder.encode(event)
 
 
-def encode_events(events: list) -> bytes:
-    """A JSON array of encode_event() outputs, in one call."""
-    return _event_encoder.encode(events)
-
-
 def decode_event(data: bytes | str) -> Event:
     return _event_decoder.decode(data)
 
