@@ -182,36 +182,48 @@ def average_price(spec: InstrumentSpec, cost: int | Decimal, filled: int) -> Dec
     return plain(value.quantize(spec.tick_size / 10_000))
 
 
-def _v(x):
-    return x.value if hasattr(x, "value") else x
+class _Row:
+    """An `orders` row (asyncpg Record) read by attribute, like an OrderState."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, row):
+        self._r = row
+
+    def __getattr__(self, name):
+        return self._r[name]
 
 
 def order_view(o, spec: InstrumentSpec) -> dict:
-    """OrderState (engine) or an `orders` row (asyncpg Record) -> API order."""
-    get = o.__getitem__ if not isinstance(o, OrderState) else o.__getattribute__
+    """OrderState (engine) or an `orders` row (asyncpg Record) -> API order. Enum members
+    go to the encoder as they are (a str Enum encodes as its value)."""
+    if not isinstance(o, OrderState):
+        o = _Row(o)
     price_json, qty_json = spec.price_json, spec.quantity_json
-    price, quantity, filled = get("price"), get("quantity"), get("filled_quantity")
+    price, quantity, filled = o.price, o.quantity, o.filled_quantity
+    created, updated = o.created_ts, o.updated_ts
+    created_at = iso_ms(created)
     view = {
-        "order_id": get("order_id"),
-        "client_id": get("client_id"),
-        "instrument": get("instrument"),
-        "side": _v(get("side")),
-        "type": _v(get("order_type")),
+        "order_id": o.order_id,
+        "client_id": o.client_id,
+        "instrument": o.instrument,
+        "side": o.side,
+        "type": o.order_type,
         "price": price_json(price) if price is not None else None,
         "quantity": qty_json(quantity),
         "filled_quantity": qty_json(filled),
         "remaining_quantity": qty_json(quantity - filled),
-        "status": _v(get("status")),
-        "time_in_force": _v(get("tif")),
-        "post_only": get("post_only"),
-        "average_price": average_price(spec, get("cost"), filled),
-        "created_at": iso_ms(get("created_ts")),
-        "updated_at": iso_ms(get("updated_ts")),
+        "status": o.status,
+        "time_in_force": o.tif,
+        "post_only": o.post_only,
+        "average_price": average_price(spec, o.cost, filled) if filled else None,
+        "created_at": created_at,
+        "updated_at": created_at if updated // 1_000_000 == created // 1_000_000 else iso_ms(updated),
     }
-    if get("reject_reason"):
-        view["reject_reason"] = get("reject_reason")
-    if get("stop_price") is not None:
-        view["stop_price"] = price_json(get("stop_price"))
+    if o.reject_reason:
+        view["reject_reason"] = o.reject_reason
+    if o.stop_price is not None:
+        view["stop_price"] = price_json(o.stop_price)
     return view
 
 

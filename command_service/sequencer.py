@@ -206,11 +206,12 @@ class Sequencer:
                     del closed[k]
 
         now = time.perf_counter_ns()
+        observe = self.metrics.order_latency.observe_ns if self.metrics else None
         for item, resp in zip(items, responses):
             if not item.future.done():
                 item.future.set_result(resp)
-            if self.metrics:
-                self.metrics.order_latency.observe((now - item.received_ns) / 1e9)
+            if observe:
+                observe(now - item.received_ns)
         if self.metrics:
             self.metrics.after_batch(self.instrument, batch.events, book)
         if self.snapshot_every and self._events_since_snapshot >= self.snapshot_every:
