@@ -146,12 +146,12 @@ class ProjectionState:
     buckets: dict = field(default_factory=dict)  # (resolution, start) -> Bucket
     last_trade: LastTrade | None = None
 
-    def copy(self) -> "ProjectionState":
+    def copy(self, *, book: bool = True) -> "ProjectionState":
         return ProjectionState(
             instrument=self.instrument,
             last_seq=self.last_seq,
-            bids=SortedDict(self.bids),
-            asks=SortedDict(self.asks),
+            bids=SortedDict(self.bids) if book else self.bids,
+            asks=SortedDict(self.asks) if book else self.asks,
             taking=list(self.taking),
             orders={k: _copy_order(v) for k, v in self.orders.items()},
             positions=dict(self.positions),  # Positions are replaced, never mutated
@@ -236,10 +236,17 @@ def referenced_buckets(events: Iterable[Event]) -> set[tuple[int, int]]:
 # --------------------------------------------------------------------------- projection
 
 
-def project(state: ProjectionState, events: Sequence[Event]) -> tuple[ProjectionState, ViewDelta]:
+def project(state: ProjectionState, events: Sequence[Event], *,
+            consume_book: bool = False) -> tuple[ProjectionState, ViewDelta]:
     """Apply events (sorted by seq) to a copy of state. Events at or below state.last_seq
-    are duplicates and skipped; the first new one must be last_seq + 1 (else GapError)."""
-    w = state.copy()
+    are duplicates and skipped; the first new one must be last_seq + 1 (else GapError).
+
+    consume_book=True: the new state takes over state.bids/asks and changes them in place
+    instead of copying them first - a copy costs O(price levels) per batch, which grew to
+    most of the projector's time as a long run's book widened. The caller must not use
+    the input's book afterwards (the projector hands its cache over and keeps the result
+    only when the batch commits)."""
+    w = state.copy(book=not consume_book)
     d = ViewDelta(instrument=w.instrument, prev_seq=state.last_seq, seq=state.last_seq)
     before = {oid: o.status for oid, o in state.orders.items()}
     for e in events:

@@ -442,3 +442,24 @@ def test_json_numbers_are_exact_and_never_use_an_exponent():
     assert bytes(scaler(Decimal("0.00000001"))(1)) == b"0.00000001"
     assert bytes(ratio(2, 3, Decimal("0.01"))) == b"0.006667"  # 2/3 tick, to 1/10,000 of a tick, half-even
     assert bytes(ratio(1, 8, Decimal("0.0001"))) == b"0.0000125"
+
+
+def test_consuming_the_book_projects_the_same_as_copying_it():
+    # The projector hands its cached book to project(consume_book=True); the result must be
+    # exactly the pure projection, batch after batch, and the pure path must leave its
+    # input untouched.
+    events = Simulator(seed=23).run(400)
+    s = DictStore()
+    for i in range(0, len(events), 9):
+        chunk = events[i : i + 9]
+        pure_in = s.state_for(chunk)
+        levels_before = (dict(pure_in.bids), dict(pure_in.asks))
+        pure, pure_delta = project(pure_in, chunk)
+        assert (dict(pure_in.bids), dict(pure_in.asks)) == levels_before
+        consumed_in = s.state_for(chunk)
+        fast, fast_delta = project(consumed_in, chunk, consume_book=True)
+        assert fast.bids is consumed_in.bids and fast.asks is consumed_in.asks
+        assert (dict(fast.bids), dict(fast.asks)) == (dict(pure.bids), dict(pure.asks))
+        assert (fast_delta.levels, fast_delta.old_levels, fast_delta.seq) == (
+            pure_delta.levels, pure_delta.old_levels, pure_delta.seq)
+        s.apply(chunk)
