@@ -136,7 +136,7 @@ class OrderSocket:
 
     def _answer(self, kind: bytes, request_id, fut: asyncio.Future) -> None:
         self.done()
-        exc = fut.exception()
+        exc = Unavailable("cancelled") if fut.cancelled() else fut.exception()
         if exc is None:
             status, payload = fut.result()
             rid = _encode(request_id)
@@ -199,7 +199,7 @@ class OrderSocket:
             self._failed(rid, exc)
 
     def _cancel_done(self, rid, order_id: str, fut: asyncio.Future) -> None:
-        if fut.exception() is None and fut.result()[0] == 0:
+        if not fut.cancelled() and fut.exception() is None and fut.result()[0] == 0:
             # The order closed before the cancel ran: the database row says how.
             self.done()
             self._spawn(self._cancel_slow(rid, order_id, fut.result()))
