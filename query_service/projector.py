@@ -292,6 +292,7 @@ class Projector:
         self.consumer = consumer
         consumer.subscribe([s.kafka_topic], listener=_Rebalance(self))
         await consumer.start()
+        _leave_without_leavegroup(consumer)
         self.kafka_failed = False
         log.info("projector: consuming %s as group %s", s.kafka_topic, s.kafka_group)
         while self._running:
@@ -371,6 +372,26 @@ class Projector:
                         raise
                     except Exception as exc:
                         log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc)
+
+
+def _leave_without_leavegroup(consumer: AIOKafkaConsumer) -> None:
+    """Stop without sending LeaveGroup; the broker drops us when our session times out.
+
+    Tansu 0.6 keeps naming a member that left gracefully as the group's leader: the live
+    members then all wait as followers, every SyncGroup ends in REBALANCE_IN_PROGRESS
+    after the rebalance timeout, and the group never stabilises (reproduced within 3-7
+    graceful restart cycles of two replicas; never after kill -9, 15 of 15). A member
+    that just goes away is what the broker handles correctly, so a graceful stop now
+    looks like that: the partitions move after the session timeout (4 s) instead of at
+    once, and the journal watchdog keeps the views moving meanwhile."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
+        return
+
+    async def forget_generation() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = forget_generation
 
 
 def _seq(e: Event) -> int:
