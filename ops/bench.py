@@ -212,6 +212,7 @@ async def bench_pipeline(args) -> None:
     qws = q.replace("http", "ws") + "/stream"
     d = str(args.duration)
     try:
+        await projectors_ready(svc.cfg.query_urls)
         before = await scrape(svc.cfg.query_urls)
         _, b0 = histogram_p(before, "projection_lag_seconds", None, 0.99)
         # The open-loop run (the target's rate) goes first, on idle views: a closed-loop
@@ -275,6 +276,19 @@ async def scrape(urls) -> str:
     (each replica projects the partitions the consumer group gave it)."""
     async with httpx.AsyncClient() as client:
         return "\n".join([(await client.get(u + "/metrics")).text for u in urls])
+
+
+async def projectors_ready(urls, partitions: int = 6, timeout: float = 60) -> None:
+    """Wait until the replicas' consumer group holds every partition of the topic: until then
+    only the journal watchdog moves the views (once a second), which is not what we measure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = await scrape(urls)
+        held = sum(float(v) for v in re.findall(r"^projector_assigned_partitions\s+(\S+)", text, re.M))
+        if held >= partitions:
+            return
+        await asyncio.sleep(0.25)
+    say(f"the projectors' group did not take all {partitions} partitions within {timeout:.0f}s")
 
 
 async def drained(query_url: str, timeout: float = 60) -> None:

@@ -41,6 +41,8 @@ class Metrics:
             "current_orderbook_depth", "price levels per side in the projected book", ["instrument", "side"],
             registry=r)
         self.ws_connections = Gauge("ws_connections", "open WebSocket /stream connections", registry=r)
+        self.projector_partitions = Gauge(
+            "projector_assigned_partitions", "event-topic partitions this replica's projector holds", registry=r)
         self.ws_messages_sent = Counter("ws_messages_sent_total", "WebSocket messages sent", registry=r)
         self.ws_messages_dropped = Counter(
             "ws_messages_dropped_total", "WebSocket messages not delivered (slow consumer dropped)", registry=r)

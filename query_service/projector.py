@@ -262,6 +262,7 @@ class Projector:
                 delay = min(delay * 2, 5.0)
             finally:
                 self.assigned = None
+                self.metrics.projector_partitions.set(0)
                 self._to_commit = {}
                 if self._commit_task is not None:
                     self._commit_task.cancel()
@@ -404,10 +405,12 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         self.p.assigned = set()
+        self.p.metrics.projector_partitions.set(0)
 
     async def on_partitions_assigned(self, assigned) -> None:
         p = self.p
         parts = p.consumer.partitions_for_topic(p.settings.kafka_topic) if p.consumer else None
         p.partition_count = len(parts) if parts else None
         p.assigned = {tp.partition for tp in assigned}
+        p.metrics.projector_partitions.set(len(p.assigned))
         log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)
