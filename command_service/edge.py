@@ -50,13 +50,9 @@ def unavailable() -> EdgeError:
     return EdgeError(503, "unavailable", "the database is unavailable; retry", headers={"Retry-After": "1"})
 
 
-class OrderRequest(msgspec.Struct, kw_only=True):
-    """POST /orders body (seed-compatible). Price and quantity accept a JSON number or a
-    decimal string; both decode to an exact Decimal (never a float)."""
+class OrderFields(msgspec.Struct, kw_only=True):
+    """The optional fields of an order, shared by the HTTP body and the WebSocket message."""
 
-    side: Side
-    type: OrderType
-    quantity: Decimal
     client_id: Optional[Id] = None
     instrument: str = "BTC-USD"
     price: Optional[Decimal] = None
@@ -66,6 +62,15 @@ class OrderRequest(msgspec.Struct, kw_only=True):
     self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
     order_id: Optional[Id] = None
     idempotency_key: Optional[Key] = None
+
+
+class OrderRequest(OrderFields, kw_only=True):
+    """POST /orders body (seed-compatible). Price and quantity accept a JSON number or a
+    decimal string; both decode to an exact Decimal (never a float)."""
+
+    side: Side
+    type: OrderType
+    quantity: Decimal
 
 
 class CancelAllRequest(msgspec.Struct, kw_only=True):

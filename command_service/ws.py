@@ -24,8 +24,7 @@ import msgspec
 
 from command_service.edge import (
     EdgeError,
-    Id,
-    Key,
+    OrderFields,
     OrderRequest,
     database_unavailable,
     decode_json,
@@ -34,31 +33,23 @@ from command_service.edge import (
 )
 from command_service.sequencer import Unavailable
 from contracts.api import error, json_encoder
-from contracts.enums import OrderType, Side, StpMode, TimeInForce
+from contracts.enums import OrderType, Side
 
 log = logging.getLogger("command.ws")
 MAX_IN_FLIGHT = 1024  # per connection; beyond it we stop reading (backpressure)
 ORDER_TYPES = frozenset(t.value for t in OrderType)
 
 
-class WsMessage(msgspec.Struct, kw_only=True):
+class WsMessage(OrderFields, kw_only=True):
     """Every message a client may send, decoded in one pass. `type` is "order", "cancel" or
-    "ping"; the seed's form puts the order type in `type` ({"type":"limit","side":...})."""
+    "ping"; the seed's form puts the order type in `type` ({"type":"limit","side":...}).
+    `order_id` is the client's id of a new order, or the order to cancel."""
 
     type: Optional[str] = None
     request_id: Any = None
     order_type: Optional[OrderType] = None
     side: Optional[Side] = None
     quantity: Optional[Decimal] = None
-    client_id: Optional[Id] = None
-    instrument: str = "BTC-USD"
-    price: Optional[Decimal] = None
-    stop_price: Optional[Decimal] = None
-    time_in_force: TimeInForce = TimeInForce.GTC
-    post_only: bool = False
-    self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
-    order_id: Optional[Id] = None
-    idempotency_key: Optional[Key] = None
 
 
 _decode_message = msgspec.json.Decoder(WsMessage).decode
