@@ -249,21 +249,31 @@ def trade_view(t: TradeExecuted, spec: InstrumentSpec) -> dict:
 
 def book_view(book, spec: InstrumentSpec, levels: int) -> dict:
     """Top levels with cumulative quantity. Built as one pre-encoded JSON fragment: it is
-    in every POST /orders response, so it is the largest per-order rendering cost."""
+    in every POST /orders response, so it is the largest per-order rendering cost. Most
+    commands change one side only (or levels below the top N): a side whose top rows equal
+    the previous rendering's is not rendered again."""
     bids, asks = book.l2(levels)
-    num = spec.price_json, spec.quantity_json
-
-    def side(rows) -> bytes:
-        price_json, qty_json = num
-        parts, cum = [], 0
-        for price, qty in rows:
-            cum += qty
-            parts.append(b'{"price":%s,"quantity":%s,"cumulative":%s}' % (price_json(price), qty_json(qty),
-                                                                        qty_json(cum)))
-        return b"[" + b",".join(parts) + b"]"
-
-    return {"instrument": spec.symbol, "bids": msgspec.Raw(side(bids)), "asks": msgspec.Raw(side(asks)),
+    return {"instrument": spec.symbol, "bids": _side_json(spec, "bids", bids), "asks": _side_json(spec, "asks", asks),
             "seq": book.seq}
+
+
+_SIDE_CACHE: dict[tuple[str, str], tuple[list, msgspec.Raw]] = {}
+
+
+def _side_json(spec: InstrumentSpec, side: str, rows: list) -> msgspec.Raw:
+    key = (spec.symbol, side)
+    hit = _SIDE_CACHE.get(key)
+    if hit is not None and hit[0] == rows:
+        return hit[1]
+    price_json, qty_json = spec.price_json, spec.quantity_json
+    parts, cum = [], 0
+    for price, qty in rows:
+        cum += qty
+        parts.append(b'{"price":%s,"quantity":%s,"cumulative":%s}' % (price_json(price), qty_json(qty),
+                                                                    qty_json(cum)))
+    raw = msgspec.Raw(b"[" + b",".join(parts) + b"]")
+    _SIDE_CACHE[key] = (rows, raw)
+    return raw
 
 
 CLOSED = {OrderStatus.FILLED.value, OrderStatus.CANCELLED.value, OrderStatus.REJECTED.value}

@@ -93,3 +93,43 @@ def test_request_hash_changes_with_the_request_and_not_with_formatting():
 def test_control_characters_in_idempotency_key_are_refused():
     err = refused(b'{"side":"buy","type":"limit","price":1,"quantity":1,"idempotency_key":"a\\u0000b"}')
     assert (err.code, err.field) == ("invalid_field", "idempotency_key")
+
+
+def test_book_view_equals_a_fresh_rendering_after_every_command():
+    # book_view reuses a side's bytes while its top rows are unchanged; after any sequence
+    # of commands the JSON must equal a rendering from scratch of the book at that moment.
+    import json
+    import random
+    from decimal import Decimal
+
+    from command_service.edge import book_view
+    from contracts.api import json_encoder
+    from contracts.enums import OrderType, Side
+    from contracts.instruments import load_instruments
+    from contracts.messages import CancelOrder, PlaceOrder
+    from engine import OrderBook
+
+    spec = load_instruments().get("ETH-USD")
+    book, rnd, live = OrderBook("ETH-USD"), random.Random(7), []
+    for n in range(600):
+        if live and rnd.random() < 0.3:
+            book.execute(CancelOrder(live.pop(rnd.randrange(len(live))), "c", "ETH-USD", n + 1))
+        else:
+            oid = f"o{n}"
+            side = rnd.choice((Side.BUY, Side.SELL))
+            price = 350_000 + rnd.randint(-30, 30) + (-40 if side == Side.BUY else 40)
+            book.execute(PlaceOrder(order_id=oid, client_id=f"c{n % 7}", instrument="ETH-USD", side=side,
+                                    order_type=OrderType.LIMIT, price=price, quantity=rnd.randint(1, 50), ts=n + 1))
+            live.append(oid)
+        got = json.loads(json_encoder.encode(book_view(book, spec, 5)), parse_float=Decimal)
+        bids, asks = book.l2(5)
+
+        def rows(levels):
+            out, cum = [], 0
+            for p, q in levels:
+                cum += q
+                out.append({"price": spec.ticks_to_price(p), "quantity": spec.lots_to_quantity(q),
+                            "cumulative": spec.lots_to_quantity(cum)})
+            return out
+
+        assert got == {"instrument": "ETH-USD", "bids": rows(bids), "asks": rows(asks), "seq": book.seq}
