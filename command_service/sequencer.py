@@ -20,8 +20,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import signal
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import asyncpg
@@ -218,19 +222,24 @@ class Sequencer:
             await self._snapshot()
 
     async def _snapshot(self) -> None:
-        # Taken between batches, so book.seq is a committed seq. The bytes are taken now;
-        # storing them runs in the background so order entry is not held up by the write.
+        # Taken between batches, so book.seq is a committed seq. Serialising a large book
+        # blocks for a long time (200k resting orders: ~140 ms, a p99 spike for every order
+        # in flight), so the book is serialised by a forked child that sees it, copy-on-
+        # write, exactly as it is now; the sequencer goes on at once. Storing the bytes runs
+        # in the background too.
         seq = self.book.seq
-        data = self.book.snapshot()
         self._events_since_snapshot = 0
         waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        child = fork_snapshot(self.book)
+        data = None if child else self.book.snapshot()  # no fork here: serialise inline
 
         async def store():
             try:
-                await self.journal.save_snapshot(self.instrument, seq, data)
+                payload = data if data is not None else await collect_snapshot(*child)
+                await self.journal.save_snapshot(self.instrument, seq, payload)
                 for w in waiters:
                     if not w.done():
-                        w.set_result((seq, len(data)))
+                        w.set_result((seq, len(payload)))
             except Exception as exc:
                 log.warning("%s: snapshot at seq %d not stored: %s", self.instrument, seq, exc)
                 for w in waiters:
@@ -310,3 +319,51 @@ class Sequencer:
             fut = item.future if isinstance(item, Submission) else item
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def fork_snapshot(book: OrderBook) -> tuple[int, str] | None:
+    """Serialise `book` in a forked child into a temporary file: (pid, path), or None when
+    this platform cannot fork. The child never returns into the event loop: it writes the
+    bytes and leaves with os._exit (no atexit handlers, no buffers of the parent flushed)."""
+    if not hasattr(os, "fork"):
+        return None
+    fd, path = tempfile.mkstemp(prefix=f"snapshot-{book.instrument}-", suffix=".bin")
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        log.warning("snapshot: fork failed (%s); serialising in the event loop", exc)
+        os.close(fd)
+        os.unlink(path)
+        return None
+    if pid == 0:  # the child
+        code = 1
+        try:
+            # The parent's signal handlers write to its event loop's wakeup fd, which the
+            # child shares: a signal must end the child, not wake the parent.
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            data = book.snapshot()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(fd)
+    return pid, path
+
+
+async def collect_snapshot(pid: int, path: str) -> bytes:
+    """Wait for a fork_snapshot child (in a thread: waitpid blocks) and read its bytes."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"snapshot child exited with {os.waitstatus_to_exitcode(status)}")
+        return await loop.run_in_executor(None, Path(path).read_bytes)
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
