@@ -129,16 +129,16 @@ class OrderSocket:
         self.done()
         exc = Unavailable("cancelled") if fut.cancelled() else fut.exception()
         if exc is None:
-            status, payload = fut.result()
-            rid = _encode(request_id)
-            if status >= 400:
-                self.push(b'{"type":"error","request_id":' + rid + b"," + payload[1:])
-            else:
-                self.push(b'{"type":"' + kind + b'","request_id":' + rid + b"," + payload[1:])
+            self._reply(kind, request_id, *fut.result())
         elif isinstance(exc, Unavailable):
             self.push(_err(request_id, EdgeError(503, "unavailable", str(exc))))
         else:
             self._failed(request_id, exc)
+
+    def _reply(self, kind: bytes, request_id, status: int, payload: bytes, replayed: bool = False) -> None:
+        """A use case's (status, JSON object) as a WS message: `kind` or, for 4xx/5xx, error."""
+        head = b'{"type":"' + (b"error" if status >= 400 else kind) + b'","request_id":' + _encode(request_id)
+        self.push(head + (b',"replayed":true,' if replayed else b",") + payload[1:])
 
     def _failed(self, request_id, exc: BaseException) -> None:
         if isinstance(exc, EdgeError):
@@ -206,11 +206,7 @@ class OrderSocket:
     async def _place_slow(self, rid, req: OrderRequest) -> None:
         try:
             status, payload, headers = await self.entry.place(self.principal, req, with_book=False)
-            head = b'{"type":"order_accepted","request_id":' + _encode(rid)
-            if status >= 400:
-                self.push(b'{"type":"error","request_id":' + _encode(rid) + b"," + payload[1:])
-            else:
-                self.push(head + (b',"replayed":true,' if headers else b",") + payload[1:])
+            self._reply(b"order_accepted", rid, status, payload, replayed=bool(headers) and status < 400)
         except Exception as exc:
             self._failed(rid, exc)
         finally:
@@ -222,7 +218,7 @@ class OrderSocket:
                 status, payload, _ = await self.entry.cancel(self.principal, order_id)
             else:
                 status, payload, _ = await self.entry.finish_cancel(self.principal, order_id, answer)
-            self.push(b'{"type":"cancel_accepted","request_id":' + _encode(rid) + b"," + payload[1:])
+            self._reply(b"cancel_accepted", rid, status, payload)
         except Exception as exc:
             self._failed(rid, exc)
         finally:
