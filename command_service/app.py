@@ -28,16 +28,17 @@ from command_service.edge import (
     spec_for,
     unavailable,
 )
-from command_service.settlement import settle
-from command_service.journal import Journal, NoResetConnection
-from command_service.metrics import Metrics
 from command_service.fastpath import OrderFastPath, authorize
+from command_service.journal import JournalWriter, NoResetConnection
+from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
 from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
 from command_service.settings import Settings
+from command_service.settlement import settle
 from contracts.api import iso_ms, json_encoder, parse_iso
 from contracts.instruments import load_instruments
+from relay.lag import relay_lag
 
 log = logging.getLogger("command.app")
 JSON = "application/json"
@@ -150,15 +151,13 @@ async def metrics(request: Request) -> Response:
     for sym, s in st.sequencers.items():
         m.queue_depth.labels(sym).set(s.queue_depth)
         m.sequencer_ready.labels(sym).set(1 if s.ready else 0)
-    try:
-        from command_service.relay import relay_lag  # the relay reports lag from PG alone
-
+    try:  # the relay's lag as PostgreSQL sees it: readable here even while the relay is down
         lag = await asyncio.wait_for(relay_lag(st.pool), 1)
         for sym, n in lag.get("events", {}).items():
             m.relay_lag_events.labels(sym).set(n)
         m.relay_lag_seconds.set(lag.get("seconds", 0.0))
-    except Exception:
-        pass
+    except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        log.debug("relay lag not readable now; the gauges keep their last values")
     return Response(content=generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -248,7 +247,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         st.settings = settings
         st.instruments = instruments
         st.pool = await _connect_pool(settings)
-        journal = Journal(st.pool)
+        journal = JournalWriter(st.pool)
         st.metrics = Metrics(instruments.symbols, instruments)
         st.sequencers = {
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from command_service.edge import EdgeError
-from command_service.journal import Journal
+from command_service.journal import JournalWriter
 from contracts.auth import bearer_token, hash_api_key
 
 
@@ -29,7 +29,7 @@ class Authenticator:
     the hot path does not hit PostgreSQL per request (a revoked key stops working within
     `ttl` seconds)."""
 
-    def __init__(self, journal: Journal, enabled: bool, ttl: float = 30.0):
+    def __init__(self, journal: JournalWriter, enabled: bool, ttl: float = 30.0):
         self.journal = journal
         self.enabled = enabled
         self.ttl = ttl

@@ -16,8 +16,14 @@ import msgspec
 
 from contracts.api import error, iso_ms, json_encoder
 from contracts.enums import OrderStatus, OrderType, Side, StpMode, TimeInForce
-from contracts.instruments import ConversionError, InstrumentSpec, Instruments, plain
-from contracts.messages import CancelAll, CancelOrder, OrderState, PlaceOrder, TradeExecuted
+from contracts.instruments import ConversionError, Instruments, InstrumentSpec, plain
+from contracts.messages import (
+    CancelAll,
+    CancelOrder,
+    OrderState,
+    PlaceOrder,
+    TradeExecuted,
+)
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 # Printable ASCII only: PostgreSQL text cannot hold NUL, and one such value in a batch

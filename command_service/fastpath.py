@@ -12,7 +12,12 @@ from __future__ import annotations
 import logging
 
 from command_service import ws
-from command_service.edge import EdgeError, database_unavailable, decode_order_request, unavailable
+from command_service.edge import (
+    EdgeError,
+    database_unavailable,
+    decode_order_request,
+    unavailable,
+)
 
 log = logging.getLogger("command.fastpath")
 _JSON = (b"content-type", b"application/json")

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import asyncpg
-
 import msgspec
 
 from contracts.messages import OrderState, encode_event
+from contracts.topics import JOURNAL_NOTIFY_CHANNEL
 
-NOTIFY_CHANNEL = "exchange_events"
 _encode = msgspec.json.Encoder().encode
 
 _APPEND_BATCH = """
@@ -46,7 +45,7 @@ WITH ev AS (
     SELECT * FROM unnest($7::text[], $8::text[], $9::bytea[], $10::int[], $11::bytea[])
     ON CONFLICT DO NOTHING
 )
-SELECT pg_notify('exchange_events', $1)
+SELECT pg_notify('""" + JOURNAL_NOTIFY_CHANNEL + """', $1)
 """
 
 
@@ -72,7 +71,7 @@ class NoResetConnection(asyncpg.Connection):
         return ""
 
 
-class Journal:
+class JournalWriter:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 

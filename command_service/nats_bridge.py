@@ -13,7 +13,13 @@ import logging
 import msgspec
 import nats
 
-from command_service.edge import EdgeError, database_unavailable, decode_json, decode_order_request, unavailable
+from command_service.edge import (
+    EdgeError,
+    database_unavailable,
+    decode_json,
+    decode_order_request,
+    unavailable,
+)
 from contracts.topics import ORDER_REQUEST_SUBJECT
 
 log = logging.getLogger("command.nats")

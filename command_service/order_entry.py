@@ -24,7 +24,7 @@ from command_service.edge import (
     to_place,
     trade_view,
 )
-from command_service.journal import Journal
+from command_service.journal import JournalWriter
 from command_service.sequencer import Sequencer, Unavailable
 from contracts.api import error, json_encoder
 from contracts.enums import ResultCode
@@ -49,7 +49,7 @@ Reply = tuple[int, bytes, dict]
 
 
 class OrderEntry:
-    def __init__(self, instruments: Instruments, journal: Journal, sequencers: dict[str, Sequencer],
+    def __init__(self, instruments: Instruments, journal: JournalWriter, sequencers: dict[str, Sequencer],
                  book_levels: int = 10):
         self.instruments = instruments
         self.journal = journal

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import asyncpg
 import msgspec
 
-from command_service.journal import Batch, Journal, NoResetConnection
+from command_service.journal import Batch, JournalWriter, NoResetConnection
 from contracts.enums import CLOSED_STATUSES as _CLOSED
 from contracts.messages import decode_event
 from engine import OrderBook
@@ -63,7 +63,7 @@ class Sequencer:
     def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
                  snapshot_every: int, metrics=None):
         self.instrument = instrument
-        self.journal = Journal(pool)
+        self.journal = JournalWriter(pool)
         self.dsn = dsn
         self.max_batch = max_batch
         self.snapshot_every = snapshot_every

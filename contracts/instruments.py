@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-DEFAULT_INSTRUMENTS_FILE = Path(__file__).resolve().parent.parent / "ops" / "instruments.json"
+DEFAULT_INSTRUMENTS_FILE = Path(__file__).resolve().parent.parent / "config" / "instruments.json"
 
 
 class ConversionError(ValueError):
@@ -159,7 +159,7 @@ def _to_units(value, unit: Decimal, field: str, what: str, minimum, maximum) -> 
 
 
 class Instruments:
-    """The instrument table, read once from ops/instruments.json (or EXCHANGE_INSTRUMENTS_FILE)."""
+    """The instrument table, read once from config/instruments.json (or EXCHANGE_INSTRUMENTS_FILE)."""
 
     def __init__(self, specs: list[InstrumentSpec]):
         self.by_symbol = {s.symbol: s for s in specs}

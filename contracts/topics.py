@@ -13,3 +13,7 @@ def feed_subject(instrument: str) -> str:
 
 # NATS request/reply: orders sent on the query service's /stream go to the command service.
 ORDER_REQUEST_SUBJECT = "exchange.orders.submit"
+
+# PostgreSQL NOTIFY channel: the journal writer notifies it in each batch's transaction (delivered at
+# commit) with the instrument as payload; the relay leader LISTENs on it.
+JOURNAL_NOTIFY_CHANNEL = "exchange_events"

@@ -24,12 +24,12 @@ from query_service import openapi, params, views
 from query_service.auth import Authenticator
 from query_service.bus import Bus
 from query_service.health import health
-from query_service.journal import Journal
-from query_service.keys import Keys
+from query_service.journal import JournalReader
 from query_service.metrics import Metrics
 from query_service.params import ApiError
 from query_service.projector import Projector
 from query_service.records import CANDLE_INTERVALS
+from query_service.redis_keys import Keys
 from query_service.settings import Settings
 from query_service.settlements import settlements
 from query_service.stream import Hub
@@ -48,7 +48,7 @@ class Services:
         self.metrics = Metrics()
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.bus = Bus(settings.nats_url)
-        self.journal = Journal(settings.pg_dsn)
+        self.journal = JournalReader(settings.pg_dsn)
         self.auth = Authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         self.books = views.BookReader(self.redis, self.keys, self.instruments, settings.book_cache_max_age_s)
         self.hub = Hub(settings, self.instruments, self.redis, self.bus, self.auth, self.metrics, self.books)

@@ -7,7 +7,7 @@ import time
 import msgspec
 
 from contracts.auth import bearer_token, hash_api_key
-from query_service.journal import Journal
+from query_service.journal import JournalReader
 from query_service.params import ApiError
 
 
@@ -24,7 +24,7 @@ class Authenticator:
     """Caches hits for `ttl` seconds and misses for a few: a revoked key stops working on
     this replica within `ttl`; unknown keys do not hammer PostgreSQL."""
 
-    def __init__(self, journal: Journal, enabled: bool, ttl: float = 30.0, negative_ttl: float = 2.0):
+    def __init__(self, journal: JournalReader, enabled: bool, ttl: float = 30.0, negative_ttl: float = 2.0):
         self.journal = journal
         self.enabled = enabled
         self.ttl = ttl

@@ -16,7 +16,6 @@ from contracts.instruments import InstrumentSpec
 from query_service.projection import ViewDelta
 from query_service.render import P, Q, order_view, trade_views
 
-
 EMPTY = msgspec.Raw()  # omit_defaults compares by identity: always use this instance
 
 

@@ -13,7 +13,7 @@ from contracts.messages import Event, decode_event
 log = logging.getLogger("query_service.journal")
 
 
-class Journal:
+class JournalReader:
     """A small asyncpg pool whose sessions are read-only (default_transaction_read_only):
     the query side never writes to PostgreSQL, and the server enforces it."""
 

@@ -6,7 +6,7 @@ import base64
 import re
 
 from contracts.api import parse_iso
-from contracts.instruments import InstrumentSpec, Instruments
+from contracts.instruments import Instruments, InstrumentSpec
 
 DEFAULT_INSTRUMENT = "BTC-USD"
 _INT = re.compile(r"[+-]?\d{1,18}")

@@ -39,13 +39,20 @@ from contracts.messages import Event, decode_event
 from contracts.topics import feed_subject
 from query_service.bus import Bus
 from query_service.feed import build_feed
-from query_service.journal import Journal
-from query_service.keys import Keys
+from query_service.journal import JournalReader
 from query_service.metrics import Metrics
 from query_service.projection import GapError, project
+from query_service.redis_keys import Keys
 from query_service.render import ticker_view
 from query_service.settings import Settings
-from query_service.store import BookCache, WatchedTx, delta_commands, merge_window, purge_commands, read_state
+from query_service.store import (
+    BookCache,
+    WatchedTx,
+    delta_commands,
+    merge_window,
+    purge_commands,
+    read_state,
+)
 
 log = logging.getLogger("query_service.projector")
 BATCH_TIMEOUT_S = 30.0  # one bound per batch (reads + MULTI/EXEC), not per Redis reply
@@ -62,7 +69,7 @@ class Projector:
         instruments: Instruments,
         redis,
         bus: Bus,
-        journal: Journal,
+        journal: JournalReader,
         metrics: Metrics,
     ):
         self.settings = settings

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sortedcontainers import SortedDict
-
 from redis.exceptions import ResponseError
+from sortedcontainers import SortedDict
 
 from contracts.api import json_encoder
 from contracts.instruments import InstrumentSpec
 from contracts.messages import Event, TradeExecuted
-from query_service.keys import Keys
 from query_service.projection import (
     GapError,
     ProjectionState,
@@ -30,6 +28,7 @@ from query_service.records import (
     unpack_order,
     unpack_position,
 )
+from query_service.redis_keys import Keys
 from query_service.render import fill_view, ticker_window, trade_views
 
 

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 
 from contracts.api import iso_ms, json_encoder
-from contracts.instruments import InstrumentSpec, Instruments
-from query_service.keys import Keys
+from contracts.instruments import Instruments, InstrumentSpec
 from query_service.params import encode_cursor
 from query_service.records import Bucket, unpack_last, unpack_order, unpack_position
+from query_service.redis_keys import Keys
 from query_service.render import (
     aggregate_buckets,
     candle_view,

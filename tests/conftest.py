@@ -1,7 +1,7 @@
 """Shared test configuration.
 
 Tests that need servers read their addresses from the same EXCHANGE_* environment
-variables the services read; `make test` starts the servers (ops/stack.py, profile
+variables the services read; `make test` starts the servers (ops/stack, profile
 "test") and exports them. Nothing here mocks a server.
 """
 

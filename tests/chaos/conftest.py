@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import system  # noqa: F401 - the same session fixture, for this folder
+from tests.e2e.conftest import (
+    system,  # noqa: F401 - the same session fixture, for this folder
+)
 
 CHAOS_DIR = Path(__file__).resolve().parent
 

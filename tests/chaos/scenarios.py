@@ -20,7 +20,7 @@ What each server fault means here:
   last_seq and rebuilds them from the journal; the read API answers 503 meanwhile.
 - NATS: the live feed and WS order entry pause; clients reconnect, the hub resnapshots.
 - Kafka-API broker (Tansu, memory only): after the restart the topic is gone. What the relay
-  does (command_service/relay.py): its periodic topic check (every topic_check_ms, 1 s)
+  does (relay/publisher.py): its periodic topic check (every topic_check_ms, 1 s)
   fails, or a send fails or returns an offset that went back; it drops its producer,
   recreates the topic with the right partition count (ensure_topic) and republishes from its
   per-instrument cursor (the last seq the old broker acknowledged) - NOT from seq 1: the
@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from contracts.topics import EVENTS_TOPIC_PARTITIONS
 from ops import stack
 from tests.chaos.invariants import SYMBOLS, assert_exchange_sound
-from tests.support import DSN, create_key, reset_db
+from tests.support.services import DSN, create_key, reset_db
 
 CFG = stack.config("test")
 SERVICES = ("command", "relay", "query-1", "query-2")

@@ -33,7 +33,7 @@ from tests.chaos.scenarios import (
     run_scenario,
     wait_all_healthy,
 )
-from tests.support import DSN
+from tests.support.services import DSN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from ops import stack
-from tests.support import create_key, reset_db
+from tests.support.services import create_key, reset_db
 
 CFG = stack.config("test")
 GATEWAY = CFG.gateway_url

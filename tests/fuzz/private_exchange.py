@@ -31,10 +31,10 @@ import redis.asyncio as aioredis
 
 from db.migrate import migrate
 from ops import stack
-from tests.support import create_key, free_port
+from tests.support.services import create_key, free_port
 
 CFG = stack.config("test")
-SERVICE_MODULES = {"command": "command_service", "relay": "command_service.relay", "query": "query_service"}
+SERVICE_MODULES = {"command": "command_service", "relay": "relay", "query": "query_service"}
 
 
 class PrivateExchange:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from contracts.messages import decode_event
 from db.migrate import migrate
 from engine import OrderBook
-from tests.support import DSN, ServiceProcess, free_port, reset_db
+from tests.support.services import DSN, ServiceProcess, free_port, reset_db
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INSTRUMENTS = ("BTC-USD", "ETH-USD", "SOL-USD")

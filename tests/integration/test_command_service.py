@@ -11,7 +11,8 @@ import websockets
 
 from contracts.messages import TradeExecuted, decode_event
 from engine import OrderBook
-from tests.support import DSN, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, ServiceProcess, create_key, free_port, reset_db
+
 
 @pytest.fixture(scope="module")
 async def svc():

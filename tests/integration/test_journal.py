@@ -7,9 +7,16 @@ import os
 import asyncpg
 import pytest
 
-from command_service.journal import NOTIFY_CHANNEL, Batch, Journal
+from command_service.journal import Batch, JournalWriter
 from contracts.enums import OrderStatus, OrderType, Side, StpMode, TimeInForce
-from contracts.messages import OrderAccepted, OrderState, TradeExecuted, decode_event, encode_event
+from contracts.messages import (
+    OrderAccepted,
+    OrderState,
+    TradeExecuted,
+    decode_event,
+    encode_event,
+)
+from contracts.topics import JOURNAL_NOTIFY_CHANNEL
 
 DSN = os.environ["EXCHANGE_PG_DSN"]
 
@@ -19,7 +26,7 @@ async def journal():
     pool = await asyncpg.create_pool(DSN, min_size=1, max_size=4)
     async with pool.acquire() as c:
         await c.execute("TRUNCATE events, orders, idempotency, snapshots")
-    yield Journal(pool)
+    yield JournalWriter(pool)
     await pool.close()
 
 
@@ -132,7 +139,7 @@ async def test_idempotency_row_is_written_with_the_batch(journal):
 async def test_commit_notifies_the_relay(journal):
     conn = await asyncpg.connect(DSN)
     got = asyncio.get_running_loop().create_future()
-    await conn.add_listener(NOTIFY_CHANNEL, lambda *args: got.done() or got.set_result(args[3]))
+    await conn.add_listener(JOURNAL_NOTIFY_CHANNEL, lambda *args: got.done() or got.set_result(args[3]))
     try:
         await journal.append(batch("SOL-USD", [1]))
         assert await asyncio.wait_for(got, 5) == "SOL-USD"

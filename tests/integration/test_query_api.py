@@ -13,9 +13,9 @@ import msgspec
 import pytest
 import uvicorn
 
-from query_service.sim import Simulator
-from query_service.testing import (
-    Journal,
+from tests.support.order_flow import OrderFlow
+from tests.support.query import (
+    JournalSeeder,
     Replica,
     create_topic,
     delete_topic,
@@ -36,7 +36,7 @@ def scenario(sym: str, alice: str, bob: str):
     now = time.time_ns()
     start = now - 600 * 10**9
     start -= start % (60 * 10**9)
-    sim = Simulator(instrument=sym, start_ts=start, max_step_ns=1_000_000_000, clients=(alice, bob))
+    sim = OrderFlow(instrument=sym, start_ts=start, max_step_ns=1_000_000_000, clients=(alice, bob))
     sim.place(alice, "sell", "limit", 10000, 1 * L)
     sim.place(alice, "sell", "limit", 10100, 2 * L)
     sim.place(bob, "buy", "limit", 9900, L // 2)
@@ -54,7 +54,7 @@ async def api():
     settings = settings_for_test([sym, other])
     await create_topic(settings)
     await wipe(settings.redis_url, settings.redis_prefix)
-    async with Journal(settings.pg_dsn) as journal:
+    async with JournalSeeder(settings.pg_dsn) as journal:
         await journal.clear([sym, other])
         await journal.add_key(keys[alice], alice)
         await journal.add_key(keys[bob], bob)

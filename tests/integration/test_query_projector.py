@@ -10,9 +10,9 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from query_service.projector import Projector
-from query_service.sim import Simulator
-from query_service.testing import (
-    Journal,
+from tests.support.order_flow import OrderFlow
+from tests.support.query import (
+    JournalSeeder,
     Publisher,
     Replica,
     create_topic,
@@ -29,7 +29,7 @@ from query_service.testing import (
 
 def flows(symbols, commands=300, seed=1):
     """Realistic journals for each symbol (the matching simulator's events)."""
-    return {s: Simulator(instrument=s, seed=seed + n).run(commands) for n, s in enumerate(symbols)}
+    return {s: OrderFlow(instrument=s, seed=seed + n).run(commands) for n, s in enumerate(symbols)}
 
 
 def interleave(journals):
@@ -55,7 +55,7 @@ async def env():
     settings = settings_for_test(symbols)
     await create_topic(settings)
     await wipe(settings.redis_url, settings.redis_prefix)
-    async with Journal(settings.pg_dsn) as journal:
+    async with JournalSeeder(settings.pg_dsn) as journal:
         await journal.clear(symbols)
         yield settings, symbols, journal
         await journal.clear(symbols)
@@ -154,7 +154,7 @@ async def test_wiped_redis_is_rebuilt_and_equal(env):
         assert await dump(settings.redis_url, settings.redis_prefix) == before
         assert replica.services.metrics.rebuilds.labels(symbols[0], "empty")._value.get() >= 1
         # wiped again while new events flow: the first new event shows a gap (no last_seq)
-        sims = {s: Simulator(instrument=s, seed=9 + n) for n, s in enumerate(symbols)}
+        sims = {s: OrderFlow(instrument=s, seed=9 + n) for n, s in enumerate(symbols)}
         for s, sim in sims.items():
             sim.run(250)  # replay to where the journal is (same seed -> same events)
             assert sim.seq == journals[s][-1].seq

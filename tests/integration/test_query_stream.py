@@ -22,9 +22,9 @@ from websockets.asyncio.client import connect
 from contracts.api import json_encoder
 from contracts.topics import ORDER_REQUEST_SUBJECT, feed_subject
 from query_service.feed import FeedMessage, encode_feed
-from query_service.sim import Simulator
-from query_service.testing import (
-    Journal,
+from tests.support.order_flow import OrderFlow
+from tests.support.query import (
+    JournalSeeder,
     Publisher,
     Replica,
     create_topic,
@@ -45,7 +45,7 @@ async def env():
     settings = settings_for_test(symbols)
     await create_topic(settings)
     await wipe(settings.redis_url, settings.redis_prefix)
-    async with Journal(settings.pg_dsn) as journal:
+    async with JournalSeeder(settings.pg_dsn) as journal:
         await journal.clear(symbols)
         keys: list[str] = []
         yield settings, symbols[0], journal, keys
@@ -105,7 +105,7 @@ class BookClient:
 
 async def test_snapshot_then_contiguous_deltas_equal_the_rest_book(env):
     settings, sym, journal, _ = env
-    sim = Simulator(instrument=sym, seed=31)
+    sim = OrderFlow(instrument=sym, seed=31)
     events = sim.run(1500)
     last_trade = max(e.seq for e in events if type(e).__name__ == "TradeExecuted")
     await journal.append(events)
@@ -300,7 +300,7 @@ async def test_orders_channel_needs_auth_and_carries_only_own_orders(env):
     keys += [ka, kb]
     await journal.add_key(ka, alice)
     await journal.add_key(kb, bob)
-    sim = Simulator(instrument=sym, seed=41, clients=(alice, bob))
+    sim = OrderFlow(instrument=sym, seed=41, clients=(alice, bob))
     events = sim.run(200)
     await journal.append(events)
     replica = await Replica(settings.replace(watchdog_interval_s=600.0)).start()
@@ -429,7 +429,7 @@ async def test_order_entry_is_forwarded_over_nats_request_reply(env):
 
 async def test_heartbeats_carry_seqs(env):
     settings, sym, journal, _ = env
-    events = Simulator(instrument=sym, seed=2).run(30)
+    events = OrderFlow(instrument=sym, seed=2).run(30)
     await journal.append(events)
     replica = await Replica(settings.replace(ws_heartbeat_s=0.2)).start()
     try:
@@ -447,7 +447,7 @@ async def test_heartbeats_carry_seqs(env):
 
 async def test_two_replicas_send_the_same_feed(env):
     settings, sym, journal, _ = env
-    sim = Simulator(instrument=sym, seed=51)
+    sim = OrderFlow(instrument=sym, seed=51)
     events = sim.run(400)
     await journal.append(events)
     a = await Replica(settings.replace(watchdog_interval_s=600.0)).start()

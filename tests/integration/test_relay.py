@@ -2,7 +2,7 @@
 
 Each test cleans events/relay_cursors, uses its own topic and its own advisory lock key
 (so a relay left over from elsewhere cannot take part), runs the relay as a process
-(`python -m command_service.relay`), and reads the topic back with a plain consumer.
+(`python -m relay`), and reads the topic back with a plain consumer.
 The stream check is the projector's rule: a seq <= the last applied one is a duplicate
 (allowed, counted), the next one is applied, anything else is a gap (a failure).
 """
@@ -13,10 +13,7 @@ import asyncio
 import importlib.util
 import os
 import random
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -28,11 +25,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from command_service.kafka_topics import ensure_topic
-from command_service.relay import RelaySettings, relay_lag
 from contracts.enums import OrderType, Side, StpMode, TimeInForce
 from contracts.messages import OrderAccepted, decode_event, encode_event
 from contracts.topics import EVENTS_TOPIC_PARTITIONS
+from ops.stack import ServiceProcess, free_port
+from relay.lag import relay_lag
+from relay.settings import RelaySettings
+from relay.topic import ensure_topic
 
 DSN = os.environ["EXCHANGE_PG_DSN"]
 BOOTSTRAP = os.environ["EXCHANGE_KAFKA_BOOTSTRAP"]
@@ -41,12 +40,6 @@ INSTRUMENTS = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD"]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique_topic(tag: str) -> str:
@@ -126,39 +119,23 @@ async def topic_partitions(bootstrap: str, topic: str) -> int | None:
         await admin.close()
 
 
-class RelayProc:
-    """`python -m command_service.relay` with env settings; killed by its own pid only."""
+class RelayProc(ServiceProcess):
+    """`python -m relay` with env settings; killed by its own pid only."""
 
     def __init__(self, tmp_path: Path, name: str, topic: str, lock_key: int,
                  bootstrap: str = BOOTSTRAP, **env: str):
         self.name = name
-        self.port = free_port()
-        self.log_path = tmp_path / f"relay-{name}.log"
-        self.env = {
-            **os.environ,
+        super().__init__("relay", free_port(), port_var="EXCHANGE_RELAY_METRICS_PORT",
+                         log_path=tmp_path / f"relay-{name}.log", env={
             "EXCHANGE_PG_DSN": DSN,
             "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
             "EXCHANGE_KAFKA_TOPIC": topic,
-            "EXCHANGE_RELAY_METRICS_PORT": str(self.port),
             "EXCHANGE_RELAY_LOCK_KEY": str(lock_key),
             "EXCHANGE_RELAY_NAME": name,
             "EXCHANGE_RELAY_SEND_TIMEOUT_MS": "3000",
             "EXCHANGE_RELAY_BACKOFF_MAX_MS": "500",
-            **{k: str(v) for k, v in env.items()},
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "RelayProc":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "command_service.relay"], cwd=ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+            **env,
+        })
 
     async def get(self, path: str) -> httpx.Response:
         async with httpx.AsyncClient() as client:
@@ -191,22 +168,6 @@ class RelayProc:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"relay {self.name} not healthy: {r.text}")
             await asyncio.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-4000:] if self.log_path.exists() else ""
-
-    def kill9(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
 
 
 class Collector:

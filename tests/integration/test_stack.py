@@ -1,4 +1,4 @@
-"""The servers `make test` starts (ops/stack.py, profile "test") answer and behave as the services
+"""The servers `make test` starts (ops/stack, profile "test") answer and behave as the services
 expect: PostgreSQL with the schema, Redis, NATS pub/sub and request/reply, the Kafka-API broker
 (keyed produce with acks=all, consumer group, per-key order, commit and resume), the events topic.
 Also the gateway config: nginx routes each path to the right upstream, answers its own errors as JSON
@@ -11,7 +11,6 @@ import asyncio
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 
 from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
 from ops import gateway, stack
+from ops.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PG_DSN = os.environ["EXCHANGE_PG_DSN"]
@@ -215,7 +215,7 @@ async def test_events_topic_created_with_its_partitions():
         await admin.close()
 
 
-# --------------------------------------------------------------------------- ops/stack.py API
+# --------------------------------------------------------------------------- ops/stack API
 
 
 def test_exported_env_matches_the_stack_api():
@@ -223,7 +223,7 @@ def test_exported_env_matches_the_stack_api():
     for key in ("EXCHANGE_PG_DSN", "EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP"):
         assert env[key] == os.environ[key], key
     printed = subprocess.run(
-        [sys.executable, str(REPO / "ops" / "stack.py"), "env", "--profile", "test"],
+        [sys.executable, "-m", "ops.stack", "env", "--profile", "test"], cwd=REPO,
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     exported = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines())
@@ -238,18 +238,12 @@ def test_exported_env_matches_the_stack_api():
 def test_servers_are_ours_and_answer():
     cfg = stack.config("test")
     if os.environ.get("EXCHANGE_STATE_DIR") != str(cfg.state_dir):
-        pytest.skip("servers were not started by ops/stack.py from this checkout")
+        pytest.skip("servers were not started by ops/stack from this checkout")
     for name in stack.SERVERS:
         assert stack.server_pid(cfg, name) is not None, f"{name} is not running from {cfg.state_dir}"
 
 
 # --------------------------------------------------------------------------- gateway (nginx)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Stub(http.server.ThreadingHTTPServer):
@@ -280,7 +274,7 @@ def _stub_upstream(label: str) -> tuple[_Stub, int]:
 
 
 def _start_nginx(tmp_path: Path, command_ports: list[int], query_ports: list[int]) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     conf = gateway.write_local_conf(tmp_path, listen_port=port, command_ports=command_ports, query_ports=query_ports)
     checked = gateway.check_conf(conf)
     assert checked.returncode == 0, checked.stderr
@@ -302,7 +296,7 @@ def _get(url: str, data: bytes | None = None) -> tuple[int, str, dict]:
 def routed_gateway(tmp_path):
     command, command_port = _stub_upstream("command")
     query1, query1_port = _stub_upstream("query-1")
-    dead_query_port = _free_port()  # a replica that is down: the gateway must use the other one
+    dead_query_port = free_port()  # a replica that is down: the gateway must use the other one
     proc, port = _start_nginx(tmp_path, [command_port], [query1_port, dead_query_port])
     yield f"http://127.0.0.1:{port}"
     stack.stop_process(proc, 5)
@@ -337,7 +331,7 @@ def test_gateway_answers_its_own_errors_as_json(routed_gateway, tmp_path):
     assert body["error"]["code"] == "payload_too_large"
 
     # Nothing listens behind this gateway: 502 in the API's error shape.
-    proc, port = _start_nginx(tmp_path / "down", [_free_port()], [_free_port()])
+    proc, port = _start_nginx(tmp_path / "down", [free_port()], [free_port()])
     try:
         for path in ("/healthz", "/orders", "/market/orderbook"):
             status, ctype, body = _get(f"http://127.0.0.1:{port}{path}")

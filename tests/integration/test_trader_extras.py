@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import DSN, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, ServiceProcess, create_key, free_port, reset_db
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,13 @@ turn arrive complete and in order, a close right after sends still delivers them
 a send to a client that is gone is reported as a disconnect."""
 
 import asyncio
-import socket
 
 import pytest
 import uvicorn
 import websockets
 
 from command_service.ws_transport import CoalescingWebSocketProtocol
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ops.stack import free_port
 
 
 async def app(scope, receive, send):

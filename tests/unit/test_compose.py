@@ -33,7 +33,7 @@ PYTHON_SERVICES = {
     "migrate": ("db.migrate", {"EXCHANGE_PG_DSN"}),
     "command": ("command_service", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_NATS_URL",
                                     "EXCHANGE_COMMAND_PORT", "EXCHANGE_HOST", "EXCHANGE_INSTRUMENTS_FILE"}),
-    "relay": ("command_service.relay", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_KAFKA_TOPIC",
+    "relay": ("relay", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_KAFKA_TOPIC",
                                         "EXCHANGE_RELAY_METRICS_PORT"}),
     "query-1": ("query_service", {"EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP",
                                   "EXCHANGE_PG_DSN", "EXCHANGE_QUERY_PORT", "EXCHANGE_COMMAND_URL", "EXCHANGE_HOST"}),

@@ -3,7 +3,13 @@ good input becomes exact integer ticks and lots."""
 
 import pytest
 
-from command_service.edge import EdgeError, decode_order_request, request_hash, spec_for, to_place
+from command_service.edge import (
+    EdgeError,
+    decode_order_request,
+    request_hash,
+    spec_for,
+    to_place,
+)
 from contracts.instruments import load_instruments
 
 INSTRUMENTS = load_instruments()

@@ -1,6 +1,6 @@
 """The engine benchmark stays runnable: a small workload, both passes, no docs written."""
 
-from ops import bench_engine
+from bench import engine as bench_engine
 
 
 def test_bench_engine_runs_a_small_workload(capsys, monkeypatch, tmp_path):

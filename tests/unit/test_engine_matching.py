@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.enums import CancelReason, OrderStatus, OrderType, RejectReason, ResultCode
+from contracts.enums import (
+    CancelReason,
+    OrderStatus,
+    OrderType,
+    RejectReason,
+    ResultCode,
+)
 from contracts.messages import OrderState, PlaceOrder
 from engine import OrderBook
 from tests.unit.test_engine_support import (

@@ -6,7 +6,14 @@ compare the engine's output with `==` against exact events.
 
 from __future__ import annotations
 
-from contracts.enums import CancelReason, OrderType, RejectReason, Side, StpMode, TimeInForce
+from contracts.enums import (
+    CancelReason,
+    OrderType,
+    RejectReason,
+    Side,
+    StpMode,
+    TimeInForce,
+)
 from contracts.messages import (
     AmendOrder,
     CancelAll,

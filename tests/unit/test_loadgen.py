@@ -20,11 +20,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from bench.loadgen import cli as loadgen
+from bench.loadgen.net import HttpConnection, WsConnection, _dechunk
+from bench.loadgen.stats import LogHistogram, percentile, summary_ms
+from bench.loadgen.workload import GridFormatter, Workload, build_models, parse_mix
 from contracts.instruments import load_instruments
-from ops import loadgen
-from ops.loadgen_net import HttpConnection, WsConnection, _dechunk
-from ops.loadgen_stats import LogHistogram, percentile, summary_ms
-from ops.loadgen_workload import GridFormatter, Workload, build_models, parse_mix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,7 +176,7 @@ def test_mix_parsing():
 
 
 def test_generated_orders_are_on_the_instrument_grid():
-    instruments = load_instruments(ROOT / "ops" / "instruments.json")
+    instruments = load_instruments(ROOT / "config" / "instruments.json")
     models = build_models(instruments, instruments.symbols, {})
     clients = [f"c{i}" for i in range(10)]
     w = Workload(models, clients, parse_mix("limit=50,market=20,ioc=20,cancel=10"), seed=7)
@@ -520,7 +520,7 @@ def test_client_cpu_per_request_against_subprocess_stub(tmp_path):
         assert proc.stdout.readline().strip() == b"ready"
         out = tmp_path / "cpu.json"
         rc = subprocess.run(
-            [sys.executable, "-m", "ops.loadgen", "--url", f"http://127.0.0.1:{port}", "--duration", "2",
+            [sys.executable, "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}", "--duration", "2",
              "--connections", "32", "--quiet", "--out", str(out)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
@@ -635,7 +635,7 @@ def test_visibility_probe_against_stub_pipeline(tmp_path):
 
 
 def test_idempotency_keys_are_unique_per_order():
-    instruments = load_instruments(ROOT / "ops" / "instruments.json")
+    instruments = load_instruments(ROOT / "config" / "instruments.json")
     models = build_models(instruments, ["ETH-USD"], {})
     w = Workload(models, ["a", "b"], parse_mix("limit=1,market=1,ioc=1"), seed=1, idempotency_prefix="run7")
     keys = [json.loads(b"{" + w.next()[2] + b"}")["idempotency_key"] for _ in range(1000)]

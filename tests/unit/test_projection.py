@@ -13,7 +13,6 @@ from contracts.api import json_encoder
 from contracts.enums import CancelReason, OrderType, Side, StpMode, TimeInForce
 from contracts.instruments import load_instruments
 from contracts.messages import OrderAccepted, OrderCancelled, TradeExecuted
-from query_service.keys import Keys
 from query_service.projection import (
     GapError,
     ProjectionState,
@@ -23,8 +22,9 @@ from query_service.projection import (
     referenced_orders,
 )
 from query_service.records import BOOK_RESTING, BOOK_TAKING
-from query_service.sim import Simulator
+from query_service.redis_keys import Keys
 from query_service.store import delta_commands
+from tests.support.order_flow import OrderFlow
 
 SPEC = load_instruments().get("BTC-USD")
 _dec = msgspec.json.Decoder(float_hook=Decimal).decode
@@ -117,9 +117,10 @@ def split_randomly(events, rng):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_projected_book_equals_matcher_book_after_every_command(seed):
-    sim = Simulator(seed=seed)
+def test_projected_book_equals_engine_book_after_every_command(seed):
+    sim = OrderFlow(seed=seed)
     store = DictStore()
+    most_resting = 0
     for _ in range(400):
         events = sim.random_command()
         if not events:
@@ -130,16 +131,19 @@ def test_projected_book_equals_matcher_book_after_every_command(seed):
         bids, asks = sim.levels()
         assert dict(store.bids) == bids
         assert dict(store.asks) == asks
-        resting = {o.id: o for q in list(sim.bids.values()) + list(sim.asks.values()) for o in q}
+        resting = sim.resting()
+        most_resting = max(most_resting, len(resting))
         for oid, o in resting.items():
             rec = store.orders[oid]
-            assert rec.book == BOOK_RESTING and rec.remaining == o.remaining and rec.price == o.price
+            assert rec.book == BOOK_RESTING and rec.remaining == o.quantity - o.filled_quantity and rec.price == o.price
+            assert rec.filled == o.filled_quantity and rec.cost == o.cost
     assert store.taking == []
+    assert most_resting >= 10, "the flow built a book"
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_any_batching_gives_identical_views(seed):
-    events = Simulator(seed=100 + seed).run(500)
+    events = OrderFlow(seed=100 + seed).run(500)
     one = DictStore()
     one.apply(events)
     rng = random.Random(seed)
@@ -151,7 +155,7 @@ def test_any_batching_gives_identical_views(seed):
 
 
 def test_duplicates_are_skipped_and_replay_is_identical():
-    events = Simulator(seed=7).run(200)
+    events = OrderFlow(seed=7).run(200)
     a = DictStore()
     a.apply(events)
     before = a.snapshot()
@@ -165,7 +169,7 @@ def test_duplicates_are_skipped_and_replay_is_identical():
 
 
 def test_gap_raises():
-    events = Simulator(seed=3).run(20)
+    events = OrderFlow(seed=3).run(20)
     s = DictStore()
     s.apply(events[:5])
     with pytest.raises(GapError) as exc:
@@ -297,7 +301,7 @@ def test_partial_close_rounding_keeps_sums_exact():
 
 
 def test_positions_zero_sum_on_random_flow():
-    sim = Simulator(seed=42)
+    sim = OrderFlow(seed=42)
     s = DictStore()
     s.apply(sim.run(600))
     assert sum(p.net for p in s.positions.values()) == 0
@@ -368,7 +372,7 @@ def test_ticker_view_hand_computed():
 
 
 def test_delta_commands_write_levels_records_and_last_seq_last():
-    events = Simulator(seed=5).run(50)
+    events = OrderFlow(seed=5).run(50)
     s = DictStore()
     state = s.state_for(events)
     _, delta = project(state, events)
@@ -397,7 +401,7 @@ def test_delta_commands_write_levels_records_and_last_seq_last():
 def test_feed_messages_round_trip():
     from query_service.feed import build_feed, decode_feed
 
-    events = Simulator(seed=11).run(300)
+    events = OrderFlow(seed=11).run(300)
     s = DictStore()
     for i in range(0, len(events), 7):
         chunk = events[i : i + 7]
@@ -448,7 +452,7 @@ def test_consuming_the_book_projects_the_same_as_copying_it():
     # The projector hands its cached book to project(consume_book=True); the result must be
     # exactly the pure projection, batch after batch, and the pure path must leave its
     # input untouched.
-    events = Simulator(seed=23).run(400)
+    events = OrderFlow(seed=23).run(400)
     s = DictStore()
     for i in range(0, len(events), 9):
         chunk = events[i : i + 9]

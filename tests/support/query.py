@@ -1,16 +1,16 @@
-"""Helpers for tests and benchmarks of the query side against the real servers: write a
-journal, publish it to the broker, run a replica in-process, read the views back.
+"""The query side against the real servers: seed a journal through the journal writer, publish
+it to the broker like the relay, run a replica in-process, read the views back.
 
-Not used by the service itself. Tests use their own instrument symbols, Redis key prefix,
-Kafka topic and consumer group, so they never touch data other suites use.
+Tests use their own instrument symbols, Redis key prefix, Kafka topic and consumer group, so
+they never touch data other suites use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -21,8 +21,10 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from command_service.journal import Batch, JournalWriter
 from contracts.auth import hash_api_key
 from contracts.messages import Event, encode_event
+from ops.stack import free_port
 from query_service.app import create_asgi
 from query_service.settings import Settings
 
@@ -41,12 +43,6 @@ def instruments_file(symbols: list[str]) -> str:
     with os.fdopen(fd, "w") as f:
         json.dump(specs, f)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings_for_test(symbols: list[str], **overrides) -> Settings:
@@ -91,26 +87,35 @@ async def delete_topic(settings: Settings) -> None:
         await admin.close()
 
 
-class Journal:
-    """Test-side writer of the events table (the query service itself only reads it)."""
+class JournalSeeder:
+    """Puts events into the journal exactly as the command service does (JournalWriter, one batch
+    statement per instrument), plus the API keys the query side authenticates against."""
 
     def __init__(self, dsn: str):
         self.dsn = dsn
+        self.pool: asyncpg.Pool | None = None
         self.conn: asyncpg.Connection | None = None
 
-    async def __aenter__(self) -> "Journal":
+    async def __aenter__(self) -> "JournalSeeder":
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=1)
         self.conn = await asyncpg.connect(self.dsn)
+        self.writer = JournalWriter(self.pool)
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.conn.close()
+        await self.pool.close()
 
     async def clear(self, instruments: list[str]) -> None:
         await self.conn.execute("DELETE FROM events WHERE instrument = ANY($1::text[])", instruments)
 
     async def append(self, events: list[Event]) -> None:
-        rows = [(e.instrument, e.seq, type(e).__struct_config__.tag, e.ts, encode_event(e)) for e in events]
-        await self.conn.copy_records_to_table("events", records=rows, columns=["instrument", "seq", "type", "ts", "payload"])
+        by_instrument: dict[str, list[Event]] = {}
+        for e in events:
+            by_instrument.setdefault(e.instrument, []).append(e)
+        for instrument, evs in by_instrument.items():
+            for i in range(0, len(evs), 5000):
+                await self.writer.append(Batch(instrument, events=evs[i:i + 5000]))
 
     async def add_key(self, key: str, client_id: str, kind: str = "trader") -> None:
         await self.conn.execute(
@@ -196,8 +201,6 @@ class Replica:
 
 
 def _no_signals():
-    import contextlib
-
     return contextlib.nullcontext()
 
 

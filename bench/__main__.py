@@ -1,9 +1,9 @@
 """`make bench`: the exchange's benchmarks on this machine, written to docs/BENCHMARKS.md.
 
-Runs inside `ops/stack.py with-servers --profile test --fresh` (PostgreSQL with fsync and
+Runs inside `python -m ops.stack with-servers --profile test --fresh` (PostgreSQL with fsync and
 synchronous_commit on, Redis, NATS, Tansu), starts the services itself with benchmark
 settings (EXCHANGE_AUTH=disabled, rate limits off: EXCHANGE_RATE_LIMIT_PER_SECOND=0), and
-drives them with ops.loadgen, all on the same 2 cores. Scenarios (all by default):
+drives them with bench.loadgen, all on the same 2 cores. Scenarios (all by default):
 
   command   command service alone: HTTP closed loop (64 connections), WebSocket, and an
             open-loop HTTP run at 2,000 orders/s offered (p99)
@@ -14,8 +14,8 @@ drives them with ops.loadgen, all on the same 2 cores. Scenarios (all by default
   fanout    WebSocket fan-out to 1,000 /stream subscribers while orders flow
   recovery  command service start-up with 1,000,000 resting orders: journal replay, then
             snapshot + replay; time to ready and RSS
-  engine    `python -m ops.bench_engine` (its own section)
-  relay     `python -m ops.bench_relay` (its own section)
+  engine    `python -m bench.engine` (its own section)
+  relay     `python -m bench.relay` (its own section)
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.doc import machine_line, today, write_section
 from ops import stack
-from ops.benchdoc import machine_line, today, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
@@ -110,7 +110,7 @@ def loadgen(name: str, *args: str) -> dict:
     """Run the load generator as its own process (its CPU is then its own) and load its JSON."""
     OUT.mkdir(parents=True, exist_ok=True)
     out, plot = OUT / f"{name}.json", OUT / f"{name}.png"
-    cmd = [sys.executable, "-m", "ops.loadgen", *args, "--out", str(out), "--plot", str(plot), "--label", name]
+    cmd = [sys.executable, "-m", "bench.loadgen", *args, "--out", str(out), "--plot", str(plot), "--label", name]
     say("$ " + " ".join(cmd[1:]))
     out.unlink(missing_ok=True)
     rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
@@ -181,7 +181,7 @@ async def bench_command(args) -> None:
     finally:
         svc.stop()
     body = f"""Measured {today()} on {machine_line()}.
-Command: `make bench` (`python -m ops.bench --only command --duration {d}`). Settings: EXCHANGE_AUTH=disabled,
+Command: `make bench` (`python -m bench --only command --duration {d}`). Settings: EXCHANGE_AUTH=disabled,
 EXCHANGE_RATE_LIMIT_PER_SECOND=0 (rate limits off), PostgreSQL 15 with fsync and synchronous_commit on; every
 acknowledged order is committed. The command service runs alone (no relay, no query service); the load
 generator shares the 2 cores. Mix: 60% limit, 25% cancel, 10% market, 5% IOC over BTC/ETH/SOL, 100 clients.
@@ -248,7 +248,7 @@ async def bench_pipeline(args) -> None:
         return "n/a" if x is None else (f"<= {x * 1000:.0f} ms" if x != float("inf") else "> largest bucket")
 
     body = f"""Measured {today()} on {machine_line()}.
-Command: `make bench` (`python -m ops.bench --only pipeline --duration {d}`). Everything runs at once on the
+Command: `make bench` (`python -m bench --only pipeline --duration {d}`). Everything runs at once on the
 2 cores: command service, PostgreSQL, relay, Tansu, two query replicas (projector in a consumer group), Redis,
 NATS and the load generator. Settings as in "Command service".
 
@@ -335,7 +335,7 @@ async def bench_query(args) -> None:
                      for lv, (rps, p, bad, _) in results.items())
     cmds = "\n".join(c for *_, c in results.values())
     body = f"""Measured {today()} on {machine_line()}.
-Command: `make bench` (`python -m ops.bench --only query`). One query replica process (uvicorn, one worker)
+Command: `make bench` (`python -m bench --only query`). One query replica process (uvicorn, one worker)
 serving from Redis; wrk with 1 thread and 64 connections on the same 2 cores; the book seeded by 5 s of limit
 orders through the command service. Target: >= 8,000 requests/s per replica.
 
@@ -384,7 +384,7 @@ async def bench_fanout(args) -> None:
         await asyncio.sleep(2)
         base = sum(counts)
         t0 = time.monotonic()
-        gen = subprocess.Popen([sys.executable, "-m", "ops.loadgen", "--mode", "http", "--url", svc.cfg.command_url,
+        gen = subprocess.Popen([sys.executable, "-m", "bench.loadgen", "--mode", "http", "--url", svc.cfg.command_url,
                                 "-c", "16", "--rate", str(args.fanout_rate), "-d", str(args.duration), "--quiet",
                                 "--instruments", "BTC-USD"], cwd=ROOT, stdout=subprocess.DEVNULL)
         await asyncio.to_thread(gen.wait)
@@ -399,7 +399,7 @@ async def bench_fanout(args) -> None:
     dropped = sum(1 for c in closed if c)
     m = re.search(r"^ws_messages_dropped_total(?:\{[^}]*\})?\s+([0-9.e+]+)", metrics, re.M)
     body = f"""Measured {today()} on {machine_line()}.
-Command: `make bench` (`python -m ops.bench --only fanout --subscribers {n_subs} --fanout-rate {args.fanout_rate}`).
+Command: `make bench` (`python -m bench --only fanout --subscribers {n_subs} --fanout-rate {args.fanout_rate}`).
 {n_subs} WebSocket subscribers (one process, `websockets` client) on one query replica, channels trades +
 orderbook for BTC-USD, while the load generator offers {args.fanout_rate} orders/s on BTC-USD for
 {args.duration} s (everything on the same 2 cores).
@@ -461,7 +461,7 @@ async def bench_recovery(args) -> None:
     snap_s, rss2, svc = await start_and_measure("snapshot + replay")
     svc.stop()
     body = f"""Measured {today()} on {machine_line()}.
-Command: `make bench` (`python -m ops.bench --only recovery --resting {n}`). A journal of {n:,} accepted,
+Command: `make bench` (`python -m bench --only recovery --resting {n}`). A journal of {n:,} accepted,
 non-crossing BTC-USD limit orders (10,000 price levels, 1,000 clients) is written with COPY; then the command
 service is started and timed until `/healthz` answers 200 (all sequencers recovered and accepting).
 
@@ -495,9 +495,9 @@ async def main(argv=None) -> int:
     for s in chosen:
         say(f"== {s}")
         if s == "engine":
-            run_module("ops.bench_engine")
+            run_module("bench.engine")
         elif s == "relay":
-            run_module("ops.bench_relay")
+            run_module("bench.relay")
         else:
             await globals()[f"bench_{s}"](args)
     say(f"done: results in {os.path.relpath(ROOT / 'docs' / 'BENCHMARKS.md')}")

@@ -22,8 +22,8 @@ from time import perf_counter
 
 import msgspec
 
-from ops.loadgen_net import SimpleHttpClient, WsConnection, split_url
-from ops.loadgen_stats import percentile, summary_ms
+from bench.loadgen.net import SimpleHttpClient, WsConnection, split_url
+from bench.loadgen.stats import percentile, summary_ms
 
 
 class _BookSeq(msgspec.Struct):

@@ -7,7 +7,7 @@ topics (which names none and creates nothing) and creates the topic itself. It m
 before any producer or consumer touches the topic - at start-up, and again after the
 broker restarted empty (memory storage).
 
-`python -m command_service.kafka_topics` does the same from the shell (the stack script).
+`python -m relay.topic` does the same from the shell (the stack script).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 
 from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
 
-log = logging.getLogger("exchange.kafka_topics")
+log = logging.getLogger("exchange.relay.topic")
 
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code; create_topics returns it instead of raising
 
@@ -91,9 +91,9 @@ def main() -> None:
     try:
         count = asyncio.run(ensure_topic(bootstrap, topic))
     except (KafkaError, TopicError, OSError, asyncio.TimeoutError) as exc:
-        print(f"kafka_topics: {topic} on {bootstrap}: {exc!r}", file=sys.stderr)
+        print(f"relay.topic: {topic} on {bootstrap}: {exc!r}", file=sys.stderr)
         sys.exit(1)
-    print(f"kafka_topics: {topic} on {bootstrap}: {count} partitions")
+    print(f"relay.topic: {topic} on {bootstrap}: {count} partitions")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Load generator and benchmark harness for the exchange.
 
-    python -m ops.loadgen --mode http --connections 64 --duration 30 --out docs/bench/http.json --plot docs/bench/http.png
-    python -m ops.loadgen --mode ws --connections 4 --inflight 32 --duration 30
-    python -m ops.loadgen --mode http --rate 2000 --duration 60 --warmup 5      # open loop
-    python -m ops.loadgen --visibility --duration 30          # + order-to-visible on the query side (:8002)
-    python -m ops.loadgen --url http://127.0.0.1:3000 --query-url http://127.0.0.1:3000 --query-ws ws://127.0.0.1:3000/stream --visibility
+    python -m bench.loadgen --mode http --connections 64 --duration 30 --out docs/bench/http.json --plot docs/bench/http.png
+    python -m bench.loadgen --mode ws --connections 4 --inflight 32 --duration 30
+    python -m bench.loadgen --mode http --rate 2000 --duration 60 --warmup 5      # open loop
+    python -m bench.loadgen --visibility --duration 30          # + order-to-visible on the query side (:8002)
+    python -m bench.loadgen --url http://127.0.0.1:3000 --query-url http://127.0.0.1:3000 --query-ws ws://127.0.0.1:3000/stream --visibility
 
 Closed loop (default): every connection (HTTP) or every in-flight slot (WebSocket) sends
 the next request as soon as the previous answer arrives; throughput is what the exchange
@@ -47,11 +47,10 @@ from time import perf_counter
 
 import msgspec
 
+from bench.loadgen.net import HttpConnection, WsConnection, split_url
+from bench.loadgen.stats import Recorder
+from bench.loadgen.workload import KINDS, Workload, build_models, parse_mix
 from contracts.instruments import load_instruments
-from ops.loadgen_net import HttpConnection, WsConnection, split_url
-from ops.loadgen_stats import Recorder
-from ops.loadgen_workload import KINDS, Workload, build_models, parse_mix
-
 
 
 @dataclass
@@ -746,7 +745,7 @@ async def run(cfg: Config) -> dict:
     await driver.start()
     probe = None
     if cfg.visibility:
-        from ops.loadgen_probe import VisibilityProbe
+        from bench.loadgen.probe import VisibilityProbe
 
         probe = VisibilityProbe(r)
         await probe.start()
@@ -839,7 +838,7 @@ async def run(cfg: Config) -> dict:
     if totals["error_rate"] > cfg.max_error_rate:
         fail.append(f"error rate {totals['error_rate']:.2%} > max {cfg.max_error_rate:.2%}")
     result = {
-        "tool": "ops.loadgen",
+        "tool": "bench.loadgen",
         "format": 1,
         "label": cfg.label,
         "started_at": started_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
@@ -864,7 +863,7 @@ async def run(cfg: Config) -> dict:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     if cfg.plot:
-        from ops.plot import plot_results
+        from bench.plot import plot_results
 
         plot_results([result], cfg.plot)
     return result
@@ -921,7 +920,7 @@ def _parse_mids(text: str | None) -> dict[str, str]:
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m ops.loadgen", description="\n\n".join(__doc__.split("\n\n")[:4]),
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description="\n\n".join(__doc__.split("\n\n")[:4]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("http", "ws"), default="http")
     p.add_argument("--url", default="http://127.0.0.1:8001", help="command service or gateway (HTTP mode)")

@@ -1,6 +1,6 @@
-"""Relay benchmark: how fast `python -m command_service.relay` drains the journal to Kafka.
+"""Relay benchmark: how fast `python -m relay` drains the journal to Kafka.
 
-    python -m ops.bench_relay [--events 200000] [--instruments 3] [--rate 10000 --seconds 10]
+    python -m bench.relay [--events 200000] [--instruments 3] [--rate 10000 --seconds 10]
 
 Runs against the PostgreSQL and broker in EXCHANGE_PG_DSN / EXCHANGE_KAFKA_BOOTSTRAP, but in
 its OWN database (<db>_bench_relay, created, migrated and dropped here) and its own topic
@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import os
 import shlex
-import socket
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -33,12 +31,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from command_service.relay import relay_lag
+from bench import doc as benchdoc
+from bench.doc import machine_line
 from contracts.enums import OrderType, Side, StpMode, TimeInForce
 from contracts.messages import OrderAccepted, TradeExecuted, decode_event, encode_event
 from db.migrate import migrate
-from ops import benchdoc
-from ops.benchdoc import machine_line
+from ops.stack import ServiceProcess, free_port
+from relay.lag import relay_lag
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -47,12 +46,6 @@ SYMBOLS = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOT-USD", "LT
 
 def say(msg: str) -> None:
     print(f"[bench_relay] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def with_database(dsn: str, db: str) -> str:
@@ -85,42 +78,21 @@ def rows_for(instrument: str, start: int, count: int):
         yield (instrument, seq, type(e).__struct_config__.tag, e.ts, encode_event(e))
 
 
-class RelayProcess:
-    def __init__(self, dsn: str, bootstrap: str, topic: str, env: dict, log_path: Path):
-        self.port = free_port()
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "EXCHANGE_PG_DSN": dsn,
-            "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
-            "EXCHANGE_KAFKA_TOPIC": topic,
-            "EXCHANGE_RELAY_METRICS_PORT": str(self.port),
-            "EXCHANGE_RELAY_NAME": "bench",
-            **env,
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "command_service.relay"], cwd=ROOT, env=self.env,
-            stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
-        )
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+def relay_process(dsn: str, bootstrap: str, topic: str, env: dict, log_path: Path) -> ServiceProcess:
+    return ServiceProcess("relay", free_port(), port_var="EXCHANGE_RELAY_METRICS_PORT", log_path=log_path, env={
+        "EXCHANGE_PG_DSN": dsn,
+        "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
+        "EXCHANGE_KAFKA_TOPIC": topic,
+        "EXCHANGE_RELAY_NAME": "bench",
+        **env,
+    })
 
 
 async def cursor_total(conn) -> int:
     return await conn.fetchval("SELECT COALESCE(sum(seq), 0)::bigint FROM relay_cursors")
 
 
-async def drain(conn, total: int, relay: RelayProcess) -> dict:
+async def drain(conn, total: int, relay: ServiceProcess) -> dict:
     """Start the relay and time it until every cursor reached the head."""
     t_start = time.perf_counter()
     relay.start()
@@ -301,7 +273,7 @@ async def main(args) -> None:
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    relay = RelayProcess(dsn, bootstrap, topic, relay_env, Path(args.log))
+    relay = relay_process(dsn, bootstrap, topic, relay_env, Path(args.log))
     results = {}
     try:
         # ---- 1. drain a journal of `total` events
@@ -362,7 +334,7 @@ async def main(args) -> None:
 
     if args.write_docs:
         d, lv = results["drain"], results.get("live")
-        cmd = "python -m ops.bench_relay " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        cmd = "python -m bench.relay " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         text = [
             "## Relay",
             "",
@@ -399,7 +371,7 @@ async def main(args) -> None:
             "(cursor advanced) per second. Live = the writers commit at the offered rate (open "
             "loop; \"achieved\" is what the writers managed on the shared cores) while the relay "
             "runs; relay lag = age of the oldest journal row not yet acknowledged by the broker, "
-            "sampled from PostgreSQL every 50 ms (`command_service.relay.relay_lag`), so it "
+            "sampled from PostgreSQL every 50 ms (`relay.lag.relay_lag`), so it "
             "includes the linger. The command service's peak is ~10k events/s.",
             "",
         ]

@@ -1,4 +1,4 @@
-"""Matching-engine benchmark: `python -m ops.bench_engine`.
+"""Matching-engine benchmark: `python -m bench.engine`.
 
 A fixed-seed mixed workload (default 1,000,000 commands: ~60% limit, 25% cancel, 10% market,
 5% IOC) on one OrderBook, on one core. Prices cluster around a mid that drifts; the book is
@@ -27,11 +27,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import doc as benchdoc
+from bench.doc import machine_line
 from contracts.enums import OrderType, ResultCode, Side, StpMode, TimeInForce
 from contracts.messages import CancelOrder, PlaceOrder
 from engine import OrderBook
-from ops import benchdoc
-from ops.benchdoc import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         prof_text = profile(args)
         print(prof_text)
 
-    command = "python -m ops.bench_engine" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = "python -m bench.engine" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     text = "\n".join(
         [
             "## Engine",

@@ -1,4 +1,4 @@
-"""Projection-lag benchmark: `python -m query_service.bench --rate 5000 --seconds 20 --reset`.
+"""Projection-lag benchmark: `python -m bench.query --rate 5000 --seconds 20 --reset`.
 
 Plays the write side at a fixed event rate: the matching simulator makes realistic events
 stamped with the wall clock, each 5 ms tick is written to the journal (COPY, like the
@@ -24,8 +24,8 @@ from contracts.instruments import load_instruments
 from contracts.topics import FEED_SUBJECT_PREFIX
 from query_service.feed import decode_feed
 from query_service.settings import Settings
-from query_service.sim import Simulator
-from query_service.testing import Journal, Publisher, wipe
+from tests.support.order_flow import OrderFlow
+from tests.support.query import JournalSeeder, Publisher, wipe
 
 
 def pct(values: list[float], p: float) -> float:
@@ -37,7 +37,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_journal: bool = True) -> dict:
     symbols = load_instruments(settings.instruments_file).symbols
-    async with Journal(settings.pg_dsn) as journal:
+    async with JournalSeeder(settings.pg_dsn) as journal:
         existing = await journal.conn.fetchval(
             "SELECT count(*) FROM events WHERE instrument = ANY($1::text[])", symbols
         )
@@ -77,7 +77,7 @@ async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_j
         await nc.subscribe(FEED_SUBJECT_PREFIX + ".*", cb=on_feed)
         # The flow is generated up front (the simulator is not what is measured); each
         # event is stamped with the wall clock when it is written, like the sequencer does.
-        sims = {s: Simulator(instrument=s, seed=n + 1) for n, s in enumerate(symbols)}
+        sims = {s: OrderFlow(instrument=s, seed=n + 1) for n, s in enumerate(symbols)}
         mids = {"BTC-USD": 7_000_000, "ETH-USD": 350_000, "SOL-USD": 150_000}
         for s, sim in sims.items():
             sim.mid = mids.get(s, 100_000)

@@ -1,118 +1,28 @@
-"""Outbox relay: committed journal rows (table `events`) -> Kafka topic, in seq order.
-
-`python -m command_service.relay` runs forever. Settings come from the environment once
-(RelaySettings.from_env). Prometheus metrics and /healthz on EXCHANGE_RELAY_METRICS_PORT.
-
-How it keeps the stream gap-free and in order (at-least-once, duplicates allowed):
-- One leader. Each relay opens a dedicated connection and blocks in
-  pg_advisory_lock(RELAY_LOCK_KEY); the one that gets it leads, the others wait inside that
-  call (standby). The lock lives exactly as long as the leader's session, so a killed leader
-  (kill -9, crash, lost network) releases it and a standby takes over at once. If the
-  leader's lock connection dies, it stops publishing and campaigns again.
-- Per instrument a cursor in relay_cursors = the last seq the broker acknowledged. A round
-  reads up to N rows per instrument after the cursor (one query for all instruments),
-  checks they are exactly cursor+1, cursor+2, ... (a hole means a row not visible yet: stop
-  before it, never skip), puts each instrument's rows in ONE record batch for the partition
-  of its key (murmur2, as the Java client), awaits every acknowledgement (acks=all), and
-  only then advances the cursors. On any send error the producer is thrown away and the
-  next attempt starts again from the cursors.
-  Why this cannot reorder without an idempotent producer (Tansu has none): every round sends
-  at most one batch per instrument and waits for all of them before the next round is SENT
-  (it may already be read and built meanwhile), so a batch that fails can never be
-  overtaken by a later batch of the same instrument; a batch whose outcome is unknown
-  (timeout, crash) always starts at cursor+1 with everything up to the cursor already in
-  the log, so whenever it lands it only adds duplicates.
-- Commit order == seq order per instrument (one writer per instrument), so a row with a
-  lower seq never becomes visible after a higher one; the hole check is a second guard.
-- Woken by NOTIFY exchange_events (sent in the writer's transaction, so it arrives after
-  the commit); polls every poll_ms as a fallback.
-- The topic is created explicitly (kafka_topics.ensure_topic) before a producer is made,
-  at start and after every Kafka error: the memory-only broker comes back empty after a
-  restart and would otherwise auto-create the topic with the wrong partition count. The
-  producer never names the topic in a metadata request (that auto-creates it). A restarted
-  broker still acknowledges sends to the vanished topic, so the leader also checks the
-  topic every topic_check_ms and treats a partition offset that went back as a failed send.
-"""
+"""The leader's work: read rounds of committed rows after each instrument's cursor, send one
+record batch per instrument, advance the cursors only after every acknowledgement.
+(The ordering argument is in the package docstring, relay/__init__.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from command_service.kafka_topics import ensure_topic
-from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
+from contracts.topics import JOURNAL_NOTIFY_CHANNEL
+from relay.lag import relay_lag
+from relay.leader import open_lock_session, wait_for_leadership
+from relay.metrics import RelayMetrics
+from relay.settings import RelaySettings
+from relay.topic import ensure_topic
 
 log = logging.getLogger("exchange.relay")
-
-NOTIFY_CHANNEL = "exchange_events"
-# Fixed advisory lock key of the relay leadership (db.migrate uses 742001). One bigint key
-# space; the sequencers' per-instrument locks must not use this value.
-RELAY_LOCK_KEY = 742_002
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
-
-
-@dataclass(frozen=True)
-class RelaySettings:
-    pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/exchange"
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    topic: str = EVENTS_TOPIC
-    topic_partitions: int = EVENTS_TOPIC_PARTITIONS
-    host: str = "127.0.0.1"
-    metrics_port: int = 8011  # 0 = no metrics/health server
-    batch_size: int = 5000  # max rows per instrument per round
-    max_batch_bytes: int = 1_000_000  # one record batch; below Kafka's default message.max.bytes
-    linger_ms: int = 5  # after a wake-up, wait this long so one round carries more commits
-    poll_ms: int = 200  # fallback when no NOTIFY arrives
-    topic_check_ms: int = 1000  # how often the leader checks the topic still exists
-    send_timeout_ms: int = 10_000  # a round not acknowledged by then counts as failed
-    backoff_min_ms: int = 100
-    backoff_max_ms: int = 5_000
-    lock_key: int = RELAY_LOCK_KEY
-    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-
-    @classmethod
-    def from_env(cls) -> "RelaySettings":
-        d = cls()
-        e = os.environ
-        return cls(
-            pg_dsn=e.get("EXCHANGE_PG_DSN") or d.pg_dsn,
-            kafka_bootstrap=e.get("EXCHANGE_KAFKA_BOOTSTRAP") or d.kafka_bootstrap,
-            topic=e.get("EXCHANGE_KAFKA_TOPIC") or d.topic,
-            topic_partitions=_env_int("EXCHANGE_KAFKA_TOPIC_PARTITIONS", d.topic_partitions),
-            host=e.get("EXCHANGE_HOST") or d.host,
-            metrics_port=_env_int("EXCHANGE_RELAY_METRICS_PORT", d.metrics_port),
-            batch_size=_env_int("EXCHANGE_RELAY_BATCH_SIZE", d.batch_size),
-            max_batch_bytes=_env_int("EXCHANGE_RELAY_MAX_BATCH_BYTES", d.max_batch_bytes),
-            linger_ms=_env_int("EXCHANGE_RELAY_LINGER_MS", d.linger_ms),
-            poll_ms=_env_int("EXCHANGE_RELAY_POLL_MS", d.poll_ms),
-            topic_check_ms=_env_int("EXCHANGE_RELAY_TOPIC_CHECK_MS", d.topic_check_ms),
-            send_timeout_ms=_env_int("EXCHANGE_RELAY_SEND_TIMEOUT_MS", d.send_timeout_ms),
-            backoff_min_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MIN_MS", d.backoff_min_ms),
-            backoff_max_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MAX_MS", d.backoff_max_ms),
-            lock_key=_env_int("EXCHANGE_RELAY_LOCK_KEY", d.lock_key),
-            name=e.get("EXCHANGE_RELAY_NAME") or d.name,
-        )
-
 
 # --------------------------------------------------------------------------- SQL
 
@@ -153,100 +63,6 @@ SELECT instrument, seq, now() FROM unnest($1::text[], $2::bigint[]) AS c(instrum
 ON CONFLICT (instrument) DO UPDATE
 SET seq = GREATEST(relay_cursors.seq, EXCLUDED.seq), updated_at = now()
 """
-
-LAG_SQL = """
-WITH RECURSIVE i(instrument) AS (
-    SELECT min(instrument) FROM events
-    UNION ALL
-    SELECT (SELECT min(e.instrument) FROM events e WHERE e.instrument > i.instrument)
-    FROM i WHERE i.instrument IS NOT NULL
-)
-SELECT i.instrument,
-       (SELECT max(e.seq) FROM events e WHERE e.instrument = i.instrument) AS head,
-       COALESCE(c.seq, 0) AS cursor,
-       (SELECT EXTRACT(EPOCH FROM (clock_timestamp() - e.committed_at))::float8
-          FROM events e
-         WHERE e.instrument = i.instrument AND e.seq > COALESCE(c.seq, 0)
-         ORDER BY e.seq LIMIT 1) AS oldest_unpublished_age
-FROM i LEFT JOIN relay_cursors c ON c.instrument = i.instrument
-WHERE i.instrument IS NOT NULL
-"""
-
-
-async def relay_lag(pool) -> dict:
-    """Relay lag from PostgreSQL alone (works with a pool or a connection).
-
-    Returns {"events": {instrument: lag in events}, "seconds": max lag in seconds,
-             "lag_events": total, "lag_seconds": max,
-             "instruments": {instrument: {"head_seq", "cursor_seq", "lag_events", "lag_seconds"}}}
-    where lag in events = newest journal seq - relay cursor and lag in seconds = age of the
-    oldest journal row the relay has not had acknowledged yet (0 when it is caught up).
-    """
-    rows = await pool.fetch(LAG_SQL)
-    instruments = {}
-    for r in rows:
-        head = r["head"] or 0
-        cursor = r["cursor"]
-        age = r["oldest_unpublished_age"]
-        instruments[r["instrument"]] = {
-            "head_seq": head,
-            "cursor_seq": cursor,
-            "lag_events": max(0, head - cursor),
-            "lag_seconds": max(0.0, age) if age is not None else 0.0,
-        }
-    return {
-        "events": {k: v["lag_events"] for k, v in instruments.items()},
-        "seconds": max((v["lag_seconds"] for v in instruments.values()), default=0.0),
-        "lag_events": sum(v["lag_events"] for v in instruments.values()),
-        "lag_seconds": max((v["lag_seconds"] for v in instruments.values()), default=0.0),
-        "instruments": instruments,
-    }
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-class RelayMetrics:
-    """Own registry: importing this module (e.g. for relay_lag) registers nothing globally."""
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.published = Counter(
-            "relay_published_total", "Events acknowledged by the broker", registry=r
-        )
-        self.errors = Counter(
-            "relay_errors_total", "Relay errors by stage", ["stage"], registry=r
-        )
-        self.lag_events = Gauge(
-            "relay_lag_events", "Journal seq minus relay cursor", ["instrument"], registry=r
-        )
-        self.lag_seconds = Gauge(
-            "relay_lag_seconds", "Age of the oldest unpublished journal event (max)", registry=r
-        )
-        self.is_leader = Gauge("relay_is_leader", "1 while this relay holds the lock", registry=r)
-        self.kafka_up = Gauge("relay_kafka_up", "1 while the broker answers", registry=r)
-        self.topic_partitions = Gauge(
-            "relay_topic_partitions", "Partition count of the events topic", registry=r
-        )
-        self.journal_gap = Gauge(
-            "relay_journal_gap",
-            "1 while the relay holds at a hole in an instrument's seq",
-            ["instrument"],
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "relay_batch_size",
-            "Events per relay round",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000),
-            registry=r,
-        )
-        self.publish_seconds = Histogram(
-            "relay_publish_seconds",
-            "Time from sending a round to all its acknowledgements",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
-            registry=r,
-        )
-
 
 # --------------------------------------------------------------------------- relay
 
@@ -356,30 +172,19 @@ class Relay:
         self._backoff = self.s.backoff_min_ms / 1000
 
     async def _campaign(self) -> None:
-        # Keepalives so a leader cut off from PG notices and a dead session frees the lock.
-        lock_conn = await asyncpg.connect(
-            self.s.pg_dsn,
-            server_settings={
-                "application_name": f"relay {self.s.name}",
-                "statement_timeout": "0",  # the lock wait of a standby has no end
-                "tcp_keepalives_idle": "5",
-                "tcp_keepalives_interval": "2",
-                "tcp_keepalives_count": "3",
-            },
-        )
+        lock_conn = await open_lock_session(self.s.pg_dsn, self.s.name)
         data_conn = None
         self._lock_conn_lost.clear()
         lock_conn.add_termination_listener(lambda _c: self._on_lock_conn_lost())
         try:
             self.role = "standby"
             log.info("relay %s standby: waiting for lock %d", self.s.name, self.s.lock_key)
-            # Blocks while another relay leads; returns when its session ends.
-            await lock_conn.execute("SELECT pg_advisory_lock($1)", self.s.lock_key)
+            await wait_for_leadership(lock_conn, self.s.lock_key)
             self.role = "leader"
             self.metrics.is_leader.set(1)
             log.info("relay %s is leader", self.s.name)
             # LISTEN before reading cursors: a commit between the two still wakes us.
-            await lock_conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            await lock_conn.add_listener(JOURNAL_NOTIFY_CHANNEL, self._on_notify)
             data_conn = await asyncpg.connect(self.s.pg_dsn)
             await self._lead(lock_conn, data_conn)
         finally:
@@ -758,58 +563,3 @@ async def _tcp_probe(bootstrap: str) -> bool:
     except Exception:
         return False
 
-
-# --------------------------------------------------------------------------- main
-
-
-async def serve(settings: RelaySettings) -> None:
-    from command_service.relay_http import start_http
-
-    relay = Relay(settings)
-    server = None
-    if settings.metrics_port:
-        server = await start_http(relay, settings.host, settings.metrics_port)
-        log.info("relay %s metrics on http://%s:%d/metrics", settings.name, settings.host, settings.metrics_port)
-    try:
-        await relay.run()
-    finally:
-        if server is not None:
-            server.close()
-
-
-def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # we log the outcome ourselves
-    settings = RelaySettings.from_env()
-
-    async def runner() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-
-        def on_loop_error(loop, context) -> None:
-            # A producer dropped mid-request leaves futures nobody reads; the relay has
-            # already counted and logged that failure.
-            if isinstance(context.get("exception"), KafkaError):
-                log.debug("aiokafka: %s", context.get("exception"))
-                return
-            loop.default_exception_handler(context)
-
-        loop.set_exception_handler(on_loop_error)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await serve(settings)
-
-    try:
-        import uvloop
-
-        uvloop.run(runner())
-    except ImportError:
-        asyncio.run(runner())
-
-
-if __name__ == "__main__":
-    main()

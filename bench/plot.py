@@ -1,7 +1,7 @@
 """Plots of load generator results (matplotlib, Agg backend: no display needed).
 
-    python -m ops.plot docs/bench/http.json -o docs/bench/http.png
-    python -m ops.plot a.json b.json -o compare.png     # several runs overlaid
+    python -m bench.plot docs/bench/http.json -o docs/bench/http.png
+    python -m bench.plot a.json b.json -o compare.png     # several runs overlaid
 
 Panels: latency p50/p99/max per second (log scale), acked orders per second, and the
 order-to-visible latency when the run had --visibility.
@@ -106,8 +106,8 @@ def plot_results(results: list[dict], path: str | Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.plot", description="plot ops.loadgen JSON results")
-    p.add_argument("results", nargs="+", help="result JSON files written by python -m ops.loadgen --out")
+    p = argparse.ArgumentParser(prog="python -m bench.plot", description="plot bench.loadgen JSON results")
+    p.add_argument("results", nargs="+", help="result JSON files written by python -m bench.loadgen --out")
     p.add_argument("-o", "--out", required=True, help="PNG file")
     a = p.parse_args(argv)
     results = [json.loads(Path(f).read_text()) for f in a.results]

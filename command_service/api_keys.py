@@ -1,4 +1,4 @@
-"""API keys CLI: `python -m command_service.keys create --client-id client-A [--admin]`,
+"""API keys CLI: `python -m command_service.api_keys create --client-id client-A [--admin]`,
 `list`, `revoke <key-prefix-hash>`. The key is printed once; only its sha256 is stored."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ async def revoke(dsn: str, key_id: str) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m command_service.keys", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m command_service.api_keys", description=__doc__)
     p.add_argument("--dsn", default=os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/exchange"))
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("create", help="create a key and print it (shown once)")

@@ -1,9 +1,9 @@
 """Create API keys for an authenticated benchmark and write the --api-keys-file JSON.
 
-    python -m ops.loadgen_keys --clients 100 --out /tmp/bench-keys.json [--dsn postgresql://...]
-    python -m ops.loadgen --api-keys-file /tmp/bench-keys.json ...
+    python -m bench.loadgen.keys --clients 100 --out /tmp/bench-keys.json [--dsn postgresql://...]
+    python -m bench.loadgen --api-keys-file /tmp/bench-keys.json ...
 
-Keys go through command_service.keys.create (only their hash is stored). The file maps
+Keys go through command_service.api_keys.create (only their hash is stored). The file maps
 client_id -> key, so it holds secrets: it is written with mode 0600.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 async def create_keys(dsn: str, client_ids: list[str], label: str) -> dict[str, str]:
-    from command_service.keys import create
+    from command_service.api_keys import create
 
     keys = {}
     for cid in client_ids:
@@ -27,10 +27,10 @@ async def create_keys(dsn: str, client_ids: list[str], label: str) -> dict[str, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.loadgen_keys", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen.keys", description=__doc__.split("\n\n")[0])
     p.add_argument("--dsn", default=os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/exchange"))
     p.add_argument("--clients", type=int, default=100)
-    p.add_argument("--client-prefix", default="lg", help="client ids are PREFIX-000, PREFIX-001, ... as in ops.loadgen")
+    p.add_argument("--client-prefix", default="lg", help="client ids are PREFIX-000, PREFIX-001, ... as in bench.loadgen")
     p.add_argument("--label", default="loadgen")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)

@@ -1,0 +1,5 @@
+import sys
+
+from ops.stack.cli import main
+
+sys.exit(main())
