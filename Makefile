@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 STACK := $(PY) -m ops.stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv install run stop test bench bench-engine fuzz chaos
+.PHONY: help venv install run stop test lint bench bench-engine fuzz chaos
 
 help:
 	@echo "make run           start everything on 127.0.0.1 (gateway :3000), supervise; Ctrl-C stops it"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench         benchmarks (ops/bench.py)      make bench-engine   engine-only benchmark"
 	@echo "make fuzz          tests/fuzz                     make chaos          tests/chaos"
 	@echo "make install       .venv + apt packages           make venv           .venv only"
+	@echo "make lint          ruff (whole repo) + mypy --strict on engine/ and contracts/"
 
 # Rebuilt when missing or when pyproject.toml is newer than the stamp.
 # Debian's own python3 needs python3-venv for `-m venv` (ensurepip): installed here when missing.
@@ -54,6 +55,10 @@ stop:
 # collected counts as a failure).
 test: install
 	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy engine contracts
 
 bench: install
 	$(STACK) with-servers --profile test --fresh -- $(PY) -m bench $(BENCH_ARGS)

@@ -19,16 +19,13 @@ from prometheus_client import generate_latest
 from command_service.auth import Authenticator, RateLimiter
 from command_service.edge import (
     CancelAllRequest,
-    EdgeError,
     OrderRequest,
-    database_unavailable,
+    answer,
     decode_cancel_all,
     decode_json,
-    decode_order_request,
     spec_for,
-    unavailable,
 )
-from command_service.fastpath import OrderFastPath, authorize
+from command_service.fastpath import OrderFastPath, authorize, order_route
 from command_service.journal import JournalWriter, NoResetConnection
 from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
@@ -36,7 +33,14 @@ from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
 from command_service.settings import Settings
 from command_service.settlement import settle
-from contracts.api import iso_ms, json_encoder, parse_iso
+from contracts.api import (
+    ApiError,
+    body_too_large,
+    framework_error,
+    iso_ms,
+    json_encoder,
+    parse_iso,
+)
 from contracts.instruments import load_instruments
 from relay.lag import relay_lag
 
@@ -52,9 +56,12 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
+def _host(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 async def _principal(request: Request):
-    return await authorize(_state(request), request.headers.get("authorization"),
-                           request.client.host if request.client else "")
+    return await authorize(_state(request), request.headers.get("authorization"), _host(request))
 
 
 # ---------------------------------------------------------------------- routes
@@ -62,12 +69,10 @@ async def _principal(request: Request):
 
 @post("/orders", status_code=201, summary="Place an order")
 async def place_order(request: Request) -> Response:
-    # The body is decoded here, from the raw bytes, straight into Decimals: a generic JSON
-    # parse would pass numbers through float and could change the value the client sent.
-    principal = await _principal(request)
-    data = decode_order_request(await request.body())
-    status, body, headers = await _state(request).entry.place(principal, data)
-    return _reply(status, body, headers)
+    # The body is decoded from the raw bytes straight into Decimals (a generic JSON parse would
+    # pass numbers through float). Served by the fast path; the same function answers here.
+    return _reply(*await order_route(_state(request), None, await request.body(),
+                                     request.headers.get("authorization"), _host(request)))
 
 
 @post("/orders/cancel-all", status_code=200, summary="Cancel all own open orders")
@@ -80,9 +85,8 @@ async def cancel_all(request: Request) -> Response:
 
 @post("/orders/{order_id:str}/cancel", status_code=200, summary="Cancel an order")
 async def cancel_order(request: Request, order_id: str) -> Response:
-    principal = await _principal(request)
-    status, body, headers = await _state(request).entry.cancel(principal, order_id)
-    return _reply(status, body, headers)
+    return _reply(*await order_route(_state(request), order_id, b"", request.headers.get("authorization"),
+                                     _host(request)))
 
 
 @get("/orders/{order_id:str}", summary="Read an order (committed state)")
@@ -111,7 +115,7 @@ _settlement_decoder = msgspec.json.Decoder(SettlementRequest)
 async def admin_settlement(request: Request) -> Response:
     principal = await _principal(request)
     if not principal.is_admin:
-        raise EdgeError(403, "forbidden", "an admin key is required")
+        raise ApiError(403, "forbidden", "an admin key is required")
     raw = await request.body()
     req = decode_json(_settlement_decoder.decode, raw) if raw.strip() else SettlementRequest()
     st = _state(request)
@@ -120,9 +124,9 @@ async def admin_settlement(request: Request) -> Response:
     try:
         cutoff = parse_iso(req.cutoff) if req.cutoff else time.time_ns()
     except ValueError:
-        raise EdgeError(400, "invalid_field", "cutoff must be an ISO 8601 time", "cutoff") from None
+        raise ApiError(400, "invalid_field", "cutoff must be an ISO 8601 time", "cutoff") from None
     if cutoff > time.time_ns():
-        raise EdgeError(400, "invalid_field", "cutoff must not be in the future", "cutoff")
+        raise ApiError(400, "invalid_field", "cutoff must not be in the future", "cutoff")
     runs = await settle(st.pool, st.instruments, cutoff, req.instrument)
     return _reply(201, json_encoder.encode({"cutoff": iso_ms(cutoff), "runs": runs}))
 
@@ -188,7 +192,7 @@ def openapi_document(app: Litestar) -> dict:
 # ---------------------------------------------------------------------- errors
 
 
-def _edge_error(request: Request, exc: EdgeError) -> Response:
+def _edge_error(request: Request, exc: ApiError) -> Response:
     st = request.app.state
     if getattr(st, "metrics", None):
         st.metrics.http_errors.labels(str(exc.status), exc.code).inc()
@@ -207,25 +211,17 @@ def _validation_error(request: Request, exc: ValidationException) -> Response:
             message = f"{field} is required"
     elif "JSON" in message or "decode" in message.lower() or "malformed" in message.lower():
         code = "invalid_json"
-    return _edge_error(request, EdgeError(400, code, message, field))
+    return _edge_error(request, ApiError(400, code, message, field))
 
 
 def _http_error(request: Request, exc: HTTPException) -> Response:
-    codes = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-             405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}
-    status = exc.status_code
-    code = codes.get(status, "error")
-    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if status == 400:  # Litestar's own 400s come from a body that does not decode
-        code = "invalid_json"
-    return _edge_error(request, EdgeError(status, code, message))
+    if exc.status_code == 413:  # the same answer as the fast path's
+        return _edge_error(request, body_too_large(_state(request).settings.max_body_bytes))
+    return _edge_error(request, framework_error(exc.status_code, exc.detail))
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
-    if database_unavailable(exc):
-        return _edge_error(request, unavailable())
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _edge_error(request, EdgeError(500, "internal", "internal error"))
+    return _edge_error(request, answer(exc, f"on {request.method} {request.url.path}"))
 
 
 # ---------------------------------------------------------------------- lifespan
@@ -278,7 +274,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={
-            EdgeError: _edge_error,
+            ApiError: _edge_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
             Exception: _internal_error,

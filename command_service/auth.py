@@ -6,8 +6,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from command_service.edge import EdgeError
 from command_service.journal import JournalWriter
+from contracts.api import ApiError
 from contracts.auth import bearer_token, hash_api_key
 
 
@@ -40,7 +40,7 @@ class Authenticator:
             return OPEN
         key = bearer_token(authorization)
         if key is None:
-            raise EdgeError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>")
+            raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>")
         return await self.principal_for_key(key)
 
     async def principal_for_key(self, key: str) -> Principal:
@@ -58,7 +58,7 @@ class Authenticator:
         else:
             principal = hit[1]
         if principal is None:
-            raise EdgeError(401, "unauthorized", "unknown or revoked API key")
+            raise ApiError(401, "unauthorized", "unknown or revoked API key")
         return principal
 
 
@@ -84,6 +84,6 @@ class RateLimiter:
         if tokens < 1.0:
             b[0] = tokens
             retry = max(1, math.ceil((1.0 - tokens) / self.rate))
-            raise EdgeError(429, "rate_limited", f"rate limit of {self.rate:g}/s exceeded", None,
+            raise ApiError(429, "rate_limited", f"rate limit of {self.rate:g}/s exceeded", None,
                             {"Retry-After": str(retry)})
         b[0] = tokens - 1.0

@@ -1,8 +1,8 @@
 """The API edge of the write side: request bodies in, engine commands out; engine state
 out as API JSON with exact decimals.
 
-Everything a client can get wrong is caught here and becomes an `EdgeError` (a 4xx with a
-code and the field) before anything reaches a sequencer.
+Everything a client can get wrong is caught here and becomes a contracts.api.ApiError (a 4xx
+with a code and the field) before anything reaches a sequencer.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from typing import Annotated, Any, Optional
 import asyncpg
 import msgspec
 
-from contracts.api import error, iso_ms, json_encoder
-from contracts.enums import OrderStatus, OrderType, Side, StpMode, TimeInForce
-from contracts.instruments import ConversionError, Instruments, InstrumentSpec, plain
+from contracts.api import ApiError, error_answer
+from contracts.api import unavailable as unavailable_error
+from contracts.enums import OrderType, Side, StpMode, TimeInForce
+from contracts.instruments import ConversionError, Instruments, InstrumentSpec
 from contracts.messages import (
     CancelAll,
     CancelOrder,
-    OrderState,
     PlaceOrder,
-    TradeExecuted,
 )
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -31,29 +30,21 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")]
 
 
-class EdgeError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers or {}
-
-    def body(self) -> bytes:
-        return json_encoder.encode(error(self.code, self.message, self.field))
+# What "PostgreSQL cannot be reached or is restarting" looks like from asyncpg: answered 503, not 500.
+# InternalClientError: a pooled connection left mid-operation by a query the outage cut off.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """Errors that mean PostgreSQL cannot be reached or is restarting (answer 503, not 500)."""
-    # InternalClientError: a pooled connection left mid-operation by a query the outage cut off.
-    return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                            asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError, OSError,
-                            TimeoutError))
+def answer(exc: BaseException, where: str = "") -> ApiError:
+    """What the client is told about exc (contracts.api.error_answer with the database's errors)."""
+    return error_answer(exc, DATABASE_ERRORS, where)
 
 
-def unavailable() -> EdgeError:
-    return EdgeError(503, "unavailable", "the database is unavailable; retry", headers={"Retry-After": "1"})
+def unavailable() -> ApiError:
+    return unavailable_error("the database is unavailable; retry")
 
 
 class OrderFields(msgspec.Struct, kw_only=True):
@@ -97,7 +88,7 @@ def decode_json(decode, raw):
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
     except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
-        raise EdgeError(400, "invalid_json", f"body is not valid JSON: {str(exc)[:200]}") from None
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {str(exc)[:200]}") from None
 
 
 def decode_order_request(raw: bytes | Any) -> OrderRequest:
@@ -113,20 +104,20 @@ def decode_cancel_all(raw: bytes) -> CancelAllRequest:
     return decode_json(_cancel_all_decoder.decode, raw)
 
 
-def validation_error(text: str) -> EdgeError:
+def validation_error(text: str) -> ApiError:
     """msgspec's 'Expected `str`, got `int` - at `$.side`' -> code + field."""
     message, _, where = text.partition(" - at `$.")
     field = where.rstrip("`").split(".")[0].split("[")[0] or None
     if message.startswith("Object missing required field"):
         field = message.split("`")[1]
-        return EdgeError(400, "missing_field", f"{field} is required", field)
-    return EdgeError(400, "invalid_field", message, field)
+        return ApiError(400, "missing_field", f"{field} is required", field)
+    return ApiError(400, "invalid_field", message, field)
 
 
 def spec_for(instruments: Instruments, symbol: str | None, field: str = "instrument") -> InstrumentSpec:
     spec = instruments.get(symbol) if isinstance(symbol, str) else None
     if spec is None:
-        raise EdgeError(400, "unknown_instrument", f"unknown instrument {symbol!r}; one of {instruments.symbols}", field)
+        raise ApiError(400, "unknown_instrument", f"unknown instrument {symbol!r}; one of {instruments.symbols}", field)
     return spec
 
 
@@ -134,7 +125,7 @@ def _convert(fn, value, field):
     try:
         return fn(value, field)
     except ConversionError as exc:
-        raise EdgeError(400, exc.code, exc.message, exc.field) from None
+        raise ApiError(400, exc.code, exc.message, exc.field) from None
 
 
 def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentSpec) -> PlaceOrder:
@@ -144,15 +135,15 @@ def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentS
     needs_price = t in (OrderType.LIMIT, OrderType.STOP_LIMIT)
     is_stop = t in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET)
     if needs_price and req.price is None:
-        raise EdgeError(400, "missing_field", f"price is required for {t.value} orders", "price")
+        raise ApiError(400, "missing_field", f"price is required for {t.value} orders", "price")
     if not needs_price and req.price is not None:
-        raise EdgeError(400, "invalid_field", f"price is not allowed for {t.value} orders", "price")
+        raise ApiError(400, "invalid_field", f"price is not allowed for {t.value} orders", "price")
     if is_stop and req.stop_price is None:
-        raise EdgeError(400, "missing_field", f"stop_price is required for {t.value} orders", "stop_price")
+        raise ApiError(400, "missing_field", f"stop_price is required for {t.value} orders", "stop_price")
     if not is_stop and req.stop_price is not None:
-        raise EdgeError(400, "invalid_field", "stop_price is only allowed for stop orders", "stop_price")
+        raise ApiError(400, "invalid_field", "stop_price is only allowed for stop orders", "stop_price")
     if req.post_only and (t != OrderType.LIMIT or req.time_in_force != TimeInForce.GTC):
-        raise EdgeError(400, "invalid_field", "post_only needs a GTC limit order", "post_only")
+        raise ApiError(400, "invalid_field", "post_only needs a GTC limit order", "post_only")
     price = _convert(spec.price_to_ticks, req.price, "price") if needs_price else None
     stop_price = _convert(spec.price_to_ticks, req.stop_price, "stop_price") if is_stop else None
     quantity = _convert(spec.quantity_to_lots, req.quantity, "quantity")
@@ -184,17 +175,8 @@ def request_hash(cmd: PlaceOrder, client_order_id: str | None) -> bytes:
 # ------------------------------------------------------------------------ views
 
 
-def average_price(spec: InstrumentSpec, cost: int | Decimal, filled: int) -> Decimal | None:
-    """cost = sum(price_ticks * qty_lots); average price = cost * tick / filled. A ratio may
-    not terminate: it is rounded to 1/10,000 of a tick (a shown figure, not a balance)."""
-    if not filled:
-        return None
-    value = Decimal(cost) * spec.tick_size / filled
-    return plain(value.quantize(spec.tick_size / 10_000))
-
-
-class _Row:
-    """An `orders` row (asyncpg Record) read by attribute, like an OrderState."""
+class OrderRow:
+    """An `orders` row (asyncpg Record) read by attribute, like an OrderState, for contracts.views."""
 
     __slots__ = ("_r",)
 
@@ -202,55 +184,10 @@ class _Row:
         self._r = row
 
     def __getattr__(self, name):
-        return self._r[name]
-
-
-def order_view(o, spec: InstrumentSpec) -> dict:
-    """OrderState (engine) or an `orders` row (asyncpg Record) -> API order. Enum members
-    go to the encoder as they are (a str Enum encodes as its value)."""
-    if not isinstance(o, OrderState):
-        o = _Row(o)
-    price_json, qty_json = spec.price_json, spec.quantity_json
-    price, quantity, filled = o.price, o.quantity, o.filled_quantity
-    created, updated = o.created_ts, o.updated_ts
-    created_at = iso_ms(created)
-    view = {
-        "order_id": o.order_id,
-        "client_id": o.client_id,
-        "instrument": o.instrument,
-        "side": o.side,
-        "type": o.order_type,
-        "price": price_json(price) if price is not None else None,
-        "quantity": qty_json(quantity),
-        "filled_quantity": qty_json(filled),
-        "remaining_quantity": qty_json(quantity - filled),
-        "status": o.status,
-        "time_in_force": o.tif,
-        "post_only": o.post_only,
-        "average_price": average_price(spec, o.cost, filled) if filled else None,
-        "created_at": created_at,
-        "updated_at": created_at if updated // 1_000_000 == created // 1_000_000 else iso_ms(updated),
-    }
-    if o.reject_reason:
-        view["reject_reason"] = o.reject_reason
-    if o.stop_price is not None:
-        view["stop_price"] = price_json(o.stop_price)
-    return view
-
-
-def trade_view(t: TradeExecuted, spec: InstrumentSpec) -> dict:
-    buy, sell = (t.taker_order_id, t.maker_order_id) if t.taker_side == Side.BUY else (t.maker_order_id, t.taker_order_id)
-    return {
-        "trade_id": t.trade_id,
-        "buy_order_id": buy,
-        "sell_order_id": sell,
-        "instrument": t.instrument,
-        "price": spec.price_json(t.price),
-        "quantity": spec.quantity_json(t.quantity),
-        "taker_side": t.taker_side.value,
-        "timestamp": iso_ms(t.ts),
-        "seq": t.seq,
-    }
+        try:
+            return self._r[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def book_view(book, spec: InstrumentSpec, levels: int) -> dict:
@@ -282,9 +219,8 @@ def _side_json(spec: InstrumentSpec, side: str, rows: list) -> msgspec.Raw:
     return raw
 
 
-CLOSED = {OrderStatus.FILLED.value, OrderStatus.CANCELLED.value, OrderStatus.REJECTED.value}
 
 __all__ = [
-    "EdgeError", "OrderRequest", "CancelAllRequest", "decode_order_request", "to_place", "request_hash",
-    "order_view", "trade_view", "book_view", "spec_for", "CancelOrder", "CancelAll", "CLOSED",
+    "ApiError", "OrderRequest", "CancelAllRequest", "decode_order_request", "to_place", "request_hash",
+    "OrderRow", "book_view", "spec_for", "CancelOrder", "CancelAll",
 ]

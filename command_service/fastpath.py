@@ -13,11 +13,10 @@ import logging
 
 from command_service import ws
 from command_service.edge import (
-    EdgeError,
-    database_unavailable,
+    answer,
     decode_order_request,
-    unavailable,
 )
+from contracts.api import ApiError, body_too_large
 
 log = logging.getLogger("command.fastpath")
 _JSON = (b"content-type", b"application/json")
@@ -42,30 +41,19 @@ class OrderFastPath:
         return await self.app(scope, receive, send)
 
     async def _handle(self, scope, receive, send, cancel_id: str | None) -> None:
-        st = self.app.state
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        client = scope.get("client")
         try:
             body = await self._body(receive)
-            authorization = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                    break
-            client = scope.get("client")
-            principal = await authorize(st, authorization, client[0] if client else "")
-            if cancel_id is None:
-                status, payload, headers = await st.entry.place(principal, decode_order_request(body))
-            else:
-                status, payload, headers = await st.entry.cancel(principal, cancel_id)
-        except EdgeError as exc:
-            st.metrics.http_errors.labels(str(exc.status), exc.code).inc()
+        except ApiError as exc:
             status, payload, headers = exc.status, exc.body(), exc.headers
-        except Exception as exc:
-            if database_unavailable(exc):
-                err = unavailable()
-                status, payload, headers = err.status, err.body(), err.headers
-            else:
-                log.exception("unhandled error on %s", scope["path"])
-                status, payload, headers = 500, EdgeError(500, "internal", "internal error").body(), None
+        else:
+            status, payload, headers = await order_route(self.app.state, cancel_id, body, authorization,
+                                                         client[0] if client else "")
         out = [_JSON, (b"content-length", b"%d" % len(payload))]
         if headers:
             out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -77,14 +65,29 @@ class OrderFastPath:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise EdgeError(400, "invalid_request", "client disconnected")
+                raise ApiError(400, "invalid_request", "client disconnected")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise EdgeError(413, "body_too_large", f"request body over {self.max_body} bytes")
+                raise body_too_large(self.max_body)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+async def order_route(st, cancel_id: str | None, body: bytes, authorization: str | None,
+                      client_host: str) -> tuple[int, bytes, dict | None]:
+    """POST /orders (cancel_id None) and POST /orders/{id}/cancel: the one code path of both
+    routes, called by this fast path and by the Litestar handlers that carry the schema."""
+    try:
+        principal = await authorize(st, authorization, client_host)
+        if cancel_id is None:
+            return await st.entry.place(principal, decode_order_request(body))
+        return await st.entry.cancel(principal, cancel_id)
+    except Exception as exc:
+        err = answer(exc, "on POST /orders" if cancel_id is None else "on POST /orders/{id}/cancel")
+        st.metrics.http_errors.labels(str(err.status), err.code).inc()
+        return err.status, err.body(), err.headers
 
 
 async def authorize(st, authorization: str | None, client_host: str):

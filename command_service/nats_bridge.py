@@ -14,11 +14,9 @@ import msgspec
 import nats
 
 from command_service.edge import (
-    EdgeError,
-    database_unavailable,
+    answer,
     decode_json,
     decode_order_request,
-    unavailable,
 )
 from contracts.topics import ORDER_REQUEST_SUBJECT
 
@@ -74,15 +72,9 @@ class NatsBridge:
             principal = (await self.auth.principal_for_key(req.api_key) if req.api_key
                          else await self.auth.authenticate(None))
             status, body, _ = await self.entry.place(principal, decode_order_request(req.body), with_book=False)
-        except EdgeError as exc:
-            status, body = exc.status, exc.body()
         except Exception as exc:
-            if database_unavailable(exc):
-                err = unavailable()
-                status, body = err.status, err.body()
-            else:
-                log.exception("nats order request failed")
-                status, body = 500, EdgeError(500, "internal", "internal error").body()
+            err = answer(exc, "on a NATS order request")
+            status, body = err.status, err.body()
         if msg.reply:
             await msg.respond(b'{"status":%d,"body":%s}' % (status, body))
 

@@ -13,23 +13,21 @@ import secrets
 
 from command_service.auth import Principal
 from command_service.edge import (
-    CLOSED,
     CancelAllRequest,
-    EdgeError,
     OrderRequest,
+    OrderRow,
     book_view,
-    order_view,
     request_hash,
     spec_for,
     to_place,
-    trade_view,
 )
 from command_service.journal import JournalWriter
 from command_service.sequencer import Sequencer, Unavailable
-from contracts.api import error, json_encoder
-from contracts.enums import ResultCode
+from contracts.api import ApiError, error, json_encoder
+from contracts.enums import CLOSED_STATUSES, ResultCode
 from contracts.instruments import Instruments
 from contracts.messages import CancelAll, CancelOrder, TradeExecuted
+from contracts.views import order_view, trade_view
 
 REPLAYED = {"Idempotent-Replayed": "true"}
 
@@ -66,7 +64,7 @@ class OrderEntry:
     def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True):
         """The common case without an await before the sequencer: no idempotency key and no
         client order id to look up. Returns the sequencer's future of (status, body), or
-        None when the request needs `place` (it raises EdgeError for a bad request)."""
+        None when the request needs `place` (it raises ApiError for a bad request)."""
         if req.idempotency_key is not None or req.order_id is not None:
             return None
         spec = spec_for(self.instruments, req.instrument)
@@ -103,8 +101,8 @@ class OrderEntry:
             idem = (client_id, key, h)
         if req.order_id is not None:
             if order_id in self._reserved_ids:
-                self._release(slot, client_id, key, EdgeError(409, "duplicate_order_id", "order_id in flight"))
-                raise EdgeError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
+                self._release(slot, client_id, key, ApiError(409, "duplicate_order_id", "order_id in flight"))
+                raise ApiError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
             self._reserved_ids.add(order_id)
         try:
             if idem is not None:
@@ -116,14 +114,14 @@ class OrderEntry:
                     slot.set_result(answer)
                     return answer[0], answer[1], REPLAYED
             if req.order_id is not None and await self.journal.order_exists(order_id):
-                raise EdgeError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
+                raise ApiError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
             status, body = await _await(seq.submit(cmd, self._render_place(spec, order_id, with_book), idem))
             if slot is not None:
                 slot.set_result((status, body))
             return status, body, {}
         except BaseException as exc:
             if slot is not None and not slot.done():
-                slot.set_exception(exc if isinstance(exc, Exception) else EdgeError(503, "unavailable", "cancelled"))
+                slot.set_exception(exc if isinstance(exc, Exception) else ApiError(503, "unavailable", "cancelled"))
             raise
         finally:
             if key is not None:
@@ -145,10 +143,10 @@ class OrderEntry:
                                                       "order_id"))
             own = result.orders[0]
             trades = [
-                trade_view(e, spec) for e in result.events
+                trade_view(spec, e) for e in result.events
                 if type(e) is TradeExecuted and (e.taker_order_id == order_id or e.maker_order_id == order_id)
             ]
-            body = {"order": order_view(own, spec), "trades": trades}
+            body = {"order": order_view(spec, own), "trades": trades}
             if with_book:
                 body["orderbook"] = book_view(book, spec, levels)
             return 201, json_encoder.encode(body)
@@ -160,7 +158,7 @@ class OrderEntry:
         """A cancel of an order resting in a book needs no database read. Returns the
         sequencer's future of (status, body) - status 0 when the order closed before the
         cancel ran, which `cancel` resolves from the database - or None when the order is
-        not resting (then `cancel` looks it up). Raises EdgeError for 403/409 known here."""
+        not resting (then `cancel` looks it up). Raises ApiError for 403/409 known here."""
         seq, state = self._find_resting(order_id)
         if state is None:
             # Not in any book: unknown, closed, or closed by a batch still committing (the
@@ -169,11 +167,11 @@ class OrderEntry:
                 hit = s.recently_closed.get(order_id)
                 if hit is not None:
                     if not principal.may_act_for(hit[0]):
-                        raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
-                    raise EdgeError(409, "order_closed", f"order is already {hit[1]}", "order_id")
+                        raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
+                    raise ApiError(409, "order_closed", f"order is already {hit[1]}", "order_id")
             return None
         if not principal.may_act_for(state.client_id):
-            raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+            raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
         return self._submit_cancel(seq, order_id, state.client_id)
 
     def _submit_cancel(self, seq: Sequencer, order_id: str, owner: str):
@@ -181,7 +179,7 @@ class OrderEntry:
 
         def render(result, book):
             if result.code == ResultCode.OK:
-                return 200, json_encoder.encode({"order": order_view(result.orders[0], spec)})
+                return 200, json_encoder.encode({"order": order_view(spec, result.orders[0])})
             return 0, b""
 
         return seq.submit(CancelOrder(order_id, owner, seq.instrument, 0), render)
@@ -193,11 +191,11 @@ class OrderEntry:
             # anyway if the row says open - it then runs after any batch still committing,
             # so the row we re-read below is the truth.
             row = await self._order_row(principal, order_id)
-            if row["status"] in CLOSED:
-                raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
+            if row["status"] in CLOSED_STATUSES:
+                raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
             seq = self.sequencers.get(row["instrument"])
             if seq is None:
-                raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+                raise ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
             fut = self._submit_cancel(seq, order_id, row["client_id"])
         return await self.finish_cancel(principal, order_id, await _await(fut))
 
@@ -206,16 +204,16 @@ class OrderEntry:
         if status:
             return status, body, {}
         row = await self._order_row(principal, order_id)
-        if row["status"] in CLOSED:
-            raise EdgeError(409, "order_closed", f"order is already {row['status']}", "order_id")
-        raise EdgeError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
+        if row["status"] in CLOSED_STATUSES:
+            raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
+        raise ApiError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
 
     async def _order_row(self, principal: Principal, order_id: str):
         row = await self.journal.find_order(order_id)
         if row is None:
-            raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+            raise ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
         if not principal.may_act_for(row["client_id"]):
-            raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+            raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
         return row
 
     def _find_resting(self, order_id: str):
@@ -253,16 +251,16 @@ class OrderEntry:
     async def get(self, principal: Principal, order_id: str) -> Reply:
         row = await self.journal.find_order(order_id)
         if row is None:
-            raise EdgeError(404, "not_found", f"order {order_id!r} not found", "order_id")
+            raise ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
         if not principal.may_act_for(row["client_id"]):
-            raise EdgeError(403, "forbidden", "this order belongs to another client", "order_id")
+            raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
         spec = self.instruments.get(row["instrument"])
-        return 200, json_encoder.encode({"order": order_view(row, spec)}), {}
+        return 200, json_encoder.encode({"order": order_view(spec, OrderRow(row))}), {}
 
     # ------------------------------------------------------------------ admin
     async def snapshot(self, principal: Principal, instrument: str | None) -> Reply:
         if not principal.is_admin:
-            raise EdgeError(403, "forbidden", "an admin key is required")
+            raise ApiError(403, "forbidden", "an admin key is required")
         symbols = [spec_for(self.instruments, instrument).symbol] if instrument else list(self.sequencers)
         out = []
         for sym in symbols:
@@ -275,12 +273,12 @@ class OrderEntry:
     def _client_for(principal: Principal, body_client_id: str | None) -> str:
         if principal.client_id is None:  # auth disabled, or an admin key acting for a client
             if body_client_id is None:
-                raise EdgeError(400, "missing_field", "client_id is required", "client_id")
+                raise ApiError(400, "missing_field", "client_id is required", "client_id")
             return body_client_id
         if body_client_id is None:
             return principal.client_id
         if body_client_id != principal.client_id and not principal.is_admin:
-            raise EdgeError(403, "forbidden", "client_id does not match the API key", "client_id")
+            raise ApiError(403, "forbidden", "client_id does not match the API key", "client_id")
         return body_client_id
 
 
@@ -288,7 +286,7 @@ async def _await(fut):
     try:
         return await fut
     except Unavailable as exc:
-        raise EdgeError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from None
+        raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from None
 
 
 def _consume(fut: asyncio.Future) -> None:
@@ -296,6 +294,6 @@ def _consume(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-def _key_reused() -> EdgeError:
-    return EdgeError(409, "idempotency_key_reused", "this idempotency_key was used with a different request",
+def _key_reused() -> ApiError:
+    return ApiError(409, "idempotency_key_reused", "this idempotency_key was used with a different request",
                      "idempotency_key")

@@ -23,16 +23,14 @@ from typing import Any, Optional
 import msgspec
 
 from command_service.edge import (
-    EdgeError,
     OrderFields,
     OrderRequest,
-    database_unavailable,
+    answer,
     decode_json,
-    unavailable,
     validation_error,
 )
 from command_service.sequencer import Unavailable
-from contracts.api import error, json_encoder
+from contracts.api import ApiError, error, json_encoder
 from contracts.enums import OrderType, Side
 
 log = logging.getLogger("command.ws")
@@ -56,7 +54,7 @@ _decode_message = msgspec.json.Decoder(WsMessage).decode
 _encode = json_encoder.encode
 
 
-def _err(request_id, exc: EdgeError) -> bytes:
+def _err(request_id, exc: ApiError) -> bytes:
     return _encode({"type": "error", "request_id": request_id, **error(exc.code, exc.message, exc.field)})
 
 
@@ -71,28 +69,28 @@ def _decode(raw) -> WsMessage:
         except Exception:
             loose = None
         if not isinstance(loose, dict):
-            raise _Bad(None, EdgeError(400, "invalid_message", "message must be a JSON object")) from None
+            raise _Bad(None, ApiError(400, "invalid_message", "message must be a JSON object")) from None
         rid = loose.get("request_id")
         raise _Bad(rid if isinstance(rid, (str, int, float, bool)) else None, validation_error(str(exc))) from None
     except Exception:
         try:
             decode_json(msgspec.json.decode, raw)
-        except EdgeError as edge:
+        except ApiError as edge:
             raise _Bad(None, edge) from None
-        raise _Bad(None, EdgeError(400, "invalid_json", "message is not valid JSON")) from None
+        raise _Bad(None, ApiError(400, "invalid_json", "message is not valid JSON")) from None
 
 
 class _Bad(Exception):
-    def __init__(self, request_id, edge: EdgeError):
+    def __init__(self, request_id, edge: ApiError):
         self.request_id = request_id
         self.edge = edge
 
 
 def _order_request(m: WsMessage, order_type) -> OrderRequest:
     if m.side is None:
-        raise EdgeError(400, "missing_field", "side is required", "side")
+        raise ApiError(400, "missing_field", "side is required", "side")
     if m.quantity is None:
-        raise EdgeError(400, "missing_field", "quantity is required", "quantity")
+        raise ApiError(400, "missing_field", "quantity is required", "quantity")
     # Every field was validated by the typed decode (same annotated types as OrderRequest).
     return OrderRequest(side=m.side, type=order_type, quantity=m.quantity, client_id=m.client_id,
                         instrument=m.instrument, price=m.price, stop_price=m.stop_price,
@@ -131,7 +129,7 @@ class OrderSocket:
         if exc is None:
             self._reply(kind, request_id, *fut.result())
         elif isinstance(exc, Unavailable):
-            self.push(_err(request_id, EdgeError(503, "unavailable", str(exc))))
+            self.push(_err(request_id, ApiError(503, "unavailable", str(exc))))
         else:
             self._failed(request_id, exc)
 
@@ -141,13 +139,7 @@ class OrderSocket:
         self.push(head + (b',"replayed":true,' if replayed else b",") + payload[1:])
 
     def _failed(self, request_id, exc: BaseException) -> None:
-        if isinstance(exc, EdgeError):
-            self.push(_err(request_id, exc))
-        elif database_unavailable(exc):
-            self.push(_err(request_id, unavailable()))
-        else:
-            log.error("ws request failed", exc_info=exc)
-            self.push(_err(request_id, EdgeError(500, "internal", "internal error")))
+        self.push(_err(request_id, answer(exc, "on a /ws request")))
 
     # ---------------------------------------------------------------- requests
     def on_message(self, raw) -> None:
@@ -165,7 +157,7 @@ class OrderSocket:
                 # as its last value ("limit"/"market"), which we accept too.
                 order_type = m.order_type if kind == "order" else (m.order_type or OrderType(kind))
                 if order_type is None:
-                    raise EdgeError(400, "missing_field", "order_type is required", "order_type")
+                    raise ApiError(400, "missing_field", "order_type is required", "order_type")
                 req = _order_request(m, order_type)
                 fut = self.entry.place_nowait(self.principal, req, with_book=False)
                 if fut is None:
@@ -175,7 +167,7 @@ class OrderSocket:
                     fut.add_done_callback(lambda f: self._answer(b"order_accepted", rid, f))
             elif kind == "cancel":
                 if m.order_id is None:
-                    raise EdgeError(400, "missing_field", "order_id is required", "order_id")
+                    raise ApiError(400, "missing_field", "order_id is required", "order_id")
                 fut = self.entry.cancel_nowait(self.principal, m.order_id)
                 if fut is None:
                     self._spawn(self._cancel_slow(rid, m.order_id, None))
@@ -185,7 +177,7 @@ class OrderSocket:
             elif kind == "ping":
                 self.push(b'{"type":"pong","request_id":' + _encode(rid) + b"}")
             else:
-                raise EdgeError(400, "unknown_type", f"unknown message type {kind!r}", "type")
+                raise ApiError(400, "unknown_type", f"unknown message type {kind!r}", "type")
         except Exception as exc:
             self._failed(rid, exc)
 
@@ -268,9 +260,7 @@ async def serve(st, scope, receive, send) -> None:
     try:
         principal = await st.auth.authenticate(authorization)
     except Exception as exc:
-        edge = exc if isinstance(exc, EdgeError) else unavailable() if database_unavailable(exc) else None
-        if edge is None:
-            raise
+        edge = answer(exc, "authenticating /ws")
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": _err(None, edge).decode()})
         await send({"type": "websocket.close", "code": 4401 if edge.status == 401 else 1013, "reason": edge.code})

@@ -1,7 +1,9 @@
-"""Shapes at the HTTP/WebSocket edge shared by both services: errors and time format."""
+"""The API edge shared by both services: the one error type and its mapping to an answer,
+the time format, and the JSON encoder."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
 import msgspec
@@ -17,7 +19,7 @@ class ErrorResponse(msgspec.Struct, frozen=True):
     error: ErrorBody
 
 
-def error(code: str, message: str, field: str | None = None) -> dict:
+def error(code: str, message: str, field: str | None = None) -> dict[str, dict[str, str]]:
     """The API's error shape: {"error": {"code", "message", "field"?}}."""
     body = {"code": code, "message": message}
     if field is not None:
@@ -25,17 +27,79 @@ def error(code: str, message: str, field: str | None = None) -> dict:
     return {"error": body}
 
 
-_second_cache: list = [None, ""]
+class ApiError(Exception):
+    """Anything a client can get wrong, or a state it must wait out: an HTTP status, a stable
+    code, a message, the field at fault, extra headers (Retry-After). Raised at the edge of
+    either service; rejections inside the engine are result codes, never this."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return json_encoder.encode(error(self.code, self.message, self.field))
+
+
+def bad_request(code: str, message: str, field: str | None = None) -> ApiError:
+    return ApiError(400, code, message, field)
+
+
+def unavailable(message: str = "a backing store is unavailable; retry") -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": "1"})
+
+
+INTERNAL = ApiError(500, "internal", "internal error")
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body over {limit} bytes")
+
+# The framework's own HTTP errors (no route, wrong method, a body it cannot read) in our shape.
+_FRAMEWORK_CODES = {400: "invalid_json", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                    405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}
+
+
+def framework_error(status: int, detail: object) -> ApiError:
+    """A web framework's HTTPException as an ApiError (its 400s come from a body that does not decode)."""
+    return ApiError(status, _FRAMEWORK_CODES.get(status, "error"), detail if isinstance(detail, str) else str(detail))
+
+_log = logging.getLogger("exchange.api")
+
+
+def error_answer(exc: BaseException, unavailable_errors: tuple[type[BaseException], ...] = (),
+                 where: str = "") -> ApiError:
+    """The one mapping from an exception to what the client is told, used by every route of
+    both services (fast ASGI paths, framework handlers, WebSocket and NATS answers): an
+    ApiError as it is; a backing store that cannot be reached (the caller names its error
+    types) 503 with Retry-After; anything else 500, logged with its traceback."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, (ConnectionError, OSError, TimeoutError) + unavailable_errors):
+        return unavailable()
+    _log.error("unhandled error %s", where, exc_info=exc)
+    return INTERNAL
+
+
+_seconds: dict[int, str] = {}
 
 
 def iso_ms(ts_ns: int) -> str:
-    """ns since epoch -> ISO 8601 UTC with milliseconds and Z (2024-01-01T00:00:00.000Z)."""
+    """ns since epoch -> ISO 8601 UTC with milliseconds and Z (2024-01-01T00:00:00.000Z).
+    The date part is cached per second: the projector renders thousands of stamps a second,
+    nearly all within the same few seconds."""
     ms = ts_ns // 1_000_000
-    sec = ms // 1000
-    if _second_cache[0] != sec:  # most stamps fall in the same second as the previous one
-        _second_cache[1] = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_cache[0] = sec
-    return f"{_second_cache[1]}.{ms % 1000:03d}Z"
+    sec, rem = divmod(ms, 1000)
+    head = _seconds.get(sec)
+    if head is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        head = _seconds[sec] = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{head}{rem:03d}Z"
 
 
 def parse_iso(value: str) -> int:

@@ -57,6 +57,10 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
     def quantity_json(self, lots: int) -> msgspec.Raw:
         return _json_number(lots, self.lot_size)
 
+    def notional_json(self, ticks_times_lots: int) -> msgspec.Raw:
+        """A sum of price*quantity products (ticks*lots) as an exact quote amount."""
+        return msgspec.Raw(format_units(ticks_times_lots, self.tick_size * self.lot_size))
+
     def notional(self, ticks_times_lots: int) -> Decimal:
         """A sum of price*quantity products (ticks*lots) as an exact quote amount."""
         return plain(self.tick_size * self.lot_size * ticks_times_lots)
@@ -77,11 +81,11 @@ def _json_number(n: int, unit: Decimal) -> msgspec.Raw:
     if raw is None:
         if len(cache) >= 100_000:
             cache.clear()
-        raw = cache[n] = msgspec.Raw(_format_units(n, unit))
+        raw = cache[n] = msgspec.Raw(format_units(n, unit))
     return raw
 
 
-def _format_units(n: int, unit: Decimal) -> bytes:
+def format_units(n: int, unit: Decimal) -> bytes:
     """n * unit as a plain JSON number (no exponent, no trailing zeros), by integer math."""
     spec = _UNIT_CACHE.get(unit)
     if spec is None:

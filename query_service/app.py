@@ -11,6 +11,7 @@ import time
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
+import asyncpg
 import httpx
 import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get, websocket
@@ -18,7 +19,13 @@ from litestar.connection import WebSocket
 from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 
-from contracts.api import error, json_encoder
+from contracts.api import (
+    ApiError,
+    bad_request,
+    error_answer,
+    framework_error,
+    json_encoder,
+)
 from contracts.instruments import load_instruments
 from query_service import openapi, params, views
 from query_service.auth import Authenticator
@@ -26,7 +33,6 @@ from query_service.bus import Bus
 from query_service.health import health
 from query_service.journal import JournalReader
 from query_service.metrics import Metrics
-from query_service.params import ApiError
 from query_service.projector import Projector
 from query_service.records import CANDLE_INTERVALS
 from query_service.redis_keys import Keys
@@ -126,9 +132,9 @@ async def analytics(request: Request) -> Response:
     if start is None:
         start = end - DAY_NS
     if start > end:
-        raise params.bad("invalid_range", "start_time must not be after end_time", "start_time")
+        raise bad_request("invalid_range", "start_time must not be after end_time", "start_time")
     if end - start > MAX_ANALYTICS_RANGE_NS:
-        raise params.bad("range_too_large", "start_time..end_time may span at most 31 days", "start_time")
+        raise bad_request("range_too_large", "start_time..end_time may span at most 31 days", "start_time")
     return _json(await views.analytics(s.redis, s.keys, spec, start, end, interval))
 
 
@@ -221,26 +227,21 @@ async def stream(socket: WebSocket) -> None:
 # --------------------------------------------------------------------------- errors / middleware
 
 
-def _api_error(_: Request, exc: ApiError) -> Response:
-    return _json(json_encoder.encode(error(exc.code, exc.message, exc.field)), exc.status)
+# Redis or PostgreSQL out of reach: 503 with Retry-After (contracts.api.error_answer).
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, asyncpg.PostgresConnectionError,
+                                                 asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+def _api_error(request: Request, exc: Exception) -> Response:
+    err = error_answer(exc, STORE_ERRORS, f"on {request.method} {request.url.path}")
+    return Response(content=err.body(), status_code=err.status, media_type="application/json",
+                    headers=err.headers or None)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:
-    status = exc.status_code
-    code = _HTTP_CODES.get(status, "error")
-    return _json(json_encoder.encode(error(code, str(exc.detail))), status)
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    return _api_error(request, framework_error(exc.status_code, exc.detail))
 
 
-def _unavailable(_: Request, exc: Exception) -> Response:
-    return _json(json_encoder.encode(error("unavailable", "a backing store is unavailable, retry")), 503)
-
-
-def _internal(_: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", exc_info=exc)
-    return _json(json_encoder.encode(error("internal", "internal error")), 500)
 
 
 _KNOWN = {
@@ -323,12 +324,13 @@ class FastPath:
         services: Services = self.app.state.services
         parsed = self._parse(services, scope["query_string"])
         if isinstance(parsed, ApiError):
-            status, body = parsed.status, json_encoder.encode(error(parsed.code, parsed.message, parsed.field))
+            status, body = parsed.status, parsed.body()
         else:
             try:
                 status, body = 200, await services.books.orderbook(*parsed)
-            except (RedisError, ConnectionError, OSError):
-                status, body = 503, json_encoder.encode(error("unavailable", "a backing store is unavailable, retry"))
+            except Exception as exc:
+                err = error_answer(exc, STORE_ERRORS, "on GET /market/orderbook")
+                status, body = err.status, err.body()
         await send(
             {
                 "type": "http.response.start",
@@ -366,11 +368,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         middleware=[_metrics_middleware],
         exception_handlers={
-            ApiError: _api_error,
             HTTPException: _http_error,
-            RedisError: _unavailable,
-            ConnectionError: _unavailable,
-            Exception: _internal,
+            Exception: _api_error,  # ApiError, store outages and bugs: contracts.api.error_answer
         },
         openapi_config=None,
         debug=False,

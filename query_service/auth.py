@@ -6,9 +6,9 @@ import time
 
 import msgspec
 
+from contracts.api import ApiError
 from contracts.auth import bearer_token, hash_api_key
 from query_service.journal import JournalReader
-from query_service.params import ApiError
 
 
 class Identity(msgspec.Struct, frozen=True):

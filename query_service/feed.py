@@ -57,7 +57,7 @@ def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: dict | None, rese
         (
             o.client_id,
             msgspec.Raw(
-                enc({"type": "order_update", "instrument": delta.instrument, "seq": delta.seq, "order": order_view(spec, o)})
+                enc({"type": "order_update", "instrument": delta.instrument, "seq": delta.seq, "order": order_view(spec, o, o.seq)})
             ),
         )
         for o in delta.orders.values()

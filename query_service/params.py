@@ -5,31 +5,18 @@ from __future__ import annotations
 import base64
 import re
 
-from contracts.api import parse_iso
+from contracts.api import bad_request, parse_iso
 from contracts.instruments import Instruments, InstrumentSpec
 
 DEFAULT_INSTRUMENT = "BTC-USD"
 _INT = re.compile(r"[+-]?\d{1,18}")
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-def bad(code: str, message: str, field: str | None = None) -> ApiError:
-    return ApiError(400, code, message, field)
-
-
 def instrument(instruments: Instruments, value: str | None, field: str = "instrument") -> InstrumentSpec:
     symbol = DEFAULT_INSTRUMENT if value is None or value == "" else value
     spec = instruments.get(symbol)
     if spec is None:
-        raise bad("unknown_instrument", f"unknown instrument {symbol!r}", field)
+        raise bad_request("unknown_instrument", f"unknown instrument {symbol!r}", field)
     return spec
 
 
@@ -44,10 +31,10 @@ def integer(value: str | None, field: str, default: int, lo: int, hi: int) -> in
         return default
     text = value.strip()
     if not _INT.fullmatch(text):
-        raise bad("invalid_integer", f"{field} must be an integer", field)
+        raise bad_request("invalid_integer", f"{field} must be an integer", field)
     n = int(text)
     if n < lo or n > hi:
-        raise bad("out_of_range", f"{field} must be between {lo} and {hi}", field)
+        raise bad_request("out_of_range", f"{field} must be between {lo} and {hi}", field)
     return n
 
 
@@ -58,9 +45,9 @@ def timestamp(value: str | None, field: str) -> int | None:
     try:
         ns = parse_iso(value)
     except (ValueError, OverflowError, OSError):
-        raise bad("invalid_time", f"{field} must be an ISO 8601 time, e.g. 2024-01-01T00:00:00.000Z", field) from None
+        raise bad_request("invalid_time", f"{field} must be an ISO 8601 time, e.g. 2024-01-01T00:00:00.000Z", field) from None
     if ns < 0 or ns > 4_102_444_800 * 1_000_000_000:  # before 1970 or after 2100
-        raise bad("invalid_time", f"{field} is out of range", field)
+        raise bad_request("invalid_time", f"{field} is out of range", field)
     return ns
 
 
@@ -68,7 +55,7 @@ def choice(value: str | None, field: str, allowed: tuple[str, ...], default: str
     if value is None or value == "":
         return default
     if value not in allowed:
-        raise bad("invalid_value", f"{field} must be one of {', '.join(allowed)}", field)
+        raise bad_request("invalid_value", f"{field} must be one of {', '.join(allowed)}", field)
     return value
 
 
@@ -85,7 +72,7 @@ def decode_cursor(value: str | None, field: str = "cursor") -> bytes | None:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except Exception:
-        raise bad("invalid_cursor", "cursor is not a cursor this API returned", field) from None
+        raise bad_request("invalid_cursor", "cursor is not a cursor this API returned", field) from None
     if not _CURSOR.fullmatch(raw):
-        raise bad("invalid_cursor", "cursor is not a cursor this API returned", field)
+        raise bad_request("invalid_cursor", "cursor is not a cursor this API returned", field)
     return raw

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 from sortedcontainers import SortedDict
 
+from contracts.enums import CLOSED_STATUSES
 from contracts.messages import (
     Event,
     OrderAccepted,
@@ -37,7 +38,6 @@ from query_service.records import (
     BOOK_OFF,
     BOOK_RESTING,
     BOOK_TAKING,
-    CLOSED,
     LIMIT_TYPES,
     RESOLUTIONS,
     STOP_TYPES,
@@ -271,7 +271,7 @@ def project(state: ProjectionState, events: Sequence[Event], *,
         was = before.get(oid)
         if oid not in state.orders:
             d.index_add.append((o.client_id, o.index_member, not o.closed))
-        elif was not in CLOSED and o.closed:
+        elif was not in CLOSED_STATUSES and o.closed:
             d.index_close.append((o.client_id, o.index_member))
     if d.taking_changed:
         d.taking = list(w.taking)
@@ -380,7 +380,7 @@ def _accepted(w: ProjectionState, d: ViewDelta, e: OrderAccepted) -> None:
         order_type=e.order_type.value,
         price=e.price,
         quantity=e.quantity,
-        filled=0,
+        filled_quantity=0,
         cost=0,
         status="pending" if stop else "open",
         tif=e.tif.value,
@@ -410,7 +410,7 @@ def _rejected(w: ProjectionState, d: ViewDelta, e: OrderRejected) -> None:
             order_type=e.order_type.value,
             price=e.price,
             quantity=e.quantity,
-            filled=0,
+            filled_quantity=0,
             cost=0,
             status="rejected",
             tif=e.tif.value,
@@ -432,7 +432,7 @@ def _rejected(w: ProjectionState, d: ViewDelta, e: OrderRejected) -> None:
 
 
 def _fill(w: ProjectionState, d: ViewDelta, o: OrderRec, t: TradeExecuted, remaining_after: int) -> None:
-    o.filled += t.quantity
+    o.filled_quantity += t.quantity
     o.cost += t.price * t.quantity
     if o.book == BOOK_RESTING:
         _level_add(w, d, o.side, o.price, remaining_after - o.remaining)

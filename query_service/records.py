@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
-CLOSED = frozenset({"filled", "cancelled", "rejected"})
+from contracts.enums import CLOSED_STATUSES
+
 STOP_TYPES = frozenset({"stop_limit", "stop_market"})
 LIMIT_TYPES = frozenset({"limit", "stop_limit"})
 
@@ -29,7 +30,7 @@ class OrderRec(msgspec.Struct, array_like=True):
     order_type: str
     price: int | None  # ticks (limit price; None for market/stop_market)
     quantity: int  # lots, total
-    filled: int  # lots
+    filled_quantity: int  # lots
     cost: int  # sum of price*qty of its fills (ticks*lots)
     status: str
     tif: str
@@ -45,7 +46,7 @@ class OrderRec(msgspec.Struct, array_like=True):
 
     @property
     def closed(self) -> bool:
-        return self.status in CLOSED
+        return self.status in CLOSED_STATUSES
 
     @property
     def index_member(self) -> str:

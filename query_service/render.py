@@ -1,104 +1,30 @@
-"""Integer ticks/lots -> the API's exact decimals (pure, no I/O).
-
-Sums and differences of ticks and lots are exact decimals (the instrument grid), written as
-JSON numbers without exponent (msgspec.Raw). Ratios (average price, VWAP, mean price) are
-rationals: they are rounded half-even to 1/10,000 of the tick (BTC-USD: 0.000001), like the
-command service's average_price, and only at this edge.
-"""
+"""The query side's API shapes beyond orders and trades (fills, positions, book levels, candles,
+analytics, ticker), from integer ticks/lots (pure, no I/O). Orders, trades and the number rules
+are contracts.views, shared with the command service."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import msgspec
 
-from contracts.instruments import InstrumentSpec, plain
+from contracts.api import iso_ms
+from contracts.instruments import InstrumentSpec
+from contracts.views import ZERO, dec_json, order_view, price_ratio, ratio, trade_view
 
-_seconds: dict[int, str] = {}
-
-
-def iso_ms(ts_ns: int) -> str:
-    """contracts.api.iso_ms with the date part cached per second (the projector renders
-    thousands of timestamps a second, nearly all within the same few seconds)."""
-    ms = ts_ns // 1_000_000
-    sec, rem = divmod(ms, 1000)
-    head = _seconds.get(sec)
-    if head is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        head = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
-        _seconds[sec] = head
-    return f"{head}{rem:03d}Z"
-
-
-_scalers: dict = {}
-ZERO = msgspec.Raw(b"0")
-
-
-def scaler(unit: Decimal):
-    """n -> n * unit as a JSON number (msgspec.Raw): exact, never an exponent (0.00000001,
-    not 1E-8), no trailing zeros - the same text as contracts' price_json/quantity_json,
-    so both services write identical numbers. Built by integer math: the projector renders
-    a few hundred thousand of these a second."""
-    f = _scalers.get(unit)
-    if f is not None:
-        return f
-    sign, digits, exponent = unit.normalize().as_tuple()
-    mantissa = int("".join(map(str, digits)))
-    if exponent >= 0:
-        mantissa *= 10**exponent
-        exponent = 0
-    places = -exponent
-
-    def f(n: int) -> msgspec.Raw:
-        v = n * mantissa
-        if places == 0:
-            return msgspec.Raw(str(v).encode())
-        neg = v < 0
-        text = str(-v if neg else v).rjust(places + 1, "0")
-        whole, frac = text[:-places], text[-places:].rstrip("0")
-        out = f"{whole}.{frac}" if frac else whole
-        return msgspec.Raw(("-" + out if neg and out != "0" else out).encode())
-
-    _scalers[unit] = f
-    return f
+__all__ = ["ZERO", "dec_json", "order_view", "trade_view", "P", "Q", "N"]
 
 
 def P(spec: InstrumentSpec):
-    return scaler(spec.tick_size)
+    return spec.price_json
 
 
 def Q(spec: InstrumentSpec):
-    return scaler(spec.lot_size)
+    return spec.quantity_json
 
 
 def N(spec: InstrumentSpec):
-    return scaler(spec.tick_size * spec.lot_size)
-
-
-def dec_json(d: Decimal) -> msgspec.Raw:
-    return msgspec.Raw(format(plain(d), "f").encode())
-
-
-# A ratio may not terminate: it is rounded half-even to 1/10,000 of the unit (the command
-# service shows average prices the same way), a shown figure, never a balance.
-RATIO_EXTRA_PLACES = 4
-_ctx = Context(prec=80, rounding=ROUND_HALF_EVEN)
-
-
-def ratio(numer: int, denom: int, unit: Decimal) -> msgspec.Raw:
-    """numer/denom * unit, rounded half-even to unit's exponent - 4 places."""
-    if denom == 0:
-        return ZERO
-    q = _ctx.divide(_ctx.multiply(Decimal(numer), unit), Decimal(denom))
-    exponent = unit.as_tuple().exponent - RATIO_EXTRA_PLACES
-    return dec_json(q.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN, context=_ctx))
-
-
-def price_ratio(spec: InstrumentSpec, ticks_times_lots: int, lots: int) -> msgspec.Raw:
-    """An average price: a sum of price*qty (ticks*lots) over a quantity (lots)."""
-    return ratio(ticks_times_lots, lots, spec.tick_size)
+    return spec.notional_json
 
 
 def mean_price(spec: InstrumentSpec, sum_ticks: int, count: int) -> msgspec.Raw:
@@ -106,45 +32,11 @@ def mean_price(spec: InstrumentSpec, sum_ticks: int, count: int) -> msgspec.Raw:
 
 
 def price_or_none(spec: InstrumentSpec, ticks: int | None):
-    return None if ticks is None else scaler(spec.tick_size)(ticks)
+    return None if ticks is None else spec.price_json(ticks)
 
 
 def signed_lots(spec: InstrumentSpec, lots: int):
-    return scaler(spec.lot_size)(lots)
-
-
-
-# --------------------------------------------------------------------------- API shapes
-
-
-def order_view(spec: InstrumentSpec, o) -> dict:
-    """An OrderRec in the API's order shape (plus remaining_quantity, avg_price, seq)."""
-    d = {
-        "order_id": o.order_id,
-        "client_id": o.client_id,
-        "instrument": o.instrument,
-        "side": o.side,
-        "type": o.order_type,
-        "price": price_or_none(spec, o.price),
-        "quantity": Q(spec)(o.quantity),
-        "filled_quantity": Q(spec)(o.filled),
-        # as the command service shows it: what is not filled (also after a cancel)
-        "remaining_quantity": Q(spec)(o.quantity - o.filled),
-        "average_price": price_ratio(spec, o.cost, o.filled) if o.filled else None,
-        "status": o.status,
-        "time_in_force": o.tif,
-        "post_only": o.post_only,
-        "created_at": iso_ms(o.created_ts),
-        "updated_at": iso_ms(o.updated_ts),
-        "seq": o.seq,
-    }
-    if o.stop_price is not None:
-        d["stop_price"] = P(spec)(o.stop_price)
-    if o.reject_reason:
-        d["reject_reason"] = o.reject_reason
-    if o.cancel_reason:
-        d["cancel_reason"] = o.cancel_reason
-    return d
+    return spec.quantity_json(lots)
 
 
 def trade_views(spec: InstrumentSpec, delta) -> list[dict]:
@@ -153,23 +45,6 @@ def trade_views(spec: InstrumentSpec, delta) -> list[dict]:
     if tv is None:
         tv = delta.rendered["trades"] = [trade_view(spec, t) for t in delta.trades]
     return tv
-
-
-def trade_view(spec: InstrumentSpec, t) -> dict:
-    """A TradeExecuted in the API's trade shape."""
-    buy = t.taker_order_id if t.taker_side.value == "buy" else t.maker_order_id
-    sell = t.maker_order_id if t.taker_side.value == "buy" else t.taker_order_id
-    return {
-        "trade_id": t.trade_id,
-        "buy_order_id": buy,
-        "sell_order_id": sell,
-        "instrument": t.instrument,
-        "price": P(spec)(t.price),
-        "quantity": Q(spec)(t.quantity),
-        "taker_side": t.taker_side.value,
-        "timestamp": iso_ms(t.ts),
-        "seq": t.seq,
-    }
 
 
 def fill_view(spec: InstrumentSpec, f) -> dict:

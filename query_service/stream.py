@@ -25,7 +25,7 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from contracts.api import iso_ms, json_encoder
+from contracts.api import ApiError, iso_ms, json_encoder
 from contracts.auth import bearer_token
 from contracts.instruments import Instruments
 from contracts.topics import ORDER_REQUEST_SUBJECT
@@ -34,7 +34,7 @@ from query_service.auth import Authenticator, Identity
 from query_service.bus import Bus
 from query_service.feed import FeedMessage, decode_feed
 from query_service.metrics import Metrics
-from query_service.params import DEFAULT_INSTRUMENT, ApiError
+from query_service.params import DEFAULT_INSTRUMENT
 from query_service.redis_keys import Keys
 from query_service.render import level_rows
 from query_service.settings import Settings

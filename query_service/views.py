@@ -216,7 +216,7 @@ async def orders(
         if raw is None:
             continue  # (purged between the two reads)
         o = unpack_order(raw)
-        out.append(order_view(instruments.get(o.instrument), o))
+        out.append(order_view(instruments.get(o.instrument), o, o.seq))
     return json_encoder.encode(
         {
             "client_id": client_id,

@@ -8,7 +8,6 @@ they never touch data other suites use.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import tempfile
@@ -17,7 +16,6 @@ import uuid
 
 import asyncpg
 import redis.asyncio as aioredis
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -27,6 +25,7 @@ from contracts.messages import Event, encode_event
 from ops.stack import free_port
 from query_service.app import create_asgi
 from query_service.settings import Settings
+from tests.support.services import InProcessServer
 
 BTC_LIKE = {"tick_size": "0.01", "lot_size": "0.00000001", "min_quantity": "0.00000001",
             "max_quantity": "1000", "max_price": "10000000"}
@@ -152,18 +151,12 @@ class Publisher:
             await f
 
 
-class Replica:
+class Replica(InProcessServer):
     """One query replica (the real app under uvicorn) inside the test's event loop."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.app = create_asgi(settings)
-        self.server: uvicorn.Server | None = None
-        self.task: asyncio.Task | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
+        super().__init__(create_asgi(settings), settings.port)
 
     @property
     def ws_url(self) -> str:
@@ -172,36 +165,6 @@ class Replica:
     @property
     def services(self):
         return self.app.state.services
-
-    async def start(self) -> "Replica":
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.settings.port, lifespan="on", log_level="warning",
-            ws="websockets", access_log=False,
-        )
-        self.server = uvicorn.Server(config)
-        self.server.capture_signals = _no_signals  # the test process keeps its own handlers
-        self.task = asyncio.create_task(self.server.serve())
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-            if time.monotonic() > deadline:
-                raise TimeoutError("replica did not start")
-            await asyncio.sleep(0.02)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-            try:
-                await asyncio.wait_for(self.task, 15)
-            except asyncio.TimeoutError:
-                self.server.force_exit = True
-                await self.task
-
-
-def _no_signals():
-    return contextlib.nullcontext()
 
 
 _WIPE = """

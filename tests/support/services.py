@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
 from pathlib import Path
 
 import asyncpg
+import uvicorn
 
 from command_service.api_keys import create as create_key_row
 from ops.stack import ServiceProcess, free_port
 
-__all__ = ["DSN", "ROOT", "ServiceProcess", "create_key", "free_port", "reset_db"]
+__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "create_key", "free_port", "reset_db"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DSN = os.environ["EXCHANGE_PG_DSN"]
@@ -29,3 +33,42 @@ async def reset_db(dsn: str = DSN) -> None:
 
 async def create_key(client_id: str, admin: bool = False, dsn: str = DSN) -> str:
     return await create_key_row(dsn, client_id, admin, "test")
+
+
+class InProcessServer:
+    """A real ASGI app under uvicorn inside the test's event loop (lifespan included), so a test
+    can reach its state and call its inner app directly."""
+
+    def __init__(self, app, port: int):
+        self.app = app
+        self.port = port
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self):
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, lifespan="on", log_level="warning",
+                                ws="websockets", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.server.capture_signals = contextlib.nullcontext  # the test process keeps its own handlers
+        self.task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            try:
+                await asyncio.wait_for(self.task, 15)
+            except asyncio.TimeoutError:
+                self.server.force_exit = True
+                await self.task

@@ -4,12 +4,12 @@ good input becomes exact integer ticks and lots."""
 import pytest
 
 from command_service.edge import (
-    EdgeError,
     decode_order_request,
     request_hash,
     spec_for,
     to_place,
 )
+from contracts.api import ApiError
 from contracts.instruments import load_instruments
 
 INSTRUMENTS = load_instruments()
@@ -22,8 +22,8 @@ def place(body: bytes):
     return to_place(req, req.client_id or "c", req.order_id or "oid", spec)
 
 
-def refused(body: bytes) -> EdgeError:
-    with pytest.raises(EdgeError) as info:
+def refused(body: bytes) -> ApiError:
+    with pytest.raises(ApiError) as info:
         place(body)
     assert info.value.status == 400
     return info.value
@@ -111,7 +111,6 @@ def test_book_view_equals_a_fresh_rendering_after_every_command():
     from command_service.edge import book_view
     from contracts.api import json_encoder
     from contracts.enums import OrderType, Side
-    from contracts.instruments import load_instruments
     from contracts.messages import CancelOrder, PlaceOrder
     from engine import OrderBook
 

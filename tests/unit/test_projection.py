@@ -136,7 +136,7 @@ def test_projected_book_equals_engine_book_after_every_command(seed):
         for oid, o in resting.items():
             rec = store.orders[oid]
             assert rec.book == BOOK_RESTING and rec.remaining == o.quantity - o.filled_quantity and rec.price == o.price
-            assert rec.filled == o.filled_quantity and rec.cost == o.cost
+            assert rec.filled_quantity == o.filled_quantity and rec.cost == o.cost
     assert store.taking == []
     assert most_resting >= 10, "the flow built a book"
 
@@ -204,7 +204,7 @@ def test_crossing_limit_takes_then_rests_its_remainder():
     s.apply([_trade(5, "a2", "alice", "b1", "bob", "buy", 10100, 1, 0, 2)])
     assert dict(s.asks) == {} and dict(s.bids) == {10100: 2} and s.taking == []
     b1 = s.orders["b1"]
-    assert (b1.status, b1.filled, b1.remaining, b1.cost) == ("partially_filled", 3, 2, 10000 * 2 + 10100)
+    assert (b1.status, b1.filled_quantity, b1.remaining, b1.cost) == ("partially_filled", 3, 2, 10000 * 2 + 10100)
 
 
 def test_ioc_and_market_remainders_never_rest():
@@ -432,18 +432,17 @@ def test_resp_encoding_matches_redis_py():
 
 
 def test_json_numbers_are_exact_and_never_use_an_exponent():
-    from contracts.instruments import plain
-    from query_service.render import ratio, scaler
+    from contracts.instruments import format_units, plain
+    from contracts.views import ratio
 
     rng = random.Random(3)
     for unit in (Decimal("0.01"), Decimal("0.00000001"), Decimal("1E-10"), Decimal("0.001"), Decimal("0.5"),
                  Decimal("5"), Decimal("1")):
-        f = scaler(unit)
         for n in [0, 1, -1, 10, 100, 12345678901234, -987654321] + [rng.randint(-10**15, 10**15) for _ in range(2000)]:
-            text = bytes(f(n)).decode()
+            text = format_units(n, unit).decode()
             assert "E" not in text and text == format(plain(unit * n), "f"), (unit, n, text)
             assert Decimal(text) == unit * n
-    assert bytes(scaler(Decimal("0.00000001"))(1)) == b"0.00000001"
+    assert format_units(1, Decimal("0.00000001")) == b"0.00000001"
     assert bytes(ratio(2, 3, Decimal("0.01"))) == b"0.006667"  # 2/3 tick, to 1/10,000 of a tick, half-even
     assert bytes(ratio(1, 8, Decimal("0.0001"))) == b"0.0000125"
 
