@@ -75,7 +75,7 @@ class Services:
             stack.start_gateway(self.cfg)
 
     def stop(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             stack.stop_process(proc)
         self.procs.clear()
 

@@ -55,7 +55,6 @@ async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_j
         batches = 0
         nc = await nats.connect(settings.nats_url)
         done = asyncio.Event()
-        last_seq: dict[str, int] = {}
 
         async def on_feed(msg):
             nonlocal batches

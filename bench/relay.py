@@ -220,7 +220,10 @@ async def live(dsn: str, pool, instruments: list[str], start_seq: int, rate: int
     stop.set()
     await task
     samples_s.sort()
-    p = lambda q: samples_s[min(len(samples_s) - 1, int(q * len(samples_s)))] if samples_s else 0.0
+
+    def p(q: float) -> float:
+        return samples_s[min(len(samples_s) - 1, int(q * len(samples_s)))] if samples_s else 0.0
+
     return {
         "offered": rate, "achieved": written / elapsed, "seconds": elapsed, "written": written,
         "lag_s_p50": p(0.50), "lag_s_p99": p(0.99), "lag_s_max": samples_s[-1] if samples_s else 0.0,

@@ -1,3 +1,4 @@
+
 """NATS request/reply bridge: orders sent on the query service's /stream reach the
 command service here and are answered after commit, exactly like POST /orders.
 
@@ -8,6 +9,7 @@ Request: {"api_key": str|null, "body": {POST /orders body}}; reply: {"status": i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -82,7 +84,5 @@ class NatsBridge:
         if self._task:
             self._task.cancel()
         if self.nc is not None:
-            try:
+            with contextlib.suppress(Exception):  # shutting down: a broken NATS connection has nothing left to drain
                 await self.nc.drain()
-            except Exception:
-                pass

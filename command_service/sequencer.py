@@ -1,3 +1,4 @@
+
 """One sequencer per instrument: the only writer of that instrument's journal.
 
 Commands queue up while the previous batch is being committed; the next batch takes all
@@ -18,6 +19,7 @@ fails as a whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -96,15 +98,11 @@ class Sequencer:
         self.ready = False
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping: the task's own errors were logged where they happened
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         for t in list(self._background):
-            try:
+            with contextlib.suppress(Exception):  # stopping: a background snapshot that fails now is retried after the restart
                 await asyncio.wait_for(t, 5)
-            except Exception:
-                pass
         self._fail(self._pending, Unavailable("shutting down"))
         self._pending = []
         if self._lock_conn is not None and not self._lock_conn.is_closed():
@@ -260,10 +258,8 @@ class Sequencer:
                 await conn.fetchval("SELECT 1")
                 return
             except Exception:
-                try:
+                with contextlib.suppress(Exception):  # the connection is being thrown away after an error already handled
                     conn.terminate()
-                except Exception:
-                    pass
         conn = await asyncpg.connect(self.dsn, connection_class=NoResetConnection)
         got = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, self.instrument)
         if not got:

@@ -8,6 +8,7 @@ instrument's limits is refused with a field-level error before it reaches the en
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -37,10 +38,10 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
     max_price: Decimal
 
     # -- to integers (edge -> engine)
-    def price_to_ticks(self, value, field: str = "price") -> int:
+    def price_to_ticks(self, value: object, field: str = "price") -> int:
         return _to_units(value, self.tick_size, field, "price", None, self.max_price)
 
-    def quantity_to_lots(self, value, field: str = "quantity") -> int:
+    def quantity_to_lots(self, value: object, field: str = "quantity") -> int:
         return _to_units(value, self.lot_size, field, "quantity", self.min_quantity, self.max_quantity)
 
     # -- to decimals (engine -> edge)
@@ -69,7 +70,7 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
 _UNIT_CACHE: dict[Decimal, tuple[int, int]] = {}
 
 
-_RAW_CACHE: dict[str, dict[int, msgspec.Raw]] = {}
+_RAW_CACHE: dict[Decimal, dict[int, msgspec.Raw]] = {}
 
 
 def _json_number(n: int, unit: Decimal) -> msgspec.Raw:
@@ -90,6 +91,7 @@ def format_units(n: int, unit: Decimal) -> bytes:
     spec = _UNIT_CACHE.get(unit)
     if spec is None:
         sign, digits, exponent = unit.normalize().as_tuple()
+        assert isinstance(exponent, int), "instrument units are finite"
         mantissa = int("".join(map(str, digits)))
         if exponent >= 0:
             mantissa *= 10**exponent
@@ -112,12 +114,12 @@ def plain(value: Decimal) -> Decimal:
         return Decimal(0)
     value = value.normalize()
     sign, digits, exponent = value.as_tuple()
-    if exponent > 0:
+    if isinstance(exponent, int) and exponent > 0:
         value = value.quantize(Decimal(1))
     return value
 
 
-def to_decimal(value, field: str) -> Decimal:
+def to_decimal(value: object, field: str) -> Decimal:
     """JSON number, decimal string or int -> Decimal. Floats are refused: by the time a
     float exists the exact value the client wrote is gone (decoders give us Decimals)."""
     if isinstance(value, bool) or value is None:
@@ -145,7 +147,8 @@ def to_decimal(value, field: str) -> Decimal:
     return dec
 
 
-def _to_units(value, unit: Decimal, field: str, what: str, minimum, maximum) -> int:
+def _to_units(value: object, unit: Decimal, field: str, what: str, minimum: Decimal | None,
+              maximum: Decimal | None) -> int:
     dec = to_decimal(value, field)
     if dec <= 0:
         raise ConversionError("must_be_positive", field, f"{field} must be greater than 0")
@@ -171,7 +174,7 @@ class Instruments:
     def __contains__(self, symbol: object) -> bool:
         return symbol in self.by_symbol
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[InstrumentSpec]:
         return iter(self.by_symbol.values())
 
     def __len__(self) -> int:
@@ -185,7 +188,7 @@ class Instruments:
         return list(self.by_symbol)
 
 
-def load_instruments(path: str | os.PathLike | None = None) -> Instruments:
+def load_instruments(path: str | os.PathLike[str] | None = None) -> Instruments:
     path = Path(path or os.environ.get("EXCHANGE_INSTRUMENTS_FILE") or DEFAULT_INSTRUMENTS_FILE)
     specs = msgspec.json.decode(path.read_bytes(), type=list[InstrumentSpec])
     for s in specs:

@@ -11,7 +11,7 @@ assigned by the sequencer, never read from a clock inside the engine.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union, get_args
 
 import msgspec
 
@@ -198,8 +198,8 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     states of every order it touched (the command's own order first)."""
 
     code: ResultCode
-    events: list = []  # list[Event]
-    orders: list = []  # list[OrderState]
+    events: list[Any] = []  # list[Event]
+    orders: list[Any] = []  # list[OrderState]
 
 
 # --------------------------------------------------------------------------- codec
@@ -214,11 +214,13 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes | str) -> Event:
-    return _event_decoder.decode(data)
+    event: Event = _event_decoder.decode(data)
+    return event
 
 
 def decode_command(data: bytes | str) -> Command:
-    return _command_decoder.decode(data)
+    command: Command = _command_decoder.decode(data)
+    return command
 
 
-EVENT_TYPES = {cls.__struct_config__.tag: cls for cls in Event.__args__}
+EVENT_TYPES = {cls.__struct_config__.tag: cls for cls in get_args(Event)}

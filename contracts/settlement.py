@@ -1,10 +1,13 @@
 """The settlement record as the API shows it (written by the command side, read by the query side)."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from contracts.api import iso_ms
 from contracts.instruments import plain
 
 
-def settlement_view(row) -> dict:
+def settlement_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """A `settlements` row (mapping) -> API record with exact decimals."""
     return {
         "instrument": row["instrument"], "client_id": row["client_id"],

@@ -1120,7 +1120,7 @@ class OrderBook:
             {c: set(d) for c, d in by_client.items()} == {c: set(d) for c, d in self._clients.items()},
             "client index agrees with the id index",
         )
-        for c, d in self._clients.items():
+        for d in self._clients.values():
             for oid, o in d.items():
                 check(self._orders.get(oid) is o, f"client index entry {oid} is the indexed order")
         check(all(o.accept_seq <= self.seq and o.prio <= self.seq for o in self._orders.values()),

@@ -1,8 +1,10 @@
+
 """NATS connection of a replica: feed publish/subscribe and order request/reply."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Awaitable, Callable
 
@@ -94,7 +96,5 @@ class Bus:
         if self._task:
             self._task.cancel()
         if self.nc is not None:
-            try:
+            with contextlib.suppress(Exception):  # shutting down: a broken NATS connection has nothing left to drain
                 await self.nc.drain()
-            except Exception:
-                pass

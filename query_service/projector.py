@@ -1,3 +1,4 @@
+
 """The projector: Kafka (exchange.events) -> Redis views, with the journal as the truth.
 
 Consumer-group design. Every query replica runs a projector in the SAME consumer group.
@@ -27,6 +28,7 @@ The broker is memory-only and may lose data and offsets. Nothing here depends on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -104,16 +106,12 @@ class Projector:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping: the tasks' own errors were logged where they happened
                 await t
-            except (asyncio.CancelledError, Exception):
-                pass
         self._tasks.clear()
         if self.consumer is not None:
-            try:
+            with contextlib.suppress(Exception):  # stopping without LeaveGroup; a consumer whose broker is gone may fail to stop cleanly
                 await self.consumer.stop()
-            except Exception:
-                pass
 
     # ------------------------------------------------------------------ applying
 
@@ -274,10 +272,8 @@ class Projector:
                 if self._commit_task is not None:
                     self._commit_task.cancel()
                 if self.consumer is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # the consumer is replaced after a failure already counted and logged
                         await self.consumer.stop()
-                    except Exception:
-                        pass
                     self.consumer = None
 
     async def _consume(self) -> None:

@@ -1,3 +1,4 @@
+
 """WebSocket /stream: subscriptions fed from the NATS feed, snapshots from Redis, order
 entry forwarded to the command service over NATS request/reply.
 
@@ -17,6 +18,7 @@ resnapshots every subscriber of that instrument.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from decimal import Decimal
@@ -110,10 +112,8 @@ class Conn:
         # Not cancelled early: the server's WebSocket protocol bounds the closing handshake
         # itself (close_timeout) and aborts the TCP connection when a client that does not
         # read cannot even take the close frame.
-        try:
+        with contextlib.suppress(Exception):  # a client that vanished or never reads: the close is best effort, the socket is aborted
             await asyncio.wait_for(self.socket.close(code=code, reason=reason), 30.0)
-        except Exception:
-            pass
 
     async def write_loop(self) -> None:
         sent = self.hub.metrics.ws_messages_sent
@@ -267,10 +267,8 @@ class Hub:
                 return  # the chained read will serve these subscribers too
 
             async def again(prev=t):
-                try:
+                with contextlib.suppress(Exception):  # only the order of sends matters here; the previous send's failure closed that client
                     await prev
-                except Exception:
-                    pass
                 await self._snapshot(inst)
 
             nt = asyncio.create_task(again())
@@ -393,10 +391,8 @@ class Hub:
             if c.writer is not None:
                 c.writer.cancel()
             if not was_closed:
-                try:
+                with contextlib.suppress(Exception):  # the client is gone or slow; it is dropped either way
                     await asyncio.wait_for(socket.close(), 1.0)
-                except Exception:
-                    pass
 
     async def handle(self, c: Conn, data) -> None:
         if not data:

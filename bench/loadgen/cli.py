@@ -769,7 +769,6 @@ async def run(cfg: Config) -> dict:
             await asyncio.wait_for(r.requests_done.wait(), max(0.0, r.end - perf_counter()))
         except asyncio.TimeoutError:
             pass
-    t_stop = perf_counter()
     r.stopping = True
     if cfg.rate is not None and cfg.mode == "http":
         # due slots no connection was free to take: the offered rate was not sustained

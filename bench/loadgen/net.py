@@ -1,3 +1,4 @@
+
 """Minimal HTTP/1.1 keep-alive and WebSocket clients as asyncio Protocols.
 
 Why hand-written: on a 2-core machine the load generator shares the CPU with the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
 from urllib.parse import urlsplit
@@ -295,10 +297,8 @@ class WsConnection(asyncio.Protocol):
 
     def close(self, code: int = 1000) -> None:
         if self.transport is not None and not self.closed:
-            try:
+            with contextlib.suppress(Exception):  # closing a connection that may already be broken
                 self.transport.write(self.frame(code.to_bytes(2, "big"), 0x8))
-            except Exception:
-                pass
             self.transport.close()
 
     # -- receiving

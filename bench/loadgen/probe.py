@@ -1,3 +1,4 @@
+
 """Order-to-visible probe for the full-pipeline benchmark (--visibility).
 
 Every ~100 ms, while the load runs, the probe submits a crossing pair on the command
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from time import perf_counter
 
 import msgspec
@@ -206,13 +208,11 @@ class VisibilityProbe:
             cmd.close()
 
     async def _cancel(self, cmd: SimpleHttpClient, order_id: str) -> None:
-        try:
+        with contextlib.suppress(Exception):  # best-effort clean-up of the probe's own order
             await cmd.request(
                 "POST", f"/orders/{order_id}/cancel",
                 msgspec.json.encode({"client_id": self.clients[0]}), self.auth[0], timeout=PROBE_TIMEOUT,
             )
-        except Exception:
-            pass
 
     async def _book_visible(self, symbol: str, seq: int, t0: float) -> float:
         path = f"/market/orderbook?instrument={symbol}&levels={self.cfg.probe_levels}"

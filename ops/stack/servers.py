@@ -1,9 +1,11 @@
+
 """PostgreSQL, Redis, NATS, the Kafka-API broker and the nginx gateway: install, start, check, stop;
 and the services (`spawn`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -177,10 +179,8 @@ async def _kafka_answers(bootstrap: str) -> bool:
     except Exception:
         return False
     finally:
-        try:
+        with contextlib.suppress(Exception):  # closing a probe client whose broker may be gone
             await admin.close()
-        except Exception:
-            pass
 
 
 def server_pid(cfg: StackConfig, name: str) -> int | None:

@@ -148,7 +148,7 @@ async def test_stream_snapshot_then_gap_free_deltas_equal_the_rest_book(gw, syst
 
         await read_until(lambda m: m["type"] == "orderbook" and m["action"] == "snapshot")
         placed = []
-        for i, (who, side, price, qty) in enumerate([
+        for who, side, price, qty in ([
             ("client-A", "buy", "99.5", "3"), ("client-A", "buy", "99.4", "1"), ("client-B", "sell", "100.1", "2"),
             ("client-C", "sell", "99.5", "1.25"), ("client-A", "buy", "100.1", "0.5"),
         ]):

@@ -1,3 +1,4 @@
+
 """Malformed frames on both WebSockets of a private exchange: the command service's /ws
 (authenticated at the upgrade) and the query service's /stream.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -200,10 +202,8 @@ class Socket:
 
     async def close(self):
         if self.ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken
                 await asyncio.wait_for(self.ws.close(), 10)
-            except Exception:  # noqa: BLE001 - already broken
-                pass
 
 
 async def fuzz_socket(url: str, headers: dict, service: str, seed: int, n: int) -> Socket:

@@ -1,3 +1,4 @@
+
 """The outbox relay against the real PostgreSQL and the real Kafka-API broker (Tansu).
 
 Each test cleans events/relay_cursors, uses its own topic and its own advisory lock key
@@ -10,6 +11,7 @@ The stream check is the projector's rule: a seq <= the last applied one is a dup
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import random
@@ -228,10 +230,8 @@ class Collector:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # test clean-up
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         if self._consumer:
             await self._consumer.stop()
 

@@ -8,6 +8,7 @@ and passes WebSocket upgrades (against stub upstreams, on ports of its own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import os
@@ -119,9 +120,8 @@ async def _delete_topic(name: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=5000)
     await admin.start()
     try:
-        await admin.delete_topics([name])
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
+        with contextlib.suppress(Exception):  # clean-up only
+            await admin.delete_topics([name])
     finally:
         await admin.close()
 
@@ -193,10 +193,8 @@ async def test_kafka_keyed_order_commit_and_resume():
         assert all(seqs[k] == list(range(40, 50)) for k in keys), seqs
     finally:
         for c in consumers:
-            try:
+            with contextlib.suppress(Exception):  # clean-up only
                 await c.stop()
-            except Exception:  # noqa: BLE001
-                pass
         await producer.stop()
         await _delete_topic(topic)
 

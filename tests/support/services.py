@@ -17,7 +17,7 @@ from ops.stack import ServiceProcess, free_port
 __all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "create_key", "free_port", "reset_db"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DSN = os.environ["EXCHANGE_PG_DSN"]
+DSN = os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:15432/exchange")  # make test exports it
 
 
 async def reset_db(dsn: str = DSN) -> None:
