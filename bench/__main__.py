@@ -14,6 +14,8 @@ drives them with bench.loadgen, all on the same 2 cores. Scenarios (all by defau
   fanout    WebSocket fan-out to 1,000 /stream subscribers while orders flow
   recovery  command service start-up with 1,000,000 resting orders: journal replay, then
             snapshot + replay; time to ready and RSS
+  cpu       the whole pipeline at a fixed offered rate over HTTP and over WebSocket: CPU microseconds
+            per acknowledged order for every process (the map of where an order's cost goes)
   engine    `python -m bench.engine` (its own section)
   relay     `python -m bench.relay` (its own section)
 """
@@ -34,13 +36,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.cpu import CpuMeter, per_order_table
 from bench.doc import machine_line, today, write_section
 from ops import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
 BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}
-SCENARIOS = ("command", "pipeline", "query", "fanout", "recovery", "engine", "relay")
+SCENARIOS = ("command", "pipeline", "cpu", "query", "fanout", "recovery", "engine", "relay")
 
 
 def say(msg: str) -> None:
@@ -273,6 +276,57 @@ Plots: `{closed['_plot']}`, `{openr['_plot']}`, `{wsr['_plot']}`.
     write_section("Full pipeline", body)
 
 
+async def bench_cpu(args) -> None:
+    """CPU per acknowledged order, per process, for HTTP and for WS at one offered rate."""
+    await reset_state()
+    topic = f"bench.cpu.{int(time.time())}"
+    svc = Services(topic)
+    await svc.start("command", "relay", "query-1", "query-2")
+    cfg = svc.cfg
+    roots = {name: proc.pid for name, proc in svc.procs.items()}
+    for server in stack.SERVERS:
+        roots[{"postgres": "PostgreSQL", "kafka": "broker (Tansu)"}.get(server, server)] = stack.server_pid(cfg, server)
+    rate, d = str(args.cpu_rate), str(args.duration)
+    results = {}
+    try:
+        await projectors_ready(cfg.query_urls)
+        for mode in ("http", "ws"):
+            target = (["--url", cfg.command_url, "-c", "64"] if mode == "http"
+                      else ["--ws-url", cfg.command_url.replace("http", "ws") + "/ws", "-c", "4", "--inflight", "64"])
+            meter = CpuMeter(roots)
+            meter.start()
+            # no warm-up: the generator's counts then cover the same window as the meter
+            r = loadgen(f"cpu-{mode}-{rate}", "--mode", mode, *target, "--rate", rate, "-d", d, "--warmup", "0",
+                        "--quiet")
+            await drained(cfg.query_urls[0])  # the projection of every order is in the window
+            cpu = meter.stop()
+            cpu["load generator"] = r["client"]["cpu_s"]
+            results[mode] = (r, cpu)
+    finally:
+        svc.stop()
+    parts = []
+    for mode, (r, cpu) in results.items():
+        acked = r["summary"]["acked"]
+        rows, total = per_order_table(cpu, acked)
+        parts.append(f"""**{mode.upper()}**, {rate}/s offered, {r['summary']['acked_per_s']:,.0f} acked/s achieved,
+{acked:,} acked orders in {d} s (p99 {lat(r)['p99']:.1f} ms):
+
+| process | CPU s | CPU us per acked order |
+| --- | ---: | ---: |
+{chr(10).join(rows)}
+| **all processes** | | **{total:,.0f}** |
+
+`{r['_command']}`""")
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m bench --only cpu --cpu-rate {rate} --duration {d}`). The whole pipeline (command
+service, PostgreSQL, relay, broker, two query replicas, Redis, NATS) at a fixed offered rate; CPU seconds of each
+process tree from /proc (user + system, reaped children included) from before the load until the views caught up,
+divided by the acknowledged orders. The load generator's figure is its own measured CPU.
+
+""" + "\n\n".join(parts)
+    write_section("CPU per order", body)
+
+
 async def scrape(urls) -> str:
     """/metrics of every replica, concatenated: histogram_p sums a histogram over them
     (each replica projects the partitions the consumer group gave it)."""
@@ -489,6 +543,7 @@ async def main(argv=None) -> int:
     ap.add_argument("--subscribers", type=int, default=1000)
     ap.add_argument("--fanout-rate", type=int, default=500)
     ap.add_argument("--resting", type=int, default=1_000_000)
+    ap.add_argument("--cpu-rate", type=int, default=1500, help="offered orders/s of the cpu scenario")
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in chosen:
