@@ -16,6 +16,11 @@ drives them with bench.loadgen, all on the same 2 cores. Scenarios (all by defau
             snapshot + replay; time to ready and RSS
   cpu       the whole pipeline at a fixed offered rate over HTTP and over WebSocket: CPU microseconds
             per acknowledged order for every process (the map of where an order's cost goes)
+  users     what users see, through the gateway with the whole pipeline: one hot instrument (BTC-USD)
+            with idempotency keys on half the orders (64 connections), and 256 WebSocket clients with
+            one request in flight each; projection lag over each run, plotted
+  sustained a long closed-loop run (--sustained-minutes, 10) through the gateway on a book that
+            already holds --sustained-resting (200,000) orders: throughput and p99 per minute
   engine    `python -m bench.engine` (its own section)
   relay     `python -m bench.relay` (its own section)
 """
@@ -38,12 +43,13 @@ import httpx
 
 from bench.cpu import CpuMeter, per_order_table
 from bench.doc import machine_line, today, write_section
+from bench.sustained import LagSampler, per_minute, plot_run, seed_resting
 from ops import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
 BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}
-SCENARIOS = ("command", "pipeline", "cpu", "query", "fanout", "recovery", "engine", "relay")
+SCENARIOS = ("command", "pipeline", "cpu", "users", "sustained", "query", "fanout", "recovery", "engine", "relay")
 
 
 def say(msg: str) -> None:
@@ -57,6 +63,7 @@ class Services:
         self.cfg = stack.config("test")
         self.topic = topic
         self.procs: dict[str, subprocess.Popen] = {}
+        self.gateway = False
 
     async def start(self, *names: str) -> None:
         # A topic and a consumer group of its own per scenario: the scenarios must not
@@ -65,7 +72,8 @@ class Services:
         env = stack.service_env(self.cfg, EXCHANGE_KAFKA_TOPIC=self.topic, EXCHANGE_QUERY_GROUP=f"group.{self.topic}",
                                 **BENCH_ENV)
         for name in names:
-            self.procs[name] = stack.spawn(name, env, profile=self.cfg, new_session=True)
+            if name != "gateway":
+                self.procs[name] = stack.spawn(name, env, profile=self.cfg, new_session=True)
         urls = []
         if "command" in names:
             urls.append(self.cfg.command_url)
@@ -76,11 +84,15 @@ class Services:
             await wait_ok(url + "/healthz", 60)
         if "gateway" in names:
             stack.start_gateway(self.cfg)
+            self.gateway = True
 
     def stop(self) -> None:
         for proc in self.procs.values():
             stack.stop_process(proc)
         self.procs.clear()
+        if self.gateway:
+            stack.stop_gateway(self.cfg)
+            self.gateway = False
 
 
 async def wait_ok(url: str, timeout: float) -> None:
@@ -327,6 +339,99 @@ divided by the acknowledged orders. The load generator's figure is its own measu
     write_section("CPU per order", body)
 
 
+async def _gateway_run(svc: "Services", name: str, *args: str) -> tuple[dict, list, float | None]:
+    """One load generator run through the gateway with the projection lag sampled alongside;
+    returns the result, the lag samples and the lag p99 (histogram of both replicas)."""
+    before = await scrape(svc.cfg.query_urls)
+    _, b0 = histogram_p(before, "projection_lag_seconds", None, 0.99)
+    sampler = LagSampler(svc.cfg.query_urls)
+    sampler.start()
+    r = await asyncio.to_thread(loadgen, name, *args)
+    await drained(svc.cfg.query_urls[0])
+    lag = await sampler.stop()
+    after = await scrape(svc.cfg.query_urls)
+    p99, _ = histogram_p(after, "projection_lag_seconds", b0, 0.99)
+    plot_run(r, lag, OUT / f"{name}-lag.png", f"{name}: throughput, latency and projection lag")
+    return r, lag, p99
+
+
+def _lag_text(p99: float | None) -> str:
+    return "n/a" if p99 is None else (f"<= {p99 * 1000:.0f} ms" if p99 != float("inf") else "> largest bucket")
+
+
+async def bench_users(args) -> None:
+    await reset_state()
+    svc = Services(f"bench.users.{int(time.time())}")
+    await svc.start("command", "relay", "query-1", "query-2", "gateway")
+    gw = svc.cfg.gateway_url
+    d = str(args.duration)
+    try:
+        await projectors_ready(svc.cfg.query_urls)
+        hot, _, hot_lag = await _gateway_run(
+            svc, "users-hot-btc", "--mode", "http", "--url", gw, "-c", "64", "--instruments", "BTC-USD",
+            "--idempotency-keys", "--idempotency-share", "0.5", "-d", d, "--warmup", "2", "--quiet")
+        many, _, many_lag = await _gateway_run(
+            svc, "users-ws-256x1", "--mode", "ws", "--ws-url", gw.replace("http", "ws") + "/ws", "-c", "256",
+            "--inflight", "1", "-d", d, "--warmup", "2", "--quiet")
+    finally:
+        svc.stop()
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m bench --only users --duration {d}`). The whole pipeline behind the nginx gateway
+(command service, relay, two query replicas, PostgreSQL, broker, Redis, NATS, nginx and the load generator on the
+same 2 cores), clients as users behave: one hot instrument with an idempotency key on half the orders; many
+WebSocket clients with one request in flight each.
+
+{TABLE_HEAD}
+{row("hot BTC-USD, half with idempotency keys, 64 HTTP connections, gateway", hot)}
+{row("256 WebSocket clients x 1 in flight, gateway", many)}
+
+Projection lag p99 (histogram of both replicas, until the views caught up): hot instrument {_lag_text(hot_lag)},
+256 WebSocket clients {_lag_text(many_lag)}. Plots (throughput, latency, lag over time):
+`docs/bench/users-hot-btc-lag.png`, `docs/bench/users-ws-256x1-lag.png`.
+```
+{hot['_command']}
+{many['_command']}
+```"""
+    write_section("What users see", body)
+
+
+async def bench_sustained(args) -> None:
+    await reset_state()
+    await seed_resting(os.environ["EXCHANGE_PG_DSN"], args.sustained_resting, say)
+    svc = Services(f"bench.sustained.{int(time.time())}")
+    await svc.start("command", "relay", "query-1", "query-2", "gateway")
+    seconds = str(args.sustained_minutes * 60)
+    try:
+        await projectors_ready(svc.cfg.query_urls)
+        await drained(svc.cfg.query_urls[0], timeout=600)  # the seeded book is in the views
+        r, lag, lag_p99 = await _gateway_run(
+            svc, "sustained", "--mode", "http", "--url", svc.cfg.gateway_url, "-c", "64", "--mid", "BTC-USD=60000",
+            "-d", seconds, "--warmup", "5", "--quiet")
+    finally:
+        svc.stop()
+    minutes = per_minute(r["series"])
+    rows = "\n".join(f"| {m['minute']} | {m['acked_per_s']:,.0f} | {m['p99_ms']:.1f} |" for m in minutes
+                     if m["p99_ms"] is not None)
+    first, last = minutes[0]["acked_per_s"], minutes[-1]["acked_per_s"]
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m bench --only sustained --sustained-minutes {args.sustained_minutes}
+--sustained-resting {args.sustained_resting}`). The whole pipeline behind the gateway, on a BTC-USD book that
+already holds {args.sustained_resting:,} resting orders (5,000 levels a side, seeded in the journal and projected
+before the run), HTTP closed loop with 64 connections for {args.sustained_minutes} minutes. A cost that grows with
+time or state shows as a falling throughput or a rising p99.
+
+| minute | acked orders/s | p99 ms (per-second p99s, 99th percentile) |
+| ---: | ---: | ---: |
+{rows}
+
+Last minute / first minute throughput: {last / first * 100 if first else float('nan'):.0f} %. Projection lag p99 over
+the run {_lag_text(lag_p99)}. Plot: `docs/bench/sustained-lag.png` (throughput, latency and lag over time).
+```
+{r['_command']}
+```"""
+    write_section("Sustained run", body)
+
+
 async def scrape(urls) -> str:
     """/metrics of every replica, concatenated: histogram_p sums a histogram over them
     (each replica projects the partitions the consumer group gave it)."""
@@ -544,6 +649,8 @@ async def main(argv=None) -> int:
     ap.add_argument("--fanout-rate", type=int, default=500)
     ap.add_argument("--resting", type=int, default=1_000_000)
     ap.add_argument("--cpu-rate", type=int, default=1500, help="offered orders/s of the cpu scenario")
+    ap.add_argument("--sustained-minutes", type=int, default=10)
+    ap.add_argument("--sustained-resting", type=int, default=200_000)
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in chosen:

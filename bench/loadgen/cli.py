@@ -72,6 +72,7 @@ class Config:
     mids: dict[str, str] = field(default_factory=dict)
     api_keys_file: str | None = None
     idempotency_keys: bool = False
+    idempotency_share: float = 1.0
     timeout: float = 10.0  # a request unanswered this long is an error (connection is reset)
     max_error_rate: float = 0.01
     max_stall_seconds: int = 0  # whole seconds without a single ack tolerated (an outage)
@@ -191,6 +192,7 @@ class Run:
             parse_mix(cfg.mix),
             seed=seed,
             idempotency_prefix=run_tag if cfg.idempotency_keys else None,
+            idempotency_share=cfg.idempotency_share,
         )
         self.recorder = Recorder(KINDS)
         self.rng = random.Random(seed + 1)
@@ -939,6 +941,8 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--mid", default=None, help="starting mid prices, e.g. BTC-USD=65000,ETH-USD=3000")
     p.add_argument("--api-keys-file", default=None, help="JSON {client_id: api_key}; sends Authorization: Bearer")
     p.add_argument("--idempotency-keys", action="store_true", help="send a unique idempotency_key per order")
+    p.add_argument("--idempotency-share", type=float, default=1.0,
+                   help="with --idempotency-keys: the share of orders that carry one (0.5 = half)")
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
     p.add_argument("--max-error-rate", type=float, default=0.01, help="exit 1 above this error fraction")
     p.add_argument("--max-stall-seconds", type=int, default=0,
@@ -961,6 +965,7 @@ def parse_args(argv=None) -> Config:
         schedule=a.schedule, duration=duration, requests=a.requests, warmup=a.warmup, clients=a.clients,
         client_prefix=a.client_prefix, instruments=[s.strip() for s in a.instruments.split(",") if s.strip()],
         mix=a.mix, mids=_parse_mids(a.mid), api_keys_file=a.api_keys_file, idempotency_keys=a.idempotency_keys,
+        idempotency_share=a.idempotency_share,
         timeout=a.timeout, max_error_rate=a.max_error_rate, max_stall_seconds=a.max_stall_seconds, seed=a.seed, instruments_file=a.instruments_file,
         out=a.out, plot=a.plot, label=a.label, progress=not a.quiet, visibility=a.visibility,
         query_url=a.query_url, query_ws=a.query_ws, probe_interval=a.probe_interval, probe_levels=a.probe_levels,

@@ -159,6 +159,7 @@ class Workload:
     mix: dict[str, float]
     seed: int | None = None
     idempotency_prefix: str | None = None
+    idempotency_share: float = 1.0  # of the orders that carry a key (when a prefix is set)
     aggressive_share: float = 0.15
     open_orders: list[list[str]] = field(init=False)
 
@@ -206,7 +207,7 @@ class Workload:
         head = self._heads[client][mi][buy]
         qtys = self._qty[mi]
         qty = qtys[int(rnd() * len(qtys))]
-        if self.idempotency_prefix is not None:
+        if self.idempotency_prefix is not None and (self.idempotency_share >= 1.0 or rnd() < self.idempotency_share):
             head += b',"idempotency_key":"%s-%d"' % (self.idempotency_prefix.encode(), next(self._idem))
         if kind == "market":
             return ("market", client, b'%s,"quantity":%s' % (head, qty), b"market", None, False)
