@@ -43,7 +43,7 @@ def say(msg: str) -> None:
     print(f"[bench_engine] {msg}", file=sys.stderr, flush=True)
 
 
-class Workload:
+class CommandStream:
     """Deterministic command stream.
 
     - mid: a random walk (moves on ~2% of commands by 1-3 ticks);
@@ -149,7 +149,7 @@ def percentile(sorted_values, q: float) -> float:
 
 def run_pass(args, timed_each: bool):
     """One full pass. Returns (elapsed_ns, latencies_ns or None, kinds, stats, book)."""
-    wl = Workload(args.seed)
+    wl = CommandStream(args.seed)
     book = OrderBook(INSTRUMENT)
     for cmd in wl.seed_commands(args.seed_orders):
         book.execute(cmd)
@@ -203,7 +203,7 @@ def profile(args) -> str:
     import io
     import pstats
 
-    wl = Workload(args.seed)
+    wl = CommandStream(args.seed)
     book = OrderBook(INSTRUMENT)
     for cmd in wl.seed_commands(args.seed_orders):
         book.execute(cmd)
