@@ -108,7 +108,10 @@ def _routes(conf: str) -> dict[str, str]:
         exact, path, body = m.group(1), m.group(2), m.group(3)
         proxied = re.search(r"proxy_pass\s+http://([^;\s]+);", body)
         returned = re.search(r"return\s+(\d+)", body)
-        routes[("= " if exact else "") + path] = proxied.group(1) if proxied else f"return {returned.group(1)}"
+        static = re.search(r"^\s*root\s", body, re.M)
+        routes[("= " if exact else "") + path] = (
+            proxied.group(1) if proxied else "static" if static else f"return {returned.group(1)}"
+        )
     return routes
 
 
@@ -122,6 +125,7 @@ def test_compose_gateway_routes_the_same_paths_as_the_local_one(tmp_path):
     assert routes["= /metrics"] == "command/metrics"
     assert routes["/market/"] == routes["= /stream"] == "query"
     assert routes["= /healthz"] == "query/healthz/system"
+    assert routes["= /"] == routes["/assets/"] == "static"  # the trading page (web/dist)
 
 
 def test_gateway_service_uses_the_rendered_config(services):
