@@ -133,6 +133,11 @@ def test_gateway_service_uses_the_rendered_config(services):
     assert gw["image"].startswith("nginx")
     assert "3000:3000" in [str(p) for p in gw["ports"]]
     assert any(v.startswith("./ops/nginx.compose.conf:/etc/nginx/nginx.conf") for v in gw["volumes"])
+    # The trading page: built by the one-shot `web` service into the volume nginx serves at /.
+    assert f"web-dist:{gateway.COMPOSE_WEB_ROOT}:ro" in gw["volumes"]
+    assert gw["depends_on"]["web"]["condition"] == "service_completed_successfully"
+    web = services["web"]
+    assert "web-dist:/dist" in web["volumes"] and "npm ci" in " ".join(web["command"])
 
 
 def test_dockerfile_builds_the_python_services():

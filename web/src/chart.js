@@ -63,22 +63,31 @@ export class CandleChart {
       this.candles = fresh;
       this.draw();
     } else {
-      for (const c of fresh) this.put(c);
+      let redraw = false;
+      for (const c of fresh) redraw = this.put(c, false) || redraw;
+      if (redraw) this.draw();
     }
     this.onChange();
   }
 
-  put(c) {
+  /** Add or replace a candle. The chart can only update its newest bar: a candle older than that
+   * is replaced in the model and, with draw=false, reported (true) so the caller redraws once. */
+  put(c, draw = true) {
     const last = this.last();
     if (!last || c.time > last.time) this.candles.push(c);
     else {
       const i = this.candles.findIndex((x) => x.time === c.time);
-      if (i >= 0) this.candles[i] = c;
-      else return;
+      if (i < 0) return false;
+      this.candles[i] = c;
+      if (i !== this.candles.length - 1) {
+        if (draw) this.draw();
+        return !draw;
+      }
     }
     while (this.candles.length > MAX_CANDLES) this.candles.shift();
     this.series.update(bar(c));
     this.volume.update(vol(c));
+    return false;
   }
 
   draw() {

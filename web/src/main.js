@@ -271,6 +271,7 @@ function onMessage(m) {
     case 'error':
       if (m.error && (m.error.field === 'api_key' || m.error.code === 'unauthorized')) {
         setKeyError(m.error.message);
+        apiKey.clear(); // a key the exchange refuses is not kept
         state.clientId = null;
         showAccount();
       }
@@ -475,7 +476,7 @@ function showFieldError(err) {
     const input = ticket.elements[err.field];
     if (input && input.setAttribute) {
       input.setAttribute('aria-invalid', 'true');
-      input.setAttribute('aria-describedby', box.id || '');
+      if (box.id) input.setAttribute('aria-describedby', box.id);
     }
   } else if (err.field === 'authorization') {
     setKeyError(err.message);
