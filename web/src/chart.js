@@ -20,7 +20,7 @@ export class CandleChart {
       layout: { background: { color: 'transparent' }, textColor: '#9aa4b2', fontSize: 11, attributionLogo: false },
       grid: { vertLines: { color: '#1f2733' }, horzLines: { color: '#1f2733' } },
       rightPriceScale: { borderColor: '#2a3441' },
-      timeScale: { borderColor: '#2a3441', timeVisible: true, secondsVisible: false },
+      timeScale: { borderColor: '#2a3441', timeVisible: true, secondsVisible: false, rightOffset: 4, barSpacing: 9 },
       crosshair: { mode: 0 },
     });
     this.series = this.chart.addSeries(CandlestickSeries, {

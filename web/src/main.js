@@ -500,14 +500,19 @@ ticket.addEventListener('submit', async (ev) => {
     instrument: state.inst,
     side: f.side.value,
     type,
-    quantity: f.quantity.value.trim(),
     time_in_force: f.time_in_force.value,
     self_trade_prevention: f.self_trade_prevention.value,
     // the same key is sent again only by a retry of this very submission
     idempotency_key: `web-${crypto.randomUUID()}`,
   };
-  if (!f.price.disabled) body.price = f.price.value.trim();
-  if (!f.stop_price.disabled) body.stop_price = f.stop_price.value.trim();
+  // An empty field is left out, so the API answers "... is required" for it (the page itself never
+  // judges a number: the API's grid and limits are the only rules).
+  const put = (name, input) => {
+    if (!input.disabled && input.value.trim() !== '') body[name] = input.value.trim();
+  };
+  put('price', f.price);
+  put('stop_price', f.stop_price);
+  put('quantity', f.quantity);
   if (!f.post_only.disabled && f.post_only.checked) body.post_only = true;
   const btn = $('submit');
   btn.disabled = true;
