@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.browser.conftest import DESKTOP, PHONE, SCREENSHOTS, exact_json, rest_book, wait_book_equal
-from tests.support import ROOT, create_key
+from tests.support.services import ROOT, create_key
 
 pytestmark = pytest.mark.slow
 
@@ -237,7 +237,7 @@ async def test_feed_gap_and_dropped_socket_heal_to_the_rest_book(system, trader)
 
 
 async def test_ladder_equals_rest_within_1s_after_load_and_heap_stays_bounded(system, trader, tmp_path):
-    """~1,000 orders/s for 20 s (ops.loadgen, open loop, loopback) on the instrument the page shows."""
+    """~1,000 orders/s for 20 s (bench.loadgen, open loop, loopback) on the instrument the page shows."""
     inst = "ETH-USD"
     keys = {f"bl-{i:03d}": await create_key(f"bl-{i:03d}") for i in range(4)}
     keys_file = tmp_path / "keys.json"
@@ -255,7 +255,7 @@ async def test_ladder_equals_rest_within_1s_after_load_and_heap_stays_bounded(sy
     seq_before = await t.page.evaluate("() => window.exchangePage.bookSeq")
     proc = await asyncio.create_subprocess_exec(
         # WebSocket order entry: the cheapest client per order, so the 2 shared cores go to the exchange and the page.
-        sys.executable, "-m", "ops.loadgen", "--mode", "ws", "--ws-url", system.gateway.replace("http", "ws", 1) + "/ws",
+        sys.executable, "-m", "bench.loadgen", "--mode", "ws", "--ws-url", system.gateway.replace("http", "ws", 1) + "/ws",
         "--rate", "1000", "--schedule", "uniform", "--duration", "20", "--instruments", inst, "--mid", f"{inst}=3000",
         "--api-keys-file", str(keys_file), "--clients", "4", "--client-prefix", "bl", "--connections", "4",
         "--max-error-rate", "0.05", "--quiet", "--out", str(tmp_path / "load.json"),
