@@ -11,6 +11,12 @@ export class Feed {
     this.backoff = 250;
     this.timer = null;
     this.stopped = false;
+    this.lastMessage = 0;
+    // The server sends a heartbeat every 5 s: a socket silent for 20 s is dead (a half-open TCP
+    // connection never fires onclose by itself), so it is closed and the page reconnects.
+    setInterval(() => {
+      if (this.ws && this.ws.readyState === WebSocket.OPEN && Date.now() - this.lastMessage > 20_000) this.drop('no heartbeat for 20 s');
+    }, 5_000);
   }
 
   url() {
@@ -25,10 +31,12 @@ export class Feed {
     ws.onopen = () => {
       if (this.ws !== ws) return;
       this.backoff = 250;
+      this.lastMessage = Date.now();
       this.h.open();
     };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
+      this.lastMessage = Date.now();
       let msg;
       try {
         msg = parseExact(ev.data);
@@ -45,6 +53,16 @@ export class Feed {
       this.timer = setTimeout(() => this.connect(), this.backoff);
       this.backoff = Math.min(this.backoff * 2, 5000);
     };
+  }
+
+  /** Give up on the current socket now (its close handshake may never finish) and reconnect. */
+  drop(reason) {
+    const ws = this.ws;
+    this.ws = null; // its late events are ignored
+    if (ws) ws.close();
+    this.h.status('reconnecting', reason);
+    this.timer = setTimeout(() => this.connect(), this.backoff);
+    this.backoff = Math.min(this.backoff * 2, 5000);
   }
 
   send(obj) {
