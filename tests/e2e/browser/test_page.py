@@ -236,6 +236,36 @@ async def test_feed_gap_and_dropped_socket_heal_to_the_rest_book(system, trader)
     await wait_book_equal(t, system.gateway, inst, 5)
 
 
+async def test_silent_feed_socket_is_replaced(system, trader):
+    """A connection that stays open but delivers nothing (a half-open TCP connection, a stuck proxy):
+    after 4 missed heartbeats the page drops it, reconnects and shows the current book again."""
+    inst = "SOL-USD"
+    t = await trader()
+    silent = asyncio.Event()
+    sockets = []
+
+    async def route(ws):
+        server = ws.connect_to_server()
+        sockets.append(ws)
+        server.on_message(lambda m: None if silent.is_set() and ws is sockets[0] else ws.send(m))
+        ws.on_message(lambda m: server.send(m))
+
+    await t.page.route_web_socket(re.compile(r"/stream$"), route)
+    await t.open(inst)
+    silent.set()  # the first connection goes quiet, the ones after it work
+    status, body = await api(system, "POST", "/orders", "client-C",
+                             json={"instrument": inst, "side": "sell", "type": "limit", "price": "999.999", "quantity": "0.5"})
+    assert status == 201, body
+    started = time.monotonic()
+    await t.page.wait_for_function("() => document.querySelector('[data-testid=feed-status]').dataset.state !== 'live'",
+                                   timeout=35_000)
+    assert 15 <= time.monotonic() - started <= 32
+    await t.wait_live()
+    assert len(sockets) == 2
+    await wait_book_equal(t, system.gateway, inst, 5)
+    await api(system, "POST", "/orders/cancel-all", "client-C", json={"instrument": inst})
+
+
 async def test_ladder_equals_rest_within_1s_after_load_and_heap_stays_bounded(system, trader, tmp_path):
     """~1,000 orders/s for 20 s (bench.loadgen, open loop, loopback) on the instrument the page shows."""
     inst = "ETH-USD"
