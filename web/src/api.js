@@ -60,6 +60,7 @@ export const market = {
 
 export const orders = {
   place: (body) => request('POST', '/orders', { auth: true, body }),
+  get: (orderId) => request('GET', `/orders/${encodeURIComponent(orderId)}`, { auth: true }),
   cancel: (orderId) => request('POST', `/orders/${encodeURIComponent(orderId)}/cancel`, { auth: true }),
   cancelAll: (instrument) => request('POST', '/orders/cancel-all', { auth: true, body: { instrument } }),
 };

@@ -265,6 +265,8 @@ function onMessage(m) {
         if (state.clientId !== m.client_id) {
           state.clientId = m.client_id;
           showAccount();
+        } else {
+          loadAccount(); // (re)subscribed after a reconnect: catch up on what changed meanwhile
         }
       }
       break;
@@ -359,11 +361,24 @@ async function loadAccount() {
     const [open, fills, pos] = await Promise.all([market.orders(client, inst), market.fills(client, inst), market.positions(client)]);
     if (client !== state.clientId || inst !== state.inst) return;
     for (const o of open.orders) onOrderUpdate(o);
+    // An order we show as open that the read view no longer lists may have closed while the feed was
+    // down, or may be too new for the view: the command service's own answer decides.
+    const listed = new Set(open.orders.map((o) => o.order_id));
+    for (const id of [...state.openOrders.keys()]) if (!listed.has(id)) confirmOpen(id);
     state.fills = fills.fills.slice(0, FILL_ROWS);
     state.positions = pos.positions;
     invalidate('orders', 'fills', 'positions');
   } catch (exc) {
     if (exc instanceof ApiError && exc.status === 401) setKeyError(exc.message);
+  }
+}
+
+async function confirmOpen(id) {
+  try {
+    const { order } = await orders.get(id);
+    if (!OPEN.has(order.status) && state.openOrders.delete(id)) invalidate('orders');
+  } catch (exc) {
+    if (exc instanceof ApiError && exc.status === 404 && state.openOrders.delete(id)) invalidate('orders');
   }
 }
 

@@ -124,16 +124,3 @@ export const cmp = (a, b) => {
 };
 /** (a + b) / 2, exact: API values have far fewer than 18 decimals, so halving never truncates. */
 export const mid = (a, b) => fromUnits((toUnits(a) + toUnits(b)) / 2n);
-
-/** Is the text a decimal the page can do exact arithmetic on? */
-export function isDecimal(text) {
-  try {
-    toUnits(text);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** A float only for drawing (chart coordinates, bar widths) - never for text shown to the user. */
-export const toDrawNumber = (text) => Number(text);

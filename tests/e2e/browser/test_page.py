@@ -192,9 +192,13 @@ async def test_feed_gap_and_dropped_socket_heal_to_the_rest_book(system, trader)
     inst = "BTC-USD"
     t = await trader()
     lose_next_update = asyncio.Event()
+    offline = asyncio.Event()
     sockets = []
 
     async def route(ws):
+        if offline.is_set():
+            await ws.close(code=4001, reason="test: offline")  # refused: the page retries with backoff
+            return
         server = ws.connect_to_server()
         sockets.append((ws, server))
 
@@ -209,6 +213,7 @@ async def test_feed_gap_and_dropped_socket_heal_to_the_rest_book(system, trader)
 
     await t.page.route_web_socket(re.compile(r"/stream$"), route)
     await t.open(inst)
+    await t.use_key(system.keys["client-C"], "client-C")
     await wait_book_equal(t, system.gateway, inst, 5)
 
     # 1. A lost update: the next update's prev_seq does not match; the page resubscribes and says so.
@@ -224,16 +229,24 @@ async def test_feed_gap_and_dropped_socket_heal_to_the_rest_book(system, trader)
     await t.wait_live()
     await wait_book_equal(t, system.gateway, inst, 5)
 
-    # 2. The socket drops; orders change the book meanwhile; the page reconnects and heals.
+    await t.page.wait_for_function("() => document.querySelectorAll('[data-testid=open-orders] tr').length >= 6")
+
+    # 2. The connection drops and stays down while the page's own orders are cancelled elsewhere;
+    # once it is back, the ladder is the REST book again and the cancelled orders are gone.
     ws, server = sockets[-1]
+    offline.set()
     await ws.close(code=4000, reason="test: connection lost")
     await server.close()
     await t.page.wait_for_selector("[data-testid=feed-status]:not([data-state=live])")
     status, body = await api(system, "POST", "/orders/cancel-all", "client-C", json={"instrument": inst})
     assert status == 200 and len(body["cancelled"]) >= 6
+    await asyncio.sleep(1.0)
+    offline.clear()
     await t.wait_live()
     assert len(sockets) >= 2  # a new connection
     await wait_book_equal(t, system.gateway, inst, 5)
+    await t.page.wait_for_function("() => document.querySelectorAll('[data-testid=open-orders] tr').length === 0",
+                                   timeout=5_000)
 
 
 async def test_silent_feed_socket_is_replaced(system, trader):
