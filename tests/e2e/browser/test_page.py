@@ -14,7 +14,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.e2e.browser.conftest import DESKTOP, PHONE, SCREENSHOTS, exact_json, rest_book, wait_book_equal
+from tests.e2e.browser.conftest import DESKTOP, PHONE, SCREENSHOTS, exact_json, wait_book_equal
 from tests.support.services import ROOT, create_key
 
 pytestmark = pytest.mark.slow
