@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 STACK := $(PY) -m ops.stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv install run stop test lint bench bench-engine fuzz chaos
+.PHONY: help venv install run stop test lint bench bench-engine fuzz chaos web browser
 
 help:
 	@echo "make run           start everything on 127.0.0.1 (gateway :3000), supervise; Ctrl-C stops it"
@@ -22,6 +22,7 @@ help:
 	@echo "make fuzz          tests/fuzz                     make chaos          tests/chaos"
 	@echo "make install       .venv + apt packages           make venv           .venv only"
 	@echo "make lint          ruff (whole repo) + mypy --strict on engine/ and contracts/"
+	@echo "make web           build the trading page (web/ -> web/dist, served by the gateway at /)"
 
 # Rebuilt when missing or when pyproject.toml is newer than the stamp.
 # Debian's own python3 needs python3-venv for `-m venv` (ensurepip): installed here when missing.
@@ -41,7 +42,28 @@ venv: $(STAMP)
 install: venv
 	$(STACK) install
 
-run: install
+# The trading page: Node/npm from Debian when missing, `npm ci` from the lock file, `vite build` into
+# web/dist (the gateway serves it at /). Rebuilt only when its sources change.
+WEB_SRC := web/package.json web/index.html web/vite.config.js $(wildcard web/src/*)
+web/node_modules/.package-lock.json: web/package-lock.json
+	@command -v node >/dev/null || { echo "installing nodejs npm (Debian)"; apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	@command -v npm >/dev/null || { echo "installing npm (Debian)"; apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm; }
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
+
+web/dist/index.html: web/node_modules/.package-lock.json $(WEB_SRC)
+	cd web && npm run build
+
+web: web/dist/index.html
+
+# Browser tests drive Debian's chromium by its path (Playwright's own browser download does not work here).
+browser:
+	@[ -x /usr/bin/chromium ] || { echo "installing chromium (Debian)"; apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+run: install web
 	$(STACK) up --profile run
 
 # `down` needs only the standard library: it works before .venv exists too.
@@ -53,7 +75,7 @@ stop:
 # with-servers: start the test servers (PostgreSQL from an empty data folder), run pytest with the test
 # profile's EXCHANGE_* env exported, ALWAYS stop the servers, exit with pytest's code (5 = no tests
 # collected counts as a failure).
-test: install
+test: install web browser
 	$(STACK) with-servers --profile test --fresh -- $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 OPS = Path(__file__).resolve().parent
+WEB_DIST = OPS.parent / "web" / "dist"  # the trading page, built by `make web` (npm run build)
+COMPOSE_WEB_ROOT = "/usr/share/nginx/html"
 TEMPLATE = OPS / "nginx.conf.template"
 COMPOSE_CONF = OPS / "nginx.compose.conf"
 MAX_BODY = "64k"
@@ -37,6 +39,7 @@ def render_gateway_conf(
     worker_processes: str = "auto",
     user: str | None = None,
     max_body: str = MAX_BODY,
+    web_root: str = COMPOSE_WEB_ROOT,
 ) -> str:
     """The nginx.conf text. Servers are "host:port" strings."""
 
@@ -53,6 +56,7 @@ def render_gateway_conf(
         "@@ACCESS_LOG@@": access_log,
         "@@TEMP_DIR@@": temp_dir,
         "@@MAX_BODY@@": max_body,
+        "@@WEB_ROOT@@": web_root,
         "@@LISTEN@@": listen,
         "@@COMMAND_SERVERS@@": servers(command_servers),
         "@@QUERY_SERVERS@@": servers(query_servers),
@@ -87,6 +91,7 @@ def write_local_conf(
     for d in (prefix, temp, logs):
         d.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
+    web_root = install_page(prefix / "web")
     conf.write_text(
         render_gateway_conf(
             listen=f"{host}:{listen_port}",
@@ -96,9 +101,37 @@ def write_local_conf(
             error_log=str(logs / "gateway-error.log"),
             access_log=str(logs / "gateway-access.log"),
             temp_dir=str(temp),
+            web_root=str(web_root),
         )
     )
     return conf
+
+
+def install_page(target: Path, dist: Path = WEB_DIST) -> Path:
+    """Copy the built page into the state folder and return it. nginx's workers run as `nobody`,
+    who may not enter the checkout (root's home is mode 700); the state folder is readable."""
+    tmp = target.with_name(target.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if (dist / "index.html").exists():
+        shutil.copytree(dist, tmp)
+    else:
+        tmp.mkdir(parents=True)
+        (tmp / "index.html").write_text(
+            "<!doctype html><title>Exchange</title><p>The trading page is not built: run <code>make web</code> "
+            "(or <code>make run</code>), then reload.</p>\n"
+        )
+    for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+        d.chmod(0o755)
+    for f in (p for p in tmp.rglob("*") if p.is_file()):
+        f.chmod(0o644)
+    # Swap in one rename, so a running gateway never serves a half-copied folder.
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def nginx_argv(conf: Path) -> list[str]:

@@ -171,6 +171,7 @@ class Supervisor:
         cfg = self.cfg
         lines = [
             f"gateway        {cfg.gateway_url}   (health: {cfg.gateway_url}/healthz)",
+            f"trading page   {cfg.gateway_url}/   (paste a demo key below into the order ticket)",
             f"command        {cfg.command_url}",
             *[f"query-{i + 1}        {u}" for i, u in enumerate(cfg.query_urls)],
             f"order entry WS ws://{cfg.host}:{cfg.gateway_port}/ws",

@@ -108,7 +108,10 @@ def _routes(conf: str) -> dict[str, str]:
         exact, path, body = m.group(1), m.group(2), m.group(3)
         proxied = re.search(r"proxy_pass\s+http://([^;\s]+);", body)
         returned = re.search(r"return\s+(\d+)", body)
-        routes[("= " if exact else "") + path] = proxied.group(1) if proxied else f"return {returned.group(1)}"
+        static = re.search(r"^\s*root\s", body, re.M)
+        routes[("= " if exact else "") + path] = (
+            proxied.group(1) if proxied else "static" if static else f"return {returned.group(1)}"
+        )
     return routes
 
 
@@ -122,6 +125,7 @@ def test_compose_gateway_routes_the_same_paths_as_the_local_one(tmp_path):
     assert routes["= /metrics"] == "command/metrics"
     assert routes["/market/"] == routes["= /stream"] == "query"
     assert routes["= /healthz"] == "query/healthz/system"
+    assert routes["= /"] == routes["/assets/"] == "static"  # the trading page (web/dist)
 
 
 def test_gateway_service_uses_the_rendered_config(services):
@@ -129,6 +133,11 @@ def test_gateway_service_uses_the_rendered_config(services):
     assert gw["image"].startswith("nginx")
     assert "3000:3000" in [str(p) for p in gw["ports"]]
     assert any(v.startswith("./ops/nginx.compose.conf:/etc/nginx/nginx.conf") for v in gw["volumes"])
+    # The trading page: built by the one-shot `web` service into the volume nginx serves at /.
+    assert f"web-dist:{gateway.COMPOSE_WEB_ROOT}:ro" in gw["volumes"]
+    assert gw["depends_on"]["web"]["condition"] == "service_completed_successfully"
+    web = services["web"]
+    assert "web-dist:/dist" in web["volumes"] and "npm ci" in " ".join(web["command"])
 
 
 def test_dockerfile_builds_the_python_services():
