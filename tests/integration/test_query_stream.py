@@ -174,7 +174,7 @@ async def test_malformed_frames_get_errors_and_the_connection_stays_usable(env):
             (json.dumps({"type": "subscribe", "channels": ["orders"], "instrument": sym}), "unauthorized", "api_key"),
             (json.dumps({"type": "subscribe", "channels": ["orders"], "instrument": sym, "api_key": "exk_bad"}),
              "unauthorized", "api_key"),
-            (json.dumps({"type": "order", "request_id": "r1", "side": "buy"}), "invalid_order_type", "order_type"),
+            (json.dumps({"type": "order", "request_id": "r1", "side": "buy"}), "missing_field", "order_type"),
         ]
         for frame, code, field in cases:
             await ws.send(frame)
