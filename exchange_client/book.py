@@ -39,21 +39,36 @@ class BookState:
         self.instrument = instrument
         self.bids: dict[Decimal, Decimal] = {}
         self.asks: dict[Decimal, Decimal] = {}
-        self.seq: int | None = None  # None: waiting for a snapshot
+        # seq of the last orderbook message applied: the next update's prev_seq must equal it.
+        # None: waiting for a snapshot.
+        self.seq: int | None = None
+        # The journal seq the book is known to reflect: seq, or later when a heartbeat says the
+        # instrument moved on without changing the book (trades that left no level changed,
+        # rejections, ...). GET /market/orderbook's seq is comparable with this one.
+        self.as_of_seq: int | None = None
 
     def apply(self, msg: dict) -> str:
-        """'snapshot', 'update', 'ignored' or 'gap' (the caller must resubscribe)."""
-        if msg.get("type") != "orderbook" or msg.get("instrument") != self.instrument:
+        """'snapshot', 'update', 'heartbeat', 'ignored' or 'gap' (the caller must resubscribe)."""
+        kind = msg.get("type")
+        if kind == "heartbeat":
+            # Sent after every update the replica had for seqs up to the one it names (one queue per
+            # connection, in order), so a book in sync is the book at that seq.
+            at = (msg.get("seqs") or {}).get(self.instrument)
+            if self.seq is not None and isinstance(at, int) and at > (self.as_of_seq or 0):
+                self.as_of_seq = at
+                return "heartbeat"
+            return "ignored"
+        if kind != "orderbook" or msg.get("instrument") != self.instrument:
             return "ignored"
         if msg.get("action") == "snapshot":
             self.bids = {Decimal(r["price"]): Decimal(r["quantity"]) for r in msg["bids"]}
             self.asks = {Decimal(r["price"]): Decimal(r["quantity"]) for r in msg["asks"]}
-            self.seq = msg["seq"]
+            self.seq = self.as_of_seq = msg["seq"]
             return "snapshot"
         if self.seq is None:
             return "ignored"  # updates before the (re)snapshot: the snapshot will cover them
         if msg.get("prev_seq") != self.seq:
-            self.seq = None
+            self.seq = self.as_of_seq = None
             return "gap"
         for ch in msg.get("changes", ()):
             side = self.bids if ch["side"] == "buy" else self.asks
@@ -63,6 +78,7 @@ class BookState:
             else:
                 side[price] = qty
         self.seq = msg["seq"]
+        self.as_of_seq = max(self.seq, self.as_of_seq or 0)
         return "update"
 
     def levels(self, side: str, depth: int | None = None) -> list[tuple[Decimal, Decimal]]:
@@ -141,9 +157,10 @@ class LiveOrderBook(BookState):
                 await self._changed.wait_for(predicate)
         await asyncio.wait_for(wait(), timeout)
 
-    async def wait_for_seq(self, seq: int, timeout: float = 10.0) -> None:
-        """Until the book holds `seq` or later (e.g. the seq of a REST answer)."""
-        await self.wait_until(lambda: self.seq is not None and self.seq >= seq, timeout)
+    async def wait_for_seq(self, seq: int, timeout: float = 15.0) -> None:
+        """Until the book reflects journal seq `seq` or later (e.g. the seq of a REST answer; a
+        heartbeat, every few seconds, confirms a seq that changed nothing in the book)."""
+        await self.wait_until(lambda: self.seq is not None and (self.as_of_seq or 0) >= seq, timeout)
 
     # ------------------------------------------------------------------ the connection
     async def _subscribe(self, ws) -> None:
@@ -157,7 +174,7 @@ class LiveOrderBook(BookState):
             try:
                 async with connect(self.url, additional_headers=headers, max_size=2**24) as ws:
                     self._ws = ws
-                    self.seq = None
+                    self.seq = self.as_of_seq = None
                     await self._subscribe(ws)
                     delay = self.reconnect_delay
                     async for raw in ws:
@@ -166,7 +183,7 @@ class LiveOrderBook(BookState):
                 if self._closing:
                     return
                 self.reconnects += 1
-                self.seq = None
+                self.seq = self.as_of_seq = None
                 log.info("stream connection lost (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -187,7 +204,7 @@ class LiveOrderBook(BookState):
             return
         if what == "snapshot":
             self.snapshots += 1
-        if self.on_update is not None:
+        if self.on_update is not None and what != "heartbeat":
             self.on_update(self, what)
         async with self._changed:
             self._changed.notify_all()

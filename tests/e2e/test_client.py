@@ -37,21 +37,27 @@ def test_sync_client_every_route(system):
     with ExchangeClient(GATEWAY, system.keys["client-A"]) as a, \
             ExchangeClient(GATEWAY, system.keys["client-B"]) as b, \
             ExchangeClient(GATEWAY, system.keys["admin"]) as admin:
-        placed = a.place_order("sell", Decimal("0.30"), price=Decimal("150.123"), instrument=SYM,
+        # a sell price inside the spread other tests left, so the market buy below trades with it
+        top = a.orderbook(SYM, levels=1)
+        ask = top["asks"][0]["price"] if top["asks"] else Decimal("150.124")
+        bid = top["bids"][0]["price"] if top["bids"] else Decimal(0)
+        price = ask - TICK
+        assert price > bid and isinstance(price, Decimal), top
+        placed = a.place_order("sell", Decimal("0.30"), price=price, instrument=SYM,
                                idempotency_key="client-test-1")
         order = placed["order"]
-        assert order["price"] == Decimal("150.123") and order["quantity"] == Decimal("0.3")
+        assert order["price"] == price and order["quantity"] == Decimal("0.3")
         assert isinstance(order["quantity"], Decimal) and order["status"] == "open"
         # the same key again: the original answer, not a second order (what makes a retry safe)
-        again = a.place_order("sell", Decimal("0.30"), price=Decimal("150.123"), instrument=SYM,
+        again = a.place_order("sell", Decimal("0.30"), price=price, instrument=SYM,
                               idempotency_key="client-test-1")
         assert again["order"]["order_id"] == order["order_id"]
         with pytest.raises(Conflict) as e:
-            a.place_order("sell", Decimal("0.31"), price=Decimal("150.123"), instrument=SYM,
+            a.place_order("sell", Decimal("0.31"), price=price, instrument=SYM,
                           idempotency_key="client-test-1")
         assert e.value.code == "idempotency_key_reused"
         fill = b.place_order("buy", Decimal("0.1"), type="market", instrument=SYM)
-        assert fill["trades"][0]["price"] == Decimal("150.123") and fill["trades"][0]["quantity"] == Decimal("0.1")
+        assert fill["trades"][0]["price"] == price and fill["trades"][0]["quantity"] == Decimal("0.1")
         assert a.get_order(order["order_id"])["order"]["filled_quantity"] == Decimal("0.1")
         with pytest.raises(Forbidden):
             b.cancel_order(order["order_id"])
@@ -72,7 +78,7 @@ def test_sync_client_every_route(system):
         assert "runs" in admin.admin_settlement(instrument=SYM)
         # the read side (eventually consistent: the trade is there once projected)
         deadline = time.monotonic() + 10
-        while not any(t["price"] == Decimal("150.123") for t in a.trades(SYM, limit=20)["trades"]):
+        while not any(t["trade_id"] == fill["trades"][0]["trade_id"] for t in a.trades(SYM, limit=50)["trades"]):
             assert time.monotonic() < deadline, "trade not projected in 10 s"
             time.sleep(0.1)
         assert a.orderbook(SYM, levels=5)["instrument"] == SYM
@@ -130,7 +136,7 @@ async def test_live_book_equals_rest_after_1000_random_orders(system):
             assert sum(counts) == 1000
             rest = await _rest_book_at_rest(clients[0])
             await book.wait_for_seq(rest["seq"])
-            assert book.seq == rest["seq"]
+            assert book.as_of_seq == rest["seq"]
             assert book.as_rest(100) == _rest_levels(rest)
             assert book.gaps == 0 and book.reconnects == 0
     finally:

@@ -211,6 +211,7 @@ async def test_body_over_the_limit_is_413(http, svc):
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.ws_invalid_frames
 async def test_websocket_orders_cancels_and_errors(svc):
     url = svc.url.replace("http", "ws") + "/ws"
     async with websockets.connect(url, additional_headers=auth(svc, "client-A")) as ws:

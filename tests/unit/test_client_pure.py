@@ -37,9 +37,13 @@ def test_book_applies_updates_that_continue_it_and_reports_a_gap():
     assert b.seq == 12 and b.bids == {Decimal(100): Decimal("0.25")} and b.best_ask() == Decimal(101)
     assert b.as_rest()["bids"] == [{"price": Decimal(100), "quantity": Decimal("0.25"),
                                     "cumulative": Decimal("0.25")}]
+    # a heartbeat moves the seq the book reflects, not the chain the next update continues
+    assert b.apply({"type": "heartbeat", "seqs": {"BTC-USD": 15}}) == "heartbeat"
+    assert (b.seq, b.as_of_seq) == (12, 15)
+    assert b.apply({"type": "heartbeat", "seqs": {"BTC-USD": 14}}) == "ignored"
     assert b.apply({"type": "orderbook", "action": "update", "instrument": "BTC-USD", "prev_seq": 13, "seq": 14,
                     "changes": []}) == "gap"
-    assert b.seq is None  # nothing applied until the next snapshot
+    assert b.seq is None and b.as_of_seq is None  # nothing applied until the next snapshot
     assert b.apply({"type": "orderbook", "action": "update", "instrument": "ETH-USD", "prev_seq": 1, "seq": 2,
                     "changes": []}) == "ignored"
 
