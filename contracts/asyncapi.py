@@ -28,8 +28,8 @@ def _t(value: str) -> dict:
     return {"type": "string", "const": value}
 
 
-REQUEST_ID = {"description": "any JSON value; echoed in the answer (ties answers to requests)",
-              "type": ["string", "integer", "number", "boolean", "null"]}
+REQUEST_ID = {"description": "any JSON value (a string or an integer is usual); echoed as it was sent in the "
+                             "answer, which ties answers to requests"}
 CHANNEL_NAMES = ["trades", "orders", "orderbook", "ticker"]
 ORDER_FIELDS = {
     "side": S.SIDE, "quantity": S.DEC_IN, "price": S.DEC_IN, "stop_price": S.DEC_IN,
