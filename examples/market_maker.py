@@ -6,7 +6,7 @@ taken out of the live book), else the last trade, else --price. When the referen
 at least one tick, both quotes are replaced. The exchange has no amend route yet, so a
 requote is a cancel of the old quote followed by a new order (cancel/replace): between the
 two, that side has no quote. Every order carries an idempotency key (the client adds one),
-so a retried request never places a second quote. On exit it cancels all its orders.
+so a retried request never places a second quote. On exit it cancels its quotes.
 
     set -a; . ./.state/run/demo-keys.env; set +a
     .venv/bin/python examples/market_maker.py --api-key "$EXCHANGE_KEY_CLIENT_A" --seconds 30
@@ -62,6 +62,19 @@ class MarketMaker:
         if order["status"] in ("open", "partially_filled"):
             self.quotes[side] = {"order_id": order["order_id"], "price": price}
 
+    async def withdraw(self) -> int:
+        """Cancel our quotes (only those: the key's other orders are not ours to touch)."""
+        n = 0
+        for side, q in self.quotes.items():
+            if q is not None:
+                try:
+                    await self.client.cancel_order(q["order_id"])
+                    n += 1
+                except (Conflict, NotFound):
+                    pass
+                self.quotes[side] = None
+        return n
+
     async def step(self) -> None:
         ref = self.reference()
         want = {"buy": ref - self.half_spread, "sell": ref + self.half_spread}
@@ -104,8 +117,8 @@ async def main() -> None:
                           flush=True)
                     await asyncio.sleep(args.interval)
             finally:
-                done = await client.cancel_all(instrument=args.instrument)
-                print(f"stopped: cancelled {len(done['cancelled'])} quote(s)")
+                cancelled = await mm.withdraw()
+                print(f"stopped: cancelled {cancelled} quote(s)")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ async def main() -> None:
             show(book, args.depth)
 
     async with LiveOrderBook(args.url, args.instrument, on_update=on_update) as book:
-        show(book, args.depth)
         deadline = time.monotonic() + args.seconds if args.seconds else None
         while deadline is None or time.monotonic() < deadline:
             await asyncio.sleep(0.2)
