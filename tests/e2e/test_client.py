@@ -24,6 +24,7 @@ from exchange_client import (
     InvalidRequest,
     LiveOrderBook,
     NotFound,
+    OrderSocket,
     Unauthorized,
 )
 from tests.e2e.conftest import GATEWAY
@@ -92,6 +93,30 @@ def test_sync_client_every_route(system):
         assert "settlements" in a.settlements(instrument=SYM)
         assert a.health()["status"] == "healthy"
         assert "orders_received_total" in a.metrics()
+
+
+async def test_order_socket_places_cancels_and_raises_typed_errors(system):
+    async with OrderSocket(GATEWAY, system.keys["client-A"]) as ws:
+        placed = await asyncio.gather(*(ws.place_order("buy", Decimal("0.01"), price=Decimal("1.001") + i * TICK,
+                                                       instrument=SYM) for i in range(20)))
+        assert all(p["type"] == "order_accepted" and p["order"]["status"] == "open" for p in placed)
+        assert placed[3]["order"]["price"] == Decimal("1.004")
+        again = await ws.place_order("buy", Decimal("0.01"), price=Decimal("1.001"), instrument=SYM,
+                                     idempotency_key="ws-key-1")
+        replay = await ws.place_order("buy", Decimal("0.01"), price=Decimal("1.001"), instrument=SYM,
+                                      idempotency_key="ws-key-1")
+        assert replay["order"]["order_id"] == again["order"]["order_id"] and replay.get("replayed") is True
+        cancelled = await ws.cancel_order(placed[0]["order"]["order_id"])
+        assert cancelled["order"]["status"] == "cancelled"
+        with pytest.raises(Conflict) as e:
+            await ws.cancel_order(placed[0]["order"]["order_id"])
+        assert e.value.code == "order_closed"
+        with pytest.raises(InvalidRequest) as e:
+            await ws.place_order("buy", "1", price="1.0001", instrument=SYM)
+        assert (e.value.code, e.value.field) == ("off_tick", "price")
+        assert (await ws.ping())["type"] == "pong"
+        for p in placed[1:] + [again]:
+            await ws.cancel_order(p["order"]["order_id"])
 
 
 async def _random_orders(client: AsyncExchangeClient, who: str, n: int, rng: random.Random) -> int:
