@@ -17,7 +17,7 @@ SOURCES = ["command_service", "query_service", "contracts", "engine", "ops/nginx
 
 _CALLS = re.compile(
     r"""(?:EdgeError|ApiError)\(\s*\d{3},\s*"(\w+)"        # EdgeError(400, "code", ...)
-      | (?:\bbad|\b_err|\berror|ConversionError)\(\s*"(\w+)"  # bad("code"), _err("code"), error("code")
+      | (?:\bbad|\bbad_request|\b_err|\berror|ConversionError)\(\s*"(\w+)"  # bad_request("code"), _err("code"), ...
       | "code"\s*:\s*"(\w+)"                              # {"code": "..."}
       | \\?"code\\?"\s*:\s*\\?"(\w+)                      # b'{"error":{"code":"..."' and nginx bodies
     """,
@@ -72,8 +72,10 @@ def test_every_row_names_statuses_a_client_can_branch_on():
 
 
 def test_one_code_for_a_body_over_the_size_limit():
-    """The gateway (nginx) and the command service answer 413 with the same code."""
+    """The gateway (nginx) and the command service (fast path and framework) answer 413 with the same code."""
+    from contracts.api import body_too_large, framework_error
+
     template = (ROOT / "ops" / "nginx.conf.template").read_text()
     gateway = re.search(r"return 413 '.*?\"code\":\"(\w+)\"", template).group(1)
-    service = {c for c, files in emitted_codes().items() if "command_service/fastpath.py" in files}
-    assert gateway in service, (gateway, service)
+    assert body_too_large(16384).code == framework_error(413, "too large").code == gateway
+    assert "body_too_large(" in (ROOT / "command_service" / "fastpath.py").read_text()
