@@ -33,8 +33,8 @@ from command_service.fastpath import OrderFastPath, authorize, order_route
 from command_service.journal import JournalWriter, NoResetConnection
 from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
-from command_service.order_entry import OrderEntry
 from command_service.openapi import complete
+from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
 from command_service.settings import Settings
 from command_service.settlement import settle

@@ -20,11 +20,15 @@ import sys
 from pathlib import Path
 
 from contracts import schemas as S
+from contracts.schemas import Schema
+
+# name -> (summary, payload schema, example payloads)
+Messages = dict[str, tuple[str, Schema, list[Schema]]]
 
 RENDERED = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
 
 
-def _t(value: str) -> dict:
+def _t(value: str) -> Schema:
     return {"type": "string", "const": value}
 
 
@@ -54,7 +58,7 @@ TRADE_EX = {"trade_id": "BTC-USD-42", "buy_order_id": "5f2c1e8a-7d41-4b8e-9c1a-0
             "quantity": 0.1, "taker_side": "sell", "timestamp": "2026-12-06T04:00:01.250Z", "seq": 42}
 
 # name -> (summary, payload schema, examples)
-WS_IN = {
+WS_IN: Messages = {
     "WsOrder": ("Place an order (answered after commit by order_accepted or error)", S.obj(
         {"type": _t("order"), "order_type": ORDER_TYPE, "request_id": REQUEST_ID, **ORDER_FIELDS},
         ["type", "order_type", "side", "quantity"]),
@@ -69,7 +73,7 @@ WS_IN = {
     "WsPing": ("Liveness check (answered by pong)", S.obj({"type": _t("ping"), "request_id": REQUEST_ID}, ["type"]),
                [{"type": "ping", "request_id": "p1"}]),
 }
-WS_OUT = {
+WS_OUT: Messages = {
     "WsOrderAccepted": ("The order was committed", S.obj(
         {"type": _t("order_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "trades": S.array(S.TRADE),
          "replayed": {"type": "boolean", "description": "true: an earlier answer to the same idempotency_key"}},
@@ -89,7 +93,7 @@ SUB = {"type": _t("subscribe"), "channels": {"type": "array", "items": {"enum": 
        "instrument": {"type": "string", "default": "BTC-USD"},
        "api_key": {"type": "string", "description": "orders channel: the key whose orders to follow"},
        "client_id": {"type": "string", "description": "orders channel with auth disabled"}}
-STREAM_IN = {
+STREAM_IN: Messages = {
     "StreamSubscribe": ("Subscribe to channels of one instrument (answered by subscribed; orderbook then "
                         "starts with a snapshot)", S.obj(SUB, ["type"]),
                         [{"type": "subscribe", "channels": ["orderbook", "trades"], "instrument": "BTC-USD"}]),
@@ -104,7 +108,7 @@ STREAM_IN = {
                    [{"type": "ping"}]),
 }
 SEQS = {"type": "object", "additionalProperties": S.SEQ}
-STREAM_OUT = {
+STREAM_OUT: Messages = {
     "StreamConnected": ("Sent on open", S.obj(
         {"type": _t("connected"), "timestamp": S.TIME, "instruments": S.array(S.STR), "client_id": S.STR},
         ["type", "timestamp", "instruments"]),
@@ -162,7 +166,7 @@ STREAM_OUT = {
 }
 
 # channel id -> (address, description, messages received by the exchange, messages it sends)
-CHANNELS = {
+CHANNELS: dict[str, tuple[str, str, Messages, Messages]] = {
     "orderEntry": ("/ws", "Command service: order entry and cancel. Authenticated at the upgrade "
                           "(Authorization: Bearer <key>); many requests may be in flight, each is answered after "
                           "its batch commits, in completion order (request_id ties answers to requests). An "
@@ -174,16 +178,18 @@ CHANNELS = {
 }
 
 
-def messages(channel: str, direction: str) -> dict[str, tuple]:
+def messages(channel: str, direction: str) -> Messages:
     """direction 'in' (client -> exchange) or 'out' (exchange -> client)."""
     _, _, inbound, outbound = CHANNELS[channel]
     return inbound if direction == "in" else outbound
 
 
-def document() -> dict:
-    comp_messages, channels, operations = {}, {}, {}
+def document() -> Schema:
+    comp_messages: Schema = {}
+    channels: Schema = {}
+    operations: Schema = {}
     for cid, (address, description, inbound, outbound) in CHANNELS.items():
-        ch_msgs = {}
+        ch_msgs: Schema = {}
         for name, (summary, payload, examples) in {**inbound, **outbound}.items():
             comp_messages[name] = {
                 "name": name, "title": name, "summary": summary, "contentType": "application/json",
@@ -194,7 +200,7 @@ def document() -> dict:
         channels[cid] = {"address": address, "title": address, "description": description, "messages": ch_msgs,
                          "servers": [{"$ref": "#/servers/gateway"}]}
         for action, group in (("receive", inbound), ("send", outbound)):
-            op = {"action": action, "channel": {"$ref": f"#/channels/{cid}"},
+            op: Schema = {"action": action, "channel": {"$ref": f"#/channels/{cid}"},
                   "summary": ("messages a client sends to " if action == "receive" else "messages the exchange sends on ")
                   + address,
                   "messages": [{"$ref": f"#/channels/{cid}/messages/{n}"} for n in group]}
@@ -220,10 +226,11 @@ def document() -> dict:
 
 
 def render_yaml() -> str:
-    import yaml  # dev dependency; the services serve JSON
+    import yaml  # type: ignore[import-untyped]  # dev dependency; the services serve JSON
 
     head = "# Rendered from contracts/asyncapi.py by `python -m contracts.asyncapi`; edit that file, not this one.\n"
-    return head + yaml.safe_dump(json.loads(json.dumps(document())), sort_keys=False, allow_unicode=True, width=110)
+    text: str = yaml.safe_dump(json.loads(json.dumps(document())), sort_keys=False, allow_unicode=True, width=110)
+    return head + text
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ JSON number or a decimal string."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+Schema = dict[str, Any]
+
 DEC = {"type": "number", "description": "exact decimal (parse it as a decimal, not a float)", "examples": [70150.5]}
 DEC_OR_NULL = {"anyOf": [DEC, {"type": "null"}]}
 DEC_IN = {"anyOf": [{"type": "string", "format": "decimal"}, {"type": "number"}],
@@ -23,14 +28,14 @@ STATUS = {"type": "string", "enum": ["pending", "open", "partially_filled", "fil
 TIF = {"type": "string", "enum": ["GTC", "IOC", "FOK"]}
 
 
-def obj(props: dict, required: list[str] | None = None, description: str | None = None) -> dict:
+def obj(props: Schema, required: list[str] | None = None, description: str | None = None) -> Schema:
     o = {"type": "object", "properties": props, "required": list(props) if required is None else required}
     if description:
         o["description"] = description
     return o
 
 
-def array(items: dict) -> dict:
+def array(items: Schema) -> Schema:
     return {"type": "array", "items": items}
 
 
@@ -132,12 +137,12 @@ BEARER = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "exk_..
                                     ".state/run/demo-keys.env"}}
 
 
-def responses(ok_status: int, ok_schema_ref: str, errors, ok_text: str = "OK") -> dict:
+def responses(ok_status: int, ok_schema_ref: str, errors: Iterable[int], ok_text: str = "OK") -> Schema:
     """OpenAPI responses: the success body and every error status with the error body."""
-    out = {str(ok_status): {"description": ok_text,
+    out: Schema = {str(ok_status): {"description": ok_text,
                             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok_schema_ref}"}}}}}
     for s in errors:
-        resp = {"description": STATUS_TEXT.get(s, "error"),
+        resp: Schema = {"description": STATUS_TEXT.get(s, "error"),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         if s in (429, 503):
             resp["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}

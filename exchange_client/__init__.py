@@ -3,10 +3,9 @@ over WS /ws, a live order book kept from WS /stream, typed errors. See README.md
 
 from exchange_client.book import BookState, LiveOrderBook, stream_url
 from exchange_client.client import DEFAULT_URL, AsyncExchangeClient, ExchangeClient
-from exchange_client.ws import OrderSocket
 from exchange_client.errors import (
-    ConnectionFailed,
     Conflict,
+    ConnectionFailed,
     ExchangeError,
     Forbidden,
     InvalidRequest,
@@ -17,6 +16,7 @@ from exchange_client.errors import (
     Unauthorized,
     Unavailable,
 )
+from exchange_client.ws import OrderSocket
 
 __all__ = [
     "AsyncExchangeClient", "ExchangeClient", "LiveOrderBook", "OrderSocket", "BookState", "stream_url", "DEFAULT_URL",

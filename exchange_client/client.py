@@ -17,7 +17,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 import httpx
 

@@ -14,7 +14,7 @@ DECIMAL_FIELDS = frozenset({
     "net_quantity", "total_cost", "avg_price", "realized_pnl", "unrealized_pnl", "total_quantity", "min_price",
     "max_price", "total_volume", "vwap", "overall_vwap", "open", "high", "low", "close", "volume", "last",
     "last_price", "change", "quote_volume", "tick_size", "lot_size", "min_quantity", "max_quantity",
-    "min_price", "max_price", "best_bid", "best_ask", "notional", "fee", "net_cost", "mark_price",
+    "best_bid", "best_ask", "notional", "fee", "net_cost", "mark_price",
     "visible_quantity", "display_quantity", "peak_size",
 })
 

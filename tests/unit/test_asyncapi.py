@@ -53,7 +53,7 @@ def test_document_structure_is_asyncapi_3():
                            "tags", "externalDocs", "bindings"}
     for oid, op in DOC["operations"].items():
         assert key.match(oid) and op["action"] in ("send", "receive")
-        channel = resolve(op["channel"]["$ref"])
+        assert "address" in resolve(op["channel"]["$ref"])
         assert op["channel"]["$ref"].startswith("#/channels/")
         for m in op["messages"]:  # 3.0: an operation's messages must be messages of its channel
             assert m["$ref"].startswith(op["channel"]["$ref"] + "/messages/"), (oid, m)
