@@ -25,7 +25,7 @@ _ASYNCAPI = json_encoder.encode(asyncapi.document())
 
 
 def _html(name: str) -> Response:
-    return Response(content=(STATIC / name).read_bytes(), media_type="text/html; charset=utf-8")
+    return Response(content=(STATIC / name).read_bytes(), media_type="text/html")
 
 
 @get("/docs", include_in_schema=False)  # also /docs/ (Litestar ignores a trailing slash)
@@ -53,7 +53,7 @@ async def docs_command_openapi(request: Request) -> Response:
 @get("/docs/errors", include_in_schema=False)
 async def docs_errors() -> Response:
     text = ERRORS.read_bytes() if ERRORS.exists() else b"docs/ERRORS.md is not part of this installation"
-    return Response(content=text, media_type="text/plain; charset=utf-8")
+    return Response(content=text, media_type="text/plain")
 
 
 swagger_assets = create_static_files_router(path="/docs/swagger-ui", directories=[swagger_ui.static_path],
