@@ -19,6 +19,7 @@ COPY db ./db
 COPY relay ./relay
 COPY ops ./ops
 COPY config ./config
+COPY docs/ERRORS.md ./docs/ERRORS.md
 RUN pip install --no-deps . && useradd --system --uid 10001 exchange
 USER exchange
 

@@ -16,8 +16,10 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import generate_latest
 
+from command_service import docs
 from command_service.auth import Authenticator, RateLimiter
 from command_service.edge import (
     CancelAllRequest,
@@ -31,6 +33,7 @@ from command_service.fastpath import OrderFastPath, authorize, order_route
 from command_service.journal import JournalWriter, NoResetConnection
 from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
+from command_service.openapi import complete
 from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
 from command_service.settings import Settings
@@ -176,17 +179,14 @@ _BODIES = {("/orders", "post"): OrderRequest, ("/orders/cancel-all", "post"): Ca
 
 
 def openapi_document(app: Litestar) -> dict:
-    """Litestar's generated schema plus the JSON bodies of the routes that decode raw bytes
-    (they do so to keep numbers exact, so Litestar cannot see their body type)."""
-    doc = app.openapi_schema.to_schema()
-    refs, components = msgspec.json.schema_components(list(_BODIES.values()),
-                                                      ref_template="#/components/schemas/{name}")
-    doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
-    for ((path, method), _), ref in zip(_BODIES.items(), refs):
-        op = doc.get("paths", {}).get(path, {}).get(method)
-        if op is not None:
-            op["requestBody"] = {"required": path == "/orders", "content": {"application/json": {"schema": ref}}}
-    return doc
+    """The complete document (command_service.openapi): Litestar's generated schema plus the
+    bodies of the routes that decode raw bytes, every answer and the bearer scheme."""
+    return complete(app.openapi_schema.to_schema(), _BODIES)
+
+
+class _CompleteDocument(JsonRenderPlugin):
+    def render(self, request: Request, openapi_schema: dict) -> bytes:
+        return json_encoder.encode(openapi_document(request.app))
 
 
 # ---------------------------------------------------------------------- errors
@@ -270,7 +270,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, admin_settlement,
-                        healthz, metrics, openapi_json],
+                        healthz, metrics, openapi_json, *docs.ROUTES],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={
@@ -279,7 +279,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        openapi_config=OpenAPIConfig(title="Exchange command API", version="1.0.0"),
+        # Only the complete document at /schema/openapi.json: Litestar's own UI pages load their
+        # assets from a CDN; the docs site is /docs (command_service/docs.py).
+        openapi_config=OpenAPIConfig(title="Exchange command API", version="1.0.0",
+                                     render_plugins=[_CompleteDocument()]),
         debug=False,
     )
 

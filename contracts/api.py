@@ -57,11 +57,11 @@ INTERNAL = ApiError(500, "internal", "internal error")
 
 
 def body_too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"request body over {limit} bytes")
+    return ApiError(413, "payload_too_large", f"request body over {limit} bytes")
 
 # The framework's own HTTP errors (no route, wrong method, a body it cannot read) in our shape.
 _FRAMEWORK_CODES = {400: "invalid_json", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                    405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}
+                    405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
 
 def framework_error(status: int, detail: object) -> ApiError:

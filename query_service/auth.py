@@ -59,7 +59,7 @@ class Authenticator:
         client's data (admins may read anyone's). With auth disabled the parameter rules."""
         if not self.enabled:
             if not client_id:
-                raise ApiError(400, "missing_parameter", "client_id is required", "client_id")
+                raise ApiError(400, "missing_field", "client_id is required", "client_id")
             return client_id
         key = bearer_token(authorization)
         if key is None:

@@ -1,116 +1,100 @@
-"""The read API's OpenAPI document, served at GET /schema/openapi.json.
+"""The read API's OpenAPI document, served at GET /schema/openapi.json (and through the
+gateway at /docs/query.openapi.json).
 
-Written by hand rather than generated: the handlers parse their query parameters themselves
-(query_service/params.py, so every bad value gets the API's error shape), and a document
-generated from their signatures would name no parameter. Keep it in step with app.py.
-"""
+The handlers parse their query parameters themselves (query_service/params.py, so every bad
+value gets the API's error shape), so Litestar cannot generate the parameters from their
+signatures. The document is therefore a table here, and tests/unit/test_query_openapi.py
+checks it against the handlers: the same routes as the app, and for each handler the same
+query parameters with the same defaults and bounds as its params.* calls. Response bodies
+and the error shape come from contracts.schemas (shared with the command API and AsyncAPI)."""
 
 from __future__ import annotations
 
+import copy
+
+from contracts import schemas
 from contracts.instruments import Instruments
+
+INT_PARAM = "integer"
 
 
 def _q(name: str, schema: dict, description: str, required: bool = False) -> dict:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
-NUMBER = {"type": "number", "description": "exact decimal written as a JSON number"}
-TIME = {"type": "string", "format": "date-time", "example": "2024-01-01T00:00:00.000Z"}
+def _int(name: str, default: int, lo: int, hi: int, description: str) -> dict:
+    return _q(name, {"type": "integer", "minimum": lo, "maximum": hi, "default": default}, description)
 
 
-def _obj(props: dict, required: list[str] | None = None) -> dict:
-    return {"type": "object", "properties": props, "required": required or list(props)}
+TIME = copy.deepcopy(schemas.TIME)
 
 
 def document(instruments: Instruments) -> dict:
     symbols = instruments.symbols
     instrument = _q("instrument", {"type": "string", "enum": symbols, "default": "BTC-USD"}, "instrument symbol")
-    opt_instrument = _q("instrument", {"type": "string", "enum": symbols}, "only this instrument")
-    err = {"$ref": "#/components/schemas/Error"}
+    opt_instrument = _q("instrument", {"type": "string", "enum": symbols}, "only this instrument (default: all)")
+    client_id = _q("client_id", {"type": "string"}, "default: the key's client; another client needs an admin key")
+    cursor = _q("cursor", {"type": "string"}, "next_cursor of the previous page")
 
-    def op(op_id: str, summary: str, parameters: list, ok: dict, errors=(400,), secured=False) -> dict:
-        responses = {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}}
-        for s in errors:
-            responses[str(s)] = {"description": "error", "content": {"application/json": {"schema": err}}}
-        o = {"operationId": op_id, "summary": summary, "parameters": parameters, "responses": responses}
+    def op(op_id: str, summary: str, parameters: list, ok: str, errors=(400, 503), secured=False,
+           description: str | None = None) -> dict:
+        o = {"operationId": op_id, "summary": summary, "parameters": parameters,
+             "responses": schemas.responses(200, ok, errors)}
+        if description:
+            o["description"] = description
         if secured:
             o["security"] = [{"bearer": []}]
         return {"get": o}
 
-    level = _obj({"price": NUMBER, "quantity": NUMBER, "cumulative": NUMBER})
-    trade = _obj({"trade_id": {"type": "string"}, "buy_order_id": {"type": "string"},
-                  "sell_order_id": {"type": "string"}, "instrument": {"type": "string"}, "price": NUMBER,
-                  "quantity": NUMBER, "taker_side": {"enum": ["buy", "sell"]}, "timestamp": TIME,
-                  "seq": {"type": "integer"}})
-    order = _obj({"order_id": {"type": "string"}, "client_id": {"type": "string"}, "instrument": {"type": "string"},
-                  "side": {"enum": ["buy", "sell"]}, "type": {"type": "string"},
-                  "price": {"anyOf": [NUMBER, {"type": "null"}]}, "quantity": NUMBER, "filled_quantity": NUMBER,
-                  "remaining_quantity": NUMBER, "average_price": {"anyOf": [NUMBER, {"type": "null"}]},
-                  "status": {"enum": ["pending", "open", "partially_filled", "filled", "cancelled", "rejected"]},
-                  "time_in_force": {"enum": ["GTC", "IOC", "FOK"]}, "post_only": {"type": "boolean"},
-                  "created_at": TIME, "updated_at": TIME, "seq": {"type": "integer"}},
-                 ["order_id", "client_id", "instrument", "side", "type", "quantity", "filled_quantity", "status",
-                  "created_at", "updated_at"])
-    position = _obj({"instrument": {"type": "string"}, "net_quantity": NUMBER, "total_cost": NUMBER,
-                     "avg_price": NUMBER, "realized_pnl": NUMBER, "unrealized_pnl": NUMBER,
-                     "last_updated": TIME})
-    aggregate = _obj({"time_bucket": TIME, "trade_count": {"type": "integer"}, "total_quantity": NUMBER,
-                      "avg_price": NUMBER, "min_price": NUMBER, "max_price": NUMBER, "total_volume": NUMBER,
-                      "vwap": NUMBER})
-    health = _obj({"status": {"enum": ["healthy", "unhealthy"]}, "timestamp": TIME,
-                   "checks": {"type": "object", "additionalProperties": {"enum": ["healthy", "unhealthy"]}}})
-    page = [_q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
-            _q("cursor", {"type": "string"}, "next_cursor of the previous page"),
-            _q("client_id", {"type": "string"}, "default: the key's client; another client needs an admin key")]
-    paged = {"client_id": {"type": "string"}, "count": {"type": "integer"},
-             "next_cursor": {"anyOf": [{"type": "string"}, {"type": "null"}]}}
+    secured = (400, 401, 403, 503)
+    paths = {
+        "/market/orderbook": op("GetOrderbook", "L2 order book with its journal seq", [
+            instrument, _int("levels", 20, 1, 100, "levels per side")], "OrderBook",
+            description="`seq` is the same journal seq as the /stream orderbook messages: a client that holds "
+                        "a live book can tell whether this answer is older or newer than its own."),
+        "/market/trades": op("GetTrades", "Recent trades, newest first", [
+            instrument, _int("limit", 50, 1, 1000, "how many")], "Trades"),
+        "/market/analytics": op("GetAnalytics", "Trade aggregates per interval and VWAP", [
+            instrument, _q("start_time", TIME, "default: end_time - 24 h"), _q("end_time", TIME, "default: now"),
+            _int("interval", 1, 1, 10080, "bucket size in minutes")], "Analytics",
+            description="At most 31 days per request. Without start_time and end_time: the last 24 hours."),
+        "/market/candles": op("GetCandles", "OHLCV candles, oldest first", [
+            instrument, _q("interval", {"type": "string", "enum": ["1m", "5m", "15m", "1h"], "default": "1m"},
+                           "candle size"),
+            _int("limit", 100, 1, 1000, "how many"), _q("end_time", TIME, "latest candle start (default: now)")],
+            "Candles"),
+        "/market/ticker": op("GetTicker", "24 h ticker", [instrument], "Ticker"),
+        "/market/instruments": op("GetInstruments", "Instrument specs: tick and lot sizes, limits", [],
+                                  "Instruments", errors=()),
+        "/market/positions/{client_id}": op("GetPositions", "A client's positions (its key or an admin key)", [
+            {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "Positions", errors=secured, secured=True),
+        "/market/orders": op("GetOrders", "The key's client's orders, newest first", [
+            _q("status", {"type": "string", "enum": ["open", "closed"]}, "default: all"), opt_instrument,
+            _int("limit", 50, 1, 500, "page size"), cursor, client_id], "Orders", errors=secured, secured=True),
+        "/market/fills": op("GetFills", "The key's client's fills, newest first", [
+            opt_instrument, _int("limit", 50, 1, 500, "page size"), cursor, client_id], "Fills", errors=secured,
+            secured=True),
+        "/market/settlements": op("GetSettlements", "The key's client's settlement records, newest first", [
+            opt_instrument, _int("limit", 50, 1, 500, "how many"), client_id], "Settlements", errors=secured,
+            secured=True),
+        "/healthz": op("GetHealth", "This replica's dependencies (503 when unhealthy)", [], "Health", errors=(503,)),
+        "/healthz/system": op("GetSystemHealth", "The whole exchange (503 when unhealthy); the gateway's /healthz",
+                              [], "Health", errors=(503,)),
+    }
+    used = {"Error"} | {o["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                        for o in paths.values()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Exchange query API", "version": "1.0.0",
-                 "description": "Read side: views projected from the journal. Numbers are exact decimals."},
-        "paths": {
-            "/market/orderbook": op("GetOrderbook", "L2 order book with its journal seq", [
-                instrument, _q("levels", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "levels per side")],
-                _obj({"instrument": {"type": "string"}, "bids": {"type": "array", "items": level},
-                      "asks": {"type": "array", "items": level}, "seq": {"type": "integer"}, "timestamp": TIME})),
-            "/market/trades": op("GetTrades", "recent trades, newest first", [
-                instrument, _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "how many")],
-                _obj({"instrument": {"type": "string"}, "trades": {"type": "array", "items": trade},
-                      "count": {"type": "integer"}})),
-            "/market/analytics": op("GetAnalytics", "trade aggregates per interval and VWAP", [
-                instrument, _q("start_time", TIME, "default: end_time - 24 h"),
-                _q("end_time", TIME, "default: now"),
-                _q("interval", {"type": "integer", "minimum": 1, "maximum": 10080, "default": 1}, "minutes")],
-                _obj({"instrument": {"type": "string"}, "start_time": TIME, "end_time": TIME,
-                      "interval_minutes": {"type": "integer"}, "aggregates": {"type": "array", "items": aggregate},
-                      "overall_vwap": {"anyOf": [NUMBER, {"type": "null"}]}})),
-            "/market/candles": op("GetCandles", "OHLCV candles, oldest first", [
-                instrument, _q("interval", {"enum": ["1m", "5m", "15m", "1h"], "default": "1m"}, "candle size"),
-                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "how many"),
-                _q("end_time", TIME, "latest candle start")], {"type": "object"}),
-            "/market/ticker": op("GetTicker", "24 h ticker", [instrument], {"type": "object"}),
-            "/market/instruments": op("GetInstruments", "instrument specs", [], {"type": "object"}, errors=()),
-            "/market/positions/{client_id}": op("GetPositions", "a client's positions (its key or an admin key)", [
-                {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                _obj({"client_id": {"type": "string"}, "positions": {"type": "array", "items": position}}),
-                errors=(400, 401, 403), secured=True),
-            "/market/orders": op("GetOrders", "the key's client's orders, newest first", [
-                _q("status", {"enum": ["open", "closed"]}, "default: all"), opt_instrument, *page],
-                _obj({**paged, "orders": {"type": "array", "items": order}}), errors=(400, 401, 403), secured=True),
-            "/market/fills": op("GetFills", "the key's client's fills, newest first", [opt_instrument, *page],
-                                _obj({**paged, "fills": {"type": "array", "items": {"type": "object"}}}),
-                                errors=(400, 401, 403), secured=True),
-            "/market/settlements": op("GetSettlements", "the key's client's settlement records, newest first", [
-                opt_instrument, _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "how many")],
-                _obj({"client_id": {"type": "string"}, "settlements": {"type": "array", "items": {"type": "object"}}}),
-                errors=(400, 401, 403), secured=True),
-            "/healthz": op("GetHealth", "own dependencies (503 when unhealthy)", [], health, errors=(503,)),
-            "/healthz/system": op("GetSystemHealth", "the whole exchange (503 when unhealthy)", [], health,
-                                  errors=(503,)),
-        },
+                 "description": "Read side: views projected from the journal (eventually consistent; `seq` says "
+                                "how far). Numbers are exact decimals written as JSON numbers: parse them as "
+                                "decimals. Errors: `{\"error\": {code, message, field}}`, every code in "
+                                "docs/ERRORS.md. Live data: WS /stream, described by /docs/asyncapi.json."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
         "components": {
-            "schemas": {"Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"},
-                                                      "field": {"type": "string"}}, ["code", "message"])})},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {name: copy.deepcopy(schemas.COMPONENTS[name]) for name in sorted(used)},
+            "securitySchemes": copy.deepcopy(schemas.BEARER),
         },
     }

@@ -480,7 +480,7 @@ class Hub:
         if not self.auth.enabled:
             client = msg.get("client_id") or (c.identity.client_id if c.identity else None)
             if not isinstance(client, str) or not client:
-                c.send_obj(_err("missing_parameter", "client_id is required for the orders channel", "client_id"))
+                c.send_obj(_err("missing_field", "client_id is required for the orders channel", "client_id"))
                 return None
             return client
         key = msg.get("api_key")
@@ -526,8 +526,11 @@ class Hub:
         request_id = msg.get("request_id")
         try:
             order_type = msg.get("order_type")
+            if order_type is None:
+                c.send_obj(_err("missing_field", "order_type is required", "order_type", request_id))
+                return
             if not isinstance(order_type, str) or not order_type:
-                c.send_obj(_err("invalid_order_type", "order_type must be limit or market", "order_type", request_id))
+                c.send_obj(_err("invalid_field", "order_type must be limit or market", "order_type", request_id))
                 return
             body = {k: msg[k] for k in ORDER_FIELDS if k in msg}
             body["type"] = order_type

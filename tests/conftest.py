@@ -26,3 +26,35 @@ def pytest_collection_modifyitems(session, config, items):
         return next((i for i, prefix in enumerate(_ORDER) if path.startswith(prefix)), len(_ORDER))
 
     items.sort(key=rank)  # stable: keeps the file and definition order within each group
+
+
+# --------------------------------------------------------------- WebSocket message conformance
+# Every frame sent to or received from /ws and /stream must be a message of the AsyncAPI
+# document (tests/ws_conformance.py); a test that saw one that is not fails at teardown.
+import pytest  # noqa: E402
+
+from tests import ws_conformance  # noqa: E402
+
+ws_conformance.install()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ws_invalid_frames: the test sends invalid WebSocket frames on purpose "
+                                       "(only the exchange's answers are checked against the AsyncAPI document)")
+    config.addinivalue_line("markers", "ws_synthetic_feed: the test feeds /stream stand-in data (its own NATS "
+                                       "messages or replies), so the frames it receives are not checked")
+
+
+@pytest.fixture(autouse=True)
+def _ws_conformance(request):
+    rec = ws_conformance.RECORDER
+    rec.test = request.node.nodeid
+    rec.allow_invalid_sent = request.node.get_closest_marker("ws_invalid_frames") is not None
+    rec.allow_invalid_received = request.node.get_closest_marker("ws_synthetic_feed") is not None
+    start = len(rec.failures)
+    yield
+    rec.test = None
+    bad = rec.failures[start:]
+    if bad:
+        pytest.fail(f"{len(bad)} WebSocket frame(s) not in the AsyncAPI document:\n" + "\n".join(bad[:10]),
+                    pytrace=False)

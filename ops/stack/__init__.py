@@ -23,4 +23,4 @@ from ops.stack.processes import *  # noqa: E402,F403
 from ops.stack.processes import _popen  # noqa: E402,F401
 from ops.stack.servers import *  # noqa: E402,F403
 from ops.stack.servers import _service_overrides, _which  # noqa: E402,F401
-from ops.stack.supervisor import Supervisor  # noqa: E402,F401
+from ops.stack.supervisor import Supervisor, write_demo_keys  # noqa: E402,F401

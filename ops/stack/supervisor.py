@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -196,6 +198,7 @@ class Supervisor:
             runs.append(["--client-id", "admin", "--admin"])
         elif "--kind" in helptext:
             runs.append(["--client-id", "admin", "--kind", "admin"])
+        created: dict[str, str] = {}
         for args in runs:
             if self.stopping:
                 return
@@ -203,9 +206,16 @@ class Supervisor:
                 r = subprocess.run(base + args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=60)
                 out = (r.stdout + r.stderr).strip()
                 status = "" if r.returncode == 0 else f" (failed, exit {r.returncode})"
+                found = re.search(r"\b(exk_[A-Za-z0-9_\-]+)", r.stdout) if r.returncode == 0 else None
+                if found:
+                    created[args[1]] = found.group(1)
             except Exception as exc:  # noqa: BLE001
                 out, status = str(exc), " (failed)"
             self.say(f"demo API key {' '.join(args)}{status}:\n" + "\n".join("    " + line for line in out.splitlines()))
+        if created:
+            path = write_demo_keys(self.cfg, created)
+            self.say(f"demo keys written to .state/{self.cfg.profile}/{path.name} ({path}, mode 600); "
+                     f"load them into a shell: . .state/{self.cfg.profile}/{path.name}")
 
     def shutdown(self) -> None:
         # Gateway first (no new requests), then the command service (its in-flight batches commit and
@@ -256,3 +266,24 @@ def _wait_ports_free(cfg: StackConfig, names: list[str], timeout: float = 10.0) 
         time.sleep(0.1)
 
 
+
+
+def write_demo_keys(cfg: StackConfig, keys: dict[str, str]) -> Path:
+    """STATE/demo-keys.env (linked as .state/<profile>/demo-keys.env), readable only by its owner:
+    `export` lines a shell sources (`. .state/run/demo-keys.env`): A, B, ADMIN and EXCHANGE_URL."""
+    names = {"client-A": "A", "client-B": "B", "admin": "ADMIN"}
+    lines = [f"# demo API keys of the `make run` started {time.strftime('%Y-%m-%d %H:%M:%S')}; "
+             f"keys are shown once and stored hashed",
+             f"export EXCHANGE_URL={shlex.quote(cfg.gateway_url)}"]
+    for client, key in keys.items():
+        var = names.get(client, re.sub(r"\W", "_", client).upper())
+        lines.append(f"export {var}={shlex.quote(key)}")
+    path = cfg.state_dir / "demo-keys.env"
+    tmp = path.with_suffix(".tmp")
+    # Created 0600 from the start (never readable by others, not even briefly), then renamed in place.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

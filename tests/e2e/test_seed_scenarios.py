@@ -122,6 +122,7 @@ def apply_changes(book: dict, changes: list) -> None:
             side[c["price"]] = c["quantity"]
 
 
+@pytest.mark.ws_invalid_frames
 async def test_stream_snapshot_then_gap_free_deltas_equal_the_rest_book(gw, system):
     ws_url = system.gateway.replace("http", "ws") + "/stream"
     async with websockets.connect(ws_url) as ws:

@@ -3,14 +3,16 @@
 - command service: its own complete schema (GET /openapi.json, with the request bodies),
   every operation, positive and negative generation; plus a stateful run over links added to
   that schema (POST /orders -> GET/cancel of the order it returned, cancel -> GET);
-- query service: its own schema (GET /schema/openapi.json, hand-written in
-  query_service/openapi.py because the handlers parse their parameters themselves), every
-  operation, positive and negative generation.
+- query service: its own schema (GET /schema/openapi.json, a table in query_service/openapi.py
+  checked against the handlers by tests/unit/test_query_openapi.py), every operation, positive
+  and negative generation.
 Both documents are built in-process for collection; test_*_schema_is_served check that the
 running services serve the same ones.
 
-Every response: no 5xx, answered within the request timeout (no hang), JSON, and a 4xx has
-the API's error shape {"error": {"code", "message"}}. Afterwards the services are alive and
+Every response: no 5xx, answered within the request timeout (no hang), JSON, a 4xx has the
+API's error shape {"error": {"code", "message"}}, its status is one the document lists for the
+operation and its body matches the documented schema (these are the documents /docs shows;
+tests/e2e/test_docs_site.py checks the gateway serves the same ones). Afterwards the services are alive and
 healthy, accept a valid order, and the journal replays into valid books that the query
 views equal (tests/chaos/invariants.py).
 """
@@ -30,7 +32,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 from tests.chaos.invariants import INSTRUMENTS, SYMBOLS, assert_exchange_sound
 from tests.fuzz.conftest import FUZZ_EXAMPLES, FUZZ_STEPS, REQUEST_TIMEOUT
@@ -76,7 +78,9 @@ def error_body_shape(ctx, response, case) -> None:
             f"{response.status_code} without the error shape: {response.text[:300]}")
 
 
-CHECKS = [not_a_server_error, error_body_shape]
+# The documents are what /docs shows: every status an operation answers must be documented, and
+# every answer must match its documented schema.
+CHECKS = [not_a_server_error, error_body_shape, status_code_conformance, response_schema_conformance]
 
 # requests sent and statuses seen, per operation (printed by test_exchange_sound_after_api_fuzz)
 STATS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

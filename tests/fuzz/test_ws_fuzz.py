@@ -27,11 +27,16 @@ import string
 import time
 
 import httpx
+import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.chaos.invariants import SYMBOLS, assert_exchange_sound
 from tests.fuzz.conftest import FUZZ_WS_FRAMES
+
+# The frames are malformed on purpose; what the exchange answers is still checked against the
+# AsyncAPI document (tests/ws_conformance.py).
+pytestmark = pytest.mark.ws_invalid_frames
 
 SEED = int(os.environ.get("EXCHANGE_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 ANSWER_TIMEOUT = 8.0  # an order is answered after commit (or after the NATS request timeout, 5 s)

@@ -208,9 +208,10 @@ async def test_bad_input_is_refused_and_changes_nothing(http, svc, body, code, f
 
 async def test_body_over_the_limit_is_413(http, svc):
     r = await http.post("/orders", content=b'{"pad":"' + b"x" * 10_000 + b'"}', headers=auth(svc, "client-A"))
-    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.ws_invalid_frames
 async def test_websocket_orders_cancels_and_errors(svc):
     url = svc.url.replace("http", "ws") + "/ws"
     async with websockets.connect(url, additional_headers=auth(svc, "client-A")) as ws:

@@ -153,6 +153,7 @@ async def test_snapshot_then_contiguous_deltas_equal_the_rest_book(env):
         await replica.stop()
 
 
+@pytest.mark.ws_invalid_frames
 async def test_malformed_frames_get_errors_and_the_connection_stays_usable(env):
     settings, sym, _, _ = env
     replica = await Replica(settings.replace(projector_enabled=False)).start()
@@ -174,7 +175,7 @@ async def test_malformed_frames_get_errors_and_the_connection_stays_usable(env):
             (json.dumps({"type": "subscribe", "channels": ["orders"], "instrument": sym}), "unauthorized", "api_key"),
             (json.dumps({"type": "subscribe", "channels": ["orders"], "instrument": sym, "api_key": "exk_bad"}),
              "unauthorized", "api_key"),
-            (json.dumps({"type": "order", "request_id": "r1", "side": "buy"}), "invalid_order_type", "order_type"),
+            (json.dumps({"type": "order", "request_id": "r1", "side": "buy"}), "missing_field", "order_type"),
         ]
         for frame, code, field in cases:
             await ws.send(frame)
@@ -240,6 +241,7 @@ class RawWebSocket:
         return b0 & 0x0F, await self.reader.readexactly(n)
 
 
+@pytest.mark.ws_synthetic_feed  # the test publishes padded stand-in trades on the feed
 async def test_a_slow_consumer_is_dropped_and_the_others_keep_up(env):
     settings, sym, _, _ = env
     replica = await Replica(settings.replace(projector_enabled=False, ws_send_queue=200)).start()
@@ -343,6 +345,7 @@ async def test_orders_channel_needs_auth_and_carries_only_own_orders(env):
         await replica.stop()
 
 
+@pytest.mark.ws_synthetic_feed  # a stand-in command service answers with partial orders
 async def test_order_entry_is_forwarded_over_nats_request_reply(env):
     settings, sym, journal, keys = env
     alice = unique("alice-")

@@ -339,6 +339,8 @@ def test_gateway_answers_its_own_errors_as_json(routed_gateway, tmp_path):
         stack.stop_process(proc, 5)
 
 
+@pytest.mark.ws_invalid_frames  # a stand-in echo server behind the gateway
+@pytest.mark.ws_synthetic_feed
 async def test_gateway_passes_websocket_upgrades(tmp_path):
     import websockets
 

@@ -1,0 +1,278 @@
+"""HTTP clients for every route of the exchange: `ExchangeClient` (sync) and
+`AsyncExchangeClient` (asyncio), both on httpx, with the same methods.
+
+- Decimals in and out exactly (exchange_client.codec).
+- `place_order` sends an `idempotency_key` (a new UUID unless you pass one), so a request that
+  timed out or met a 5xx is retried safely: if the first attempt was committed, the retry
+  returns the original answer (header `Idempotent-Replayed: true`) instead of a second order.
+- 429 and 503 are retried after `Retry-After` (capped by `max_wait`); 502/504 and connection
+  errors are retried for requests that are safe to repeat (reads, orders with their key, cancels).
+- Errors are raised as typed exceptions (exchange_client.errors) built from the error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import httpx
+
+from exchange_client import codec
+from exchange_client.errors import ConnectionFailed, ExchangeError, error_from
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+RETRY_STATUSES = {429, 502, 503, 504}
+
+
+@dataclass
+class _Call:
+    method: str
+    path: str
+    params: dict | None = None
+    body: dict | None = None
+    safe_to_repeat: bool = True  # may be sent again after an answer-less failure
+    text: bool = False  # the answer is not JSON (/metrics)
+    headers: dict = field(default_factory=dict)
+
+
+def _clean(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _num(v):
+    """A price or quantity as the API takes it: Decimal/int/str pass, float is refused."""
+    if v is None or isinstance(v, (Decimal, str)) or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    raise TypeError(f"{v!r}: pass a Decimal, an int or a decimal string (floats are not exact)")
+
+
+class _Routes:
+    """Every route, as _Call values; the sync and async clients execute them."""
+
+    def _do(self, call: _Call):  # pragma: no cover - implemented by the clients
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ command service
+    def place_order(self, side: str, quantity, *, type: str = "limit", price=None, instrument: str = "BTC-USD",
+                    time_in_force: str | None = None, post_only: bool | None = None, stop_price=None,
+                    self_trade_prevention: str | None = None, order_id: str | None = None,
+                    client_id: str | None = None, idempotency_key: str | None = None, **extra):
+        """POST /orders -> {order, trades, orderbook}. `extra` passes fields this client does not
+        name yet (e.g. of newer order types) through unchanged."""
+        body = _clean({"side": side, "type": type, "quantity": _num(quantity), "price": _num(price),
+                       "instrument": instrument, "time_in_force": time_in_force, "post_only": post_only,
+                       "stop_price": _num(stop_price), "self_trade_prevention": self_trade_prevention,
+                       "order_id": order_id, "client_id": client_id,
+                       "idempotency_key": idempotency_key or uuid.uuid4().hex,
+                       **{k: _num(v) if isinstance(v, (Decimal, float)) else v for k, v in extra.items()}})
+        return self._do(_Call("POST", "/orders", body=body))
+
+    def cancel_order(self, order_id: str):
+        """POST /orders/{order_id}/cancel -> {order}."""
+        return self._do(_Call("POST", f"/orders/{order_id}/cancel"))
+
+    def cancel_all(self, instrument: str | None = None, side: str | None = None, client_id: str | None = None):
+        """POST /orders/cancel-all -> {cancelled: [order_id]}."""
+        return self._do(_Call("POST", "/orders/cancel-all",
+                              body=_clean({"instrument": instrument, "side": side, "client_id": client_id})))
+
+    def get_order(self, order_id: str):
+        """GET /orders/{order_id} -> {order} (committed state)."""
+        return self._do(_Call("GET", f"/orders/{order_id}"))
+
+    def admin_snapshot(self, instrument: str | None = None):
+        """POST /admin/snapshot (admin key) -> {snapshots: [{instrument, seq, bytes}]}."""
+        return self._do(_Call("POST", "/admin/snapshot", params=_clean({"instrument": instrument})))
+
+    def admin_settlement(self, cutoff: str | None = None, instrument: str | None = None):
+        """POST /admin/settlement (admin key) -> {cutoff, runs}."""
+        return self._do(_Call("POST", "/admin/settlement", body=_clean({"cutoff": cutoff, "instrument": instrument})))
+
+    # ------------------------------------------------------------------ query service
+    def orderbook(self, instrument: str = "BTC-USD", levels: int | None = None):
+        """GET /market/orderbook -> {instrument, bids, asks, seq, timestamp}."""
+        return self._do(_Call("GET", "/market/orderbook", params=_clean({"instrument": instrument, "levels": levels})))
+
+    def trades(self, instrument: str = "BTC-USD", limit: int | None = None):
+        """GET /market/trades -> {instrument, trades (newest first), count}."""
+        return self._do(_Call("GET", "/market/trades", params=_clean({"instrument": instrument, "limit": limit})))
+
+    def analytics(self, instrument: str = "BTC-USD", start_time: str | None = None, end_time: str | None = None,
+                  interval: int | None = None):
+        """GET /market/analytics -> {aggregates: [...], overall_vwap, ...} (default: the last 24 h)."""
+        return self._do(_Call("GET", "/market/analytics", params=_clean(
+            {"instrument": instrument, "start_time": start_time, "end_time": end_time, "interval": interval})))
+
+    def candles(self, instrument: str = "BTC-USD", interval: str | None = None, limit: int | None = None,
+                end_time: str | None = None):
+        """GET /market/candles."""
+        return self._do(_Call("GET", "/market/candles", params=_clean(
+            {"instrument": instrument, "interval": interval, "limit": limit, "end_time": end_time})))
+
+    def ticker(self, instrument: str = "BTC-USD"):
+        """GET /market/ticker (24 h)."""
+        return self._do(_Call("GET", "/market/ticker", params={"instrument": instrument}))
+
+    def instruments(self):
+        """GET /market/instruments: tick and lot sizes, limits."""
+        return self._do(_Call("GET", "/market/instruments"))
+
+    def positions(self, client_id: str):
+        """GET /market/positions/{client_id} (that client's key)."""
+        return self._do(_Call("GET", f"/market/positions/{client_id}"))
+
+    def orders(self, status: str | None = None, instrument: str | None = None, limit: int | None = None,
+               cursor: str | None = None, client_id: str | None = None):
+        """GET /market/orders: the key's client's orders, newest first (next_cursor pages on)."""
+        return self._do(_Call("GET", "/market/orders", params=_clean(
+            {"status": status, "instrument": instrument, "limit": limit, "cursor": cursor, "client_id": client_id})))
+
+    def fills(self, instrument: str | None = None, limit: int | None = None, cursor: str | None = None,
+              client_id: str | None = None):
+        """GET /market/fills: the key's client's fills, newest first."""
+        return self._do(_Call("GET", "/market/fills", params=_clean(
+            {"instrument": instrument, "limit": limit, "cursor": cursor, "client_id": client_id})))
+
+    def settlements(self, instrument: str | None = None, limit: int | None = None, client_id: str | None = None):
+        """GET /market/settlements: the key's client's settlement records."""
+        return self._do(_Call("GET", "/market/settlements", params=_clean(
+            {"instrument": instrument, "limit": limit, "client_id": client_id})))
+
+    # ------------------------------------------------------------------ operations
+    def health(self):
+        """GET /healthz: through the gateway, the whole system (raises Unavailable when unhealthy)."""
+        return self._do(_Call("GET", "/healthz"))
+
+    def metrics(self) -> str:
+        """GET /metrics (Prometheus text)."""
+        return self._do(_Call("GET", "/metrics", text=True))
+
+
+class _Policy:
+    def __init__(self, max_retries: int, max_wait: float, backoff: float):
+        self.max_retries = max_retries
+        self.max_wait = max_wait
+        self.backoff = backoff
+
+    def wait_for(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_wait)
+        return min(self.backoff * (2 ** attempt), self.max_wait)
+
+    @staticmethod
+    def retry_after(response: httpx.Response) -> float | None:
+        value = response.headers.get("retry-after")
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+
+    def decide(self, call: _Call, attempt: int, response: httpx.Response | None, exc: Exception | None):
+        """(result, error, wait): a result to return, an error to raise, or seconds to wait before retrying."""
+        if response is None:
+            if attempt < self.max_retries and call.safe_to_repeat:
+                return None, None, self.wait_for(attempt, None)
+            return None, ConnectionFailed(0, "connection_failed", f"{type(exc).__name__}: {exc}"), None
+        status = response.status_code
+        if status < 400:
+            return (response.text if call.text else codec.loads(response.content)), None, None
+        retry_after = self.retry_after(response)
+        try:
+            body = codec.loads(response.content)
+        except ValueError:
+            body = None
+        err = error_from(status, body, retry_after)
+        # 429/503: the request was refused before it was done, always safe to send again.
+        # 502/504: it may or may not have been done: only requests that are safe to repeat.
+        retry = status in (429, 503) or (status in RETRY_STATUSES and call.safe_to_repeat)
+        if retry and attempt < self.max_retries:
+            return None, None, self.wait_for(attempt, retry_after)
+        return None, err, None
+
+
+class ExchangeClient(_Routes):
+    """Synchronous client. `ExchangeClient(url, api_key)`; use as a context manager or call close()."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 10.0,
+                 max_retries: int = 3, max_wait: float = 5.0, backoff: float = 0.1,
+                 transport: httpx.BaseTransport | None = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+        self.policy = _Policy(max_retries, max_wait, backoff)
+
+    def _do(self, call: _Call):
+        attempt = 0
+        while True:
+            response = exc = None
+            try:
+                response = self.http.request(call.method, call.path, params=call.params,
+                                             content=codec.dumps(call.body) if call.body is not None else None,
+                                             headers={"Content-Type": "application/json"} if call.body is not None
+                                             else None)
+            except httpx.TransportError as e:
+                exc = e
+            result, err, wait = self.policy.decide(call, attempt, response, exc)
+            if err is not None:
+                raise err
+            if wait is None:
+                return result
+            time.sleep(wait)
+            attempt += 1
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncExchangeClient(_Routes):
+    """asyncio client with the same methods (each returns an awaitable)."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 10.0,
+                 max_retries: int = 3, max_wait: float = 5.0, backoff: float = 0.1,
+                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, transport=transport,
+                                      limits=httpx.Limits(max_connections=max_connections))
+        self.policy = _Policy(max_retries, max_wait, backoff)
+
+    async def _run(self, call: _Call):
+        attempt = 0
+        while True:
+            response = exc = None
+            try:
+                response = await self.http.request(
+                    call.method, call.path, params=call.params,
+                    content=codec.dumps(call.body) if call.body is not None else None,
+                    headers={"Content-Type": "application/json"} if call.body is not None else None)
+            except httpx.TransportError as e:
+                exc = e
+            result, err, wait = self.policy.decide(call, attempt, response, exc)
+            if err is not None:
+                raise err
+            if wait is None:
+                return result
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    def _do(self, call: _Call):
+        return self._run(call)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+
+__all__ = ["ExchangeClient", "AsyncExchangeClient", "ExchangeError", "DEFAULT_URL"]
