@@ -10,7 +10,6 @@ from contracts.api import ApiError
 from contracts.auth import bearer_token, hash_api_key
 from contracts.ratelimit import TokenBuckets, rate_limit_fields  # noqa: F401 (re-exported for ws)
 
-
 SCOPES = ("read", "trade", "admin")
 """Key scopes: read (own orders, fills, positions), trade (read + place/cancel/amend), admin."""
 

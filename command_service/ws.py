@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import msgspec
 
+from command_service.auth import rate_limit_fields
 from command_service.edge import (
     AmendRequest,
     CancelAllRequest,
@@ -33,7 +34,6 @@ from command_service.edge import (
     decode_json,
     validation_error,
 )
-from command_service.auth import rate_limit_fields
 from command_service.sequencer import Unavailable
 from contracts.api import ApiError, error, json_encoder
 from contracts.enums import CancelReason, OrderType, Side

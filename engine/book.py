@@ -52,8 +52,8 @@ Decisions beyond the written semantics (tests/unit/reference_matcher.py implemen
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from heapq import heappop, heappush
 from collections import deque
+from heapq import heappop, heappush
 from typing import Iterator, Optional
 
 import msgspec

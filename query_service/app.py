@@ -27,8 +27,8 @@ from contracts.api import (
     iso_ms,
     json_encoder,
 )
-from contracts.ratelimit import TokenBuckets
 from contracts.instruments import load_instruments
+from contracts.ratelimit import TokenBuckets
 from query_service import openapi, params, views
 from query_service.auth import Authenticator
 from query_service.bus import Bus

@@ -12,7 +12,6 @@ import websockets
 
 from tests.support.services import ServiceProcess, create_key, free_port, reset_db
 
-
 # --------------------------------------------------------------------------- rate-limit headers
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from contracts.enums import CancelReason, OrderType, Side, TimeInForce
 from contracts.messages import AmendOrder, CancelAll, CancelOrder, ExpireOrders, PlaceOrder
+from contracts.views import order_view
 from engine import OrderBook
 from query_service.records import BOOK_RESTING
-from contracts.views import order_view
 from tests.unit.test_projection import SPEC, DictStore, J, assert_uncrossed
 
 INSTRUMENT = "BTC-USD"
