@@ -28,7 +28,7 @@ class TokenBuckets:
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def take(self, key: str) -> tuple[bool, dict | None, int]:
+    def take(self, key: str) -> tuple[bool, dict[str, str] | None, int]:
         """Charge one token: (allowed, RateLimit headers or None when off, Retry-After s)."""
         if self.rate <= 0:
             return True, None, 0
@@ -50,12 +50,12 @@ class TokenBuckets:
         b[0] = tokens
         return True, self.headers(tokens), 0
 
-    def headers(self, tokens: float) -> dict:
+    def headers(self, tokens: float) -> dict[str, str]:
         reset = math.ceil((self.burst - tokens) / self.rate)
         return {"RateLimit-Policy": self.policy, "RateLimit": f'"{self.name}";r={int(tokens)};t={reset}'}
 
 
-def rate_limit_fields(headers: dict | None) -> dict | None:
+def rate_limit_fields(headers: dict[str, str] | None) -> dict[str, int] | None:
     """The RateLimit header figures as a JSON object for WebSocket answers."""
     if not headers:
         return None
