@@ -287,14 +287,14 @@ class OrderBook:
                 (
                     display is None
                     or (
-                        display.__class__ is int
+                        type(display) is int  # type(): mypy narrows it (off the hot path)
                         and 0 < display < qty
                         and otype is LIMIT
                         and (tif is GTC or tif is GTD)
                     )
                 )
                 and (
-                    (tif is GTD and expire_ts.__class__ is int and cmd.ts < expire_ts <= MAX_VALUE
+                    (tif is GTD and type(expire_ts) is int and cmd.ts < expire_ts <= MAX_VALUE
                      and otype is not MARKET)
                     or (tif is not GTD and expire_ts is None)
                 )
@@ -373,7 +373,7 @@ class OrderBook:
         post_only = cmd.post_only
         stop_price = cmd.stop_price
         stp = cmd.stp
-        if post_only:
+        if post_only and price is not None:  # post_only: a limit order (validated)
             if side is BUY:
                 keys = self._asks.keys
                 crosses = keys and -keys[-1] <= price
