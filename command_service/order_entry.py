@@ -307,12 +307,11 @@ class OrderEntry:
                     body["orderbook"] = book_view(book, spec, levels)
                 return 200, json_encoder.encode(body)
             if code == ResultCode.AMEND_WOULD_CROSS:
-                return 409, json_encoder.encode(error(
-                    "post_only_would_cross", "a post-only order amended to this price would cross; it is unchanged",
-                    "price"))
+                msg = "a post-only order amended to this price would cross; it is unchanged"
+                return 409, ApiError(409, "post_only_would_cross", msg, "price").body()
             if code == ResultCode.INVALID_AMEND:
-                return 400, json_encoder.encode(error(
-                    "invalid_amend", "nothing to change, or a stop order still pending", "quantity"))
+                msg = "nothing to change, or a stop order still pending"
+                return 400, ApiError(400, "invalid_amend", msg, "quantity").body()
             return 0, b""
 
         return seq.submit(cmd, render)
