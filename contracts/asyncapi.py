@@ -49,7 +49,7 @@ ORDER_FIELDS = {
 RATE_LIMIT = S.obj({"limit": S.INT, "remaining": S.INT, "reset": S.INT}, ["limit", "remaining", "reset"],
                    "the RateLimit header figures of the key's token bucket (absent when limits are off)")
 ORDER_TYPE = {"type": "string", "enum": ["limit", "market", "stop_limit", "stop_market"]}
-ERROR_MSG = S.obj({"type": _t("error"), "request_id": REQUEST_ID, "error": S.ERROR,
+ERROR_MSG = S.obj({"type": _t("error"), "request_id": REQUEST_ID, "error": S.ERROR, "rate_limit": RATE_LIMIT,
                    "status": {"type": "integer", "description": "/stream: the HTTP status of a refused order"}},
                   ["type", "error"])
 
@@ -94,16 +94,19 @@ WS_IN: Messages = {
 WS_OUT: Messages = {
     "WsOrderAccepted": ("The order was committed", S.obj(
         {"type": _t("order_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "trades": S.array(S.TRADE),
-         "replayed": {"type": "boolean", "description": "true: an earlier answer to the same idempotency_key"}},
+         "replayed": {"type": "boolean", "description": "true: an earlier answer to the same idempotency_key"},
+         "rate_limit": RATE_LIMIT},
         ["type", "request_id", "order", "trades"]),
         [{"type": "order_accepted", "request_id": "r1", "order": ORDER_EX, "trades": [TRADE_EX]}]),
     "WsCancelAccepted": ("The cancel was committed", S.obj(
-        {"type": _t("cancel_accepted"), "request_id": REQUEST_ID, "order": S.ORDER}, ["type", "request_id", "order"]),
+        {"type": _t("cancel_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "rate_limit": RATE_LIMIT},
+        ["type", "request_id", "order"]),
         [{"type": "cancel_accepted", "request_id": "r2", "order": {**ORDER_EX, "status": "cancelled"}}]),
     "WsError": ("A request failed (code: docs/ERRORS.md); the connection stays open", ERROR_MSG,
                 [{"type": "error", "request_id": "r1",
                   "error": {"code": "off_tick", "message": "price must be a multiple of 0.01", "field": "price"}}]),
-    "WsPong": ("Answer to ping", S.obj({"type": _t("pong"), "request_id": REQUEST_ID}, ["type"]),
+    "WsPong": ("Answer to ping", S.obj({"type": _t("pong"), "request_id": REQUEST_ID, "rate_limit": RATE_LIMIT},
+                                       ["type"]),
                [{"type": "pong", "request_id": "p1"}]),
     "WsAmendAccepted": ("The amend was committed", S.obj(
         {"type": _t("amend_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "trades": S.array(S.TRADE),

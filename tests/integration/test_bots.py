@@ -256,6 +256,7 @@ async def ask(ws, msg):
             return reply
 
 
+@pytest.mark.ws_invalid_frames  # error cases on purpose
 async def test_cancel_on_disconnect_cancels_only_that_sockets_orders(svc):
     hdr = h(svc, "ws")
     async with websockets.connect(ws_url(svc), additional_headers=hdr) as keep:
@@ -280,6 +281,7 @@ async def test_cancel_on_disconnect_cancels_only_that_sockets_orders(svc):
         assert bad["type"] == "error" and bad["error"]["field"] == "cancel_on_disconnect"
 
 
+@pytest.mark.ws_invalid_frames  # error cases on purpose
 async def test_ws_amend_and_cancel_all(svc):
     async with websockets.connect(ws_url(svc), additional_headers=h(svc, "ws")) as ws:
         o = await ask(ws, {"type": "order", "order_type": "limit", "side": "sell", "price": 900, "quantity": 3,
