@@ -2,7 +2,8 @@
 
 Runs inside `python -m ops.stack with-servers --profile test --fresh` (PostgreSQL with fsync and
 synchronous_commit on, Redis, NATS, Tansu), starts the services itself with benchmark
-settings (EXCHANGE_AUTH=disabled, rate limits off: EXCHANGE_RATE_LIMIT_PER_SECOND=0), and
+settings (EXCHANGE_AUTH=disabled, rate limits off: EXCHANGE_RATE_LIMIT_PER_SECOND=0 and
+EXCHANGE_READ_RATE_LIMIT_PER_SECOND=0), and
 drives them with bench.loadgen, all on the same 2 cores. Scenarios (all by default):
 
   command   command service alone: HTTP closed loop (64 connections), WebSocket, and an
@@ -48,7 +49,8 @@ from ops import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
-BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}
+BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0",
+             "EXCHANGE_READ_RATE_LIMIT_PER_SECOND": "0"}
 SCENARIOS = ("command", "pipeline", "cpu", "users", "sustained", "query", "fanout", "recovery", "engine", "relay")
 
 
@@ -199,7 +201,7 @@ async def bench_command(args) -> None:
         svc.stop()
     body = f"""Measured {today()} on {machine_line()}.
 Command: `make bench` (`python -m bench --only command --duration {d}`). Settings: EXCHANGE_AUTH=disabled,
-EXCHANGE_RATE_LIMIT_PER_SECOND=0 (rate limits off), PostgreSQL 15 with fsync and synchronous_commit on; every
+EXCHANGE_RATE_LIMIT_PER_SECOND=0 and EXCHANGE_READ_RATE_LIMIT_PER_SECOND=0 (rate limits off), PostgreSQL 15 with fsync and synchronous_commit on; every
 acknowledged order is committed. The command service runs alone (no relay, no query service); the load
 generator shares the 2 cores. Mix: 60% limit, 25% cancel, 10% market, 5% IOC over BTC/ETH/SOL, 100 clients.
 

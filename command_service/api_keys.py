@@ -1,5 +1,7 @@
-"""API keys CLI: `python -m command_service.api_keys create --client-id client-A [--admin]`,
-`list`, `revoke <key-prefix-hash>`. The key is printed once; only its sha256 is stored."""
+"""API keys CLI: `python -m command_service.api_keys create --client-id client-A [--scope read|trade|admin]`
+(`--admin` = `--scope admin`), `list`, `revoke <key-prefix-hash>`. The key is printed once; only
+its sha256 is stored. Scopes: read (own orders, fills, positions, the orders channel), trade
+(read + place/cancel/amend), admin."""
 
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ import asyncpg
 from contracts.auth import hash_api_key, new_api_key
 
 
-async def create(dsn: str, client_id: str, admin: bool, label: str | None, key: str | None = None) -> str:
+async def create(dsn: str, client_id: str, admin: bool, label: str | None, key: str | None = None,
+                 scope: str | None = None) -> str:
     key = key or new_api_key()
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
             "INSERT INTO api_keys (key_hash, client_id, kind, label) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (key_hash) DO NOTHING",
-            hash_api_key(key), client_id, "admin" if admin else "trader", label,
+            hash_api_key(key), client_id, scope or ("admin" if admin else "trade"), label,
         )
     finally:
         await conn.close()
@@ -56,6 +59,7 @@ def main() -> None:
     c = sub.add_parser("create", help="create a key and print it (shown once)")
     c.add_argument("--client-id", required=True)
     c.add_argument("--admin", action="store_true", help="an admin key (snapshots, settlement, any client)")
+    c.add_argument("--scope", choices=["read", "trade", "admin"], help="read, trade (default) or admin")
     c.add_argument("--label")
     c.add_argument("--json", action="store_true", help="print {client_id, key, kind} as JSON")
     sub.add_parser("list", help="list keys (never the keys themselves)")
@@ -63,8 +67,8 @@ def main() -> None:
     r.add_argument("key_id")
     a = p.parse_args()
     if a.cmd == "create":
-        key = asyncio.run(create(a.dsn, a.client_id, a.admin, a.label))
-        kind = "admin" if a.admin else "trader"
+        kind = a.scope or ("admin" if a.admin else "trade")
+        key = asyncio.run(create(a.dsn, a.client_id, a.admin, a.label, scope=kind))
         print(json.dumps({"client_id": a.client_id, "kind": kind, "key": key}) if a.json
               else f"{kind} key for {a.client_id}: {key}")
     elif a.cmd == "list":

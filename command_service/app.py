@@ -22,14 +22,17 @@ from prometheus_client import generate_latest
 from command_service import docs
 from command_service.auth import Authenticator, RateLimiter
 from command_service.edge import (
+    AmendRequest,
+    CancelAfterRequest,
     CancelAllRequest,
     OrderRequest,
     answer,
+    decode_cancel_after,
     decode_cancel_all,
     decode_json,
     spec_for,
 )
-from command_service.fastpath import OrderFastPath, authorize, order_route
+from command_service.fastpath import RATE_LIMIT_SCOPE_KEY, OrderFastPath, authorize_limited, order_route
 from command_service.journal import JournalWriter, NoResetConnection
 from command_service.metrics import Metrics
 from command_service.nats_bridge import NatsBridge
@@ -66,7 +69,11 @@ def _host(request: Request) -> str:
 
 
 async def _principal(request: Request):
-    return await authorize(_state(request), request.headers.get("authorization"), _host(request))
+    principal, limits = await authorize_limited(_state(request), request.headers.get("authorization"),
+                                                _host(request))
+    if limits:
+        request.scope[RATE_LIMIT_SCOPE_KEY] = limits  # added to the response by OrderFastPath
+    return principal
 
 
 # ---------------------------------------------------------------------- routes
@@ -86,6 +93,22 @@ async def cancel_all(request: Request) -> Response:
     data = decode_cancel_all(await request.body())
     status, body, headers = await _state(request).entry.cancel_all(principal, data)
     return _reply(status, body, headers)
+
+
+@post("/orders/cancel-after", status_code=200, summary="Dead man's switch: cancel all own orders unless "
+      "called again within timeout_ms (0 turns it off)")
+async def cancel_after(request: Request) -> Response:
+    principal = await _principal(request)
+    data = decode_cancel_after(await request.body())
+    status, body, headers = await _state(request).entry.cancel_after(principal, data)
+    return _reply(status, body, headers)
+
+
+@post("/orders/{order_id:str}/amend", status_code=200, summary="Amend an order's quantity and/or price")
+async def amend_order(request: Request, order_id: str) -> Response:
+    # Served by the fast path; the same function answers here.
+    return _reply(*await order_route(_state(request), order_id, await request.body(),
+                                     request.headers.get("authorization"), _host(request), amend=True))
 
 
 @post("/orders/{order_id:str}/cancel", status_code=200, summary="Cancel an order")
@@ -175,6 +198,8 @@ async def openapi_json(request: Request) -> Response:
 
 
 _BODIES = {("/orders", "post"): OrderRequest, ("/orders/cancel-all", "post"): CancelAllRequest,
+           ("/orders/cancel-after", "post"): CancelAfterRequest,
+           ("/orders/{order_id}/amend", "post"): AmendRequest,
            ("/admin/settlement", "post"): SettlementRequest}
 
 
@@ -269,8 +294,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await st.pool.close()
 
     return Litestar(
-        route_handlers=[place_order, cancel_all, cancel_order, get_order, admin_snapshot, admin_settlement,
-                        healthz, metrics, openapi_json, *docs.ROUTES],
+        route_handlers=[place_order, cancel_all, cancel_after, amend_order, cancel_order, get_order, admin_snapshot,
+                        admin_settlement, healthz, metrics, openapi_json, *docs.ROUTES],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 from command_service.journal import JournalWriter
 from contracts.api import ApiError
 from contracts.auth import bearer_token, hash_api_key
+from contracts.ratelimit import TokenBuckets, rate_limit_fields  # noqa: F401 (re-exported for ws)
+
+SCOPES = ("read", "trade", "admin")
+"""Key scopes: read (own orders, fills, positions), trade (read + place/cancel/amend), admin."""
+
+
+def scope_of_kind(kind: str) -> str:
+    """api_keys.kind -> scope ('trader' is the pre-scope name of 'trade')."""
+    return "trade" if kind == "trader" else kind if kind in SCOPES else "read"
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,12 +24,17 @@ class Principal:
     client_id: str | None  # None: auth disabled, the body's client_id is trusted
     is_admin: bool
     rate_key: str
+    scope: str = "trade"
 
     def may_act_for(self, client_id: str) -> bool:
         return self.is_admin or self.client_id is None or self.client_id == client_id
 
+    def require_trade(self) -> None:
+        if self.scope == "read":
+            raise ApiError(403, "insufficient_scope", "this API key may only read; a trade key is required")
 
-OPEN = Principal(client_id=None, is_admin=True, rate_key="open")
+
+OPEN = Principal(client_id=None, is_admin=True, rate_key="open", scope="admin")
 
 
 class Authenticator:
@@ -51,7 +64,8 @@ class Authenticator:
         hit = self._cache.get(h)
         if hit is None or hit[0] < now:
             row = await self.journal.find_api_key(h)
-            principal = Principal(row["client_id"], row["kind"] == "admin", h.hex()[:16]) if row else None
+            principal = (Principal(row["client_id"], row["kind"] == "admin", h.hex()[:16], scope_of_kind(row["kind"]))
+                         if row else None)
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[h] = (now + (self.ttl if principal else 2.0), principal)
@@ -63,27 +77,17 @@ class Authenticator:
 
 
 class RateLimiter:
-    """Token bucket per key: `rate` tokens/s, up to `burst`. rate 0 = unlimited."""
+    """Token bucket per key (contracts.ratelimit): `rate` tokens/s, up to `burst`; rate 0 =
+    unlimited. `check` charges one token and returns the RateLimit headers (None when off),
+    or raises 429 carrying them and Retry-After."""
 
-    def __init__(self, rate: float, burst: int):
+    def __init__(self, rate: float, burst: int, name: str = "default"):
+        self._buckets = TokenBuckets(rate, burst, name)
         self.rate = rate
-        self.burst = max(burst, 1)
-        self._buckets: dict[str, list[float]] = {}
+        self.burst = self._buckets.burst
 
-    def check(self, key: str) -> None:
-        if self.rate <= 0:
-            return
-        now = time.monotonic()
-        b = self._buckets.get(key)
-        if b is None:
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
-            b = self._buckets[key] = [float(self.burst), now]
-        tokens = min(self.burst, b[0] + (now - b[1]) * self.rate)
-        b[1] = now
-        if tokens < 1.0:
-            b[0] = tokens
-            retry = max(1, math.ceil((1.0 - tokens) / self.rate))
-            raise ApiError(429, "rate_limited", f"rate limit of {self.rate:g}/s exceeded", None,
-                            {"Retry-After": str(retry)})
-        b[0] = tokens - 1.0
+    def check(self, key: str) -> dict | None:
+        ok, headers, _ = self._buckets.take(key)
+        if not ok:
+            raise ApiError(429, "rate_limited", f"rate limit of {self.rate:g}/s exceeded", None, headers)
+        return headers

@@ -8,17 +8,19 @@ with a code and the field) before anything reaches a sequencer.
 from __future__ import annotations
 
 import hashlib
+import time
 from decimal import Decimal
 from typing import Annotated, Any, Optional
 
 import asyncpg
 import msgspec
 
-from contracts.api import ApiError, error_answer
+from contracts.api import ApiError, error_answer, parse_iso
 from contracts.api import unavailable as unavailable_error
 from contracts.enums import OrderType, Side, StpMode, TimeInForce
 from contracts.instruments import ConversionError, Instruments, InstrumentSpec
 from contracts.messages import (
+    AmendOrder,
     CancelAll,
     CancelOrder,
     PlaceOrder,
@@ -59,6 +61,8 @@ class OrderFields(msgspec.Struct, kw_only=True):
     self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
     order_id: Optional[Id] = None
     idempotency_key: Optional[Key] = None
+    display_quantity: Optional[Decimal] = None  # iceberg: shown at a time (GTC/GTD limit only)
+    expire_time: Optional[str] = None  # GTD only: ISO 8601, in the future
 
 
 class OrderRequest(OrderFields, kw_only=True):
@@ -76,8 +80,41 @@ class CancelAllRequest(msgspec.Struct, kw_only=True):
     client_id: Optional[Id] = None
 
 
+class AmendRequest(msgspec.Struct, kw_only=True):
+    """POST /orders/{id}/amend: quantity = the new total (must exceed the filled quantity)."""
+
+    quantity: Optional[Decimal] = None
+    price: Optional[Decimal] = None
+
+
+MAX_CANCEL_AFTER_MS = 86_400_000
+
+
+class CancelAfterRequest(msgspec.Struct, kw_only=True):
+    """POST /orders/cancel-after: the dead man's switch; 0 turns it off."""
+
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_CANCEL_AFTER_MS)]
+    client_id: Optional[Id] = None
+
+
 _order_decoder = msgspec.json.Decoder(OrderRequest)
 _cancel_all_decoder = msgspec.json.Decoder(CancelAllRequest)
+_amend_decoder = msgspec.json.Decoder(AmendRequest)
+_cancel_after_decoder = msgspec.json.Decoder(CancelAfterRequest)
+
+
+def decode_amend(raw) -> AmendRequest:
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        return decode_json(_amend_decoder.decode, raw)
+    return decode_json(lambda r: msgspec.convert(r, AmendRequest), raw)
+
+
+def decode_cancel_after(raw) -> CancelAfterRequest:
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        if not raw.strip():
+            raise ApiError(400, "missing_field", "timeout_ms is required", "timeout_ms")
+        return decode_json(_cancel_after_decoder.decode, raw)
+    return decode_json(lambda r: msgspec.convert(r, CancelAfterRequest), raw)
 
 
 def decode_json(decode, raw):
@@ -142,11 +179,27 @@ def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentS
         raise ApiError(400, "missing_field", f"stop_price is required for {t.value} orders", "stop_price")
     if not is_stop and req.stop_price is not None:
         raise ApiError(400, "invalid_field", "stop_price is only allowed for stop orders", "stop_price")
-    if req.post_only and (t != OrderType.LIMIT or req.time_in_force != TimeInForce.GTC):
-        raise ApiError(400, "invalid_field", "post_only needs a GTC limit order", "post_only")
+    tif = req.time_in_force
+    resting_tif = tif is TimeInForce.GTC or tif is TimeInForce.GTD
+    if req.post_only and (t != OrderType.LIMIT or not resting_tif):
+        raise ApiError(400, "invalid_field", "post_only needs a GTC or GTD limit order", "post_only")
     price = _convert(spec.price_to_ticks, req.price, "price") if needs_price else None
     stop_price = _convert(spec.price_to_ticks, req.stop_price, "stop_price") if is_stop else None
     quantity = _convert(spec.quantity_to_lots, req.quantity, "quantity")
+    display = expire_ts = None
+    if req.display_quantity is not None:
+        if t != OrderType.LIMIT or not resting_tif:
+            raise ApiError(400, "invalid_field", "display_quantity needs a GTC or GTD limit order",
+                           "display_quantity")
+        display = _convert(spec.quantity_to_lots, req.display_quantity, "display_quantity")
+        if display >= quantity:
+            raise ApiError(400, "invalid_field", "display_quantity must be below quantity", "display_quantity")
+    if tif is TimeInForce.GTD:
+        expire_ts = parse_expire_time(req.expire_time)
+        if t == OrderType.MARKET:
+            raise ApiError(400, "invalid_field", "a market order cannot be GTD", "time_in_force")
+    elif req.expire_time is not None:
+        raise ApiError(400, "invalid_field", "expire_time needs time_in_force GTD", "expire_time")
     return PlaceOrder(
         order_id=order_id,
         client_id=client_id,
@@ -160,7 +213,31 @@ def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentS
         post_only=req.post_only,
         stp=req.self_trade_prevention,
         stop_price=stop_price,
+        display_quantity=display,
+        expire_ts=expire_ts,
     )
+
+
+def parse_expire_time(value) -> int:
+    if value is None:
+        raise ApiError(400, "missing_field", "expire_time is required for GTD orders", "expire_time")
+    try:
+        ts = parse_iso(value)
+    except (ValueError, TypeError, OverflowError):
+        raise ApiError(400, "invalid_field", "expire_time must be an ISO 8601 time", "expire_time") from None
+    if ts <= time.time_ns():
+        raise ApiError(400, "invalid_field", "expire_time must be in the future", "expire_time")
+    if ts >= 1 << 62:
+        raise ApiError(400, "invalid_field", "expire_time is too far in the future", "expire_time")
+    return ts
+
+
+def to_amend(req: AmendRequest, order_id: str, client_id: str, spec: InstrumentSpec) -> AmendOrder:
+    if req.quantity is None and req.price is None:
+        raise ApiError(400, "missing_field", "quantity or price is required", "quantity")
+    quantity = _convert(spec.quantity_to_lots, req.quantity, "quantity") if req.quantity is not None else None
+    price = _convert(spec.price_to_ticks, req.price, "price") if req.price is not None else None
+    return AmendOrder(order_id, client_id, spec.symbol, 0, quantity, price)
 
 
 def request_hash(cmd: PlaceOrder, client_order_id: str | None) -> bytes:
@@ -169,6 +246,8 @@ def request_hash(cmd: PlaceOrder, client_order_id: str | None) -> bytes:
         cmd.client_id, cmd.instrument, cmd.side.value, cmd.order_type.value, cmd.price, cmd.quantity,
         cmd.tif.value, cmd.post_only, cmd.stp.value, cmd.stop_price, client_order_id,
     )
+    if cmd.display_quantity is not None or cmd.expire_ts is not None:
+        canon += (cmd.display_quantity, cmd.expire_ts)
     return hashlib.sha256(msgspec.msgpack.encode(canon)).digest()
 
 
@@ -221,6 +300,7 @@ def _side_json(spec: InstrumentSpec, side: str, rows: list) -> msgspec.Raw:
 
 
 __all__ = [
-    "ApiError", "OrderRequest", "CancelAllRequest", "decode_order_request", "to_place", "request_hash",
+    "ApiError", "OrderRequest", "CancelAllRequest", "AmendRequest", "CancelAfterRequest", "decode_amend",
+    "decode_cancel_after", "to_amend", "decode_order_request", "to_place", "request_hash",
     "OrderRow", "book_view", "spec_for", "CancelOrder", "CancelAll",
 ]

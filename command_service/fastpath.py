@@ -1,4 +1,5 @@
-"""An ASGI front for the hottest routes: POST /orders, POST /orders/{id}/cancel and WS /ws.
+"""An ASGI front for the hottest routes: POST /orders, POST /orders/{id}/cancel,
+POST /orders/{id}/amend and WS /ws.
 
 Measured here, Litestar's request/response machinery costs ~60 us of CPU per request
 (88 us for a trivial Litestar route vs 26 us for the same route as bare ASGI on uvicorn):
@@ -14,6 +15,7 @@ import logging
 from command_service import ws
 from command_service.edge import (
     answer,
+    decode_amend,
     decode_order_request,
 )
 from contracts.api import ApiError, body_too_large
@@ -36,11 +38,28 @@ class OrderFastPath:
                 order_id = path[8:-7]
                 if order_id and "/" not in order_id and order_id != "cancel-all":
                     return await self._handle(scope, receive, send, order_id)
+            if path.startswith("/orders/") and path.endswith("/amend"):
+                order_id = path[8:-6]
+                if order_id and "/" not in order_id:
+                    return await self._handle(scope, receive, send, order_id, amend=True)
         elif scope["type"] == "websocket" and scope["path"] == "/ws":
             return await ws.serve(self.app.state, scope, receive, send)
+        if scope["type"] == "http":
+            # Litestar routes: the handler's authorize() leaves the caller's rate-limit
+            # figures in the scope; they go out on the response, whatever its status.
+            async def send_with_limits(message):
+                if message["type"] == "http.response.start":
+                    limits = scope.get(RATE_LIMIT_SCOPE_KEY)
+                    if limits:
+                        message = dict(message)
+                        message["headers"] = list(message.get("headers", [])) + [
+                            (k.lower().encode(), v.encode()) for k, v in limits.items()]
+                await send(message)
+
+            return await self.app(scope, receive, send_with_limits)
         return await self.app(scope, receive, send)
 
-    async def _handle(self, scope, receive, send, cancel_id: str | None) -> None:
+    async def _handle(self, scope, receive, send, cancel_id: str | None, amend: bool = False) -> None:
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -53,7 +72,7 @@ class OrderFastPath:
             status, payload, headers = exc.status, exc.body(), exc.headers
         else:
             status, payload, headers = await order_route(self.app.state, cancel_id, body, authorization,
-                                                         client[0] if client else "")
+                                                         client[0] if client else "", amend)
         out = [_JSON, (b"content-length", b"%d" % len(payload))]
         if headers:
             out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -75,23 +94,43 @@ class OrderFastPath:
                 return b"".join(chunks)
 
 
-async def order_route(st, cancel_id: str | None, body: bytes, authorization: str | None,
-                      client_host: str) -> tuple[int, bytes, dict | None]:
-    """POST /orders (cancel_id None) and POST /orders/{id}/cancel: the one code path of both
-    routes, called by this fast path and by the Litestar handlers that carry the schema."""
+async def order_route(st, order_id: str | None, body: bytes, authorization: str | None,
+                      client_host: str, amend: bool = False) -> tuple[int, bytes, dict | None]:
+    """POST /orders (order_id None), POST /orders/{id}/cancel and POST /orders/{id}/amend: the
+    one code path of these routes, called by this fast path and by the Litestar handlers that
+    carry the schema. Every answer after authentication carries the RateLimit headers."""
+    limits = None
     try:
-        principal = await authorize(st, authorization, client_host)
-        if cancel_id is None:
-            return await st.entry.place(principal, decode_order_request(body))
-        return await st.entry.cancel(principal, cancel_id)
+        principal, limits = await authorize_limited(st, authorization, client_host)
+        if order_id is None:
+            status, payload, headers = await st.entry.place(principal, decode_order_request(body))
+        elif amend:
+            status, payload, headers = await st.entry.amend(principal, order_id, decode_amend(body))
+        else:
+            status, payload, headers = await st.entry.cancel(principal, order_id)
     except Exception as exc:
-        err = answer(exc, "on POST /orders" if cancel_id is None else "on POST /orders/{id}/cancel")
+        where = "on POST /orders" if order_id is None else (
+            "on POST /orders/{id}/amend" if amend else "on POST /orders/{id}/cancel")
+        err = answer(exc, where)
         st.metrics.http_errors.labels(str(err.status), err.code).inc()
-        return err.status, err.body(), err.headers
+        status, payload, headers = err.status, err.body(), err.headers
+        if limits and "RateLimit" in headers:
+            limits = None  # a 429 carries its own figures
+    if limits:
+        headers = {**headers, **limits} if headers else limits
+    return status, payload, headers
+
+
+RATE_LIMIT_SCOPE_KEY = "exchange.rate_limit"
 
 
 async def authorize(st, authorization: str | None, client_host: str):
     """Authenticate and charge the caller's rate limit (shared by every entry point)."""
+    return (await authorize_limited(st, authorization, client_host))[0]
+
+
+async def authorize_limited(st, authorization: str | None, client_host: str):
+    """authorize() that also returns the RateLimit headers (None when limits are off)."""
     principal = await st.auth.authenticate(authorization)
-    st.limiter.check(principal.rate_key if principal.client_id else f"ip:{client_host}")
-    return principal
+    limits = st.limiter.check(principal.rate_key if principal.client_id else f"ip:{client_host}")
+    return principal, limits

@@ -27,14 +27,14 @@ WITH ev AS (
 ), od AS (
     INSERT INTO orders (order_id, client_id, instrument, side, order_type, price, stop_price, quantity,
                         filled_quantity, cost, status, tif, post_only, reject_reason, created_ts,
-                        updated_ts, last_seq)
+                        updated_ts, last_seq, display_quantity, expire_ts)
     SELECT o.order_id, o.client_id, $1, o.side, o.order_type, o.price, o.stop_price, o.quantity,
            o.filled_quantity, o.cost, o.status, o.tif, o.post_only, o.reject_reason, o.created_ts,
-           o.updated_ts, o.last_seq
+           o.updated_ts, o.last_seq, o.display_quantity, o.expire_ts
     FROM json_to_recordset($3::json) AS o(order_id text, client_id text, side text, order_type text,
          price bigint, stop_price bigint, quantity bigint, filled_quantity bigint, cost numeric,
          status text, tif text, post_only bool, reject_reason text, created_ts bigint, updated_ts bigint,
-         last_seq bigint)
+         last_seq bigint, display_quantity bigint, expire_ts bigint)
     ON CONFLICT (order_id) DO UPDATE SET
         price = EXCLUDED.price, quantity = EXCLUDED.quantity,
         filled_quantity = EXCLUDED.filled_quantity, cost = EXCLUDED.cost, status = EXCLUDED.status,

@@ -32,6 +32,16 @@ OPERATIONS: dict[tuple[str, str], tuple[int, str, tuple[int, ...], bool, str]] =
     ("/orders/{order_id}/cancel", "post"): (
         200, "OrderResponse", (401, 403, 404, 409, 429, 503), True,
         "409 `order_closed` when the order is already filled, cancelled or rejected."),
+    ("/orders/{order_id}/amend", "post"): (
+        200, "PlaceOrderResponse", (400, 401, 403, 404, 409, 413, 429, 503), True,
+        "`quantity` is the new total (must exceed the filled quantity), `price` the new limit. A pure decrease "
+        "keeps time priority; a price change or an increase re-enters at the back and may trade. 404 for an "
+        "unknown order and for another client's (the same answer); 409 `order_closed`, 409 "
+        "`post_only_would_cross` (the order stays as it was)."),
+    ("/orders/cancel-after", "post"): (
+        200, "CancelAfterResponse", (400, 401, 403, 413, 429, 503), True,
+        "Dead man's switch: unless called again within `timeout_ms`, every open order of the key's client on "
+        "every instrument is cancelled (reason `cancel_after`); 0 turns it off. Kept in the service's memory."),
     ("/orders/{order_id}", "get"): (
         200, "OrderResponse", (401, 403, 404, 429, 503), True, "The order as committed (authoritative)."),
     ("/admin/snapshot", "post"): (

@@ -9,27 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
+import time
 
 from command_service.auth import Principal
 from command_service.edge import (
+    AmendRequest,
+    CancelAfterRequest,
     CancelAllRequest,
     OrderRequest,
     OrderRow,
     book_view,
     request_hash,
     spec_for,
+    to_amend,
     to_place,
 )
 from command_service.journal import JournalWriter
 from command_service.sequencer import Sequencer, Unavailable
-from contracts.api import ApiError, error, json_encoder
-from contracts.enums import CLOSED_STATUSES, ResultCode
+from contracts.api import ApiError, error, iso_ms, json_encoder
+from contracts.enums import CLOSED_STATUSES, CancelReason, ResultCode
 from contracts.instruments import Instruments
 from contracts.messages import CancelAll, CancelOrder, TradeExecuted
 from contracts.views import order_view, trade_view
 
 REPLAYED = {"Idempotent-Replayed": "true"}
+log = logging.getLogger("command.entry")
 
 
 def _order_ids():
@@ -59,24 +65,34 @@ class OrderEntry:
         self._reserved_ids: set[str] = set()
         self._inflight_keys: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
         self._new_id = _order_ids().__next__
+        # Dead man's switches: client_id -> timer. In memory: a restart forgets them (the
+        # client's next refresh arms it again); documented in the README.
+        self._switches: dict[str, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ place
-    def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True):
+    def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True, track=None):
         """The common case without an await before the sequencer: no idempotency key and no
         client order id to look up. Returns the sequencer's future of (status, body), or
-        None when the request needs `place` (it raises ApiError for a bad request)."""
+        None when the request needs `place` (it raises ApiError for a bad request).
+        `track`: a set that gets the new order's id (cancel-on-disconnect)."""
         if req.idempotency_key is not None or req.order_id is not None:
             return None
+        if principal.scope == "read":
+            principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
         order_id = self._new_id()
+        if track is not None:
+            track.add(order_id)
         cmd = to_place(req, self._client_for(principal, req.client_id), order_id, spec)
         return self.sequencers[spec.symbol].submit(cmd, self._render_place(spec, order_id, with_book))
 
-    async def place(self, principal: Principal, req: OrderRequest, *, with_book: bool = True) -> Reply:
-        fut = self.place_nowait(principal, req, with_book=with_book)
+    async def place(self, principal: Principal, req: OrderRequest, *, with_book: bool = True,
+                    track=None) -> Reply:
+        fut = self.place_nowait(principal, req, with_book=with_book, track=track)
         if fut is not None:
             status, body = await _await(fut)
             return status, body, {}
+        principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
         client_id = self._client_for(principal, req.client_id)
         order_id = req.order_id or self._new_id()
@@ -115,6 +131,10 @@ class OrderEntry:
                     return answer[0], answer[1], REPLAYED
             if req.order_id is not None and await self.journal.order_exists(order_id):
                 raise ApiError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
+            if track is not None:
+                # only now is the id known to be this order's (reserved, not taken): a
+                # disconnect must never cancel another client's order of the same id
+                track.add(order_id)
             status, body = await _await(seq.submit(cmd, self._render_place(spec, order_id, with_book), idem))
             if slot is not None:
                 slot.set_result((status, body))
@@ -159,6 +179,7 @@ class OrderEntry:
         sequencer's future of (status, body) - status 0 when the order closed before the
         cancel ran, which `cancel` resolves from the database - or None when the order is
         not resting (then `cancel` looks it up). Raises ApiError for 403/409 known here."""
+        principal.require_trade()
         seq, state = self._find_resting(order_id)
         if state is None:
             # Not in any book: unknown, closed, or closed by a batch still committing (the
@@ -216,6 +237,10 @@ class OrderEntry:
             raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
         return row
 
+    def is_resting(self, order_id: str) -> bool:
+        """Is this id a resting order or pending stop of any book (no database read)?"""
+        return any(order_id in seq.book for seq in self.sequencers.values())
+
     def _find_resting(self, order_id: str):
         for seq in self.sequencers.values():
             state = seq.book.get(order_id)
@@ -225,6 +250,7 @@ class OrderEntry:
 
     # ------------------------------------------------------------------ cancel all
     async def cancel_all(self, principal: Principal, req: CancelAllRequest) -> Reply:
+        principal.require_trade()
         client_id = self._client_for(principal, req.client_id)
         if req.instrument is not None:
             symbols = [spec_for(self.instruments, req.instrument).symbol]
@@ -246,6 +272,113 @@ class OrderEntry:
         if failed:
             body["unavailable_instruments"] = failed
         return (200 if not failed else 503), json_encoder.encode(body), {}
+
+    # ------------------------------------------------------------------ amend
+    def amend_nowait(self, principal: Principal, order_id: str, req: AmendRequest, *, with_book: bool = True):
+        """Amend an order resting in a book: the sequencer's future of (status, body) -
+        status 0 when the order closed before the amend ran - or None when the order is in
+        no book (then `amend` answers from the database). Unknown and another client's
+        order get the same 404, so ids leak nothing."""
+        principal.require_trade()
+        seq, state = self._find_resting(order_id)
+        if state is None:
+            for s in self.sequencers.values():
+                hit = s.recently_closed.get(order_id)
+                if hit is not None:
+                    if not principal.may_act_for(hit[0]):
+                        raise _not_found(order_id)
+                    raise ApiError(409, "order_closed", f"order is already {hit[1]}", "order_id")
+            return None
+        if not principal.may_act_for(state.client_id):
+            raise _not_found(order_id)
+        spec = self.instruments.get(seq.instrument)
+        cmd = to_amend(req, order_id, state.client_id, spec)
+        if cmd.quantity is not None and cmd.quantity <= state.filled_quantity:
+            raise ApiError(400, "invalid_field", "quantity (the new total) must exceed the filled quantity",
+                            "quantity")
+        levels = self.book_levels
+
+        def render(result, book):
+            code = result.code
+            if code == ResultCode.OK:
+                trades = [trade_view(spec, e) for e in result.events if type(e) is TradeExecuted]
+                body = {"order": order_view(spec, result.orders[0]), "trades": trades}
+                if with_book:
+                    body["orderbook"] = book_view(book, spec, levels)
+                return 200, json_encoder.encode(body)
+            if code == ResultCode.AMEND_WOULD_CROSS:
+                msg = "a post-only order amended to this price would cross; it is unchanged"
+                return 409, ApiError(409, "post_only_would_cross", msg, "price").body()
+            if code == ResultCode.INVALID_AMEND:
+                msg = "nothing to change, or a stop order still pending"
+                return 400, ApiError(400, "invalid_amend", msg, "quantity").body()
+            return 0, b""
+
+        return seq.submit(cmd, render)
+
+    async def amend(self, principal: Principal, order_id: str, req: AmendRequest, *, with_book: bool = True) -> Reply:
+        fut = self.amend_nowait(principal, order_id, req, with_book=with_book)
+        answer = (0, b"") if fut is None else await _await(fut)
+        if answer[0]:
+            return answer[0], answer[1], {}
+        row = await self.journal.find_order(order_id)
+        if row is None or not principal.may_act_for(row["client_id"]):
+            raise _not_found(order_id)
+        if row["status"] in CLOSED_STATUSES:
+            raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
+        raise ApiError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
+
+    # ------------------------------------------------------------------ dead man's switch
+    async def cancel_after(self, principal: Principal, req: CancelAfterRequest) -> Reply:
+        """Arm (or with 0 disarm) the client's dead man's switch: unless called again within
+        timeout_ms, every open order of the client on every instrument is cancelled
+        (reason cancel_after)."""
+        principal.require_trade()
+        client_id = self._client_for(principal, req.client_id)
+        old = self._switches.pop(client_id, None)
+        if old is not None:
+            old.cancel()
+        now = time.time_ns()
+        body = {"timeout_ms": req.timeout_ms, "current_time": iso_ms(now), "trigger_time": None}
+        if req.timeout_ms:
+            loop = asyncio.get_running_loop()
+            self._switches[client_id] = loop.call_later(req.timeout_ms / 1000, self._fire_switch, client_id, 0)
+            body["trigger_time"] = iso_ms(now + req.timeout_ms * 1_000_000)
+        return 200, json_encoder.encode(body), {}
+
+    def _fire_switch(self, client_id: str, attempt: int, symbols=None) -> None:
+        self._switches.pop(client_id, None)
+        symbols = symbols or list(self.sequencers)
+        asyncio.ensure_future(self._cancel_everywhere(client_id, symbols, attempt))
+
+    async def _cancel_everywhere(self, client_id: str, symbols: list[str], attempt: int) -> None:
+        futures = [self.sequencers[s].submit(CancelAll(client_id, s, 0, None, CancelReason.CANCEL_AFTER),
+                                             lambda result, book: (200, b"")) for s in symbols]
+        failed = []
+        for sym, fut in zip(symbols, futures):
+            try:
+                await fut
+            except Exception:
+                failed.append(sym)
+        if failed:
+            # An instrument that is recovering cancels once it is back (bounded: ~1 minute).
+            if attempt < 60 and client_id not in self._switches:
+                log.warning("cancel-after for %s: %s unavailable; retrying", client_id, failed)
+                self._switches[client_id] = asyncio.get_running_loop().call_later(
+                    1.0, self._fire_switch, client_id, attempt + 1, failed)
+        else:
+            log.info("cancel-after fired for %s", client_id)
+
+    # ------------------------------------------------------------------ cancel on disconnect
+    def cancel_orders(self, principal: Principal, order_ids, reason: CancelReason) -> None:
+        """Cancel these orders if they still rest and are the principal's (fire and forget:
+        cancel-on-disconnect)."""
+        for order_id in order_ids:
+            seq, state = self._find_resting(order_id)
+            if state is not None and principal.may_act_for(state.client_id):
+                fut = seq.submit(CancelOrder(order_id, state.client_id, seq.instrument, 0, reason),
+                                 lambda result, book: (200, b""))
+                fut.add_done_callback(_consume)
 
     # ------------------------------------------------------------------ read
     async def get(self, principal: Principal, order_id: str) -> Reply:
@@ -292,6 +425,10 @@ async def _await(fut):
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _not_found(order_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
 
 
 def _key_reused() -> ApiError:

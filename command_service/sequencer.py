@@ -35,7 +35,7 @@ import msgspec
 
 from command_service.journal import Batch, JournalWriter, NoResetConnection
 from contracts.enums import CLOSED_STATUSES as _CLOSED
-from contracts.messages import decode_event
+from contracts.messages import ExpireOrders, decode_event
 from engine import OrderBook
 
 log = logging.getLogger("command.sequencer")
@@ -84,6 +84,8 @@ class Sequencer:
         # Orders closed by committed batches, newest last: a cancel racing a fill is the
         # common case under load and is answered from here without a database round trip.
         self.recently_closed: dict[str, tuple[str, str]] = {}
+        self._expiry_wake = asyncio.Event()
+        self._expiry_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -92,10 +94,13 @@ class Sequencer:
         except Exception as exc:  # the loop keeps retrying; the service still starts
             log.warning("%s: not ready at start: %s", self.instrument, exc)
         self._task = asyncio.create_task(self._run(), name=f"sequencer-{self.instrument}")
+        self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"expiry-{self.instrument}")
 
     async def stop(self) -> None:
         self._stopping = True
         self.ready = False
+        if self._expiry_task:
+            self._expiry_task.cancel()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping: the task's own errors were logged where they happened
@@ -216,6 +221,8 @@ class Sequencer:
                 observe(now - item.received_ns)
         if self.metrics:
             self.metrics.after_batch(self.instrument, batch.events, book)
+        if batch.events:
+            self._expiry_wake.set()  # a GTD order may have arrived (or the earliest left)
         if self.snapshot_every and self._events_since_snapshot >= self.snapshot_every:
             await self._snapshot()
 
@@ -303,11 +310,41 @@ class Sequencer:
         self.recently_closed = {}
         self._events_since_snapshot = replayed
         self.ready = True
+        self._expiry_wake.set()  # orders whose time passed while we were down expire at once
         log.info("%s: recovered at seq %d (snapshot %s, %d events replayed, %d resting) in %.2fs",
                  self.instrument, book.seq, snap[0] if snap else "none", replayed, len(book),
                  time.perf_counter() - t0)
         if self.metrics:
             self.metrics.after_batch(self.instrument, [], book)
+
+    async def _expire_loop(self) -> None:
+        """Good-till-date: the engine holds no clock, so at an order's expire time this
+        injects ExpireOrders (the sequencer stamps ts = now >= that time). Woken after
+        every batch that wrote events, sleeps until the earliest expire time otherwise."""
+        while True:
+            try:
+                self._expiry_wake.clear()
+                nxt = self.book.next_expiry() if self.ready else None
+                if nxt is None:
+                    await self._expiry_wake.wait()
+                    continue
+                delay = (nxt - time.time_ns()) / 1e9
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._expiry_wake.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                fut = self.submit(ExpireOrders(self.instrument, 0), lambda result, book: (200, b""))
+                try:
+                    await fut
+                except Unavailable:
+                    await asyncio.sleep(0.1)  # recovering: the wake after recovery retries
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let expiry die silently
+                log.exception("%s: expiry loop", self.instrument)
+                await asyncio.sleep(0.5)
 
     @staticmethod
     def _fail(items, exc: Exception) -> None:

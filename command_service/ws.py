@@ -1,4 +1,6 @@
-"""WS /ws: order entry and cancel over one WebSocket, many requests in flight.
+"""WS /ws: order entry, cancel, amend and cancel-all over one WebSocket, many requests in
+flight. A `session` message with cancel_on_disconnect:true makes the orders placed over this
+socket (before or after that message) be cancelled when it closes.
 
 Each request is answered after its batch commits, in completion order (request_id ties
 answers to requests). Served as bare ASGI (like command_service.fastpath), not through
@@ -22,7 +24,10 @@ from typing import Any, Optional
 
 import msgspec
 
+from command_service.auth import rate_limit_fields
 from command_service.edge import (
+    AmendRequest,
+    CancelAllRequest,
     OrderFields,
     OrderRequest,
     answer,
@@ -31,10 +36,11 @@ from command_service.edge import (
 )
 from command_service.sequencer import Unavailable
 from contracts.api import ApiError, error, json_encoder
-from contracts.enums import OrderType, Side
+from contracts.enums import CancelReason, OrderType, Side
 
 log = logging.getLogger("command.ws")
 MAX_IN_FLIGHT = 1024  # per connection; beyond it we stop reading (backpressure)
+PRUNE_PLACED = 4096  # placed-order ids kept per connection before closed ones are dropped
 ORDER_TYPES = frozenset(t.value for t in OrderType)
 
 
@@ -48,14 +54,27 @@ class WsMessage(OrderFields, kw_only=True):
     order_type: Optional[OrderType] = None
     side: Optional[Side] = None
     quantity: Optional[Decimal] = None
+    cancel_on_disconnect: Optional[bool] = None  # session
 
 
 _decode_message = msgspec.json.Decoder(WsMessage).decode
 _encode = json_encoder.encode
 
 
-def _err(request_id, exc: ApiError) -> bytes:
-    return _encode({"type": "error", "request_id": request_id, **error(exc.code, exc.message, exc.field)})
+def _err(request_id, exc: ApiError, limits: bytes = b"") -> bytes:
+    body = {"type": "error", "request_id": request_id, **error(exc.code, exc.message, exc.field)}
+    if exc.status == 429 and exc.headers and "RateLimit" in exc.headers:
+        body["rate_limit"] = rate_limit_fields(exc.headers)
+    elif limits:
+        return b"{" + limits + _encode(body)[1:]
+    return _encode(body)
+
+
+def _limits_fragment(limits) -> bytes:
+    """The RateLimit header figures as a JSON member of every answer (b"" when off)."""
+    if not limits:
+        return b""
+    return b'"rate_limit":' + _encode(rate_limit_fields(limits)) + b","
 
 
 def _decode(raw) -> WsMessage:
@@ -96,7 +115,8 @@ def _order_request(m: WsMessage, order_type) -> OrderRequest:
                         instrument=m.instrument, price=m.price, stop_price=m.stop_price,
                         time_in_force=m.time_in_force, post_only=m.post_only,
                         self_trade_prevention=m.self_trade_prevention, order_id=m.order_id,
-                        idempotency_key=m.idempotency_key)
+                        idempotency_key=m.idempotency_key, display_quantity=m.display_quantity,
+                        expire_time=m.expire_time)
 
 
 class OrderSocket:
@@ -112,6 +132,14 @@ class OrderSocket:
         self.room = asyncio.Event()
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
+        # Ids of the orders placed over this socket (for cancel_on_disconnect, which may be
+        # switched on at any time), in two generations: `placed` collects new ids; every
+        # PRUNE_PLACED of them move to `earlier`, whose ids that no longer rest are dropped
+        # then. An id is only dropped a generation after it was placed, so an order still
+        # on its way to the engine is never forgotten.
+        self.placed: set[str] = set()
+        self.earlier: set[str] = set()
+        self.cancel_on_disconnect = False
 
     # ---------------------------------------------------------------- answers
     def push(self, data: bytes) -> None:
@@ -123,23 +151,24 @@ class OrderSocket:
         if self.in_flight < MAX_IN_FLIGHT:
             self.room.set()
 
-    def _answer(self, kind: bytes, request_id, fut: asyncio.Future) -> None:
+    def _answer(self, kind: bytes, request_id, fut: asyncio.Future, limits: bytes = b"") -> None:
         self.done()
         exc = Unavailable("cancelled") if fut.cancelled() else fut.exception()
         if exc is None:
-            self._reply(kind, request_id, *fut.result())
+            self._reply(kind, request_id, *fut.result(), limits=limits)
         elif isinstance(exc, Unavailable):
-            self.push(_err(request_id, ApiError(503, "unavailable", str(exc))))
+            self.push(_err(request_id, ApiError(503, "unavailable", str(exc)), limits))
         else:
-            self._failed(request_id, exc)
+            self._failed(request_id, exc, limits)
 
-    def _reply(self, kind: bytes, request_id, status: int, payload: bytes, replayed: bool = False) -> None:
+    def _reply(self, kind: bytes, request_id, status: int, payload: bytes, replayed: bool = False,
+               limits: bytes = b"") -> None:
         """A use case's (status, JSON object) as a WS message: `kind` or, for 4xx/5xx, error."""
         head = b'{"type":"' + (b"error" if status >= 400 else kind) + b'","request_id":' + _encode(request_id)
-        self.push(head + (b',"replayed":true,' if replayed else b",") + payload[1:])
+        self.push(head + (b',"replayed":true,' if replayed else b",") + limits + payload[1:])
 
-    def _failed(self, request_id, exc: BaseException) -> None:
-        self.push(_err(request_id, answer(exc, "on a /ws request")))
+    def _failed(self, request_id, exc: BaseException, limits: bytes = b"") -> None:
+        self.push(_err(request_id, answer(exc, "on a /ws request"), limits))
 
     # ---------------------------------------------------------------- requests
     def on_message(self, raw) -> None:
@@ -149,8 +178,9 @@ class OrderSocket:
             self.push(_err(bad.request_id, bad.edge))
             return
         rid = m.request_id
+        lim = b""
         try:
-            self.st.limiter.check(self.rate_key)
+            lim = _limits_fragment(self.st.limiter.check(self.rate_key))
             kind = m.type
             if kind == "order" or (kind in ORDER_TYPES and m.side is not None):
                 # {"type":"order","order_type":...}; the seed's duplicated "type" key arrives
@@ -159,35 +189,65 @@ class OrderSocket:
                 if order_type is None:
                     raise ApiError(400, "missing_field", "order_type is required", "order_type")
                 req = _order_request(m, order_type)
-                fut = self.entry.place_nowait(self.principal, req, with_book=False)
+                if len(self.placed) >= PRUNE_PLACED:
+                    self._prune_placed()
+                fut = self.entry.place_nowait(self.principal, req, with_book=False, track=self.placed)
                 if fut is None:
-                    self._spawn(self._place_slow(rid, req))
+                    self._spawn(self._place_slow(rid, req, lim))
                 else:
                     self.in_flight += 1
-                    fut.add_done_callback(lambda f: self._answer(b"order_accepted", rid, f))
+                    fut.add_done_callback(lambda f: self._answer(b"order_accepted", rid, f, lim))
             elif kind == "cancel":
                 if m.order_id is None:
                     raise ApiError(400, "missing_field", "order_id is required", "order_id")
                 fut = self.entry.cancel_nowait(self.principal, m.order_id)
                 if fut is None:
-                    self._spawn(self._cancel_slow(rid, m.order_id, None))
+                    self._spawn(self._cancel_slow(rid, m.order_id, None, lim))
                 else:
                     self.in_flight += 1
-                    fut.add_done_callback(lambda f: self._cancel_done(rid, m.order_id, f))
+                    fut.add_done_callback(lambda f: self._cancel_done(rid, m.order_id, f, lim))
+            elif kind == "amend":
+                if m.order_id is None:
+                    raise ApiError(400, "missing_field", "order_id is required", "order_id")
+                req = AmendRequest(quantity=m.quantity, price=m.price)
+                fut = self.entry.amend_nowait(self.principal, m.order_id, req, with_book=False)
+                # a task, not a callback: "closed meanwhile" (status 0) is resolved from the database
+                self._spawn(self._amend(rid, m.order_id, req, fut, lim))
+            elif kind == "cancel_all":
+                instrument = _given(raw, "instrument")
+                self._spawn(self._cancel_all(rid, CancelAllRequest(instrument=instrument, side=m.side,
+                                                                   client_id=m.client_id), lim))
+            elif kind == "session":
+                if m.cancel_on_disconnect is None:
+                    raise ApiError(400, "missing_field", "cancel_on_disconnect is required", "cancel_on_disconnect")
+                if m.cancel_on_disconnect:
+                    self.principal.require_trade()
+                self.cancel_on_disconnect = m.cancel_on_disconnect
+                self.push(b'{"type":"session","request_id":' + _encode(rid) + b"," + lim
+                          + b'"cancel_on_disconnect":' + (b"true" if self.cancel_on_disconnect else b"false") + b"}")
             elif kind == "ping":
-                self.push(b'{"type":"pong","request_id":' + _encode(rid) + b"}")
+                self.push(b'{"type":"pong",' + lim + b'"request_id":' + _encode(rid) + b"}")
             else:
                 raise ApiError(400, "unknown_type", f"unknown message type {kind!r}", "type")
         except Exception as exc:
-            self._failed(rid, exc)
+            self._failed(rid, exc, lim)
 
-    def _cancel_done(self, rid, order_id: str, fut: asyncio.Future) -> None:
+    def _prune_placed(self) -> None:
+        """Forget ids of earlier orders that no longer rest (filled, cancelled): amortised
+        O(1) per order; memory ~ the socket's open orders + one generation."""
+        entry = self.entry
+        earlier = {oid for oid in self.earlier if entry.is_resting(oid)}
+        earlier |= self.placed
+        self.earlier = earlier
+        self.placed.clear()  # the same set: slow-path places in flight still add to it
+
+    def _cancel_done(self, rid, order_id: str, fut: asyncio.Future, lim: bytes = b"") -> None:
         if not fut.cancelled() and fut.exception() is None and fut.result()[0] == 0:
             # The order closed before the cancel ran: the database row says how.
             self.done()
-            self._spawn(self._cancel_slow(rid, order_id, fut.result()))
+            self._spawn(self._cancel_slow(rid, order_id, fut.result(), lim))
         else:
-            self._answer(b"cancel_accepted", rid, fut)
+            self._answer(b"cancel_accepted", rid, fut, lim)
 
     def _spawn(self, coro) -> None:
         self.in_flight += 1
@@ -195,24 +255,51 @@ class OrderSocket:
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    async def _place_slow(self, rid, req: OrderRequest) -> None:
+    async def _place_slow(self, rid, req: OrderRequest, lim: bytes = b"") -> None:
         try:
-            status, payload, headers = await self.entry.place(self.principal, req, with_book=False)
-            self._reply(b"order_accepted", rid, status, payload, replayed=bool(headers) and status < 400)
+            status, payload, headers = await self.entry.place(self.principal, req, with_book=False,
+                                                              track=self.placed)
+            self._reply(b"order_accepted", rid, status, payload, replayed=bool(headers) and status < 400,
+                        limits=lim)
         except Exception as exc:
-            self._failed(rid, exc)
+            self._failed(rid, exc, lim)
         finally:
             self.done()
 
-    async def _cancel_slow(self, rid, order_id: str, answer) -> None:
+    async def _cancel_slow(self, rid, order_id: str, answer, lim: bytes = b"") -> None:
         try:
             if answer is None:
                 status, payload, _ = await self.entry.cancel(self.principal, order_id)
             else:
                 status, payload, _ = await self.entry.finish_cancel(self.principal, order_id, answer)
-            self._reply(b"cancel_accepted", rid, status, payload)
+            self._reply(b"cancel_accepted", rid, status, payload, limits=lim)
         except Exception as exc:
-            self._failed(rid, exc)
+            self._failed(rid, exc, lim)
+        finally:
+            self.done()
+
+    async def _amend(self, rid, order_id: str, req: AmendRequest, fut, lim: bytes) -> None:
+        try:
+            answer = (0, b"") if fut is None else await fut
+            if answer[0]:
+                status, payload = answer
+            else:
+                # closed before the amend ran, or in no book: the database says how
+                status, payload, _ = await self.entry.amend(self.principal, order_id, req, with_book=False)
+            self._reply(b"amend_accepted", rid, status, payload, limits=lim)
+        except Unavailable as exc:
+            self.push(_err(rid, ApiError(503, "unavailable", str(exc)), lim))
+        except Exception as exc:
+            self._failed(rid, exc, lim)
+        finally:
+            self.done()
+
+    async def _cancel_all(self, rid, req: CancelAllRequest, lim: bytes) -> None:
+        try:
+            status, payload, _ = await self.entry.cancel_all(self.principal, req)
+            self._reply(b"cancel_all_accepted", rid, status, payload, limits=lim)
+        except Exception as exc:
+            self._failed(rid, exc, lim)
         finally:
             self.done()
 
@@ -245,6 +332,24 @@ class OrderSocket:
         finally:
             # Requests already handed to a sequencer still commit; their answers are dropped.
             writer.cancel()
+            if self.cancel_on_disconnect and (self.placed or self.earlier):
+                # cancel_on_disconnect: only this socket's orders, those still resting. An
+                # order whose place is still in flight is in the book by now (the engine
+                # runs before the commit), so it is found here too.
+                self.entry.cancel_orders(self.principal, list(self.earlier | self.placed), CancelReason.DISCONNECT)
+
+
+def _given(raw, field: str):
+    """A field's value only if the message really carries it (the typed decode fills in
+    defaults, e.g. instrument="BTC-USD", where cancel_all means every instrument)."""
+    try:
+        loose = msgspec.json.decode(raw)
+    except Exception:
+        return None
+    value = loose.get(field) if isinstance(loose, dict) else None
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, "invalid_field", f"{field} must be a string", field)
+    return value
 
 
 async def serve(st, scope, receive, send) -> None:

@@ -43,9 +43,13 @@ ORDER_FIELDS = {
     "order_id": {"type": "string", "description": "your own id for the new order (409 if taken)"},
     "idempotency_key": {"type": "string", "description": "same key + same order again = the original answer"},
     "client_id": {"type": "string", "description": "optional with a key; must be the key's"},
+    "display_quantity": {**S.DEC_IN, "description": "iceberg: the part shown at a time (GTC/GTD limit only)"},
+    "expire_time": {**S.TIME, "description": "GTD only: when the order expires (in the future)"},
 }
+RATE_LIMIT = S.obj({"limit": S.INT, "remaining": S.INT, "reset": S.INT}, ["limit", "remaining", "reset"],
+                   "the RateLimit header figures of the key's token bucket (absent when limits are off)")
 ORDER_TYPE = {"type": "string", "enum": ["limit", "market", "stop_limit", "stop_market"]}
-ERROR_MSG = S.obj({"type": _t("error"), "request_id": REQUEST_ID, "error": S.ERROR,
+ERROR_MSG = S.obj({"type": _t("error"), "request_id": REQUEST_ID, "error": S.ERROR, "rate_limit": RATE_LIMIT,
                    "status": {"type": "integer", "description": "/stream: the HTTP status of a refused order"}},
                   ["type", "error"])
 
@@ -70,23 +74,53 @@ WS_IN: Messages = {
     "WsCancel": ("Cancel one of your orders (answered by cancel_accepted or error)", S.obj(
         {"type": _t("cancel"), "order_id": {"type": "string"}, "request_id": REQUEST_ID}, ["type", "order_id"]),
         [{"type": "cancel", "order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "request_id": "r2"}]),
+    "WsAmend": ("Amend one of your orders: quantity = new total and/or price (answered by amend_accepted or "
+                "error)", S.obj({"type": _t("amend"), "order_id": {"type": "string"}, "quantity": S.DEC_IN,
+                                 "price": S.DEC_IN, "request_id": REQUEST_ID}, ["type", "order_id"]),
+                [{"type": "amend", "order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "quantity": "0.2",
+                  "request_id": "a1"}]),
+    "WsCancelAll": ("Cancel all your open orders, optionally of one instrument and side (answered by "
+                    "cancel_all_accepted or error)", S.obj(
+        {"type": _t("cancel_all"), "instrument": {"type": "string"}, "side": S.SIDE, "request_id": REQUEST_ID},
+        ["type"]), [{"type": "cancel_all", "instrument": "BTC-USD", "request_id": "c1"}]),
+    "WsSession": ("Session settings: cancel_on_disconnect cancels the orders placed over this socket when it "
+                  "closes (answered by session)", S.obj(
+        {"type": _t("session"), "cancel_on_disconnect": {"type": "boolean"}, "request_id": REQUEST_ID},
+        ["type", "cancel_on_disconnect"]),
+        [{"type": "session", "cancel_on_disconnect": True, "request_id": "s1"}]),
     "WsPing": ("Liveness check (answered by pong)", S.obj({"type": _t("ping"), "request_id": REQUEST_ID}, ["type"]),
                [{"type": "ping", "request_id": "p1"}]),
 }
 WS_OUT: Messages = {
     "WsOrderAccepted": ("The order was committed", S.obj(
         {"type": _t("order_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "trades": S.array(S.TRADE),
-         "replayed": {"type": "boolean", "description": "true: an earlier answer to the same idempotency_key"}},
+         "replayed": {"type": "boolean", "description": "true: an earlier answer to the same idempotency_key"},
+         "rate_limit": RATE_LIMIT},
         ["type", "request_id", "order", "trades"]),
         [{"type": "order_accepted", "request_id": "r1", "order": ORDER_EX, "trades": [TRADE_EX]}]),
     "WsCancelAccepted": ("The cancel was committed", S.obj(
-        {"type": _t("cancel_accepted"), "request_id": REQUEST_ID, "order": S.ORDER}, ["type", "request_id", "order"]),
+        {"type": _t("cancel_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "rate_limit": RATE_LIMIT},
+        ["type", "request_id", "order"]),
         [{"type": "cancel_accepted", "request_id": "r2", "order": {**ORDER_EX, "status": "cancelled"}}]),
     "WsError": ("A request failed (code: docs/ERRORS.md); the connection stays open", ERROR_MSG,
                 [{"type": "error", "request_id": "r1",
                   "error": {"code": "off_tick", "message": "price must be a multiple of 0.01", "field": "price"}}]),
-    "WsPong": ("Answer to ping", S.obj({"type": _t("pong"), "request_id": REQUEST_ID}, ["type"]),
+    "WsPong": ("Answer to ping", S.obj({"type": _t("pong"), "request_id": REQUEST_ID, "rate_limit": RATE_LIMIT},
+                                       ["type"]),
                [{"type": "pong", "request_id": "p1"}]),
+    "WsAmendAccepted": ("The amend was committed", S.obj(
+        {"type": _t("amend_accepted"), "request_id": REQUEST_ID, "order": S.ORDER, "trades": S.array(S.TRADE),
+         "rate_limit": RATE_LIMIT}, ["type", "request_id", "order", "trades"]),
+        [{"type": "amend_accepted", "request_id": "a1", "order": {**ORDER_EX, "quantity": 0.2,
+                                                                  "remaining_quantity": 0.1}, "trades": []}]),
+    "WsCancelAllAccepted": ("The cancels were committed", S.obj(
+        {"type": _t("cancel_all_accepted"), "request_id": REQUEST_ID, "cancelled": S.array(S.STR),
+         "unavailable_instruments": S.array(S.STR), "rate_limit": RATE_LIMIT}, ["type", "request_id", "cancelled"]),
+        [{"type": "cancel_all_accepted", "request_id": "c1", "cancelled": ["5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c"]}]),
+    "WsSessionSet": ("The session settings now in force", S.obj(
+        {"type": _t("session"), "request_id": REQUEST_ID, "cancel_on_disconnect": {"type": "boolean"},
+         "rate_limit": RATE_LIMIT}, ["type", "cancel_on_disconnect"]),
+        [{"type": "session", "request_id": "s1", "cancel_on_disconnect": True}]),
 }
 SUB = {"type": _t("subscribe"), "channels": {"type": "array", "items": {"enum": CHANNEL_NAMES}, "minItems": 1},
        "channel": {"enum": CHANNEL_NAMES, "description": "one channel (instead of channels)"},

@@ -22,6 +22,7 @@ class TimeInForce(str, Enum):
     GTC = "GTC"
     IOC = "IOC"
     FOK = "FOK"
+    GTD = "GTD"  # good till date: rests like GTC until its expire time
 
 
 class OrderStatus(str, Enum):
@@ -61,6 +62,9 @@ class CancelReason(str, Enum):
     IOC_REMAINDER = "ioc_remainder"  # unfilled rest of an IOC order
     MARKET_REMAINDER = "market_remainder"  # unfilled rest of a market order
     SELF_TRADE = "self_trade"  # self-trade prevention
+    EXPIRED = "expired"  # a GTD order reached its expire time (ExpireOrders)
+    CANCEL_AFTER = "cancel_after"  # the client's dead man's switch ran out
+    DISCONNECT = "cancel_on_disconnect"  # its /ws session closed with cancel_on_disconnect
 
 
 class ResultCode(str, Enum):

@@ -42,6 +42,8 @@ class PlaceOrder(msgspec.Struct, frozen=True, tag="place", tag_field="type"):
     post_only: bool = False
     stp: StpMode = StpMode.CANCEL_NEWEST
     stop_price: Optional[int] = None  # ticks; stop orders only
+    display_quantity: Optional[int] = None  # iceberg: lots shown at a time (GTC/GTD limit only)
+    expire_ts: Optional[int] = None  # GTD only: ns since the epoch, > ts
 
 
 class CancelOrder(msgspec.Struct, frozen=True, tag="cancel", tag_field="type"):
@@ -49,6 +51,7 @@ class CancelOrder(msgspec.Struct, frozen=True, tag="cancel", tag_field="type"):
     client_id: str
     instrument: str
     ts: int
+    reason: CancelReason = CancelReason.USER
 
 
 class AmendOrder(msgspec.Struct, frozen=True, tag="amend", tag_field="type"):
@@ -68,9 +71,18 @@ class CancelAll(msgspec.Struct, frozen=True, tag="cancel_all", tag_field="type")
     instrument: str
     ts: int
     side: Optional[Side] = None
+    reason: CancelReason = CancelReason.CANCEL_ALL
 
 
-Command = Union[PlaceOrder, CancelOrder, AmendOrder, CancelAll]
+class ExpireOrders(msgspec.Struct, frozen=True, tag="expire", tag_field="type"):
+    """The time has come: cancel (reason expired) every GTD order whose expire_ts <= ts.
+    Injected by the service, which owns the clock; the engine never reads one."""
+
+    instrument: str
+    ts: int
+
+
+Command = Union[PlaceOrder, CancelOrder, AmendOrder, CancelAll, ExpireOrders]
 
 # --------------------------------------------------------------------------- events
 # Every event carries its instrument and a per-instrument, gap-free `seq`. Events, order
@@ -92,6 +104,8 @@ class OrderAccepted(msgspec.Struct, frozen=True, gc=False, tag="order_accepted",
     post_only: bool
     stp: StpMode
     stop_price: Optional[int] = None
+    display_quantity: Optional[int] = None  # iceberg
+    expire_ts: Optional[int] = None  # GTD
 
 
 class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag="order_rejected", tag_field="type"):
@@ -191,6 +205,9 @@ class OrderState(msgspec.Struct, frozen=True, gc=False):
     reject_reason: Optional[str] = None
     stop_price: Optional[int] = None
     cost: int = 0  # sum of price*quantity of its fills, in ticks*lots (for average price)
+    display_quantity: Optional[int] = None  # iceberg: the owner sees it; public views show `shown`
+    shown: int = 0  # iceberg: the part the book shows now (0 when not resting or not an iceberg)
+    expire_ts: Optional[int] = None  # GTD
 
 
 class Result(msgspec.Struct, frozen=True, gc=False):

@@ -25,7 +25,7 @@ INT = {"type": "integer"}
 SEQ = {"type": "integer", "minimum": 0, "description": "the instrument's journal sequence number"}
 SIDE = {"type": "string", "enum": ["buy", "sell"]}
 STATUS = {"type": "string", "enum": ["pending", "open", "partially_filled", "filled", "cancelled", "rejected"]}
-TIF = {"type": "string", "enum": ["GTC", "IOC", "FOK"]}
+TIF = {"type": "string", "enum": ["GTC", "IOC", "FOK", "GTD"]}
 
 
 def obj(props: Schema, required: list[str] | None = None, description: str | None = None) -> Schema:
@@ -52,6 +52,12 @@ ORDER = obj({
     "reject_reason": {"type": "string", "description": "why a rejected order was rejected"},
     "time_in_force": TIF, "post_only": {"type": "boolean"}, "created_at": TIME, "updated_at": TIME,
     "seq": {"type": "integer", "description": "read views only: seq of the order's last change"},
+    "cancel_reason": {"type": "string", "description": "read views: user, cancel_all, expired, cancel_after, "
+                                                       "cancel_on_disconnect, ioc_remainder, market_remainder, "
+                                                       "self_trade"},
+    "display_quantity": {**DEC, "description": "iceberg: the part shown at a time (the owner's view only)"},
+    "shown_quantity": {**DEC, "description": "iceberg: the part the book shows now"},
+    "expire_time": {**TIME, "description": "GTD: when the order is cancelled with reason expired"},
 }, ["order_id", "client_id", "instrument", "side", "type", "price", "quantity", "filled_quantity", "status",
     "time_in_force", "created_at", "updated_at"], "an order")
 
@@ -92,7 +98,11 @@ TICKER = obj({"instrument": STR, "last_price": DEC_OR_NULL, "last_quantity": DEC
               "change_24h": DEC_OR_NULL, "change_percent_24h": DEC_OR_NULL, "seq": SEQ},
              ["instrument", "last_price", "best_bid", "best_ask", "volume_24h"], "24 h rolling statistics")
 INSTRUMENT = obj({"symbol": STR, "base": STR, "quote": STR, "tick_size": DEC, "lot_size": DEC, "min_quantity": DEC,
-                  "max_quantity": DEC, "max_price": DEC}, ["symbol", "tick_size", "lot_size"])
+                  "max_quantity": DEC, "max_price": DEC,
+                  "status": {"type": "string", "enum": ["trading"], "description": "trading status"},
+                  "order_types": array(STR), "time_in_force": array(TIF),
+                  "iceberg": {"type": "boolean"}, "post_only": {"type": "boolean"}},
+                 ["symbol", "tick_size", "lot_size"])
 INSTRUMENTS = obj({"instruments": array(INSTRUMENT)})
 POSITION = obj({"instrument": STR, "net_quantity": DEC, "total_cost": DEC, "avg_price": DEC, "realized_pnl": DEC,
                 "unrealized_pnl": DEC, "mark_price": DEC_OR_NULL, "last_updated": TIME},
@@ -109,6 +119,10 @@ SETTLEMENT = obj({"instrument": STR, "client_id": STR, "from_seq": SEQ, "to_seq"
                   "net_quantity": DEC, "net_quote": DEC, "bought_quantity": DEC, "sold_quantity": DEC,
                   "trade_count": INT, "created_at": TIME}, ["instrument", "client_id", "cutoff", "net_quantity"])
 SETTLEMENTS = obj({"client_id": STR, "settlements": array(SETTLEMENT)})
+SERVER_TIME = obj({"time": TIME, "epoch_ms": INT}, ["time", "epoch_ms"], "the server's clock")
+CANCEL_AFTER_RESPONSE = obj({"timeout_ms": INT, "current_time": TIME, "trigger_time": TIME_OR_NULL},
+                            ["timeout_ms", "current_time", "trigger_time"],
+                            "the dead man's switch: cancels all the key's orders at trigger_time unless refreshed")
 
 # name -> schema: the components both OpenAPI documents share
 COMPONENTS = {
@@ -117,6 +131,7 @@ COMPONENTS = {
     "SettlementResponse": SETTLEMENT_RESPONSE, "Health": HEALTH, "OrderBook": ORDERBOOK, "Trades": TRADES,
     "Analytics": ANALYTICS, "Candles": CANDLES, "Ticker": TICKER, "Instruments": INSTRUMENTS,
     "Positions": POSITIONS, "Orders": ORDERS, "Fills": FILLS, "Settlements": SETTLEMENTS,
+    "ServerTime": SERVER_TIME, "CancelAfterResponse": CANCEL_AFTER_RESPONSE,
 }
 
 # What each error status means, for the responses of every operation.

@@ -74,7 +74,16 @@ def order_view(spec: InstrumentSpec, o: Any, seq: int | None = None) -> dict[str
         view["stop_price"] = price_json(o.stop_price)
     cancel_reason = getattr(o, "cancel_reason", None)
     if cancel_reason:
-        view["cancel_reason"] = cancel_reason
+        view["cancel_reason"] = cancel_reason  # user, cancel_all, expired, cancel_after, cancel_on_disconnect, ...
+    display = getattr(o, "display_quantity", None)
+    if display:  # an iceberg, as its owner sees it; public views only ever count the shown part
+        view["display_quantity"] = qty_json(display)
+        shown = getattr(o, "shown", None)  # not kept in the `orders` table
+        if shown is not None:
+            view["shown_quantity"] = qty_json(shown)
+    expire_ts = getattr(o, "expire_ts", None)
+    if expire_ts is not None:
+        view["expire_time"] = iso_ms(expire_ts)
     if seq is not None:
         view["seq"] = seq
     return view

@@ -31,6 +31,20 @@ Decisions beyond the written semantics (tests/unit/reference_matcher.py implemen
 - An amend that loses priority keeps the acceptance seq (cancel-all order) and the
   post_only flag; a non-int or non-positive new price is INVALID_AMEND.
 - open_orders() lists resting orders and pending stops in acceptance order.
+- Icebergs (display_quantity, GTC/GTD limit only, 0 < display < quantity): a resting iceberg shows
+  `shown` = min(display, remaining) when it rests; fills of a maker take at most its shown part and
+  shrink it; when a fill uses it up and quantity remains, a fresh shown part joins the back of the
+  level with the trade's seq as priority and the same taker keeps matching there. Level.qty keeps
+  the whole remaining quantity (matching, FOK, STP see it all); Level.hidden the part not shown, and
+  l2() shows qty - hidden. A priority-keeping amend takes the hidden part first. The FOK walk counts
+  an iceberg's whole remaining quantity where it stands (rule 5), so a FOK that meets an own order
+  behind a refreshed part can still end partly filled and self-trade cancelled.
+- GTD: rests like GTC; expire_ts must be > the command's ts (invalid_order otherwise, also on a
+  market order or with any other tif). ExpireOrders(ts) cancels (reason expired) the GTD orders with
+  expire_ts <= ts, earliest first then by acceptance; pending GTD stops expire too. A lazy heap of
+  (expire_ts, accept_seq, id) serves next_expiry(); restore() rebuilds it from the orders.
+- CancelOrder / CancelAll carry their reason (default user / cancel_all; the service sends
+  cancel_on_disconnect / cancel_after).
 - apply() raises ValueError on a seq gap, a repeated seq, another instrument or a trade that
   does not match the book: those are journal/programming errors, not rejections.
 """
@@ -39,6 +53,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from heapq import heappop, heappush
 from typing import Iterator, Optional
 
 import msgspec
@@ -57,6 +72,7 @@ from contracts.messages import (
     AmendOrder,
     CancelAll,
     CancelOrder,
+    ExpireOrders,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -78,6 +94,7 @@ STOP_MARKET = OrderType.STOP_MARKET
 GTC = TimeInForce.GTC
 IOC = TimeInForce.IOC
 FOK = TimeInForce.FOK
+GTD = TimeInForce.GTD
 PENDING = OrderStatus.PENDING
 OPEN = OrderStatus.OPEN
 PARTIALLY_FILLED = OrderStatus.PARTIALLY_FILLED
@@ -95,6 +112,7 @@ C_CANCEL_ALL = CancelReason.CANCEL_ALL
 C_IOC = CancelReason.IOC_REMAINDER
 C_MARKET = CancelReason.MARKET_REMAINDER
 C_SELF_TRADE = CancelReason.SELF_TRADE
+C_EXPIRED = CancelReason.EXPIRED
 OK = ResultCode.OK
 RC_REJECTED = ResultCode.REJECTED
 UNKNOWN_ORDER = ResultCode.UNKNOWN_ORDER
@@ -139,6 +157,7 @@ def _states(touched: dict, instrument: str) -> list[OrderState]:
             o.order_id, o.client_id, instrument, o.side, o.order_type, o.price, o.quantity, o.filled,
             PARTIALLY_FILLED if o.status is OPEN and o.filled else o.status, o.tif, o.post_only,
             o.created_ts, o.updated_ts, o.reject_reason, o.stop_price, o.cost,
+            o.display or None, o.shown if o.remaining else 0, o.expire_ts,
         )
         for o in touched.values()
     ]
@@ -165,6 +184,9 @@ def _state(o: Order, instrument: str) -> OrderState:
         o.reject_reason,
         o.stop_price,
         o.cost,
+        o.display or None,
+        o.shown if o.remaining else 0,
+        o.expire_ts,
     )
 
 
@@ -180,6 +202,7 @@ class OrderBook:
         "_stops",
         "_buy_stops",
         "_sell_stops",
+        "_expiry",
     )
 
     def __init__(self, instrument: str):
@@ -193,6 +216,9 @@ class OrderBook:
         self._stops: dict[str, Order] = {}  # insertion order = acceptance order
         self._buy_stops: list[tuple[int, int, str]] = []  # (stop_price, accept_seq, id) asc
         self._sell_stops: list[tuple[int, int, str]] = []
+        # GTD orders: a heap of (expire_ts, accept_seq, id), entries of orders that closed
+        # otherwise are dropped lazily (accept_seq tells a reused id apart).
+        self._expiry: list[tuple[int, int, str]] = []
 
     # ------------------------------------------------------------------ commands
 
@@ -206,6 +232,8 @@ class OrderBook:
             return self.amend(cmd)
         if t is CancelAll:
             return self.cancel_all(cmd)
+        if t is ExpireOrders:
+            return self.expire(cmd)
         raise TypeError(f"not an engine command: {t.__name__}")
 
     def place(self, cmd: PlaceOrder) -> Result:
@@ -246,12 +274,33 @@ class OrderBook:
             and qty.__class__ is int
             and 0 < qty <= MAX_VALUE
             and (side is BUY or side is SELL)
-            and (tif is GTC or tif is IOC or tif is FOK)
+            and (tif is GTC or tif is IOC or tif is FOK or tif is GTD)
             and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
-            and (post_only is False or (post_only is True and otype is LIMIT and tif is GTC))
+            and (post_only is False or (post_only is True and otype is LIMIT and (tif is GTC or tif is GTD)))
             and cmd.instrument == self.instrument
         ):
             return self._reject_new(cmd, R_INVALID)
+        display = cmd.display_quantity
+        expire_ts = cmd.expire_ts
+        if display is not None or expire_ts is not None or tif is GTD:
+            if not (
+                (
+                    display is None
+                    or (
+                        type(display) is int  # type(): mypy narrows it (off the hot path)
+                        and 0 < display < qty
+                        and otype is LIMIT
+                        and (tif is GTC or tif is GTD)
+                    )
+                )
+                and (
+                    (tif is GTD and type(expire_ts) is int and cmd.ts < expire_ts <= MAX_VALUE
+                     and otype is not MARKET)
+                    or (tif is not GTD and expire_ts is None)
+                )
+            ):
+                return self._reject_new(cmd, R_INVALID)
+            return self._place_slow(cmd, display or 0, expire_ts)
 
         if otype is LIMIT:
             if side is BUY:
@@ -311,6 +360,28 @@ class OrderBook:
                 )
             if crosses and post_only:
                 return self._reject_new(cmd, R_POST_ONLY)
+        return self._place_slow(cmd, 0, None)
+
+    def _place_slow(self, cmd: PlaceOrder, display: int, expire_ts: Optional[int]) -> Result:
+        """Everything but a plain GTC limit that does not cross (cmd already validated)."""
+        oid = cmd.order_id
+        otype = cmd.order_type
+        side = cmd.side
+        price = cmd.price
+        qty = cmd.quantity
+        tif = cmd.tif
+        post_only = cmd.post_only
+        stop_price = cmd.stop_price
+        stp = cmd.stp
+        if post_only and price is not None:  # post_only: a limit order (validated)
+            if side is BUY:
+                keys = self._asks.keys
+                crosses = keys and -keys[-1] <= price
+            else:
+                keys = self._bids.keys
+                crosses = keys and keys[-1] >= price
+            if crosses:
+                return self._reject_new(cmd, R_POST_ONLY)
         if tif is FOK and stop_price is None:
             if not self._fok_fillable(side, price, qty, cmd.client_id, stp):
                 return self._reject_new(cmd, R_FOK)
@@ -322,13 +393,16 @@ class OrderBook:
         instrument = self.instrument
         events = [
             OrderAccepted(
-                instrument, seq, ts, oid, cid, side, otype, price, qty, tif, post_only, stp, stop_price
+                instrument, seq, ts, oid, cid, side, otype, price, qty, tif, post_only, stp, stop_price,
+                display or None, expire_ts,
             )
         ]
+        if expire_ts is not None:
+            heappush(self._expiry, (expire_ts, seq, oid))
         if stop_price is not None:
             o = Order(
                 oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, stop_price,
-                ts, ts, seq, seq, 0, PENDING,
+                ts, ts, seq, seq, 0, PENDING, None, 0, 0, expire_ts,
             )
             self._add_stop(o)
             touched = {oid: o}
@@ -340,7 +414,7 @@ class OrderBook:
 
         o = Order(
             oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, None,
-            ts, ts, seq, seq, 0, OPEN,
+            ts, ts, seq, seq, 0, OPEN, None, display, 0, expire_ts,
         )
         touched = {oid: o}
         self._process(o, events, touched, ts)
@@ -374,6 +448,8 @@ class OrderBook:
                 k = -price
             lvl = side.levels[k]
             lvl.qty -= rem
+            if o.display:
+                lvl.hidden -= rem - o.shown
             lvl.count -= 1
             if not lvl.count:
                 del side.levels[k]
@@ -405,11 +481,12 @@ class OrderBook:
         instrument = self.instrument
         return Result(
             OK,
-            [OrderCancelled(instrument, seq, ts, oid, cid, C_USER, rem, filled)],
+            [OrderCancelled(instrument, seq, ts, oid, cid, cmd.reason, rem, filled)],
             [
                 OrderState(
                     oid, cid, instrument, o.side, o.order_type, o.price, o.quantity, filled, CANCELLED,
                     o.tif, o.post_only, o.created_ts, ts, None, o.stop_price, o.cost,
+                    o.display or None, 0, o.expire_ts,
                 )
             ],
         )
@@ -425,16 +502,53 @@ class OrderBook:
         instrument = self.instrument
         seq = self.seq
         events = []
+        reason = cmd.reason
         for o in targets:
             seq += 1
             events.append(
                 OrderCancelled(
-                    instrument, seq, ts, o.order_id, o.client_id, C_CANCEL_ALL, o.remaining, o.filled
+                    instrument, seq, ts, o.order_id, o.client_id, reason, o.remaining, o.filled
                 )
             )
             self._close(o, CANCELLED, ts)
         self.seq = seq
         return Result(OK, events, [_state(o, instrument) for o in targets])
+
+    def expire(self, cmd: ExpireOrders) -> Result:
+        """Cancel (reason expired) every GTD order with expire_ts <= cmd.ts, earliest expire
+        time first, then acceptance order."""
+        if cmd.instrument != self.instrument:
+            return Result(OK, [], [])
+        heap = self._expiry
+        orders = self._orders
+        now = cmd.ts
+        instrument = self.instrument
+        events = []
+        targets = []
+        while heap and heap[0][0] <= now:
+            _, accept_seq, oid = heappop(heap)
+            o = orders.get(oid)
+            if o is None or o.accept_seq != accept_seq:
+                continue  # closed otherwise since (or the id was reused)
+            seq = self.seq + 1
+            self.seq = seq
+            events.append(OrderCancelled(instrument, seq, now, oid, o.client_id, C_EXPIRED, o.remaining, o.filled))
+            self._close(o, CANCELLED, now)
+            targets.append(o)
+        return Result(OK, events, [_state(o, instrument) for o in targets])
+
+    def next_expiry(self) -> Optional[int]:
+        """The earliest expire_ts of a live GTD order (the time the service must send the
+        next ExpireOrders), or None."""
+        heap = self._expiry
+        orders = self._orders
+        while heap:
+            _, accept_seq, oid = heap[0]
+            o = orders.get(oid)
+            if o is not None and o.accept_seq == accept_seq:
+                return heap[0][0]
+            heappop(heap)
+        return None
 
     def amend(self, cmd: AmendOrder) -> Result:
         o = self._orders.get(cmd.order_id)
@@ -464,9 +578,7 @@ class OrderBook:
             ev = OrderAmended(
                 instrument, seq, ts, o.order_id, o.client_id, new_price, new_qty, new_remaining, True
             )
-            self._level_of(o).qty -= o.remaining - new_remaining
-            o.quantity = new_qty
-            o.remaining = new_remaining
+            self._decrease(o, new_qty, new_remaining)
             o.updated_ts = ts
             return Result(OK, [ev], [_state(o, instrument)])
         if o.post_only:
@@ -492,7 +604,7 @@ class OrderBook:
         n = Order(
             o.order_id, o.client_id, o.side, o.order_type, new_price, new_qty, o.filled,
             new_remaining, o.tif, o.post_only, o.stp, o.stop_price, o.created_ts, ts,
-            o.accept_seq, seq, o.cost, OPEN,
+            o.accept_seq, seq, o.cost, OPEN, None, o.display, 0, o.expire_ts,
         )
         touched = {n.order_id: n}
         self._process(n, events, touched, ts)
@@ -512,7 +624,7 @@ class OrderBook:
         state = OrderState(
             cmd.order_id, cmd.client_id, self.instrument, cmd.side, cmd.order_type, cmd.price,
             cmd.quantity, 0, REJECTED, cmd.tif, cmd.post_only, cmd.ts, cmd.ts, reason.value,
-            cmd.stop_price, 0,
+            cmd.stop_price, 0, cmd.display_quantity, 0, cmd.expire_ts,
         )
         return Result(RC_REJECTED, [ev], [state])
 
@@ -610,6 +722,8 @@ class OrderBook:
                             if not mine:
                                 del clients[taker_cid]
                             lvl.qty -= m_rem
+                            if m.display:
+                                lvl.hidden -= m_rem - m.shown
                             lvl.count -= 1
                             if not lvl.count:
                                 del levels[k]
@@ -626,7 +740,9 @@ class OrderBook:
                         rem = 0
                         alive = False
                         break
-                    fill = rem if rem < m_rem else m_rem
+                    m_disp = m.display
+                    avail = m.shown if m_disp else m_rem  # an iceberg trades its shown part
+                    fill = rem if rem < avail else avail
                     rem -= fill
                     m_rem -= fill
                     seq += 1
@@ -646,8 +762,20 @@ class OrderBook:
                     m.updated_ts = ts
                     touched[m_id] = m
                     lvl.qty -= fill
-                    if not m_rem:
+                    if m_disp and m_rem:
+                        shown = m.shown - fill
+                        if not shown:
+                            # Shown part gone: a fresh one joins the back of the level with
+                            # the priority of this trade; matching goes on at this level.
+                            shown = m_disp if m_disp < m_rem else m_rem
+                            lvl.hidden -= shown
+                            queue.popleft()
+                            m.prio = seq
+                            queue.append(m)
+                        m.shown = shown
+                    elif not m_rem:
                         m.status = FILLED
+                        m.shown = 0
                         queue.popleft()
                         del orders[m_id]
                         m_cid = m.client_id
@@ -673,7 +801,8 @@ class OrderBook:
         if not rem:
             o.status = FILLED
             return
-        if o.price is None or o.tif is not GTC:
+        tif = o.tif
+        if o.price is None or (tif is not GTC and tif is not GTD):
             # Market orders never rest (whatever the tif); IOC remainders are cancelled. A
             # FOK never gets here with a remainder: it was checked to be fillable.
             seq = self.seq + 1
@@ -756,7 +885,14 @@ class OrderBook:
             else:
                 insort(keys, k)
         lvl.queue.append(o)
-        lvl.qty += o.remaining
+        rem = o.remaining
+        lvl.qty += rem
+        d = o.display
+        if d:
+            # a restored order keeps the shown part it had; a new one shows min(display, rem)
+            shown = o.shown or (d if d < rem else rem)
+            o.shown = shown
+            lvl.hidden += rem - shown
         lvl.count += 1
         oid = o.order_id
         self._orders[oid] = o
@@ -765,6 +901,19 @@ class OrderBook:
             self._clients[o.client_id] = {oid: o}
         else:
             mine[oid] = o
+
+    def _decrease(self, o: Order, new_qty: int, new_remaining: int) -> None:
+        """Amend keeping priority: an iceberg loses hidden quantity first and shrinks its
+        shown part only when nothing hidden is left."""
+        lvl = self._level_of(o)
+        lvl.qty -= o.remaining - new_remaining
+        if o.display:
+            old_hidden = o.remaining - o.shown
+            if o.shown > new_remaining:
+                o.shown = new_remaining
+            lvl.hidden -= old_hidden - (new_remaining - o.shown)
+        o.quantity = new_qty
+        o.remaining = new_remaining
 
     def _level_of(self, o: Order) -> Level:
         if o.side is BUY:
@@ -781,6 +930,8 @@ class OrderBook:
             k = -o.price
         lvl = side.levels[k]
         lvl.qty -= o.remaining
+        if o.display:
+            lvl.hidden -= o.remaining - o.shown
         lvl.count -= 1
         o.remaining = 0
         if not lvl.count:
@@ -866,9 +1017,19 @@ class OrderBook:
             if maker is None or maker.status is PENDING:
                 raise ValueError(f"trade {event.seq}: maker {event.maker_order_id} not resting")
             self._replay_fill(maker, event.price, event.quantity, event.maker_remaining, ts)
+            if maker.display and event.maker_remaining:
+                self._replay_shown(maker, event.quantity, event.seq)
             taker = self._orders.get(event.taker_order_id)
             if taker is not None:
                 self._replay_fill(taker, event.price, event.quantity, event.taker_remaining, ts)
+                if taker.display and event.taker_remaining:
+                    # live, the taker only rests (min(display, remaining) shown) after matching
+                    lvl = self._level_of(taker)
+                    d = taker.display
+                    r = taker.remaining
+                    lvl.hidden -= taker.remaining + event.quantity - taker.shown
+                    taker.shown = d if d < r else r
+                    lvl.hidden += r - taker.shown
             self.last_price = event.price
         elif t is OrderAccepted:
             stop = event.stop_price is not None
@@ -876,7 +1037,10 @@ class OrderBook:
                 event.order_id, event.client_id, event.side, event.order_type, event.price,
                 event.quantity, 0, event.quantity, event.tif, event.post_only, event.stp,
                 event.stop_price, ts, ts, event.seq, event.seq, 0, PENDING if stop else OPEN,
+                None, event.display_quantity or 0, 0, event.expire_ts,
             )
+            if event.expire_ts is not None:
+                heappush(self._expiry, (event.expire_ts, event.seq, event.order_id))
             if stop:
                 self._add_stop(o)
             elif o.price is not None:
@@ -888,9 +1052,7 @@ class OrderBook:
         elif t is OrderAmended:
             o = self._orders[event.order_id]
             if event.priority_kept:
-                self._level_of(o).qty -= o.remaining - event.remaining
-                o.quantity = event.quantity
-                o.remaining = event.remaining
+                self._decrease(o, event.quantity, event.remaining)
                 o.updated_ts = ts
             else:
                 self._unrest(o)
@@ -900,6 +1062,7 @@ class OrderBook:
                         o.order_id, o.client_id, o.side, o.order_type, event.price, event.quantity,
                         o.filled, event.remaining, o.tif, o.post_only, o.stp, o.stop_price,
                         o.created_ts, ts, o.accept_seq, event.seq, o.cost, OPEN,
+                        None, o.display, 0, o.expire_ts,
                     )
                 )
         elif t is OrderTriggered:
@@ -921,6 +1084,25 @@ class OrderBook:
         else:
             raise TypeError(f"not an engine event: {t.__name__}")
         self.seq = event.seq
+
+    def _replay_shown(self, o: Order, qty: int, seq: int) -> None:
+        """A resting iceberg traded `qty` as maker (and still has quantity): the same shown
+        part bookkeeping as live matching, refresh to the back of the level included."""
+        shown = o.shown - qty
+        if not shown:
+            lvl = self._level_of(o)
+            d = o.display
+            r = o.remaining
+            shown = d if d < r else r
+            lvl.hidden -= shown
+            queue = lvl.queue
+            for i, x in enumerate(queue):
+                if x is o:
+                    del queue[i]
+                    break
+            o.prio = seq
+            queue.append(o)
+        o.shown = shown
 
     def _replay_fill(self, o: Order, price: int, qty: int, remaining_after: int, ts: int) -> None:
         if o.remaining - qty != remaining_after:
@@ -967,6 +1149,9 @@ class OrderBook:
             book._rest(o)
         for o in snap.stops:
             book._add_stop(o)
+        book._expiry = sorted(
+            (o.expire_ts, o.accept_seq, o.order_id) for o in book._orders.values() if o.expire_ts is not None
+        )  # a sorted list is a heap
         if validate:
             book.validate()
         return book
@@ -990,13 +1175,19 @@ class OrderBook:
         return -keys[-1] if keys else None
 
     def l2(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """Top `levels` levels per side as (price, total quantity), best first."""
+        """Top `levels` levels per side as (price, shown quantity), best first (public: the
+        hidden part of icebergs is not in it)."""
         out = []
         for side in (self._bids, self._asks):
             keys = side.keys
             lv = side.levels
             n = len(keys)
-            out.append([(lv[keys[i]].price, lv[keys[i]].qty) for i in range(n - 1, max(n - levels, 0) - 1, -1)])
+            out.append(
+                [
+                    (lvl.price, lvl.qty - lvl.hidden)
+                    for lvl in (lv[keys[i]] for i in range(n - 1, max(n - levels, 0) - 1, -1))
+                ]
+            )
         return out[0], out[1]
 
     def l2_cumulative(self, levels: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
@@ -1074,13 +1265,21 @@ class OrderBook:
                 check(lvl.dead == len(lvl.queue) - len(live), f"{name} level {lvl.price} dead-entry count")
                 check(lvl.qty == sum(o.remaining for o in live), f"{name} level {lvl.price} total equals the sum of its orders")
                 check(lvl.qty > 0, f"{name} level {lvl.price} total > 0")
+                check(
+                    lvl.hidden == sum(o.remaining - o.shown for o in live if o.display),
+                    f"{name} level {lvl.price} hidden equals the icebergs' hidden parts",
+                )
                 prev = None
                 for o in live:
                     check(o.side is side_enum, f"order {o.order_id} on its own side")
                     check(o.price == lvl.price, f"order {o.order_id} in the level of its price")
                     check(o.order_type in (LIMIT, STOP_LIMIT), f"order {o.order_id} resting is a limit order")
                     check(o.status is OPEN, f"order {o.order_id} resting is open")
-                    check(o.tif is GTC, f"order {o.order_id} resting is GTC")
+                    check(o.tif is GTC or o.tif is GTD, f"order {o.order_id} resting is GTC/GTD")
+                    if o.display:
+                        check(0 < o.shown <= min(o.display, o.remaining), f"iceberg {o.order_id} shown part")
+                    else:
+                        check(o.shown == 0, f"order {o.order_id} not an iceberg shows no part")
                     check(o.remaining > 0, f"order {o.order_id} has no zero quantity")
                     check(o.remaining == o.quantity - o.filled, f"order {o.order_id} remaining = quantity - filled")
                     check(o.filled >= 0 and o.cost >= 0, f"order {o.order_id} filled/cost not negative")
@@ -1125,6 +1324,11 @@ class OrderBook:
                 check(self._orders.get(oid) is o, f"client index entry {oid} is the indexed order")
         check(all(o.accept_seq <= self.seq and o.prio <= self.seq for o in self._orders.values()),
               "order seqs not beyond the book seq")
+        heap_entries = set(self._expiry)
+        for oid, o in self._orders.items():
+            check((o.expire_ts is not None) == (o.tif is GTD), f"order {oid} has an expire time iff GTD")
+            if o.expire_ts is not None:
+                check((o.expire_ts, o.accept_seq, oid) in heap_entries, f"GTD order {oid} in the expiry heap")
 
 
 def _accept_seq(o: Order) -> int:

@@ -42,6 +42,9 @@ class Order(msgspec.Struct, gc=False, array_like=True):
     cost: int  # sum of price * quantity over its fills
     status: OrderStatus  # PENDING, OPEN (also partially filled), FILLED, CANCELLED, REJECTED
     reject_reason: Optional[str] = None
+    display: int = 0  # iceberg: display quantity (0 = not an iceberg)
+    shown: int = 0  # iceberg at rest: its shown part, 0 < shown <= min(display, remaining)
+    expire_ts: Optional[int] = None  # GTD: cancelled by an ExpireOrders with ts >= this
 
 
 class Level:
@@ -51,14 +54,17 @@ class Level:
     removing from the middle of a deque is O(n), so a cancel only marks the order and
     fixes the totals; the dead entry is dropped when it reaches the head, or by a
     compaction once dead entries outnumber live ones, or with the whole level.
-    `qty` and `count` always describe the live orders only.
+    `qty` and `count` always describe the live orders only; `qty` counts their whole
+    remaining quantity and `hidden` the part of it icebergs do not show (public size =
+    qty - hidden).
     """
 
-    __slots__ = ("price", "qty", "count", "dead", "queue")
+    __slots__ = ("price", "qty", "hidden", "count", "dead", "queue")
 
     def __init__(self, price: int):
         self.price = price
         self.qty = 0
+        self.hidden = 0
         self.count = 0
         self.dead = 0
         self.queue: deque[Order] = deque()

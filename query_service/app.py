@@ -24,9 +24,11 @@ from contracts.api import (
     bad_request,
     error_answer,
     framework_error,
+    iso_ms,
     json_encoder,
 )
 from contracts.instruments import load_instruments
+from contracts.ratelimit import TokenBuckets
 from query_service import openapi, params, views
 from query_service.auth import Authenticator
 from query_service.bus import Bus
@@ -69,6 +71,8 @@ class Services:
         )
         self.http = httpx.AsyncClient()
         self.instruments_body = views.instruments_body(self.instruments)
+        self.read_limiter = TokenBuckets(settings.read_rate_limit_per_second, settings.read_rate_limit_burst, "read")
+        self.hub.read_limiter = self.read_limiter
         self.openapi_body = json_encoder.encode(openapi.document(self.instruments))
 
     async def start(self) -> None:
@@ -154,6 +158,12 @@ async def ticker(request: Request) -> Response:
     s = _svc(request)
     spec = params.instrument(s.instruments, request.query_params.get("instrument"))
     return _json(json_encoder.encode(await views.ticker(s.redis, s.keys, spec)))
+
+
+@get("/market/time")
+async def server_time(request: Request) -> Response:
+    now = time.time_ns()
+    return _json(json_encoder.encode({"time": iso_ms(now), "epoch_ms": now // 1_000_000}))
 
 
 @get("/market/instruments")
@@ -317,11 +327,35 @@ class FastPath:
         return hit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/market/orderbook" or scope["method"] != "GET":
+        if scope["type"] != "http" or not scope["path"].startswith("/market/"):
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        limits = None
         services: Services = self.app.state.services
+        if services.read_limiter.enabled:
+            ok, limits, _ = services.read_limiter.take(read_rate_key(scope))
+            extra = [(k.lower().encode(), v.encode()) for k, v in limits.items()]
+            if not ok:
+                body = ApiError(429, "rate_limited", "read rate limit exceeded").body()
+                await send({"type": "http.response.start", "status": 429,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())] + extra})
+                await send({"type": "http.response.body", "body": body})
+                return
+        if scope["path"] != "/market/orderbook" or scope["method"] != "GET":
+            if limits is None:
+                await self.app(scope, receive, send)
+                return
+
+            async def send_with_limits(message):
+                if message["type"] == "http.response.start":
+                    message = dict(message)
+                    message["headers"] = list(message.get("headers", [])) + extra
+                await send(message)
+
+            await self.app(scope, receive, send_with_limits)
+            return
+        start = time.perf_counter()
         parsed = self._parse(services, scope["query_string"])
         if isinstance(parsed, ApiError):
             status, body = parsed.status, parsed.body()
@@ -335,11 +369,21 @@ class FastPath:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                + (extra if limits else []),
             }
         )
         await send({"type": "http.response.body", "body": body})
         services.metrics.http_latency.labels("GET", "/market/orderbook", status).observe(time.perf_counter() - start)
+
+
+def read_rate_key(scope) -> str:
+    """Reads are limited per API key when one is sent, else per client address."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return "k:" + value.decode("latin-1")[-64:]
+    client = scope.get("client")
+    return "ip:" + (client[0] if client else "")
 
 
 def create_asgi(settings: Settings | None = None) -> FastPath:
@@ -362,7 +406,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            orderbook, trades, analytics, candles, ticker, instruments, positions, orders, fills, settlements,
+            orderbook, trades, analytics, candles, ticker, server_time, instruments, positions, orders, fills, settlements,
             healthz, healthz_system, openapi_json, metrics, stream,
         ],
         lifespan=[lifespan],

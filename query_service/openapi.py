@@ -64,8 +64,9 @@ def document(instruments: Instruments) -> dict:
             _int("limit", 100, 1, 1000, "how many"), _q("end_time", TIME, "latest candle start (default: now)")],
             "Candles"),
         "/market/ticker": op("GetTicker", "24 h ticker", [instrument], "Ticker"),
-        "/market/instruments": op("GetInstruments", "Instrument specs: tick and lot sizes, limits", [],
-                                  "Instruments", errors=()),
+        "/market/instruments": op("GetInstruments", "Instrument specs: tick and lot sizes, limits, trading "
+                                  "status, order types and time-in-force values", [], "Instruments", errors=()),
+        "/market/time": op("GetTime", "The server's clock (ISO 8601 and epoch ms)", [], "ServerTime", errors=()),
         "/market/positions/{client_id}": op("GetPositions", "A client's positions (its key or an admin key)", [
             {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "Positions", errors=secured, secured=True),

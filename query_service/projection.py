@@ -15,6 +15,11 @@ as soon as it no longer crosses, which is exactly when price-time matching stops
 that can never rest (market, IOC, FOK) stay taking until a trade fills them or the engine
 cancels their remainder. So after every event the projected book is uncrossed and, at each
 command boundary, equal to the engine's book.
+
+Icebergs count with their shown part only (the engine's rules, issue 15): it starts at
+min(display, remaining) when the order rests, shrinks with its fills, and is refreshed to
+min(display, remaining) when a fill uses it up; a priority-keeping amend takes the hidden
+part first. Public levels therefore equal the engine's l2 at every command boundary.
 """
 
 from __future__ import annotations
@@ -316,7 +321,14 @@ def _crosses(w: ProjectionState, side: str, price: int) -> bool:
 
 
 def _can_rest(o: OrderRec) -> bool:
-    return o.order_type in LIMIT_TYPES and o.tif == "GTC" and o.price is not None
+    return o.order_type in LIMIT_TYPES and (o.tif == "GTC" or o.tif == "GTD") and o.price is not None
+
+
+def _rest(w: ProjectionState, d: ViewDelta, o: OrderRec) -> None:
+    o.book = BOOK_RESTING
+    if o.display_quantity:
+        o.shown = min(o.display_quantity, o.remaining)
+    _level_add(w, d, o.side, o.price, o.visible)
 
 
 def _activate(w: ProjectionState, d: ViewDelta, o: OrderRec) -> None:
@@ -325,8 +337,7 @@ def _activate(w: ProjectionState, d: ViewDelta, o: OrderRec) -> None:
         o.book = BOOK_OFF
         return
     if _can_rest(o) and not _crosses(w, o.side, o.price):
-        o.book = BOOK_RESTING
-        _level_add(w, d, o.side, o.price, o.remaining)
+        _rest(w, d, o)
     else:
         o.book = BOOK_TAKING
         w.taking.append(o.order_id)
@@ -335,10 +346,11 @@ def _activate(w: ProjectionState, d: ViewDelta, o: OrderRec) -> None:
 
 def _leave_book(w: ProjectionState, d: ViewDelta, o: OrderRec) -> None:
     if o.book == BOOK_RESTING:
-        _level_add(w, d, o.side, o.price, -o.remaining)
+        _level_add(w, d, o.side, o.price, -o.visible)
     elif o.book == BOOK_TAKING:
         _drop_taking(w, d, o.order_id)
     o.book = BOOK_OFF
+    o.shown = 0
 
 
 def _drop_taking(w: ProjectionState, d: ViewDelta, order_id: str) -> None:
@@ -357,8 +369,7 @@ def _settle_taking(w: ProjectionState, d: ViewDelta) -> None:
             continue
         if _can_rest(o) and not _crosses(w, o.side, o.price):
             _drop_taking(w, d, oid)
-            o.book = BOOK_RESTING
-            _level_add(w, d, o.side, o.price, o.remaining)
+            _rest(w, d, o)
             d.orders[oid] = o
 
 
@@ -391,6 +402,8 @@ def _accepted(w: ProjectionState, d: ViewDelta, e: OrderAccepted) -> None:
         remaining=e.quantity,
         book=BOOK_OFF,
         stop_price=e.stop_price,
+        display_quantity=e.display_quantity,
+        expire_ts=e.expire_ts,
     )
     w.orders[o.order_id] = o
     d.orders[o.order_id] = o
@@ -435,7 +448,16 @@ def _fill(w: ProjectionState, d: ViewDelta, o: OrderRec, t: TradeExecuted, remai
     o.filled_quantity += t.quantity
     o.cost += t.price * t.quantity
     if o.book == BOOK_RESTING:
-        _level_add(w, d, o.side, o.price, remaining_after - o.remaining)
+        if o.display_quantity:
+            # only a resting iceberg's shown part trades; used up, a new one is shown
+            shown = o.shown - t.quantity
+            if shown <= 0 and remaining_after > 0:
+                shown = min(o.display_quantity, remaining_after)
+            shown = max(shown, 0) if remaining_after > 0 else 0
+            _level_add(w, d, o.side, o.price, shown - o.shown)
+            o.shown = shown
+        else:
+            _level_add(w, d, o.side, o.price, remaining_after - o.remaining)
     o.remaining = remaining_after
     if remaining_after <= 0:
         o.remaining = 0
@@ -498,6 +520,16 @@ def _cancelled(w: ProjectionState, d: ViewDelta, e: OrderCancelled) -> None:
 def _amended(w: ProjectionState, d: ViewDelta, e: OrderAmended) -> None:
     o = w.orders.get(e.order_id)
     if o is None or o.closed:
+        return
+    if e.priority_kept and o.book == BOOK_RESTING:
+        # a decrease in place: an iceberg loses hidden quantity first
+        old_visible = o.visible
+        o.quantity = e.quantity
+        o.remaining = e.remaining
+        if o.display_quantity:
+            o.shown = min(o.shown, e.remaining)
+        _level_add(w, d, o.side, o.price, o.visible - old_visible)
+        _touch(d, o, e)
         return
     was_in_book = o.book != BOOK_OFF
     _leave_book(w, d, o)

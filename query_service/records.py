@@ -43,6 +43,14 @@ class OrderRec(msgspec.Struct, array_like=True):
     stop_price: int | None = None
     reject_reason: str | None = None
     cancel_reason: str | None = None
+    display_quantity: int | None = None  # iceberg: display quantity (lots)
+    shown: int = 0  # iceberg at rest: the part the public book shows (lots)
+    expire_ts: int | None = None  # GTD
+
+    @property
+    def visible(self) -> int:
+        """What this order adds to its public price level while it rests."""
+        return self.shown if self.display_quantity else self.remaining
 
     @property
     def closed(self) -> bool:

@@ -57,6 +57,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_heartbeat_s: float = 5.0
     order_request_timeout_s: float = 5.0
 
+    # Read limiter: per API key, else per client address, on the REST routes and /stream
+    # subscriptions; 0 turns it off (`make bench` runs with it off).
+    read_rate_limit_per_second: float = 0.0
+    read_rate_limit_burst: int = 200
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
@@ -108,6 +113,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ws_send_queue=i("EXCHANGE_WS_SEND_QUEUE", d.ws_send_queue),
             ws_heartbeat_s=f("EXCHANGE_WS_HEARTBEAT_S", d.ws_heartbeat_s),
             order_request_timeout_s=f("EXCHANGE_WS_ORDER_TIMEOUT_S", d.order_request_timeout_s),
+            read_rate_limit_per_second=f("EXCHANGE_READ_RATE_LIMIT_PER_SECOND", d.read_rate_limit_per_second),
+            read_rate_limit_burst=i("EXCHANGE_READ_RATE_LIMIT_BURST", d.read_rate_limit_burst),
         )
 
     def replace(self, **changes) -> "Settings":

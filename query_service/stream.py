@@ -30,6 +30,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from contracts.api import ApiError, iso_ms, json_encoder
 from contracts.auth import bearer_token
 from contracts.instruments import Instruments
+from contracts.ratelimit import rate_limit_fields
 from contracts.topics import ORDER_REQUEST_SUBJECT
 from query_service import views
 from query_service.auth import Authenticator, Identity
@@ -149,6 +150,7 @@ class Hub:
         self.auth = auth
         self.metrics = metrics
         self.books = books
+        self.read_limiter = None  # contracts.ratelimit.TokenBuckets, set by the app (subscriptions)
         self.conns: set[Conn] = set()
         self.subs: dict[tuple[str, str], set[Conn]] = {}
         self.order_subs: dict[tuple[str, str], set[Conn]] = {}
@@ -441,6 +443,22 @@ class Hub:
         return inst, list(dict.fromkeys(channels))
 
     async def _subscribe(self, c: Conn, msg: dict) -> None:
+        limiter = self.read_limiter
+        limits = None
+        if limiter is not None and limiter.enabled:
+            # Subscriptions are reads: the same per-key (else per-address) budget as REST.
+            if c.api_key:
+                rate_key = "k:" + ("Bearer " + c.api_key)[-64:]  # as query_service.app.read_rate_key
+            else:
+                client = getattr(c.socket, "client", None)
+                rate_key = "ip:" + (client.host if client else "")
+            ok, headers, _ = limiter.take(rate_key)
+            limits = rate_limit_fields(headers)
+            if not ok:
+                err = _err("rate_limited", "read rate limit exceeded", None, msg.get("request_id"))
+                err["rate_limit"] = limits
+                c.send_obj(err)
+                return
         parsed = self._parse_sub(c, msg)
         if parsed is None:
             return
@@ -463,6 +481,8 @@ class Hub:
         reply = {"type": "subscribed", "channels": channels, "instrument": inst}
         if order_client is not None:
             reply["client_id"] = order_client
+        if limits is not None:
+            reply["rate_limit"] = limits
         c.send_obj(reply)
         if "orderbook" in channels and inst not in c.books:
             c.books[inst] = _BookSub()

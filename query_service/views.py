@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from contracts.api import iso_ms, json_encoder
+from contracts.enums import OrderType, TimeInForce
 from contracts.instruments import Instruments, InstrumentSpec
 from query_service.params import encode_cursor
 from query_service.records import Bucket, unpack_last, unpack_order, unpack_position
@@ -263,6 +264,13 @@ def instruments_body(instruments: Instruments) -> bytes:
                     "min_quantity": dec_json(s.min_quantity),
                     "max_quantity": dec_json(s.max_quantity),
                     "max_price": dec_json(s.max_price),
+                    # every instrument of this exchange trades continuously whenever its
+                    # sequencer is up; "trading" is the only status today
+                    "status": "trading",
+                    "order_types": [t.value for t in OrderType],
+                    "time_in_force": [t.value for t in TimeInForce],
+                    "iceberg": True,
+                    "post_only": True,
                 }
                 for s in instruments
             ]

@@ -23,6 +23,7 @@ import collections
 import copy
 import json
 import random
+import time
 import zlib
 from decimal import Decimal
 
@@ -106,7 +107,17 @@ def _steer(case) -> str:
     if case.path.startswith("/admin/") and rng.random() < 0.6:
         who = "admin"
     body = case.body
-    if isinstance(body, dict) and rng.random() < 0.7:
+    if isinstance(body, dict) and case.path.endswith("/amend"):
+        # amend: new total quantity and/or price near the seeded book (no client_id/instrument)
+        if rng.random() < 0.7:
+            if rng.random() < 0.7:
+                body["quantity"] = rng.choice(["1", "0.5", "2", "3", "0.25", "0.1"])
+            if rng.random() < 0.5:
+                body["price"] = str(Decimal(100) + rng.randint(-6, 6) * Decimal("0.01"))
+    elif isinstance(body, dict) and case.path == "/orders/cancel-after":
+        if rng.random() < 0.7:
+            body["timeout_ms"] = rng.choice([0, 0, 50, 1000, 60_000])
+    elif isinstance(body, dict) and rng.random() < 0.7:
         if rng.random() < 0.5:
             who = "other"
         body["client_id"] = CLIENTS[who]
@@ -120,6 +131,12 @@ def _steer(case) -> str:
                 body["stop_price"] = near()
             if rng.random() < 0.6:
                 body["quantity"] = rng.choice(["1", "0.5", "2", "3", "0.25"])
+            if rng.random() < 0.15 and body.get("type") == "limit":  # icebergs
+                body["display_quantity"] = rng.choice(["0.1", "0.25", "1", "5"])
+            if rng.random() < 0.1:  # good till date, mostly in the near future
+                body["time_in_force"] = "GTD"
+                body["expire_time"] = rng.choice([_in_ms(rng.randint(-1000, 3000)), "2100-01-01T00:00:00Z",
+                                                  "not a time", "2020-01-01T00:00:00Z"])
     if case.path_parameters and "order_id" in case.path_parameters and KNOWN_ORDERS and rng.random() < 0.6:
         case.path_parameters["order_id"] = rng.choice(KNOWN_ORDERS)
     if case.path_parameters and "client_id" in case.path_parameters and rng.random() < 0.5:
@@ -127,6 +144,12 @@ def _steer(case) -> str:
     if isinstance(case.query, dict) and "client_id" in case.query and rng.random() < 0.5:
         case.query["client_id"] = TRADER
     return who
+
+
+def _in_ms(ms: int) -> str:
+    from contracts.api import iso_ms
+
+    return iso_ms(time.time_ns() + ms * 1_000_000)
 
 
 def _remember(response, case) -> None:
@@ -162,6 +185,7 @@ def _with_links(doc: dict) -> dict:
     created["links"] = {
         "GetOrder": {"operationId": paths["/orders/{order_id}"]["get"]["operationId"], "parameters": by_id},
         "CancelOrder": {"operationId": paths["/orders/{order_id}/cancel"]["post"]["operationId"], "parameters": by_id},
+        "AmendOrder": {"operationId": paths["/orders/{order_id}/amend"]["post"]["operationId"], "parameters": by_id},
     }
     return doc
 
@@ -218,7 +242,7 @@ def test_query_api_fuzz(case, exchange):
     case.validate_response(response, checks=CHECKS)
 
 
-STEPS = ("place", "place", "get", "cancel", "cancel-all")
+STEPS = ("place", "place", "get", "amend", "cancel", "cancel-all")
 
 
 @settings(max_examples=FUZZ_STEPS, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -237,16 +261,17 @@ def test_command_api_stateful(exchange, seeded_orders, data):
     followed in code. Generate phase only: a replay meets a server whose state moved on."""
     ops = {"place": command_api["/orders"]["POST"], "get": command_api["/orders/{order_id}"]["GET"],
            "cancel": command_api["/orders/{order_id}/cancel"]["POST"],
-           "cancel-all": command_api["/orders/cancel-all"]["POST"]}
+           "cancel-all": command_api["/orders/cancel-all"]["POST"],
+           "amend": command_api["/orders/{order_id}/amend"]["POST"]}
     links = {name: link for name, link in COMMAND_DOC_LINKED["paths"]["/orders"]["post"]["responses"]["201"]["links"].items()}
-    assert {"GetOrder", "CancelOrder"} <= set(links)
+    assert {"GetOrder", "CancelOrder", "AmendOrder"} <= set(links)
     placed: list[str] = []
     for step in data.draw(st.lists(st.sampled_from(STEPS), min_size=2, max_size=10), label="steps"):
         mode = data.draw(st.sampled_from([GenerationMode.POSITIVE] * 4 + [GenerationMode.NEGATIVE]), label="mode")
         case = data.draw(ops[step].as_strategy(mode), label=step)
         back = data.draw(st.integers(min_value=1, max_value=4), label="which earlier order")
         who = _steer(case)
-        if step in ("get", "cancel") and placed and mode is GenerationMode.POSITIVE:
+        if step in ("get", "cancel", "amend") and placed and mode is GenerationMode.POSITIVE:
             # The link: $response.body#/order/order_id of an earlier 201, and its owner's key.
             oid, who = placed[-min(back, len(placed))]
             case.path_parameters["order_id"] = oid
@@ -284,7 +309,8 @@ MALFORMED_BODIES = [
 CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 
 
-@pytest.mark.parametrize("path", ["/orders", "/orders/cancel-all", "/admin/settlement", "/admin/snapshot"])
+@pytest.mark.parametrize("path", ["/orders", "/orders/cancel-all", "/orders/cancel-after", "/orders/fuzz-1/amend",
+                                  "/admin/settlement", "/admin/snapshot"])
 def test_command_malformed_bodies(exchange, path):
     """No malformed body gets a 5xx; a 4xx has the error shape."""
     failures = []
@@ -308,7 +334,7 @@ def test_command_malformed_bodies(exchange, path):
 
 
 @pytest.mark.parametrize("path", ["/market/orderbook", "/market/trades", "/market/analytics", "/market/candles",
-                                  "/market/orders", "/market/positions/fuzz-trader"])
+                                  "/market/orders", "/market/positions/fuzz-trader", "/market/time"])
 def test_query_malformed_query_strings(exchange, path):
     """Raw query strings no generator sends: bad percent-encoding, NULs, repeated and very long
     parameters. Each gets a 2xx or a 4xx with the error shape, never a 5xx."""

@@ -47,7 +47,8 @@ CLEAN_CLOSE = {1000, 1001, 1003, 1007, 1008, 1009}
 # Messages a subscription may push at any time on /stream: not answers to a frame.
 STREAM_PUSH = {"heartbeat", "orderbook", "trade", "ticker", "order_update", "connected"}
 ANSWERS = {
-    "command": {"error", "order_accepted", "cancel_accepted", "pong"},
+    "command": {"error", "order_accepted", "cancel_accepted", "pong", "amend_accepted", "cancel_all_accepted",
+                "session"},
     "query": {"error", "subscribed", "unsubscribed", "pong", "order_accepted"},
 }
 
@@ -96,8 +97,10 @@ def _raw_number(rng: random.Random) -> str:
 def frames(rng: random.Random, service: str, n: int):
     """(description, frame) pairs; a frame is str (text) or bytes (binary)."""
     fields = ["type", "order_type", "client_id", "instrument", "side", "price", "quantity", "time_in_force",
-              "post_only", "order_id", "idempotency_key", "request_id", "channels", "channel", "api_key"]
+              "post_only", "order_id", "idempotency_key", "request_id", "channels", "channel", "api_key",
+              "display_quantity", "expire_time", "cancel_on_disconnect"]
     kinds = ["order", "cancel", "subscribe", "unsubscribe", "ping", "ORDER", "", "limit", "market", "pong",
+             "amend", "cancel_all", "session",
              "heartbeat", "connected", "error", "x" * 100]
     # The size ladder and the deep nesting come first: they are the frames most likely to hurt.
     fixed = [
@@ -112,8 +115,9 @@ def frames(rng: random.Random, service: str, n: int):
     # frame stops reading, and a client still writing megabytes then waits for the TCP close.
     for item in fixed:
         yield item
+    placed_ids = [f"r{j}" for j in range(3)]
     for i in range(n):
-        k = rng.randrange(11)
+        k = rng.randrange(12)
         if k == 0:
             yield "random bytes", bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300)))
         elif k == 1:
@@ -124,7 +128,8 @@ def frames(rng: random.Random, service: str, n: int):
         elif k == 3:
             yield "unknown type", json.dumps({"type": rng.choice(kinds + [1, None, [], {}]), "request_id": i})
         elif k == 4:
-            msg = {"type": rng.choice(["order", "cancel", "subscribe", "unsubscribe"])}
+            msg = {"type": rng.choice(["order", "cancel", "subscribe", "unsubscribe", "amend", "cancel_all",
+                                       "session"])}
             for f in rng.sample(fields, rng.randrange(1, 7)):
                 msg[f] = _junk_value(rng)
             yield "wrong types", json.dumps(msg)
@@ -154,6 +159,28 @@ def frames(rng: random.Random, service: str, n: int):
             cut = rng.randrange(1, len(text))
             yield "truncated/duplicated json", rng.choice([text[:cut], text + text, text[:cut] + "\u0000" + text[cut:],
                                                           text.replace(":", "=", 1), "{" + text])
+        elif k == 10:
+            # issue 15: amend, cancel_all, session, icebergs and GTD, valid and slightly off
+            pick = rng.randrange(5)
+            if pick == 0:
+                msg = {"type": "amend", "order_id": rng.choice(placed_ids + ["nope", "", None]),
+                       "quantity": rng.choice(["1", "0.5", "0", "-1", None, "1e400", 2]),
+                       "price": rng.choice(["100", "99.99", "100.001", None, "0"]), "request_id": i}
+            elif pick == 1:
+                msg = {"type": "cancel_all", "instrument": rng.choice(list(SYMBOLS) + [None, "XXX", 5, ""]),
+                       "side": rng.choice(["buy", "sell", None, "up"]), "request_id": i}
+            elif pick == 2:
+                msg = {"type": "session", "cancel_on_disconnect": rng.choice([True, False, None, "yes", 1]),
+                       "request_id": i}
+            else:
+                msg = _valid_order(rng, service)
+                if pick == 3:
+                    msg["display_quantity"] = rng.choice(["0.1", "0.5", "1", "2", "0", "-1", "abc", None])
+                else:
+                    msg["time_in_force"] = rng.choice(["GTD", "GTC", "GTX"])
+                    msg["expire_time"] = rng.choice(["2100-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "soon", None,
+                                                     5])
+            yield "bot message", json.dumps(msg)
         else:
             yield "control", rng.choice(["", " ", "\n", "null", "{}", '{"type":null}', "[]", '""', "true",
                                          '{"type":"cancel"}', '{"type":"cancel","order_id":""}',

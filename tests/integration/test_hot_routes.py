@@ -101,3 +101,22 @@ async def test_orders_and_cancels_are_identical_on_both_paths(both):
     assert stable(ca.json()) == stable(cb.json())
     # and cancelling again is the same conflict on both
     await same_answer(fast, framework, "POST", f"/orders/{ids[0]}/cancel", headers=auth)
+
+
+async def test_amends_are_identical_on_both_paths(both):
+    """POST /orders/{id}/amend (issue 15) takes the same one code path."""
+    fast, framework, key = both
+    auth = {"Authorization": f"Bearer {key}"}
+    order = {"instrument": SYMBOL, "side": "buy", "type": "limit", "price": "90.00", "quantity": "3"}
+    ids = [(await client.post("/orders", json=order, headers=auth)).json()["order"]["order_id"]
+           for client in (fast, framework)]
+    aa = await fast.post(f"/orders/{ids[0]}/amend", json={"quantity": "2"}, headers=auth)
+    ab = await framework.post(f"/orders/{ids[1]}/amend", json={"quantity": "2"}, headers=auth)
+    assert aa.status_code == ab.status_code == 200
+    assert stable(aa.json()) == stable(ab.json())
+    assert aa.json()["order"]["quantity"] == 2
+    for body in ({"quantity": "2"}, {}, {"price": "90.001"}):  # nothing to change, nothing given, off the grid
+        await same_answer(fast, framework, "POST", f"/orders/{ids[0]}/amend", json=body, headers=auth)
+    await same_answer(fast, framework, "POST", f"/orders/{uuid.uuid4()}/amend", json={"quantity": "1"},
+                      headers=auth)
+    await same_answer(fast, framework, "POST", f"/orders/{ids[0]}/amend", content=b"{no", headers=auth)

@@ -22,6 +22,7 @@ from contracts.messages import (
     AmendOrder,
     CancelAll,
     CancelOrder,
+    ExpireOrders,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -59,6 +60,14 @@ class Rec:
         self.status = OrderStatus.PENDING if cmd.stop_price is not None else OrderStatus.OPEN
         self.reject_reason = None
         self.closed = False  # cancelled / rejected: no open quantity whatever filled says
+        self.display_raw = cmd.display_quantity
+        self.display = cmd.display_quantity or 0  # iceberg when > 0
+        self.shown = 0  # iceberg at rest: the part the book shows
+        self.expire_ts = cmd.expire_ts
+
+    def visible(self) -> int:
+        """What the public book shows of it (rule 1) and what a taker can hit at once."""
+        return self.shown if self.display else self.open_qty()
 
     def open_qty(self) -> int:
         return 0 if self.closed else self.quantity - self.filled
@@ -87,6 +96,9 @@ class Rec:
             reject_reason=self.reject_reason,
             stop_price=self.stop_price,
             cost=self.cost,
+            display_quantity=self.display_raw,
+            shown=self.shown if self.display and self.open_qty() else 0,
+            expire_ts=self.expire_ts,
         )
 
 
@@ -220,7 +232,7 @@ class ReferenceBook:
                 self._cancel(m, CancelReason.SELF_TRADE)
                 self._cancel(t, CancelReason.SELF_TRADE)
                 return
-            qty = min(m.open_qty(), t.open_qty())
+            qty = min(m.visible(), t.open_qty())
             m.filled += qty
             t.filled += qty
             m.cost += qty * m.price
@@ -243,6 +255,11 @@ class ReferenceBook:
             if m.open_qty() == 0:
                 m.status = OrderStatus.FILLED
                 self.resting.remove(m)
+            elif m.display:
+                m.shown -= qty
+                if m.shown == 0:  # rule 2: a fresh shown part at the back of the level
+                    m.shown = min(m.display, m.open_qty())
+                    m.time = self.seq
         self._touch(t)
         if t.open_qty() == 0:
             t.status = OrderStatus.FILLED
@@ -251,7 +268,9 @@ class ReferenceBook:
         elif t.tif == TimeInForce.IOC:
             self._cancel(t, CancelReason.IOC_REMAINDER)
         else:
-            assert t.tif == TimeInForce.GTC, "a FOK was checked to be fillable"
+            assert t.tif in (TimeInForce.GTC, TimeInForce.GTD), "a FOK was checked to be fillable"
+            if t.display:
+                t.shown = min(t.display, t.open_qty())
             self.resting.append(t)
 
     def triggerable(self, s: Rec) -> bool:
@@ -293,6 +312,8 @@ class ReferenceBook:
             return self.amend(cmd)
         if isinstance(cmd, CancelAll):
             return self.cancel_all(cmd)
+        if isinstance(cmd, ExpireOrders):
+            return self.expire(cmd)
         raise TypeError(cmd)
 
     def valid(self, cmd: PlaceOrder) -> bool:
@@ -310,7 +331,19 @@ class ReferenceBook:
             shape = cmd.price is None and positive(cmd.stop_price)
         else:
             shape = False
-        if cmd.post_only and not (t == OrderType.LIMIT and cmd.tif == TimeInForce.GTC):
+        resting_tif = cmd.tif in (TimeInForce.GTC, TimeInForce.GTD)
+        if cmd.post_only and not (t == OrderType.LIMIT and resting_tif):
+            return False
+        d = cmd.display_quantity
+        if d is not None and not (
+            _is_int(d) and _is_int(cmd.quantity) and 0 < d < cmd.quantity and t == OrderType.LIMIT and resting_tif
+        ):
+            return False
+        if cmd.tif == TimeInForce.GTD:
+            e = cmd.expire_ts
+            if not (_is_int(e) and cmd.ts < e <= BIG and t != OrderType.MARKET):
+                return False
+        elif cmd.expire_ts is not None:
             return False
         return (
             shape
@@ -357,6 +390,8 @@ class ReferenceBook:
             post_only=cmd.post_only,
             stp=cmd.stp,
             stop_price=cmd.stop_price,
+            display_quantity=cmd.display_quantity,
+            expire_ts=cmd.expire_ts,
         )
         rec = Rec(cmd, self.seq)
         self._touch(rec)
@@ -374,7 +409,7 @@ class ReferenceBook:
             return Result(code=ResultCode.UNKNOWN_ORDER, events=[], orders=[])
         if rec.client_id != cmd.client_id:
             return Result(code=ResultCode.NOT_OWNER, events=[], orders=[])
-        self._cancel(rec, CancelReason.USER)
+        self._cancel(rec, cmd.reason)
         return self._result(ResultCode.OK)
 
     def cancel_all(self, cmd: CancelAll) -> Result:
@@ -387,8 +422,21 @@ class ReferenceBook:
             if r.client_id == cmd.client_id and (cmd.side is None or r.side == cmd.side)
         ]
         for r in sorted(mine, key=lambda r: r.accept_seq):
-            self._cancel(r, CancelReason.CANCEL_ALL)
+            self._cancel(r, cmd.reason)
         return self._result(ResultCode.OK)
+
+    def expire(self, cmd: ExpireOrders) -> Result:
+        self._begin(cmd.ts)
+        if cmd.instrument != self.instrument:
+            return Result(code=ResultCode.OK, events=[], orders=[])
+        due = [r for r in self.live() if r.expire_ts is not None and r.expire_ts <= cmd.ts]
+        for r in sorted(due, key=lambda r: (r.expire_ts, r.accept_seq)):
+            self._cancel(r, CancelReason.EXPIRED)
+        return self._result(ResultCode.OK)
+
+    def next_expiry(self):
+        times = [r.expire_ts for r in self.live() if r.expire_ts is not None]
+        return min(times) if times else None
 
     def amend(self, cmd: AmendOrder) -> Result:
         self._begin(cmd.ts)
@@ -412,6 +460,8 @@ class ReferenceBook:
             return Result(code=ResultCode.INVALID_AMEND, events=[], orders=[])
         if price == rec.price and qty < rec.quantity:
             rec.quantity = qty
+            if rec.display:  # rule 4: the hidden part goes first
+                rec.shown = min(rec.shown, rec.open_qty())
             self._emit(
                 OrderAmended,
                 order_id=rec.order_id,
@@ -457,9 +507,9 @@ class ReferenceBook:
             rows: list[tuple[int, int]] = []
             for r in side:
                 if rows and rows[-1][0] == r.price:
-                    rows[-1] = (r.price, rows[-1][1] + r.open_qty())
+                    rows[-1] = (r.price, rows[-1][1] + r.visible())
                 else:
-                    rows.append((r.price, r.open_qty()))
+                    rows.append((r.price, r.visible()))
             out.append(rows[: max(levels, 0)])
         return out[0], out[1]
 

@@ -1,17 +1,19 @@
 """Property tests: the engine against the naive reference matcher, plus snapshot/restore
 and replay round-trips, under random command sequences (several clients, every order
-type including stops, cancels, amends, cancel-all, malformed commands)."""
+type including stops, icebergs and GTD orders, cancels, amends, cancel-all, expiry
+commands, malformed commands)."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.enums import OrderType, Side, StpMode, TimeInForce
+from contracts.enums import CancelReason, OrderType, Side, StpMode, TimeInForce
 from contracts.messages import (
     AmendOrder,
     CancelAll,
     CancelOrder,
+    ExpireOrders,
     PlaceOrder,
     decode_event,
     encode_event,
@@ -28,7 +30,7 @@ SETTINGS = dict(
 )
 
 
-COMMAND = st.tuples(st.integers(0, 15), st.integers(0, 2**64 - 1))
+COMMAND = st.tuples(st.integers(0, 17), st.integers(0, 2**64 - 1))
 """One command = a kind (shrinks towards 'place') and 64 bits of choices decoded by divmod.
 A single draw per command keeps Hypothesis' per-draw cost (~20 us) from dominating."""
 
@@ -81,6 +83,9 @@ class Generator:
         ts = self.ts
         if kind <= 9 or not self.owners:
             return self.place(b, book)
+        if kind >= 16:  # time passes: the service injects an expiry command
+            self.ts += b.take(12)
+            return ExpireOrders(instrument=INSTRUMENT if b.take(20) else "ETH-USD", ts=self.ts)
         live = book.open_orders()
         pick = b.take(20)
         target = None
@@ -94,7 +99,8 @@ class Generator:
             oid, owner = "nope", "c1"
         client = owner if b.take(10) else b.pick(CLIENTS)
         if kind <= 11:
-            return CancelOrder(order_id=oid, client_id=client, instrument=INSTRUMENT, ts=ts)
+            reason = b.pick([CancelReason.USER] * 3 + [CancelReason.DISCONNECT])
+            return CancelOrder(order_id=oid, client_id=client, instrument=INSTRUMENT, ts=ts, reason=reason)
         if kind <= 14:
             quantity = price = None
             change = b.take(4)
@@ -114,7 +120,8 @@ class Generator:
                     price = self.lo + b.take(self.hi - self.lo + 1)
             return AmendOrder(order_id=oid, client_id=client, instrument=INSTRUMENT, ts=ts, quantity=quantity, price=price)
         side = b.pick([None, Side.BUY, Side.SELL])
-        return CancelAll(client_id=client, instrument=INSTRUMENT, ts=ts, side=side)
+        reason = b.pick([CancelReason.CANCEL_ALL] * 3 + [CancelReason.CANCEL_AFTER])
+        return CancelAll(client_id=client, instrument=INSTRUMENT, ts=ts, side=side, reason=reason)
 
     def place(self, b: Bits, book: OrderBook) -> PlaceOrder:
         span = self.hi - self.lo + 1
@@ -127,15 +134,22 @@ class Generator:
             elif self.owners:
                 oid = b.pick(sorted(self.owners))  # reuse of a closed id
         otype = b.pick(self.kinds)
-        tif = b.pick([TimeInForce.GTC] * 4 + [TimeInForce.IOC, TimeInForce.FOK])
+        tif = b.pick([TimeInForce.GTC] * 3 + [TimeInForce.GTD, TimeInForce.IOC, TimeInForce.FOK])
+        if otype == OrderType.MARKET and tif == TimeInForce.GTD:
+            tif = TimeInForce.GTC
         price = self.lo + b.take(span) if otype in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
         stop_price = self.lo + b.take(span) if otype in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET) else None
-        post_only = otype == OrderType.LIMIT and tif == TimeInForce.GTC and b.take(5) == 0
+        resting = tif in (TimeInForce.GTC, TimeInForce.GTD)
+        post_only = otype == OrderType.LIMIT and resting and b.take(5) == 0
         quantity = 1 + b.take(10)
+        expire_ts = self.ts + 1 + b.take(25) if tif == TimeInForce.GTD else None
+        display = None
+        if otype == OrderType.LIMIT and resting and quantity > 1 and b.take(3) == 0:
+            display = 1 + b.take(min(quantity - 1, 3))  # icebergs: 1..3 lots shown
         side = b.pick([Side.BUY, Side.SELL])
         stp = b.pick(list(StpMode))
         if b.take(25) == 0:  # malformed: must become OrderRejected(invalid_order)
-            broken = b.take(7)
+            broken = b.take(12)
             if broken == 0:
                 quantity = -b.take(3)
             elif broken == 1:
@@ -148,8 +162,19 @@ class Generator:
                 price = 0 if price is not None else price
             elif broken == 5:
                 tif = "GTC"  # a plain string is not a TimeInForce member
-            else:
+            elif broken == 6:
                 stop_price = -1 if stop_price is not None else stop_price
+            elif broken == 7:
+                display = quantity  # display must be below the quantity
+            elif broken == 8:
+                display = 0 if b.take(2) else 1  # zero, or on a market / IOC / FOK / stop order
+            elif broken == 9:
+                expire_ts = self.ts - b.take(2)  # not in the future
+            elif broken == 10:
+                expire_ts = None if tif == TimeInForce.GTD else self.ts + 5  # GTD without / others with
+            else:
+                tif = TimeInForce.GTD
+                expire_ts = self.ts + 3  # GTD market (never rests) when otype is market
         self.owners.setdefault(oid, client)
         return PlaceOrder(
             order_id=oid,
@@ -164,6 +189,8 @@ class Generator:
             post_only=post_only,
             stp=stp,
             stop_price=stop_price,
+            display_quantity=display,
+            expire_ts=expire_ts,
         )
 
 
@@ -181,6 +208,7 @@ def assert_same_book(book: OrderBook, ref: ReferenceBook) -> None:
     assert len(book) == len(ref.live())
     bids, asks = ref.l2(10**9)
     assert book.depth() == (len(bids), len(asks))
+    assert book.next_expiry() == ref.next_expiry()
 
 
 def run_against_reference(data, max_len: int, **gen) -> OrderBook:
@@ -196,6 +224,7 @@ def run_against_reference(data, max_len: int, **gen) -> OrderBook:
         assert got.orders == want.orders, (i, cmd)
         assert [e.seq for e in got.events] == list(range(book.seq - len(got.events) + 1, book.seq + 1))
         book.validate()
+        assert book.next_expiry() == ref.next_expiry(), (i, cmd)
     assert_same_book(book, ref)
     return book
 
@@ -250,6 +279,7 @@ def test_replay_of_the_journal_rebuilds_the_same_book(data):
         assert replayed.seq == book.seq
         assert replayed.last_price == book.last_price
         assert replayed.snapshot() == book.snapshot()
+        assert replayed.next_expiry() == book.next_expiry()
         replayed.validate()
 
 
@@ -268,4 +298,5 @@ def test_snapshot_then_replay_of_later_events(data):
         for ev in book.execute(gen.next(book)).events:
             recovered.apply(ev)
     assert recovered.snapshot() == book.snapshot()
+    assert recovered.next_expiry() == book.next_expiry()
     recovered.validate()

@@ -89,6 +89,7 @@ def accepted(seq: int, cmd: PlaceOrder) -> OrderAccepted:
         instrument=INSTRUMENT, seq=seq, ts=cmd.ts, order_id=cmd.order_id, client_id=cmd.client_id,
         side=cmd.side, order_type=cmd.order_type, price=cmd.price, quantity=cmd.quantity, tif=cmd.tif,
         post_only=cmd.post_only, stp=cmd.stp, stop_price=cmd.stop_price,
+        display_quantity=cmd.display_quantity, expire_ts=cmd.expire_ts,
     )
 
 
