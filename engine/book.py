@@ -54,7 +54,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 from heapq import heappop, heappush
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import msgspec
 
@@ -150,7 +150,7 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 
 
-def _states(touched: dict, instrument: str) -> list[OrderState]:
+def _states(touched: dict[str, Order], instrument: str) -> list[OrderState]:
     """OrderStates of the touched orders, in first-touched order (inlined _state)."""
     return [
         OrderState(
@@ -222,7 +222,7 @@ class OrderBook:
 
     # ------------------------------------------------------------------ commands
 
-    def execute(self, cmd) -> Result:
+    def execute(self, cmd: Any) -> Result:
         t = cmd.__class__
         if t is PlaceOrder:
             return self.place(cmd)
@@ -255,18 +255,18 @@ class OrderBook:
         # Enum fields are checked by identity: a plain "GTC" string equals TimeInForce.GTC
         # but would fail the `is` tests the hot paths use, so it is invalid here.
         if otype is LIMIT:
-            valid = price.__class__ is int and 0 < price <= MAX_VALUE and stop_price is None
+            valid = type(price) is int and 0 < price <= MAX_VALUE and stop_price is None
         elif otype is MARKET:
             valid = price is None and stop_price is None
         elif otype is STOP_LIMIT:
             valid = (
-                price.__class__ is int
+                type(price) is int
                 and 0 < price <= MAX_VALUE
-                and stop_price.__class__ is int
+                and type(stop_price) is int
                 and 0 < stop_price <= MAX_VALUE
             )
         elif otype is STOP_MARKET:
-            valid = price is None and stop_price.__class__ is int and 0 < stop_price <= MAX_VALUE
+            valid = price is None and type(stop_price) is int and 0 < stop_price <= MAX_VALUE
         else:
             valid = False
         if not (
@@ -303,6 +303,7 @@ class OrderBook:
             return self._place_slow(cmd, display or 0, expire_ts)
 
         if otype is LIMIT:
+            assert price is not None  # validated above (a compare and a jump: no measurable cost)
             if side is BUY:
                 keys = self._asks.keys
                 crosses = keys and -keys[-1] <= price
@@ -440,6 +441,7 @@ class OrderBook:
         else:
             # _unrest, inlined: cancels are a quarter of the traffic
             price = o.price
+            assert price is not None  # a resting order has a limit price
             if o.side is BUY:
                 side = self._bids
                 k = price
@@ -561,8 +563,8 @@ class OrderBook:
         new_qty = o.quantity if cmd.quantity is None else cmd.quantity
         new_price = o.price if cmd.price is None else cmd.price
         if (
-            new_qty.__class__ is not int
-            or new_price.__class__ is not int
+            type(new_qty) is not int
+            or type(new_price) is not int
             or not 0 < new_price <= MAX_VALUE
             or new_qty > MAX_VALUE
             or new_qty <= o.filled
@@ -628,7 +630,7 @@ class OrderBook:
         )
         return Result(RC_REJECTED, [ev], [state])
 
-    def _fok_fillable(self, side, price, qty, client_id, stp) -> bool:
+    def _fok_fillable(self, side: Side, price: int | None, qty: int, client_id: str, stp: StpMode) -> bool:
         """Walk the opposite side at acceptable prices in priority order, summing other
         clients' quantity. An own order ends the walk (cancel_newest / cancel_both: the
         taker would be cancelled there) or is skipped (cancel_oldest: it would be cancelled
@@ -660,7 +662,7 @@ class OrderBook:
                     return True
         return False
 
-    def _process(self, o: Order, events: list, touched: dict, ts: int) -> None:
+    def _process(self, o: Order, events: list[Any], touched: dict[str, Order], ts: int) -> None:
         """An incoming order (new, triggered or re-priced by an amend): match it against the
         opposite side (best price first, FIFO within a level, at the maker's price, with
         self-trade prevention), then cancel or rest the remainder."""
@@ -818,13 +820,15 @@ class OrderBook:
             return
         self._rest(o)
 
-    def _run_stops(self, events: list, touched: dict, ts: int) -> None:
+    def _run_stops(self, events: list[Any], touched: dict[str, Order], ts: int) -> None:
         """Trigger pending stops one at a time, lowest acceptance seq first among those whose
         condition holds at the current last price, re-evaluating after each (a triggered
         order may move the last price either way). Ends when none holds."""
         instrument = self.instrument
         while True:
             lp = self.last_price
+            if lp is None:  # no trade yet: no stop can trigger
+                return
             best = None
             for e in self._buy_stops:  # ascending stop price; buy triggers on last >= stop
                 if e[0] > lp:
@@ -870,6 +874,7 @@ class OrderBook:
     def _rest(self, o: Order) -> None:
         """Append o at the back of its level and index it."""
         price = o.price
+        assert price is not None  # only limit prices rest
         if o.side is BUY:
             side = self._bids
             k = price
@@ -916,18 +921,22 @@ class OrderBook:
         o.remaining = new_remaining
 
     def _level_of(self, o: Order) -> Level:
+        price = o.price
+        assert price is not None  # a resting order has a limit price
         if o.side is BUY:
-            return self._bids.levels[o.price]
-        return self._asks.levels[-o.price]
+            return self._bids.levels[price]
+        return self._asks.levels[-price]
 
     def _unrest(self, o: Order) -> None:
         """Take a resting order out of its level (not out of the indexes)."""
+        price = o.price
+        assert price is not None  # a resting order has a limit price
         if o.side is BUY:
             side = self._bids
-            k = o.price
+            k = price
         else:
             side = self._asks
-            k = -o.price
+            k = -price
         lvl = side.levels[k]
         lvl.qty -= o.remaining
         if o.display:
@@ -976,7 +985,9 @@ class OrderBook:
     def _add_stop(self, o: Order) -> None:
         oid = o.order_id
         self._stops[oid] = o
-        insort(self._buy_stops if o.side is BUY else self._sell_stops, (o.stop_price, o.accept_seq, oid))
+        stop_price = o.stop_price
+        assert stop_price is not None  # a stop order has a stop price
+        insort(self._buy_stops if o.side is BUY else self._sell_stops, (stop_price, o.accept_seq, oid))
         self._orders[oid] = o
         mine = self._clients.get(o.client_id)
         if mine is None:
@@ -994,7 +1005,7 @@ class OrderBook:
 
     # ------------------------------------------------------------------ replay
 
-    def apply(self, event) -> None:
+    def apply(self, event: Any) -> None:
         """Apply one journal event (the only input needed to rebuild the book).
 
         Mapping: OrderAccepted puts a limit order at the back of its level (a pending stop
@@ -1046,9 +1057,9 @@ class OrderBook:
             elif o.price is not None:
                 self._rest(o)
         elif t is OrderCancelled:
-            o = self._orders.get(event.order_id)
-            if o is not None:
-                self._close(o, CANCELLED, ts)
+            found = self._orders.get(event.order_id)
+            if found is not None:
+                self._close(found, CANCELLED, ts)
         elif t is OrderAmended:
             o = self._orders[event.order_id]
             if event.priority_kept:
@@ -1078,9 +1089,9 @@ class OrderBook:
             # Only a triggered stop (already in its level here) can be rejected after it was
             # accepted; a new order is rejected before it exists, and its id cannot be live
             # (the duplicate check comes first).
-            o = self._orders.get(event.order_id)
-            if o is not None:
-                self._close(o, REJECTED, ts)
+            found = self._orders.get(event.order_id)
+            if found is not None:
+                self._close(found, REJECTED, ts)
         else:
             raise TypeError(f"not an engine event: {t.__name__}")
         self.seq = event.seq
@@ -1247,7 +1258,7 @@ class OrderBook:
     def validate(self) -> None:
         """Check every invariant; raise AssertionError naming the first broken one."""
 
-        def check(cond, name: str) -> None:
+        def check(cond: object, name: str) -> None:
             if not cond:
                 raise AssertionError(f"{self.instrument}: invariant broken: {name}")
 
@@ -1306,7 +1317,7 @@ class OrderBook:
             check(self._orders.get(oid) is o, f"id index agrees with stops for {oid}")
             check(o.accept_seq > prev_seq, "stops kept in acceptance order")
             prev_seq = o.accept_seq
-            if self.last_price is not None:
+            if self.last_price is not None and o.stop_price is not None:
                 if o.side is BUY:
                     check(self.last_price < o.stop_price, f"pending buy stop {oid} not triggerable")
                 else:

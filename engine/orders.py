@@ -6,7 +6,7 @@ Not part of any contract: the outside world sees OrderState / events from contra
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Iterator, Optional
 
 import msgspec
 
@@ -69,7 +69,7 @@ class Level:
         self.dead = 0
         self.queue: deque[Order] = deque()
 
-    def live(self):
+    def live(self) -> Iterator[Order]:
         for o in self.queue:
             if o.remaining:
                 yield o
