@@ -355,9 +355,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         services = Services(settings)
         app.state.services = services
         await services.start()
+        log.info("query service started (projector %s)", "on" if settings.projector_enabled else "off")
         try:
             yield
         finally:
+            log.info("query service stopping")
             await services.stop()
 
     return Litestar(
