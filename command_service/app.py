@@ -303,6 +303,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Exchange command API", version="1.0.0",
                                      render_plugins=[_CompleteDocument()]),
         debug=False,
+        logging_config=None,  # contracts.logs.setup_logging (in __main__) owns the log format
     )
 
 

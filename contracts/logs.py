@@ -213,7 +213,7 @@ def setup_logging(service: str, node: str | None = None, env: Mapping[str, str] 
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
     # Libraries that narrate every retry: their outcome is logged by our own code.
-    for noisy in ("aiokafka", "asyncio", "nats"):
+    for noisy in ("aiokafka", "asyncio", "nats", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
     return settings

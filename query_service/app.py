@@ -375,4 +375,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         openapi_config=None,
         debug=False,
+        logging_config=None,  # contracts.logs.setup_logging (in __main__) owns the log format
     )

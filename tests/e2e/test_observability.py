@@ -76,9 +76,19 @@ async def test_local_prometheus_scrapes_every_process_and_loads_the_rules(system
     try:
         base = f"http://{CFG.host}:{port}"
 
+        async def api(path: str):
+            # None until Prometheus answers (it says 503 "Service Unavailable" while starting)
+            try:
+                async with httpx.AsyncClient(timeout=2) as client:
+                    return (await client.get(base + path)).json()["data"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return None
+
         async def all_up():
-            async with httpx.AsyncClient(timeout=2) as client:
-                targets = (await client.get(base + "/api/v1/targets")).json()["data"]["activeTargets"]
+            data = await api("/api/v1/targets")
+            if data is None:
+                return None
+            targets = data["activeTargets"]
             health = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in targets}
             return health if len(health) == 5 and set(health.values()) == {"up"} else None
 
@@ -86,9 +96,8 @@ async def test_local_prometheus_scrapes_every_process_and_loads_the_rules(system
         assert {job for job, _ in health} == {"command", "relay", "query", "prometheus"}
 
         async def rules_evaluated():
-            async with httpx.AsyncClient(timeout=2) as client:
-                groups = (await client.get(base + "/api/v1/rules")).json()["data"]["groups"]
-            rules = [r for g in groups for r in g["rules"]]
+            data = await api("/api/v1/rules")
+            rules = [r for g in (data or {}).get("groups", []) for r in g["rules"]]
             return rules if len(rules) == 9 and all(r.get("health") == "ok" for r in rules) else None
 
         rules = await eventually(rules_evaluated, timeout=30, interval=0.5)
