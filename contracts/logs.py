@@ -94,8 +94,12 @@ class JsonFormatter(logging.Formatter):
         line = self.base(record)
         lines = record.__dict__.get("lines")
         if lines:
-            # One record, several lines (see log_lines): the logging machinery runs once per batch.
-            return "\n".join(_encode({**line, **extra}).decode() for extra in lines)
+            # One record, several lines (see log_lines): the logging machinery runs once per batch,
+            # the common fields are encoded once, and each line's own fields (its message
+            # included) are spliced in after them.
+            del line["message"]
+            head = _encode(line)[:-1] + b","
+            return b"\n".join(head + _encode(extra)[1:] for extra in lines).decode()
         return _encode(line).decode()
 
 
@@ -203,6 +207,12 @@ def setup_logging(service: str, node: str | None = None, env: Mapping[str, str] 
                   stream=None) -> LogSettings:
     """Configure the root logger of this process (raises SettingError on a bad variable)."""
     settings = LogSettings.from_env(env)
+    # Record fields no line shows, each a syscall or a stack walk per record (file and line of
+    # the caller: `_srcfile = None` is the switch the logging module itself documents for this).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]
     handler = logging.StreamHandler(stream or sys.stdout)
     formatter_cls = JsonFormatter if settings.format == "json" else TextFormatter
     handler.setFormatter(formatter_cls(service, node))
