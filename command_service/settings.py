@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True):
     nats_enabled: bool
     # Order and trade event lines (logger exchange.orders, INFO): 1 = every event, N = the events
     # of every Nth committed batch, 0 = none. Measured cost in README (operations).
-    log_order_events: int = 1
+    log_order_events: int = 10
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -62,5 +62,5 @@ class Settings(msgspec.Struct, frozen=True):
             pg_pool_size=env_int("EXCHANGE_PG_POOL_SIZE", 8, minimum=1),
             book_levels_in_response=_int("EXCHANGE_BOOK_LEVELS_IN_RESPONSE", 10),
             nats_enabled=env_bool("EXCHANGE_NATS_ENABLED", True),
-            log_order_events=env_int("EXCHANGE_LOG_ORDER_EVENTS", 1, minimum=0),
+            log_order_events=env_int("EXCHANGE_LOG_ORDER_EVENTS", 10, minimum=0),
         )
