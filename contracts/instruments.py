@@ -8,7 +8,7 @@ instrument's limits is refused with a field-level error before it reaches the en
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -200,7 +200,7 @@ def load_instruments(path: str | os.PathLike[str] | None = None) -> Instruments:
     return Instruments(specs)
 
 
-def instruments_file_setting(env=None) -> str | None:
+def instruments_file_setting(env: Mapping[str, str] | None = None) -> str | None:
     """EXCHANGE_INSTRUMENTS_FILE, checked at settings time: a file that does not load stops the
     service with one line naming the variable (contracts.env.SettingError)."""
     from contracts.env import SettingError

@@ -20,7 +20,7 @@ import time
 import traceback
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping, MutableMapping, TextIO
 
 import msgspec
 
@@ -40,6 +40,13 @@ CONTEXT_FIELDS = ("instrument", "order_id", "client_id", "trade_id", "seq", "eve
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _encode = msgspec.json.Encoder().encode
+
+# ASGI shapes (no framework import in contracts/)
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -155,7 +162,7 @@ class RepeatLimiter(logging.Filter):
     MAX_KEYS = 1000
     _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
-    def __init__(self, window_s: float = 10.0, clock=time.monotonic):
+    def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.window = window_s
         self.clock = clock
@@ -204,7 +211,7 @@ class LogSettings:
 
 
 def setup_logging(service: str, node: str | None = None, env: Mapping[str, str] | None = None,
-                  stream=None) -> LogSettings:
+                  stream: TextIO | None = None) -> LogSettings:
     """Configure the root logger of this process (raises SettingError on a bad variable)."""
     settings = LogSettings.from_env(env)
     # Record fields no line shows, each a syscall or a stack walk per record (file and line of
@@ -212,7 +219,7 @@ def setup_logging(service: str, node: str | None = None, env: Mapping[str, str] 
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     handler = logging.StreamHandler(stream or sys.stdout)
     formatter_cls = JsonFormatter if settings.format == "json" else TextFormatter
     handler.setFormatter(formatter_cls(service, node))
@@ -259,16 +266,17 @@ class RequestIdMiddleware:
     X-Request-Id if sane, else a new one; it is in every line logged while serving it and
     echoed in the response's X-Request-Id header."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
-    def __getattr__(self, name: str):  # e.g. .state of the wrapped app
+    def __getattr__(self, name: str) -> Any:  # e.g. .state of the wrapped app
         return getattr(self.app, name)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         rid = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -279,16 +287,16 @@ class RequestIdMiddleware:
         token = request_id.set(rid)
         header = (b"x-request-id", rid.encode())
         if kind == "http":
-            async def send_with_id(message):
+            async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     message["headers"] = [*message.get("headers", ()), header]
                 await send(message)
         else:
-            async def send_with_id(message):
+            async def send_with_id(message: Message) -> None:  # noqa: F811 - one of the two is defined
                 if message["type"] == "websocket.accept":
                     message["headers"] = [*message.get("headers", ()), header]
                 await send(message)
         try:
-            return await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)

@@ -142,7 +142,7 @@ def exposed_metrics(text: str) -> set[str]:
             if kind.strip() == "histogram":
                 names.update({f"{name}_bucket", f"{name}_count", f"{name}_sum"})
         elif line and not line.startswith("#"):
-            names.add(re.split(r"[{\s]", line, 1)[0])
+            names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
     return names
 
 

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from command_service.event_log import EventLog
+from contracts.enums import OrderType, Side, StpMode, TimeInForce
 from contracts.env import SettingError, env_bool, env_float, env_int, env_port
 from contracts.instruments import load_instruments
 from contracts.logs import (
@@ -22,7 +23,6 @@ from contracts.logs import (
     setup_logging,
 )
 from contracts.messages import OrderAccepted, TradeExecuted
-from contracts.enums import OrderType, Side, StpMode, TimeInForce
 
 
 @pytest.fixture
