@@ -32,6 +32,7 @@ from command_service.edge import (
     decode_json,
     spec_for,
 )
+from command_service.event_log import EventLog
 from command_service.fastpath import RATE_LIMIT_SCOPE_KEY, OrderFastPath, authorize_limited, order_route
 from command_service.journal import JournalWriter, NoResetConnection
 from command_service.metrics import Metrics
@@ -174,9 +175,23 @@ async def healthz(request: Request) -> Response:
     return _reply(200 if ok else 503, json_encoder.encode(body))
 
 
-@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+@get("/metrics", summary="Prometheus metrics (internal port only)", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    st = _state(request)
+    return await _metrics_response(_state(request))
+
+
+@get("/admin/metrics", summary="Prometheus metrics (admin key; what the gateway's /metrics serves)",
+     include_in_schema=False)
+async def admin_metrics(request: Request) -> Response:
+    # The gateway is public: there /metrics needs an admin key. Prometheus scrapes the
+    # internal ports (127.0.0.1 locally, the compose network), where /metrics is open.
+    principal = await _principal(request)
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "an admin key is required")
+    return await _metrics_response(_state(request))
+
+
+async def _metrics_response(st) -> Response:
     m: Metrics = st.metrics
     for sym, s in st.sequencers.items():
         m.queue_depth.labels(sym).set(s.queue_depth)
@@ -272,7 +287,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         st.metrics = Metrics(instruments.symbols, instruments)
         st.sequencers = {
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
-                           snapshot_every=settings.snapshot_every_events, metrics=st.metrics)
+                           snapshot_every=settings.snapshot_every_events, metrics=st.metrics,
+                           event_log=EventLog(sym, instruments.get(sym), settings.log_order_events))
             for sym in instruments.symbols
         }
         for s in st.sequencers.values():
@@ -284,9 +300,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await st.bridge.start()
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
+        log.info("command service started: instruments %s ready %s", ",".join(instruments.symbols),
+                 ",".join(sym for sym, s in st.sequencers.items() if s.ready) or "none")
         try:
             yield
         finally:
+            log.info("command service stopping")
             probe.cancel()
             await st.bridge.stop()
             for s in st.sequencers.values():
@@ -295,7 +314,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[place_order, cancel_all, cancel_after, amend_order, cancel_order, get_order, admin_snapshot,
-                        admin_settlement, healthz, metrics, openapi_json, *docs.ROUTES],
+                        admin_settlement, healthz, metrics, admin_metrics, openapi_json, *docs.ROUTES],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={
@@ -309,6 +328,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Exchange command API", version="1.0.0",
                                      render_plugins=[_CompleteDocument()]),
         debug=False,
+        logging_config=None,  # contracts.logs.setup_logging (in __main__) owns the log format
     )
 
 

@@ -63,8 +63,9 @@ class Submission:
 
 class Sequencer:
     def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
-                 snapshot_every: int, metrics=None):
+                 snapshot_every: int, metrics=None, event_log=None):
         self.instrument = instrument
+        self.event_log = event_log  # command_service.event_log.EventLog, or None
         self.journal = JournalWriter(pool)
         self.dsn = dsn
         self.max_batch = max_batch
@@ -92,7 +93,7 @@ class Sequencer:
         try:
             await self._recover()
         except Exception as exc:  # the loop keeps retrying; the service still starts
-            log.warning("%s: not ready at start: %s", self.instrument, exc)
+            log.warning("%s: not ready at start: %s", self.instrument, exc, extra={"instrument": self.instrument})
         self._task = asyncio.create_task(self._run(), name=f"sequencer-{self.instrument}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"expiry-{self.instrument}")
 
@@ -147,7 +148,7 @@ class Sequencer:
                     await self._recover()
                     backoff = 0.1
                 except Exception as exc:
-                    log.warning("%s: recovery failed (%s); retrying in %.1fs", self.instrument, exc, backoff)
+                    log.warning("%s: recovery failed (%s); retrying in %.1fs", self.instrument, exc, backoff, extra={"instrument": self.instrument})
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -193,7 +194,7 @@ class Sequencer:
                 # committed before anything else is accepted. Callers get 503, never a
                 # false success (a commit whose ack was lost is found again on rebuild and
                 # answered by idempotency on retry).
-                log.error("%s: batch of %d failed to commit: %r", self.instrument, len(items), exc)
+                log.error("%s: batch of %d failed to commit: %r", self.instrument, len(items), exc, extra={"instrument": self.instrument})
                 self.ready = False
                 self._fail(items, Unavailable("the journal is unavailable; retry"))
                 self._fail(self._pending, Unavailable("the journal is unavailable; retry"))
@@ -223,6 +224,8 @@ class Sequencer:
             self.metrics.after_batch(self.instrument, batch.events, book)
         if batch.events:
             self._expiry_wake.set()  # a GTD order may have arrived (or the earliest left)
+            if self.event_log is not None:
+                self.event_log.batch(batch.events)
         if self.snapshot_every and self._events_since_snapshot >= self.snapshot_every:
             await self._snapshot()
 
@@ -246,7 +249,7 @@ class Sequencer:
                     if not w.done():
                         w.set_result((seq, len(payload)))
             except Exception as exc:
-                log.warning("%s: snapshot at seq %d not stored: %s", self.instrument, seq, exc)
+                log.warning("%s: snapshot at seq %d not stored: %s", self.instrument, seq, exc, extra={"instrument": self.instrument})
                 for w in waiters:
                     if not w.done():
                         w.set_exception(Unavailable(f"snapshot not stored: {exc}"))
@@ -277,7 +280,7 @@ class Sequencer:
 
     def _on_lock_lost(self, conn) -> None:
         if conn is self._lock_conn and not self._stopping:
-            log.error("%s: lock connection lost; stop accepting until recovered", self.instrument)
+            log.error("%s: lock connection lost; stop accepting until recovered", self.instrument, extra={"instrument": self.instrument})
             self.ready = False
             self._wake.set()
 
@@ -313,7 +316,7 @@ class Sequencer:
         self._expiry_wake.set()  # orders whose time passed while we were down expire at once
         log.info("%s: recovered at seq %d (snapshot %s, %d events replayed, %d resting) in %.2fs",
                  self.instrument, book.seq, snap[0] if snap else "none", replayed, len(book),
-                 time.perf_counter() - t0)
+                 time.perf_counter() - t0, extra={"instrument": self.instrument})
         if self.metrics:
             self.metrics.after_batch(self.instrument, [], book)
 

@@ -8,7 +8,7 @@ instrument's limits is refused with a field-level error before it reaches the en
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -198,3 +198,18 @@ def load_instruments(path: str | os.PathLike[str] | None = None) -> Instruments:
         if s.min_quantity % s.lot_size or s.max_quantity % s.lot_size:
             raise ValueError(f"{path}: {s.symbol} min/max quantity must be multiples of lot_size")
     return Instruments(specs)
+
+
+def instruments_file_setting(env: Mapping[str, str] | None = None) -> str | None:
+    """EXCHANGE_INSTRUMENTS_FILE, checked at settings time: a file that does not load stops the
+    service with one line naming the variable (contracts.env.SettingError)."""
+    from contracts.env import SettingError
+
+    name = "EXCHANGE_INSTRUMENTS_FILE"
+    value = (os.environ if env is None else env).get(name) or None
+    if value is not None:
+        try:
+            load_instruments(value)
+        except (OSError, ValueError, msgspec.DecodeError) as exc:
+            raise SettingError(name, value, f"a readable instruments file ({exc})") from None
+    return value

@@ -147,7 +147,7 @@ class _Routes:
         return self._do(_Call("GET", "/healthz"))
 
     def metrics(self) -> str:
-        """GET /metrics (Prometheus text)."""
+        """GET /metrics (Prometheus text; needs an admin key on the gateway)."""
         return self._do(_Call("GET", "/metrics", text=True))
 
 

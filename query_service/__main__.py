@@ -8,8 +8,12 @@ import warnings
 
 import uvicorn
 
+from contracts.env import load_or_exit
+from contracts.logs import RequestIdMiddleware, node_name, setup_logging
 from query_service.app import create_asgi
 from query_service.settings import Settings
+
+log = logging.getLogger("query_service.main")
 
 
 def main() -> None:
@@ -21,10 +25,11 @@ def main() -> None:
     # Projection and rendering allocate many short-lived containers; at the default gen-0
     # threshold (700) the collector runs about a thousand times a second under load.
     gc.set_threshold(50_000, 20, 100)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
+    settings = load_or_exit("query service", Settings.from_env)
+    load_or_exit("query service", lambda: setup_logging("query", node_name(settings.port)))
+    log.info("query service starting on %s:%d", settings.host, settings.port)
     uvicorn.run(
-        create_asgi(settings),
+        RequestIdMiddleware(create_asgi(settings)),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -33,9 +38,11 @@ def main() -> None:
         lifespan="on",
         access_log=False,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through our handler (JSON)
         ws_max_queue=64,
         timeout_graceful_shutdown=5,
     )
+    log.info("query service stopped")
 
 
 if __name__ == "__main__":

@@ -399,9 +399,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         services = Services(settings)
         app.state.services = services
         await services.start()
+        log.info("query service started (projector %s)", "on" if settings.projector_enabled else "off")
         try:
             yield
         finally:
+            log.info("query service stopping")
             await services.stop()
 
     return Litestar(
@@ -417,4 +419,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         openapi_config=None,
         debug=False,
+        logging_config=None,  # contracts.logs.setup_logging (in __main__) owns the log format
     )

@@ -213,7 +213,8 @@ class Projector:
             if len(events) < self.settings.journal_chunk:
                 break
         if total:
-            log.info("projector: %s caught up %d events from the journal (%s)", instrument, total, reason)
+            log.info("projector: %s caught up %d events from the journal (%s)", instrument, total, reason,
+                     extra={"instrument": instrument, "reason": reason})
         return total
 
     async def apply_with_recovery(self, instrument: str, events: list[Event]) -> None:
@@ -237,7 +238,8 @@ class Projector:
             except Exception as exc:
                 if not self._running:
                     raise
-                log.warning("projector: %s apply failed (%s: %s); retrying", instrument, type(exc).__name__, exc)
+                log.warning("projector: %s apply failed (%s: %s); retrying", instrument, type(exc).__name__, exc,
+                            extra={"instrument": instrument})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -375,7 +377,7 @@ class Projector:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
-                        log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc)
+                        log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc, extra={"instrument": inst})
 
 
 def _leave_without_leavegroup(consumer: AIOKafkaConsumer) -> None:

@@ -11,6 +11,8 @@ from typing import Mapping
 
 import msgspec
 
+from contracts.env import env_bool, env_choice, env_float, env_int, env_port
+from contracts.instruments import instruments_file_setting
 from contracts.topics import EVENTS_TOPIC
 
 
@@ -72,32 +74,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return v if v not in (None, "") else default
 
         def i(name: str, default: int) -> int:
-            return int(s(name, str(default)))
+            return env_int(name, default, env, minimum=0)
 
         def f(name: str, default: float) -> float:
-            return float(s(name, str(default)))
+            return env_float(name, default, env, minimum=0.0)
 
         def b(name: str, default: bool) -> bool:
-            v = env.get(name)
-            if v in (None, ""):
-                return default
-            return v.strip().lower() in ("1", "true", "yes", "on", "enabled")
+            return env_bool(name, default, env)
 
-        port = i("EXCHANGE_QUERY_PORT", d.port)
+        port = env_port("EXCHANGE_QUERY_PORT", d.port, env)
         return cls(
             pg_dsn=s("EXCHANGE_PG_DSN", d.pg_dsn),
             redis_url=s("EXCHANGE_REDIS_URL", d.redis_url),
             nats_url=s("EXCHANGE_NATS_URL", d.nats_url),
             kafka_bootstrap=s("EXCHANGE_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             kafka_topic=s("EXCHANGE_KAFKA_TOPIC", d.kafka_topic),
-            instruments_file=env.get("EXCHANGE_INSTRUMENTS_FILE") or None,
+            instruments_file=instruments_file_setting(env),
             auth_enabled=s("EXCHANGE_AUTH", "enabled").strip().lower() not in ("disabled", "off", "0", "false"),
             host=s("EXCHANGE_HOST", d.host),
             port=port,
             command_url=s("EXCHANGE_COMMAND_URL", d.command_url).rstrip("/"),
             projector_enabled=b("EXCHANGE_QUERY_PROJECTOR", d.projector_enabled),
             kafka_group=s("EXCHANGE_QUERY_GROUP", d.kafka_group),
-            kafka_offset_reset=s("EXCHANGE_QUERY_OFFSET_RESET", d.kafka_offset_reset),
+            kafka_offset_reset=env_choice("EXCHANGE_QUERY_OFFSET_RESET", d.kafka_offset_reset, ("earliest", "latest"), env),
             kafka_session_timeout_ms=i("EXCHANGE_KAFKA_SESSION_TIMEOUT_MS", d.kafka_session_timeout_ms),
             kafka_heartbeat_interval_ms=i("EXCHANGE_KAFKA_HEARTBEAT_MS", d.kafka_heartbeat_interval_ms),
             kafka_rebalance_timeout_ms=i("EXCHANGE_KAFKA_REBALANCE_TIMEOUT_MS", d.kafka_rebalance_timeout_ms),

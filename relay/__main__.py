@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 
 from aiokafka.errors import KafkaError
 
+from contracts.env import load_or_exit
+from contracts.logs import node_name, setup_logging
 from relay.http import start_http
 from relay.publisher import Relay
 from relay.settings import RelaySettings
@@ -30,12 +31,10 @@ async def serve(settings: RelaySettings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    settings = load_or_exit("relay", RelaySettings.from_env)
+    load_or_exit("relay", lambda: setup_logging("relay", node_name(settings.metrics_port or None)))
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # we log the outcome ourselves
-    settings = RelaySettings.from_env()
+    log.info("relay %s starting", settings.name)
 
     async def runner() -> None:
         task = asyncio.current_task()
@@ -54,6 +53,7 @@ def main() -> None:
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await serve(settings)
+        log.info("relay %s stopped", settings.name)
 
     try:
         import uvloop

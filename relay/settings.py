@@ -6,13 +6,13 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from contracts.env import env_int, env_port
 from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
 from relay.leader import RELAY_LOCK_KEY
 
 
 def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
+    return env_int(name, default, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RelaySettings:
             topic=e.get("EXCHANGE_KAFKA_TOPIC") or d.topic,
             topic_partitions=_env_int("EXCHANGE_KAFKA_TOPIC_PARTITIONS", d.topic_partitions),
             host=e.get("EXCHANGE_HOST") or d.host,
-            metrics_port=_env_int("EXCHANGE_RELAY_METRICS_PORT", d.metrics_port),
+            metrics_port=env_port("EXCHANGE_RELAY_METRICS_PORT", d.metrics_port),
             batch_size=_env_int("EXCHANGE_RELAY_BATCH_SIZE", d.batch_size),
             max_batch_bytes=_env_int("EXCHANGE_RELAY_MAX_BATCH_BYTES", d.max_batch_bytes),
             linger_ms=_env_int("EXCHANGE_RELAY_LINGER_MS", d.linger_ms),
@@ -53,7 +53,7 @@ class RelaySettings:
             send_timeout_ms=_env_int("EXCHANGE_RELAY_SEND_TIMEOUT_MS", d.send_timeout_ms),
             backoff_min_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MIN_MS", d.backoff_min_ms),
             backoff_max_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MAX_MS", d.backoff_max_ms),
-            lock_key=_env_int("EXCHANGE_RELAY_LOCK_KEY", d.lock_key),
+            lock_key=env_int("EXCHANGE_RELAY_LOCK_KEY", d.lock_key),
             name=e.get("EXCHANGE_RELAY_NAME") or d.name,
         )
 

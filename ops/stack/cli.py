@@ -155,7 +155,7 @@ def cmd_down(cfg: StackConfig) -> int:
     sup = _pid_if_ours(cfg.pid_path("supervisor"), "stack")
     if sup:
         # What it runs now, to check their ports afterwards (it stops them itself, in its order).
-        stopped += [n for n in ("gateway", *SERVICES) if _pid_if_ours(cfg.pid_path(n), _marker(n))]
+        stopped += [n for n in ("gateway", *SERVICES, "prometheus") if _pid_if_ours(cfg.pid_path(n), _marker(n))]
         stopped += [n for n in SERVERS if server_pid(cfg, n)]
         say(f"supervisor (pid {sup}): asking it to stop everything")
         os.kill(sup, signal.SIGTERM)
@@ -166,7 +166,7 @@ def cmd_down(cfg: StackConfig) -> int:
             say(f"supervisor (pid {sup}) did not stop within 90s; killing it")
             stop_process(sup, 1)
         cfg.pid_path("supervisor").unlink(missing_ok=True)
-    for name in ("gateway", "command", "relay", "query-1", "query-2"):
+    for name in ("gateway", "command", "relay", "query-1", "query-2", "prometheus"):
         pid = _pid_if_ours(cfg.pid_path(name), _marker(name))
         if pid:
             stop_process(pid)
@@ -181,7 +181,7 @@ def cmd_down(cfg: StackConfig) -> int:
     if busy:
         say("FAILED: still in use after stopping: " + ", ".join(busy))
         return 1
-    others = [f"{name} port {p} ({_listener(p)})" for p, name in _ports_of(cfg, list(SERVERS) + ["gateway", *SERVICES]).items()
+    others = [f"{name} port {p} ({_listener(p)})" for p, name in _ports_of(cfg, list(SERVERS) + ["gateway", *SERVICES, "prometheus"]).items()
               if port_open(p, cfg.host)]
     if others:
         say("note: ports of this profile used by processes not started from this checkout: " + ", ".join(others))
@@ -212,7 +212,7 @@ def cmd_status(cfgs: list[StackConfig]) -> int:
             else:
                 state = "down"
             print(f"  {name:<11} {'pid ' + str(pid) if pid else '-':<12} {cfg.host}:{port:<6} {state}")
-        for name in ("gateway", *SERVICES):
+        for name in ("gateway", *SERVICES, "prometheus"):
             pid = _pid_if_ours(cfg.pid_path(name), _marker(name))
             port = cfg.service_port(name)
             listening = port_open(port, cfg.host)

@@ -13,10 +13,12 @@ PROFILES: dict[str, dict[str, object]] = {
     "run": {
         "pg": 5432, "redis": 6379, "nats": 4222, "nats_monitor": 8222, "kafka": 9092,
         "gateway": 3000, "command": 8001, "query": (8002, 8003), "relay_metrics": 8011,
+        "prometheus": 9090,
     },
     "test": {
         "pg": 15432, "redis": 16379, "nats": 14222, "nats_monitor": 18222, "kafka": 19092,
         "gateway": 13000, "command": 18001, "query": (18002, 18003), "relay_metrics": 18011,
+        "prometheus": 19090,
     },
 }
 # Per-port overrides; EXCHANGE_PORT_OFFSET shifts every default port of the profile at once.
@@ -25,6 +27,7 @@ PORT_ENV = {
     "nats_monitor": "EXCHANGE_NATS_MONITOR_PORT", "kafka": "EXCHANGE_KAFKA_PORT",
     "gateway": "EXCHANGE_GATEWAY_PORT", "command": "EXCHANGE_COMMAND_PORT",
     "query": "EXCHANGE_QUERY_PORTS", "relay_metrics": "EXCHANGE_RELAY_METRICS_PORT",
+    "prometheus": "EXCHANGE_PROMETHEUS_PORT",
 }
 
 HOST = "127.0.0.1"
@@ -66,6 +69,7 @@ class StackConfig:
     command_port: int
     query_ports: tuple[int, ...]
     relay_metrics_port: int
+    prometheus_port: int = 9090
     host: str = HOST
 
     @property
@@ -122,6 +126,8 @@ class StackConfig:
             return self.relay_metrics_port
         if name == "gateway":
             return self.gateway_port
+        if name == "prometheus":
+            return self.prometheus_port
         if name.startswith("query-"):
             return self.query_ports[int(name.split("-")[1]) - 1]
         raise KeyError(name)
@@ -175,6 +181,7 @@ def config(profile: str = "test") -> StackConfig:
         command_port=ports["command"],  # type: ignore[arg-type]
         query_ports=ports["query"],  # type: ignore[arg-type]
         relay_metrics_port=ports["relay_metrics"],  # type: ignore[arg-type]
+        prometheus_port=ports["prometheus"],  # type: ignore[arg-type]
     )
 
 
@@ -203,6 +210,7 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
         "EXCHANGE_COMMAND_URL": cfg.command_url,
         "EXCHANGE_QUERY_URL": cfg.query_urls[0],
         "EXCHANGE_GATEWAY_URL": cfg.gateway_url,
+        "EXCHANGE_PROMETHEUS_PORT": str(cfg.prometheus_port),
         "EXCHANGE_STATE_DIR": str(cfg.state_dir),
     }
 

@@ -226,7 +226,9 @@ def _reap_all() -> None:
 
 
 def _marker(name: str) -> str:
-    return "nginx" if name == "gateway" else SERVICE_MODULES[name]
+    if name in ("gateway", "prometheus"):
+        return "nginx" if name == "gateway" else "prometheus"
+    return SERVICE_MODULES[name]
 
 
 def free_port(host: str = HOST) -> int:

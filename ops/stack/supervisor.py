@@ -29,6 +29,7 @@ from ops.stack.servers import (
     _check_port_free,
     _gateway_argv,
     ensure_topic,
+    prometheus_argv,
     server_pid,
     spawn,
     start_server,
@@ -65,6 +66,7 @@ class Supervisor:
         self.env = service_env(cfg)
         self.children = [self._service_child(n) for n in SERVICES]
         self.children.append(_Child("gateway", self._launch_gateway, cfg.log_path("gateway")))
+        self.children.append(_Child("prometheus", self._launch_prometheus, cfg.log_path("prometheus")))
         self.server_backoff = {n: 1.0 for n in SERVERS}
         self.server_next_check = 0.0
         self.server_retry_at = {n: 0.0 for n in SERVERS}
@@ -78,6 +80,10 @@ class Supervisor:
     def _launch_gateway(self) -> subprocess.Popen:
         _check_port_free(self.cfg, "gateway", self.cfg.gateway_port, "EXCHANGE_GATEWAY_PORT")
         return _popen(_gateway_argv(self.cfg), self.cfg.log_path("gateway"), cwd=self.cfg.state_dir)
+
+    def _launch_prometheus(self) -> subprocess.Popen:
+        _check_port_free(self.cfg, "prometheus", self.cfg.prometheus_port, "EXCHANGE_PROMETHEUS_PORT")
+        return _popen(prometheus_argv(self.cfg), self.cfg.log_path("prometheus"), cwd=self.cfg.state_dir)
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         if not self.stopping:
@@ -179,6 +185,7 @@ class Supervisor:
             f"order entry WS ws://{cfg.host}:{cfg.gateway_port}/ws",
             f"market WS      ws://{cfg.host}:{cfg.gateway_port}/stream",
             f"relay metrics  http://{cfg.host}:{cfg.relay_metrics_port}/metrics",
+            f"prometheus     http://{cfg.host}:{cfg.prometheus_port}   (alerts: /alerts, targets: /targets)",
             f"logs           {cfg.logs}",
             "Ctrl-C stops everything.",
         ]
@@ -221,7 +228,7 @@ class Supervisor:
         # Gateway first (no new requests), then the command service (its in-flight batches commit and
         # answer), then the relay (it can still publish the last commits), then the query replicas
         # (they can still project them); the servers they all use go last.
-        order = ["gateway", "command", "relay", "query-1", "query-2"]
+        order = ["gateway", "command", "relay", "query-1", "query-2", "prometheus"]
         by_name = {c.name: c for c in self.children}
         for name in order:
             c = by_name.get(name)

@@ -28,7 +28,7 @@ class System:
 
     def env(self) -> dict:
         return stack.service_env(CFG, EXCHANGE_KAFKA_TOPIC=self.topic, EXCHANGE_AUTH="enabled",
-                                 EXCHANGE_RATE_LIMIT_PER_SECOND="0")
+                                 EXCHANGE_RATE_LIMIT_PER_SECOND="0", EXCHANGE_LOG_ORDER_EVENTS="1")
 
     def start(self, name: str):
         self.procs[name] = stack.spawn(name, self.env(), profile=CFG, new_session=True)

@@ -95,7 +95,7 @@ async def test_seed_curl_examples(gw, system):
     # snapshot (admin) and metrics through the gateway
     r = await gw.post("/admin/snapshot", headers=system.auth("admin"))
     assert r.status_code == 201
-    r = await gw.get("/metrics")
+    r = await gw.get("/metrics", headers=system.auth("admin"))  # not public: admin key
     assert "orders_received_total" in r.text and "trades_total" in r.text
 
 

@@ -308,7 +308,7 @@ def test_gateway_routes_paths_to_their_service(routed_gateway):
         "/orders/o-1": ("command", "/orders/o-1"),
         "/orders/o-1/cancel": ("command", "/orders/o-1/cancel"),
         "/admin/snapshot": ("command", "/admin/snapshot"),
-        "/metrics": ("command", "/metrics"),
+        "/metrics": ("command", "/admin/metrics"),  # admin key checked by the command service
         "/market/orderbook?instrument=BTC-USD": ("query-1", "/market/orderbook?instrument=BTC-USD"),
         "/market/trades": ("query-1", "/market/trades"),
         "/healthz": ("query-1", "/healthz/system"),

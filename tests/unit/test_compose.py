@@ -122,7 +122,7 @@ def test_compose_gateway_routes_the_same_paths_as_the_local_one(tmp_path):
     routes = _routes(compose_conf)
     assert routes == _routes(local_conf)
     assert routes["= /orders"] == routes["/orders/"] == routes["/admin/"] == routes["= /ws"] == "command"
-    assert routes["= /metrics"] == "command/metrics"
+    assert routes["= /metrics"] == "command/admin/metrics"  # not public: the admin route
     assert routes["/market/"] == routes["= /stream"] == "query"
     assert routes["= /healthz"] == "query/healthz/system"
     assert routes["= /"] == routes["/assets/"] == "static"  # the trading page (web/dist)
