@@ -38,7 +38,7 @@ from aiokafka.partitioner import murmur2
 
 from contracts.instruments import Instruments
 from contracts.messages import Event, decode_event
-from contracts.topics import feed_subject
+from contracts.topics import CURRENT_TOPIC_SQL, feed_subject
 from query_service.bus import Bus
 from query_service.feed import build_feed
 from query_service.journal import JournalReader
@@ -62,6 +62,9 @@ BATCH_TIMEOUT_S = 30.0  # one bound per batch (reads + MULTI/EXEC), not per Redi
 # broker request per poll (~6% of a replica's CPU at 2,000 orders/s); what a crash or a
 # rebalance re-delivers within this window is skipped by seq <= last_seq.
 COMMIT_INTERVAL_S = 0.25
+GEN_CHECK_S = 1.0  # how often the projector looks for a newer topic generation
+GEN_DRAIN_S = 10.0  # longest wait for the old generation's end before switching anyway
+GEN_SWITCH_TAIL_S = 15.0  # after a switch, follow the journal while no partition is held
 
 
 class Projector:
@@ -92,6 +95,12 @@ class Projector:
         self.kafka_failed = False  # the consumer's last start/poll raised
         self._to_commit: dict = {}
         self._commit_task: asyncio.Task | None = None
+        # Topic generations (relay/generations.py): the topic being read, and since when a
+        # switch to a newer generation has been waiting for the old one to drain.
+        self.topic = settings.kafka_topic
+        self._draining_since: float | None = None
+        self._switched_at = 0.0
+        self._last_gen_check = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,12 +303,18 @@ class Projector:
             retry_backoff_ms=100,
         )
         self.consumer = consumer
-        consumer.subscribe([s.kafka_topic], listener=_Rebalance(self))
+        # The newest generation (a restart mid-roll skips the old one's tail: the journal
+        # fills it through the gap rule). Never subscribe to a name that does not exist:
+        # Tansu would auto-create it.
+        self.topic = await self._current_topic()
+        self._draining_since = None
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
         await consumer.start()
         _leave_without_leavegroup(consumer)
         self.kafka_failed = False
-        log.info("projector: consuming %s as group %s", s.kafka_topic, s.kafka_group)
+        log.info("projector: consuming %s as group %s", self.topic, s.kafka_group)
         while self._running:
+            await self._follow_generation(consumer)
             batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka_max_poll_records)
             self.last_poll = polled = time.monotonic()
             received_ns = time.time_ns()
@@ -330,6 +345,59 @@ class Projector:
             # Only now - the views hold every event up to these offsets - may they be
             # committed. The commit runs in the background so the next poll need not wait.
             self._schedule_commit(consumer, offsets)
+
+    async def _current_topic(self) -> str:
+        base = self.settings.kafka_topic
+        topic = await self.journal._pool().fetchval(CURRENT_TOPIC_SQL, base)
+        return base if topic is None else topic
+
+    async def _follow_generation(self, consumer: AIOKafkaConsumer) -> None:
+        """Move to a newer topic generation once this replica has read its partitions of
+        the old one to the end (the relay writes nothing more to a sealed generation, so
+        its end offsets are final), or after GEN_DRAIN_S whatever is left (the journal
+        fills what was skipped). While the group rebalances onto the new topic nobody
+        holds a partition, so meanwhile the views follow the journal directly."""
+        now = time.monotonic()
+        if not self.assigned and now - self._switched_at < GEN_SWITCH_TAIL_S:
+            await asyncio.gather(*(self.catch_up(i, "generation") for i in self.instruments.symbols))
+        if now - self._last_gen_check < GEN_CHECK_S:
+            return
+        self._last_gen_check = now
+        try:
+            newest = await self._current_topic()
+        except Exception as exc:  # PostgreSQL away: stay on this generation, look again later
+            log.debug("projector: generation check failed (%s)", exc)
+            return
+        if newest == self.topic:
+            return
+        if self._draining_since is None:
+            self._draining_since = now
+            log.info("projector: generation %s is current; draining %s", newest, self.topic)
+        tps = [tp for tp in consumer.assignment() if tp.topic == self.topic]
+        drained = True
+        if tps:
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                if await consumer.position(tp) < ends[tp]:
+                    drained = False
+                    break
+        if not drained and now - self._draining_since < GEN_DRAIN_S:
+            return
+        # Commit what was applied before leaving (a later generation's commit is also what
+        # tells the relay this group is past the old one).
+        offsets, self._to_commit = self._to_commit, {}
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except Exception as exc:
+                log.info("projector: offset commit before switching failed (%s)", exc)
+        log.info("projector: switching %s -> %s (%s)", self.topic, newest,
+                 "drained" if drained else f"not drained after {GEN_DRAIN_S:.0f} s")
+        self.topic = newest
+        self._draining_since = None
+        self._switched_at = time.monotonic()
+        self.assigned = set()
+        consumer.subscribe([newest], listener=_Rebalance(self))
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         self._to_commit.update(offsets)
@@ -412,8 +480,14 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         p = self.p
-        parts = p.consumer.partitions_for_topic(p.settings.kafka_topic) if p.consumer else None
+        parts = p.consumer.partitions_for_topic(p.topic) if p.consumer else None
         p.partition_count = len(parts) if parts else None
-        p.assigned = {tp.partition for tp in assigned}
+        p.assigned = {tp.partition for tp in assigned if tp.topic == p.topic}
+        if p.consumer is not None and p.topic != p.settings.kafka_topic:
+            # A generation topic holds at most one roll period: a group without an offset
+            # there reads it from the start rather than from the end plus a journal catch-up.
+            fresh = [tp for tp in assigned if await p.consumer.committed(tp) is None]
+            if fresh:
+                p.consumer.seek_to_beginning(*fresh)
         p.metrics.projector_partitions.set(len(p.assigned))
         log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)
