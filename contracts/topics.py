@@ -11,6 +11,11 @@ CURRENT_TOPIC_SQL = "SELECT topic FROM topic_generations WHERE base = $1 ORDER B
 def generation_topic(base: str, gen: int) -> str:
     return f"{base}.g{gen}"
 
+
+def generation_group(group: str, topic: str) -> str:
+    """A consumer group reads one generation: moving on is joining the next one's group."""
+    return f"{group}@{topic}"
+
 # NATS: the projector publishes each applied update here; every query replica relays it.
 FEED_SUBJECT_PREFIX = "exchange.feed"  # exchange.feed.<instrument>
 

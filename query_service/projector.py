@@ -38,7 +38,7 @@ from aiokafka.partitioner import murmur2
 
 from contracts.instruments import Instruments
 from contracts.messages import Event, decode_event
-from contracts.topics import CURRENT_TOPIC_SQL, feed_subject
+from contracts.topics import CURRENT_TOPIC_SQL, feed_subject, generation_group
 from query_service.bus import Bus
 from query_service.feed import build_feed
 from query_service.journal import JournalReader
@@ -286,13 +286,24 @@ class Projector:
                     self.consumer = None
 
     async def _consume(self) -> None:
+        """Consume the current topic until the consumer fails or a newer topic generation
+        takes over (then return: _consume_forever starts over on the new one)."""
         s = self.settings
+        # The newest generation (a restart mid-roll skips the old one's tail: the journal
+        # fills it through the gap rule). Never subscribe to a name that does not exist:
+        # Tansu would auto-create it.
+        topic = await self._current_topic()
+        rolling = topic != s.kafka_topic
+        # One consumer group per generation: moving on is joining a fresh group with a
+        # fresh consumer, never changing a live group's subscription (a rebalance of the
+        # old group while its members drain). A generation holds at most one roll period,
+        # so a group new to it reads it from the start.
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
-            group_id=s.kafka_group,
+            group_id=generation_group(s.kafka_group, topic) if rolling else s.kafka_group,
             client_id="query-projector",
             enable_auto_commit=False,
-            auto_offset_reset=s.kafka_offset_reset,
+            auto_offset_reset="earliest" if rolling else s.kafka_offset_reset,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             rebalance_timeout_ms=s.kafka_rebalance_timeout_ms,
@@ -303,18 +314,16 @@ class Projector:
             retry_backoff_ms=100,
         )
         self.consumer = consumer
-        # The newest generation (a restart mid-roll skips the old one's tail: the journal
-        # fills it through the gap rule). Never subscribe to a name that does not exist:
-        # Tansu would auto-create it.
-        self.topic = await self._current_topic()
+        self.topic = topic
         self._draining_since = None
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         await consumer.start()
         _leave_without_leavegroup(consumer)
         self.kafka_failed = False
-        log.info("projector: consuming %s as group %s", self.topic, s.kafka_group)
+        log.info("projector: consuming %s as group %s", self.topic, consumer._group_id)
         while self._running:
-            await self._follow_generation(consumer)
+            if await self._follow_generation(consumer):
+                return
             batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka_max_poll_records)
             self.last_poll = polled = time.monotonic()
             received_ns = time.time_ns()
@@ -351,40 +360,40 @@ class Projector:
         topic = await self.journal._pool().fetchval(CURRENT_TOPIC_SQL, base)
         return base if topic is None else topic
 
-    async def _follow_generation(self, consumer: AIOKafkaConsumer) -> None:
-        """Move to a newer topic generation once this replica has read its partitions of
-        the old one to the end (the relay writes nothing more to a sealed generation, so
-        its end offsets are final), or after GEN_DRAIN_S whatever is left (the journal
-        fills what was skipped). While the group rebalances onto the new topic nobody
-        holds a partition, so meanwhile the views follow the journal directly."""
+    async def _follow_generation(self, consumer: AIOKafkaConsumer) -> bool:
+        """True when it is time to move to a newer topic generation: this replica has read
+        its partitions of the old one to the end (the relay writes nothing more to a sealed
+        generation, so its end offsets are final), or GEN_DRAIN_S have passed (the journal
+        fills whatever was skipped). While the new group forms nobody holds a partition, so
+        meanwhile the views follow the journal directly."""
         now = time.monotonic()
         if not self.assigned and now - self._switched_at < GEN_SWITCH_TAIL_S:
             await asyncio.gather(*(self.catch_up(i, "generation") for i in self.instruments.symbols))
         if now - self._last_gen_check < GEN_CHECK_S:
-            return
+            return False
         self._last_gen_check = now
         try:
             newest = await self._current_topic()
         except Exception as exc:  # PostgreSQL away: stay on this generation, look again later
             log.debug("projector: generation check failed (%s)", exc)
-            return
+            return False
         if newest == self.topic:
-            return
+            return False
         if self._draining_since is None:
             self._draining_since = now
             log.info("projector: generation %s is current; draining %s", newest, self.topic)
+        drained = self.assigned is not None  # None: not in the group yet
         tps = [tp for tp in consumer.assignment() if tp.topic == self.topic]
-        drained = True
-        if tps:
+        if drained and tps:
             ends = await consumer.end_offsets(tps)
             for tp in tps:
                 if await consumer.position(tp) < ends[tp]:
                     drained = False
                     break
         if not drained and now - self._draining_since < GEN_DRAIN_S:
-            return
-        # Commit what was applied before leaving (a later generation's commit is also what
-        # tells the relay this group is past the old one).
+            return False
+        # Commit what was applied before leaving: a group whose offsets reach the end of
+        # the generation is what lets the relay delete it early.
         offsets, self._to_commit = self._to_commit, {}
         if offsets:
             try:
@@ -393,11 +402,8 @@ class Projector:
                 log.info("projector: offset commit before switching failed (%s)", exc)
         log.info("projector: switching %s -> %s (%s)", self.topic, newest,
                  "drained" if drained else f"not drained after {GEN_DRAIN_S:.0f} s")
-        self.topic = newest
-        self._draining_since = None
         self._switched_at = time.monotonic()
-        self.assigned = set()
-        consumer.subscribe([newest], listener=_Rebalance(self))
+        return True
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         self._to_commit.update(offsets)
@@ -483,11 +489,5 @@ class _Rebalance(ConsumerRebalanceListener):
         parts = p.consumer.partitions_for_topic(p.topic) if p.consumer else None
         p.partition_count = len(parts) if parts else None
         p.assigned = {tp.partition for tp in assigned if tp.topic == p.topic}
-        if p.consumer is not None and p.topic != p.settings.kafka_topic:
-            # A generation topic holds at most one roll period: a group without an offset
-            # there reads it from the start rather than from the end plus a journal catch-up.
-            fresh = [tp for tp in assigned if await p.consumer.committed(tp) is None]
-            if fresh:
-                p.consumer.seek_to_beginning(*fresh)
         p.metrics.projector_partitions.set(len(p.assigned))
         log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)

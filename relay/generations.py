@@ -147,6 +147,23 @@ async def delete_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> No
         await admin.close()
 
 
+async def delete_generation_groups(bootstrap: str, topic: str, timeout_s: float = 5.0) -> None:
+    """Forget the consumer groups that read only this generation (`<group>@<topic>`), so
+    the broker's group table does not grow by one group per roll either. Best effort: a
+    broker that does not support DeleteGroups keeps them (small, and gone on its restart)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        groups = [g[0] for g in await asyncio.wait_for(admin.list_consumer_groups(), timeout_s)]
+        mine = [g for g in groups if g.endswith("@" + topic)]
+        if mine:
+            await asyncio.wait_for(admin.delete_consumer_groups(mine), timeout_s)
+    except Exception as exc:
+        log.debug("deleting the groups of %s failed: %r", topic, exc)
+    finally:
+        await admin.close()
+
+
 async def collect_old(conn, bootstrap: str, base: str, current_gen: int, keep_s: float) -> list[str]:
     """Delete sealed generations every group is past (or sealed longer than keep_s).
     Returns the topics deleted. Generations are deleted oldest first, and a generation is
@@ -164,6 +181,7 @@ async def collect_old(conn, bootstrap: str, base: str, current_gen: int, keep_s:
                 log.debug("generation %s kept: %s", r["topic"], reason)
                 break
         await delete_topic(bootstrap, r["topic"])
+        await delete_generation_groups(bootstrap, r["topic"])
         await conn.execute(DELETED_SQL, base, r["gen"])
         log.info("deleted topic generation %s (%s)", r["topic"], reason)
         deleted.append(r["topic"])

@@ -238,7 +238,7 @@ class Relay:
                         await self._sleep_backoff()
                         continue
                 now = time.monotonic()
-                if now - self._last_topic_check >= self.topic_check_ms / 1000:
+                if now - self._last_topic_check >= self.s.topic_check_ms / 1000:
                     # Busy or idle: under steady load the relay is never idle, and a broker
                     # that restarted empty still acknowledges sends to the vanished topic.
                     if not await self._check_topic(producer):
