@@ -62,9 +62,9 @@ BATCH_TIMEOUT_S = 30.0  # one bound per batch (reads + MULTI/EXEC), not per Redi
 # broker request per poll (~6% of a replica's CPU at 2,000 orders/s); what a crash or a
 # rebalance re-delivers within this window is skipped by seq <= last_seq.
 COMMIT_INTERVAL_S = 0.25
-GEN_CHECK_S = 1.0  # how often the projector looks for a newer topic generation
-GEN_DRAIN_S = 10.0  # longest wait for the old generation's end before switching anyway
-GEN_SWITCH_TAIL_S = 15.0  # after a switch, follow the journal while no partition is held
+GEN_CHECK_S = 0.25  # how often the projector looks for a newer topic generation
+GEN_DRAIN_S = 5.0  # longest wait for the old generation's end before switching anyway
+GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generation
 
 
 class Projector:
@@ -100,6 +100,7 @@ class Projector:
         self.topic = settings.kafka_topic
         self._draining_since: float | None = None
         self._switched_at = 0.0
+        self._tail_until = 0.0
         self._last_gen_check = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -367,7 +368,9 @@ class Projector:
         fills whatever was skipped). While the new group forms nobody holds a partition, so
         meanwhile the views follow the journal directly."""
         now = time.monotonic()
-        if not self.assigned and now - self._switched_at < GEN_SWITCH_TAIL_S:
+        if now < self._tail_until:
+            # From noticing a newer generation until the new group hands us partitions,
+            # nobody reads the new topic: the views follow the journal meanwhile.
             await asyncio.gather(*(self.catch_up(i, "generation") for i in self.instruments.symbols))
         if now - self._last_gen_check < GEN_CHECK_S:
             return False
@@ -381,6 +384,7 @@ class Projector:
             return False
         if self._draining_since is None:
             self._draining_since = now
+            self._tail_until = now + GEN_SWITCH_TAIL_S
             log.info("projector: generation %s is current; draining %s", newest, self.topic)
         drained = self.assigned is not None  # None: not in the group yet
         tps = [tp for tp in consumer.assignment() if tp.topic == self.topic]
@@ -489,5 +493,6 @@ class _Rebalance(ConsumerRebalanceListener):
         parts = p.consumer.partitions_for_topic(p.topic) if p.consumer else None
         p.partition_count = len(parts) if parts else None
         p.assigned = {tp.partition for tp in assigned if tp.topic == p.topic}
+        p._tail_until = 0.0  # the new generation's group formed: Kafka again
         p.metrics.projector_partitions.set(len(p.assigned))
         log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)
