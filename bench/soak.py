@@ -190,7 +190,7 @@ class Soak:
         if self.a.topic_roll_s is not None:
             env["EXCHANGE_TOPIC_ROLL_S"] = str(self.a.topic_roll_s)
         log = open(self.a.out.with_suffix(".stack.log"), "w")
-        self.stack = subprocess.Popen([sys.executable, "-m", "ops.stack", "up", "--profile", "run"], cwd=REPO,
+        self.stack = subprocess.Popen([sys.executable, "-m", "ops.stack", "up", "--profile", "run", "--fresh"], cwd=REPO,
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     async def wait_ready(self, timeout: float = 180) -> None:

@@ -202,27 +202,47 @@ async def positions(redis, keys: Keys, instruments: Instruments, client_id: str)
 async def orders(
     redis, keys: Keys, instruments: Instruments, client_id: str, status: str | None,
     spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
+    journal=None, horizon_ns: int | None = None,
 ) -> bytes:
+    """A page of a client's orders, newest first. Redis holds every order created after the
+    retention horizon (and open ones of any age); below the horizon, closed orders may have
+    left Redis (retention.py), so the page is merged with PostgreSQL's orders there - one
+    order, one position in the same (created_ts, order_id) order, one cursor format."""
     which = status or "all"
     key = keys.client_orders(client_id, which, spec.symbol if spec else None)
     hi = b"(" + cursor if cursor else b"+"
     members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
-    more = len(members) > limit
-    members = members[:limit]
-    ids = [m.split(b"|", 1)[1] for m in members]
-    recs = await redis.hmget(keys.orders, ids) if ids else []
+    entries: list[tuple[bytes, object]] = [(m, None) for m in members]
+    if journal is not None and horizon_ns is not None and (
+        len(members) <= limit or int(members[-1][:19]) < horizon_ns
+    ):
+        bound = None
+        if cursor:
+            ts, _, oid = cursor.partition(b"|")
+            bound = (int(ts), oid.decode())
+        rows = await journal.orders_before(client_id, status, spec.symbol if spec else None,
+                                           horizon_ns, bound, limit + 1)
+        have = set(members)
+        entries += [(m, r) for r in rows if (m := r.index_member.encode()) not in have]
+        entries.sort(key=lambda e: e[0], reverse=True)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    ids = [m.split(b"|", 1)[1] for m, r in entries if r is None]
+    recs = iter(await redis.hmget(keys.orders, ids) if ids else [])
     out = []
-    for raw in recs:
-        if raw is None:
-            continue  # (purged between the two reads)
-        o = unpack_order(raw)
-        out.append(order_view(instruments.get(o.instrument), o, o.seq))
+    for _m, r in entries:
+        if r is None:
+            raw = next(recs)
+            if raw is None:
+                continue  # (purged between the two reads)
+            r = unpack_order(raw)
+        out.append(order_view(instruments.get(r.instrument), r, r.seq))
     return json_encoder.encode(
         {
             "client_id": client_id,
             "orders": out,
             "count": len(out),
-            "next_cursor": encode_cursor(members[-1]) if more and members else None,
+            "next_cursor": encode_cursor(entries[-1][0]) if more and entries else None,
         }
     )
 
