@@ -72,8 +72,12 @@ class NoResetConnection(asyncpg.Connection):
 
 
 class JournalWriter:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, idempotency_ttl_s: float = 86400.0, snapshots_keep: int = 3):
         self.pool = pool
+        # Growth bounds (issue 18): an idempotency key answers replays for this long (a
+        # replay after that is a new order); this many snapshots are kept per instrument.
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.snapshots_keep = snapshots_keep
 
     async def append(self, batch: Batch, conn: asyncpg.Connection | None = None) -> None:
         """Commit one batch atomically. The (instrument, seq) primary key is the last line
@@ -130,6 +134,15 @@ class JournalWriter:
                 seq,
                 data,
             )
+            # Keep the newest few: recovery needs only the latest (older ones are a fallback
+            # should the latest fail to load), and each is the size of a whole book.
+            if self.snapshots_keep > 0:
+                await conn.execute(
+                    "DELETE FROM snapshots WHERE instrument = $1 AND seq < ("
+                    " SELECT seq FROM snapshots WHERE instrument = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+                    instrument,
+                    self.snapshots_keep - 1,
+                )
 
     async def latest_snapshot(self, instrument: str) -> tuple[int, bytes] | None:
         async with self.pool.acquire() as conn:
@@ -148,12 +161,43 @@ class JournalWriter:
             return bool(await conn.fetchval("SELECT 1 FROM orders WHERE order_id = $1", order_id))
 
     async def find_idempotent(self, client_id: str, key: str) -> asyncpg.Record | None:
+        """The stored answer for a key, or None - also when it is older than the TTL: then
+        the row is deleted here (the caller holds the key's in-flight reservation, so no
+        other request of this process races it) and the request counts as a new order,
+        whose own row the batch inserts."""
         async with self.pool.acquire() as conn:
-            return await conn.fetchrow(
-                "SELECT request_hash, status_code, response FROM idempotency WHERE client_id = $1 AND key = $2",
+            row = await conn.fetchrow(
+                "SELECT request_hash, status_code, response,"
+                " created_at < now() - make_interval(secs => $3) AS expired"
+                " FROM idempotency WHERE client_id = $1 AND key = $2",
                 client_id,
                 key,
+                float(self.idempotency_ttl_s),
             )
+            if row is not None and row["expired"]:
+                await conn.execute(
+                    "DELETE FROM idempotency WHERE client_id = $1 AND key = $2"
+                    " AND created_at < now() - make_interval(secs => $3)",
+                    client_id, key, float(self.idempotency_ttl_s),
+                )
+                return None
+            return row
+
+    async def expire_idempotency(self, batch: int = 5000, max_batches: int = 100) -> int:
+        """Delete expired idempotency rows in small transactions (never one long delete that
+        holds locks the hot path's inserts could wait on). Returns the rows deleted."""
+        total = 0
+        async with self.pool.acquire() as conn:
+            for _ in range(max_batches):
+                n = int((await conn.execute(
+                    "DELETE FROM idempotency WHERE ctid = ANY(ARRAY("
+                    " SELECT ctid FROM idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+                    float(self.idempotency_ttl_s), batch,
+                )).split()[-1])
+                total += n
+                if n < batch:
+                    break
+        return total
 
     async def find_api_key(self, key_hash: bytes) -> asyncpg.Record | None:
         async with self.pool.acquire() as conn:

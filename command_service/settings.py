@@ -35,6 +35,11 @@ class Settings(msgspec.Struct, frozen=True):
     pg_pool_size: int
     book_levels_in_response: int
     nats_enabled: bool
+    # Growth bounds (issue 18): idempotency keys answer replays this long; snapshots kept per
+    # instrument; how often the housekeeping task deletes expired idempotency rows.
+    idempotency_ttl_s: float = 86400.0
+    snapshots_keep: int = 3
+    housekeeping_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -56,4 +61,7 @@ class Settings(msgspec.Struct, frozen=True):
             pg_pool_size=_int("EXCHANGE_PG_POOL_SIZE", 8),
             book_levels_in_response=_int("EXCHANGE_BOOK_LEVELS_IN_RESPONSE", 10),
             nats_enabled=env("EXCHANGE_NATS_ENABLED", "true").lower() not in ("false", "0", "off"),
+            idempotency_ttl_s=_float("EXCHANGE_IDEMPOTENCY_TTL_S", 86400.0),
+            snapshots_keep=_int("EXCHANGE_SNAPSHOTS_KEEP", 3),
+            housekeeping_s=_float("EXCHANGE_HOUSEKEEPING_S", 60.0),
         )
