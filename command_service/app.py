@@ -227,6 +227,17 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 # ---------------------------------------------------------------------- lifespan
 
 
+async def _ensure_partitions(pool) -> None:
+    """Journal partitions ahead of the newest seq (db/migrations/005): at start and in every
+    housekeeping round, so an insert never finds its seq range missing."""
+    try:
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regproc('ensure_event_partitions') IS NOT NULL"):
+                await conn.fetchval("SELECT ensure_event_partitions()")
+    except (OSError, asyncpg.PostgresError) as exc:
+        logging.getLogger("command_service").warning("journal partitions not ensured: %r", exc)
+
+
 async def _housekeeping(journal: JournalWriter, interval_s: float) -> None:
     """Expired idempotency rows leave the table (issue 18); snapshots are pruned as they are written."""
     if interval_s <= 0:
@@ -234,6 +245,7 @@ async def _housekeeping(journal: JournalWriter, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
+            await _ensure_partitions(journal.pool)
             n = await journal.expire_idempotency()
             if n:
                 logging.getLogger("command_service").info("housekeeping: %d expired idempotency rows deleted", n)
@@ -259,6 +271,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         st.settings = settings
         st.instruments = instruments
         st.pool = await _connect_pool(settings)
+        await _ensure_partitions(st.pool)
         journal = JournalWriter(st.pool, settings.idempotency_ttl_s, settings.snapshots_keep)
         st.metrics = Metrics(instruments.symbols, instruments)
         st.sequencers = {

@@ -64,6 +64,7 @@ BATCH_TIMEOUT_S = 30.0  # one bound per batch (reads + MULTI/EXEC), not per Redi
 COMMIT_INTERVAL_S = 0.25
 GEN_CHECK_S = 0.25  # how often the projector looks for a newer topic generation
 GEN_DRAIN_S = 5.0  # longest wait for the old generation's end before switching anyway
+GEN_TAIL_POLL_S = 0.05  # journal reads per second and instrument while tailing
 GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generation
 
 
@@ -101,6 +102,7 @@ class Projector:
         self._draining_since: float | None = None
         self._switched_at = 0.0
         self._tail_until = 0.0
+        self._tail_task: asyncio.Task | None = None
         self._last_gen_check = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -113,6 +115,8 @@ class Projector:
 
     async def stop(self) -> None:
         self._running = False
+        if self._tail_task is not None:
+            self._tail_task.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -212,7 +216,9 @@ class Projector:
         """Apply the journal's events after the views' last_seq, chunk by chunk."""
         if instrument not in self.instruments:
             return 0
-        self.metrics.rebuilds.labels(instrument, reason).inc()
+        tail = reason == "generation"  # routine while moving to a new topic generation: not a rebuild
+        if not tail:
+            self.metrics.rebuilds.labels(instrument, reason).inc()
         total = 0
         while True:
             seq = int(await self.redis.get(self.keys.seq(instrument)) or 0)
@@ -223,7 +229,8 @@ class Projector:
             if len(events) < self.settings.journal_chunk:
                 break
         if total:
-            log.info("projector: %s caught up %d events from the journal (%s)", instrument, total, reason)
+            log.log(logging.DEBUG if tail else logging.INFO,
+                    "projector: %s caught up %d events from the journal (%s)", instrument, total, reason)
         return total
 
     async def apply_with_recovery(self, instrument: str, events: list[Event]) -> None:
@@ -368,10 +375,6 @@ class Projector:
         fills whatever was skipped). While the new group forms nobody holds a partition, so
         meanwhile the views follow the journal directly."""
         now = time.monotonic()
-        if now < self._tail_until:
-            # From noticing a newer generation until the new group hands us partitions,
-            # nobody reads the new topic: the views follow the journal meanwhile.
-            await asyncio.gather(*(self.catch_up(i, "generation") for i in self.instruments.symbols))
         if now - self._last_gen_check < GEN_CHECK_S:
             return False
         self._last_gen_check = now
@@ -385,6 +388,8 @@ class Projector:
         if self._draining_since is None:
             self._draining_since = now
             self._tail_until = now + GEN_SWITCH_TAIL_S
+            if self._tail_task is None or self._tail_task.done():
+                self._tail_task = asyncio.create_task(self._tail_journal(), name="projector-generation-tail")
             log.info("projector: generation %s is current; draining %s", newest, self.topic)
         drained = self.assigned is not None  # None: not in the group yet
         tps = [tp for tp in consumer.assignment() if tp.topic == self.topic]
@@ -408,6 +413,20 @@ class Projector:
                  "drained" if drained else f"not drained after {GEN_DRAIN_S:.0f} s")
         self._switched_at = time.monotonic()
         return True
+
+    async def _tail_journal(self) -> None:
+        """From noticing a newer generation until the new group hands us partitions nobody
+        reads the new topic (stopping the old consumer and joining the new group take a few
+        seconds on Tansu): the views follow the journal meanwhile, on a task of its own so
+        that neither the drain nor the join holds it up."""
+        while self._running and time.monotonic() < self._tail_until:
+            try:
+                await asyncio.gather(*(self.catch_up(i, "generation") for i in self.instruments.symbols))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("projector: generation tail failed (%s)", exc)
+            await asyncio.sleep(GEN_TAIL_POLL_S)
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         self._to_commit.update(offsets)
@@ -493,6 +512,7 @@ class _Rebalance(ConsumerRebalanceListener):
         parts = p.consumer.partitions_for_topic(p.topic) if p.consumer else None
         p.partition_count = len(parts) if parts else None
         p.assigned = {tp.partition for tp in assigned if tp.topic == p.topic}
-        p._tail_until = 0.0  # the new generation's group formed: Kafka again
+        if p._draining_since is None:
+            p._tail_until = 0.0  # the new generation's group formed: Kafka again
         p.metrics.projector_partitions.set(len(p.assigned))
         log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)
