@@ -228,7 +228,7 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 async def _ensure_partitions(pool) -> None:
-    """Journal partitions ahead of the newest seq (db/migrations/005): at start and in every
+    """Journal partitions ahead of the newest seq (db/migrations/006): at start and in every
     housekeeping round, so an insert never finds its seq range missing."""
     try:
         async with pool.acquire() as conn:

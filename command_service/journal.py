@@ -14,7 +14,7 @@ from typing import Iterable
 import asyncpg
 import msgspec
 
-from contracts.messages import OrderState, encode_event
+from contracts.messages import OrderState, TradeExecuted, encode_event
 from contracts.topics import JOURNAL_NOTIFY_CHANNEL
 
 _encode = msgspec.json.Encoder().encode
@@ -44,9 +44,31 @@ WITH ev AS (
     INSERT INTO idempotency (client_id, key, request_hash, status_code, response)
     SELECT * FROM unnest($7::text[], $8::text[], $9::bytea[], $10::int[], $11::bytea[])
     ON CONFLICT DO NOTHING
+), fl AS (
+    INSERT INTO fills (client_id, ts, trade_id, role, order_id, side, instrument, seq, price, quantity)
+    SELECT f.client_id, f.ts, f.trade_id, f.role, f.order_id, f.side, $1, f.seq, f.price, f.quantity
+    FROM json_to_recordset($12::json) AS f(client_id text, ts bigint, trade_id text, role text,
+         order_id text, side text, seq bigint, price bigint, quantity bigint)
+    ON CONFLICT DO NOTHING
 )
 SELECT pg_notify('""" + JOURNAL_NOTIFY_CHANNEL + """', $1)
 """
+
+
+def _fills_json(events) -> str:
+    """Both sides of every trade in the batch as one JSON document (like the order rows)."""
+    rows = []
+    for e in events:
+        if e.__class__ is TradeExecuted:
+            taker = e.taker_side.value
+            maker = "sell" if taker == "buy" else "buy"
+            rows.append({"client_id": e.maker_client_id, "ts": e.ts, "trade_id": e.trade_id, "role": "maker",
+                         "order_id": e.maker_order_id, "side": maker, "seq": e.seq, "price": e.price,
+                         "quantity": e.quantity})
+            rows.append({"client_id": e.taker_client_id, "ts": e.ts, "trade_id": e.trade_id, "role": "taker",
+                         "order_id": e.taker_order_id, "side": taker, "seq": e.seq, "price": e.price,
+                         "quantity": e.quantity})
+    return _encode(rows).decode() if rows else "[]"
 
 
 @dataclass
@@ -103,6 +125,7 @@ class JournalWriter:
             [i[2] for i in idem],
             [i[3] for i in idem],
             [i[4] for i in idem],
+            _fills_json(evs),
         )
         if conn is not None:
             await conn.execute(_APPEND_BATCH, *args)

@@ -1,4 +1,4 @@
-"""The journal's partitions (db/migrations/005_events_partitioned.sql): list, create ahead, detach.
+"""The journal's partitions (db/migrations/006_events_partitioned.sql): list, create ahead, detach.
 
     python -m db.partitions status            # partitions, seq ranges, rows (estimate), archivable?
     python -m db.partitions ensure            # create partitions ahead of the newest seq

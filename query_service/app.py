@@ -206,7 +206,7 @@ async def fills(request: Request) -> Response:
     limit = params.integer(q.get("limit"), "limit", 50, 1, 500)
     cursor = params.decode_cursor(q.get("cursor"))
     client = await s.auth.require_client(request.headers.get("authorization"), q.get("client_id"))
-    return _json(await views.fills(s.redis, s.keys, client, spec, limit, cursor))
+    return _json(await views.fills(s.redis, s.keys, client, spec, limit, cursor, s.journal, s.instruments))
 
 
 # --------------------------------------------------------------------------- ops

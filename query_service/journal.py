@@ -14,6 +14,28 @@ from query_service.records import CLOSED, OrderRec
 log = logging.getLogger("query_service.journal")
 
 
+class _PgTrade:
+    __slots__ = ("instrument", "trade_id", "price", "quantity", "ts", "seq")
+
+    def __init__(self, r):
+        self.instrument, self.trade_id, self.price = r["instrument"], r["trade_id"], r["price"]
+        self.quantity, self.ts, self.seq = r["quantity"], r["ts"], r["seq"]
+
+
+class PgFill:
+    """A fills row in the shape render.fill_view reads (like the projector's Fill)."""
+
+    __slots__ = ("client_id", "order_id", "side", "role", "trade")
+
+    def __init__(self, client_id: str, r):
+        self.client_id, self.order_id, self.side, self.role = client_id, r["order_id"], r["side"], r["role"]
+        self.trade = _PgTrade(r)
+
+    @property
+    def member_prefix(self) -> bytes:
+        return f"{self.trade.ts:019d}|{self.trade.trade_id}|{self.role[0]}".encode()
+
+
 class JournalReader:
     """A small asyncpg pool whose sessions are read-only (default_transaction_read_only):
     the query side never writes to PostgreSQL, and the server enforces it."""
@@ -110,6 +132,27 @@ class JournalReader:
             )
             for r in rows
         ]
+
+    async def fills_before(
+        self, client_id: str, instrument: str | None, cursor: tuple[int, str, str] | None, limit: int,
+    ) -> list:
+        """A client's fills below the paging cursor (ts, trade_id, role initial), newest first,
+        in the Redis fill index's order (migration 006's key). Returns PgFill rows."""
+        args: list = [client_id, limit]
+        where = ["client_id = $1"]
+        if cursor is not None:
+            # role initial 'm' < 't' like 'maker' < 'taker': compare the full role against the bound
+            args += [cursor[0], cursor[1], "maker" if cursor[2] == "m" else "taker"]
+            where.append("(ts, trade_id, role) < ($3, $4, $5)")
+        if instrument is not None:
+            args.append(instrument)
+            where.append(f"instrument = ${len(args)}")
+        rows = await self._pool().fetch(
+            "SELECT ts, trade_id, role, order_id, side, instrument, seq, price, quantity FROM fills"
+            f" WHERE {' AND '.join(where)} ORDER BY ts DESC, trade_id DESC, role DESC LIMIT $2",
+            *args,
+        )
+        return [PgFill(client_id, r) for r in rows]
 
     async def max_seqs(self, instruments: list[str]) -> dict[str, int]:
         # One index-only backward scan per instrument (no GROUP BY over the whole journal).

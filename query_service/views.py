@@ -17,6 +17,7 @@ from query_service.render import (
     candle_view,
     dec_json,
     level_rows,
+    fill_view,
     order_view,
     position_view,
     ticker_view,
@@ -248,25 +249,39 @@ async def orders(
 
 
 async def fills(
-    redis, keys: Keys, client_id: str, spec: InstrumentSpec | None, limit: int, cursor: bytes | None
+    redis, keys: Keys, client_id: str, spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
+    journal=None, instruments: Instruments | None = None,
 ) -> bytes:
+    """A page of a client's fills, newest first. Redis holds the newest ones contiguously (the
+    retention sweep and the per-client cap remove the oldest); once a page runs past Redis's
+    oldest, PostgreSQL's fills table continues it in the same order with the same cursor."""
     key = keys.client_fills(client_id, spec.symbol if spec else None)
     hi = b"(" + cursor if cursor else b"+"
     members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
-    more = len(members) > limit
-    members = members[:limit]
-    prefixes, bodies = [], []
+    entries: list[tuple[bytes, bytes]] = []
     for m in members:
         # member = ts(19)|trade_id|role|<json>; the prefix up to the 3rd "|" is the cursor
         a = m.index(b"|")
         b = m.index(b"|", a + 1)
         c = m.index(b"|", b + 1)
-        prefixes.append(m[:c])
-        bodies.append(m[c + 1 :])
-    nxt = json_encoder.encode(encode_cursor(prefixes[-1]) if more and prefixes else None)
+        entries.append((m[:c], m[c + 1 :]))
+    if journal is not None and instruments is not None and len(members) <= limit:
+        bound = None
+        if cursor:
+            ts, trade_id, role = cursor.split(b"|", 2)
+            bound = (int(ts), trade_id.decode(), role.decode())
+        have = {e[0] for e in entries}
+        for f in await journal.fills_before(client_id, spec.symbol if spec else None, bound, limit + 1):
+            prefix = f.member_prefix
+            if prefix not in have:
+                entries.append((prefix, json_encoder.encode(fill_view(instruments.get(f.trade.instrument), f))))
+        entries.sort(key=lambda e: e[0], reverse=True)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    nxt = json_encoder.encode(encode_cursor(entries[-1][0]) if more and entries else None)
     return (
-        b'{"client_id":' + json_encoder.encode(client_id) + b',"fills":[' + b",".join(bodies)
-        + b'],"count":' + str(len(bodies)).encode() + b',"next_cursor":' + nxt + b"}"
+        b'{"client_id":' + json_encoder.encode(client_id) + b',"fills":[' + b",".join(e[1] for e in entries)
+        + b'],"count":' + str(len(entries)).encode() + b',"next_cursor":' + nxt + b"}"
     )
 
 

@@ -1,7 +1,7 @@
 """Retention of the Redis views (issue 18) against the real command service, PostgreSQL and
 Redis: closed orders and fills leave Redis after the window, /market/orders keeps serving
 them from PostgreSQL with the same paging (a cursor crosses from Redis to PostgreSQL), open
-orders stay in Redis."""
+orders stay in Redis; fills continue from PostgreSQL's fills table the same way."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ async def test_closed_orders_leave_redis_and_paging_crosses_into_postgres():
     other = f"ret-{uuid.uuid4().hex[:8]}"
     cmd = ServiceProcess("command_service", free_port(), OPEN_ENV).start()
     settings = settings_for_test(["BTC-USD"], instruments_file=Settings.from_env().instruments_file,
-                                 retention_s=1.0, retention_sweep_s=0.0, auth_enabled=False)
+                                 retention_s=1.0, retention_sweep_s=0.0, auth_enabled=False,
+                                 fills_per_client=3)
     await create_topic(settings)
     replica = None
     try:
@@ -72,25 +73,43 @@ async def test_closed_orders_leave_redis_and_paging_crosses_into_postgres():
         p = settings.redis_prefix
         async with httpx.AsyncClient(base_url=replica.url, timeout=10) as q:
             deadline = time.monotonic() + 30
-            while len(await page_all(q, client, 500)) < 27:
+            # (With a 1 s window everything is below the horizon and PostgreSQL would answer at
+            # once: wait for the Redis views themselves.)
+            while await redis.zcard(f"{p}co:{client}:all") < 27 or await redis.zcard(f"{p}co:{other}:all") < 6:
                 assert time.monotonic() < deadline, "views did not catch up"
                 await asyncio.sleep(0.2)
             before = {s: await page_all(q, client, 500, **({"status": s} if s else {})) for s in (None, "open", "closed")}
             assert {o["order_id"] for o in before["open"]} == set(ids["open"][:6])  # six filled by `other`
+            # Redis keeps the newest 3 fills per client (the cap): a listing crosses into PostgreSQL.
+            assert await redis.zcard(f"{p}cf:{client}") == 3
             fills_before = (await q.get("/market/fills", params={"client_id": client})).json()["fills"]
             assert len(fills_before) == 6
+            assert [f["timestamp"] for f in fills_before] == sorted((f["timestamp"] for f in fills_before), reverse=True)
+            assert len({f["trade_id"] for f in fills_before}) == 6
 
             await asyncio.sleep(1.2)  # everything closed is now older than the 1 s window
             removed_orders, removed_fills = await replica.services.retention.sweep()
             assert removed_orders >= 21 + 6  # 15 cancelled + 6 filled of client, 6 filled of other
-            assert removed_fills >= 12
+            assert removed_fills >= 3
             # Closed orders are gone from Redis, open ones are still there.
             for oid in ids["closed"] + ids["open"][6:]:  # the six highest bids were filled
                 assert await redis.hget(p + "orders", oid) is None
             for oid in ids["open"][:6]:
                 assert await redis.hget(p + "orders", oid) is not None
             assert await redis.zcard(f"{p}co:{client}:closed") == 0
-            assert (await q.get("/market/fills", params={"client_id": client})).json()["fills"] == []
+            fills_key = f"{p}cf:{client}"
+            assert await redis.zcard(fills_key) == 0  # the fills left Redis ...
+            # ... and come from PostgreSQL, identical, with the same paging
+            for limit in (1, 4, 50):
+                got, cursor = [], None
+                for _ in range(20):
+                    params = {"client_id": client, "limit": limit, **({"cursor": cursor} if cursor else {})}
+                    body = (await q.get("/market/fills", params=params)).json()
+                    got += body["fills"]
+                    cursor = body["next_cursor"]
+                    if not cursor:
+                        break
+                assert got == fills_before, limit
 
             # Same listing, page by page, with small pages so cursors cross from Redis rows
             # into PostgreSQL rows - for every status filter and for the instrument filter.
