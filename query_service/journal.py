@@ -9,7 +9,8 @@ import logging
 import asyncpg
 
 from contracts.messages import Event, decode_event
-from query_service.records import CLOSED, OrderRec
+from contracts.enums import CLOSED_STATUSES
+from query_service.records import OrderRec
 
 log = logging.getLogger("query_service.journal")
 
@@ -99,7 +100,7 @@ class JournalReader:
         """A client's orders created before the retention horizon (and below the paging
         cursor), newest first, in the views' order: (created_ts, order_id) with order_id
         compared bytewise like the Redis index members. Uses orders_client_created."""
-        closed = list(CLOSED)
+        closed = [s.value for s in CLOSED_STATUSES]
         args: list = [client_id, horizon_ns, limit]
         where = ["client_id = $1", "created_ts < $2"]
         if cursor is not None:
@@ -127,7 +128,7 @@ class JournalReader:
                 order_type=r["order_type"], price=r["price"], quantity=r["quantity"], filled_quantity=r["filled_quantity"],
                 cost=int(r["cost"]), status=r["status"], tif=r["tif"], post_only=r["post_only"],
                 created_ts=r["created_ts"], updated_ts=r["updated_ts"], seq=r["last_seq"],
-                remaining=0 if r["status"] in CLOSED else r["quantity"] - r["filled_quantity"],
+                remaining=0 if r["status"] in CLOSED_STATUSES else r["quantity"] - r["filled_quantity"],
                 stop_price=r["stop_price"], reject_reason=r["reject_reason"],
             )
             for r in rows
