@@ -370,7 +370,8 @@ def targets(samples: list[dict], warmup_s: float) -> dict:
         return sum(xs) / len(xs) if xs else None
 
     def minute_mem(ss, name):
-        return mean([s["procs"][name]["rss"] for s in ss if s["procs"].get(name)])
+        # PSS: PostgreSQL's shared buffers count once, not once per backend (RSS would).
+        return mean([s["procs"][name]["pss"] for s in ss if s["procs"].get(name)])
 
     def minute_cpu_per_order(ss_prev_last, ss, name):
         first = ss_prev_last
@@ -398,9 +399,9 @@ def targets(samples: list[dict], warmup_s: float) -> dict:
         if name == "redis_used_memory":
             peak = max(s["redis_used_memory"] or 0 for m in keys for s in mins[m])
         else:
-            peak = max((s["procs"][name]["rss"] for m in keys for s in mins[m] if s["procs"].get(name)), default=0)
+            peak = max((s["procs"][name]["pss"] for m in keys for s in mins[m] if s["procs"].get(name)), default=0)
         out["memory"][name] = {
-            "minute5_mb": round(ref / 1e6, 1),
+            "minute5_mb": round(ref / 1e6, 1),  # PSS (RSS for Redis' own figure)
             "last_minute_mb": round(per_min[keys[-1]] / 1e6, 1),
             "max_dev_pct": round(max(devs.values(), key=abs), 1),
             "peak_sample_mb": round(peak / 1e6, 1),
@@ -454,9 +455,14 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(4, 1, figsize=(11, 14), sharex=True)
     ax = axes[0]
     for n in names:
-        ax.plot(t, [s["procs"][n]["rss"] / 1e6 if s["procs"].get(n) else None for s in samples], label=n)
+        ax.plot(t, [s["procs"][n]["pss"] / 1e6 if s["procs"].get(n) else None for s in samples], label=n)
     ax.plot(t, [(s["redis_used_memory"] or 0) / 1e6 for s in samples], "k--", label="redis used_memory")
-    ax.set_ylabel("RSS MB")
+    ax.set_ylabel("PSS MB (log)")
+    ax.set_yscale("log")
+    ax3 = ax.twinx()
+    ax3.plot(t, [s.get("orders_per_s") for s in samples], color="0.6", linewidth=0.8, label="commands/s")
+    ax3.set_ylabel("commands/s")
+    ax3.legend(loc="lower right", fontsize=7)
     ax.legend(fontsize=7, ncol=3)
     ax.set_title(f"soak: {result['config']['rate']}/s offered for {result['config']['duration_s'] / 60:.0f} min")
     ax = axes[1]
@@ -503,7 +509,15 @@ def main() -> None:
     ap.add_argument("--topic-roll-s", type=float, default=None, help="EXCHANGE_TOPIC_ROLL_S (0 = no rolling)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "soak.json")
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--replot", type=Path, default=None, help="recompute targets and plot of an earlier result")
     a = ap.parse_args()
+    if a.replot:
+        result = json.loads(a.replot.read_text())
+        result["targets"] = targets(result["samples"], result["config"]["warmup_s"])
+        a.replot.write_text(json.dumps(result, indent=1))
+        plot(result, a.replot.with_suffix(".png"))
+        print(json.dumps(result["targets"], indent=1))
+        return
     a.out.parent.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(Soak(a).run())
     a.out.write_text(json.dumps(result, indent=1))
