@@ -12,13 +12,14 @@ STAMP := $(VENV)/.installed
 STACK := $(PY) -m ops.stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv install run stop test lint bench bench-engine fuzz chaos web browser
+.PHONY: help venv install run stop test lint bench bench-engine fuzz chaos web browser soak
 
 help:
 	@echo "make run           start everything on 127.0.0.1 (gateway :3000), supervise; Ctrl-C stops it"
 	@echo "make test          start the test servers, run all tests, stop the servers"
 	@echo "make stop          stop everything of both profiles (run, test)"
 	@echo "make bench         benchmarks (ops/bench.py)      make bench-engine   engine-only benchmark"
+	@echo "make soak          run stack at SOAK_RATE=1000/s for SOAK_DURATION=1800 s, sampled (docs/bench/soak.*)"
 	@echo "make fuzz          tests/fuzz                     make chaos          tests/chaos"
 	@echo "make install       .venv + apt packages           make venv           .venv only"
 	@echo "make lint          ruff (whole repo) + mypy --strict on engine/ and contracts/"
@@ -84,6 +85,12 @@ lint: venv
 
 bench: install
 	$(STACK) with-servers --profile test --fresh -- $(PY) -m bench $(BENCH_ARGS)
+
+# Not part of `make test`: the whole run stack at SOAK_RATE orders/s for SOAK_DURATION seconds (bench/soak.py).
+SOAK_DURATION ?= 1800
+SOAK_RATE ?= 1000
+soak: install
+	$(PY) -m bench.soak --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
 
 bench-engine: install
 	$(PY) -m bench.engine

@@ -267,6 +267,34 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 # ---------------------------------------------------------------------- lifespan
 
 
+async def _ensure_partitions(pool) -> None:
+    """Journal partitions ahead of the newest seq (db/migrations/006): at start and in every
+    housekeeping round, so an insert never finds its seq range missing."""
+    try:
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regproc('ensure_event_partitions') IS NOT NULL"):
+                await conn.fetchval("SELECT ensure_event_partitions()")
+    except (OSError, asyncpg.PostgresError) as exc:
+        logging.getLogger("command_service").warning("journal partitions not ensured: %r", exc)
+
+
+async def _housekeeping(journal: JournalWriter, interval_s: float) -> None:
+    """Expired idempotency rows leave the table (issue 18); snapshots are pruned as they are written."""
+    if interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await _ensure_partitions(journal.pool)
+            n = await journal.expire_idempotency()
+            if n:
+                logging.getLogger("command_service").info("housekeeping: %d expired idempotency rows deleted", n)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # PostgreSQL away: the next round retries
+            logging.getLogger("command_service").warning("housekeeping failed: %r", exc)
+
+
 def create_asgi(settings: Settings | None = None):
     """What uvicorn serves: the Litestar app behind the fast path of the two hottest routes."""
     settings = settings or Settings.from_env()
@@ -283,7 +311,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         st.settings = settings
         st.instruments = instruments
         st.pool = await _connect_pool(settings)
-        journal = JournalWriter(st.pool)
+        await _ensure_partitions(st.pool)
+        journal = JournalWriter(st.pool, settings.idempotency_ttl_s, settings.snapshots_keep)
         st.metrics = Metrics(instruments.symbols, instruments)
         st.sequencers = {
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
@@ -292,6 +321,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             for sym in instruments.symbols
         }
         for s in st.sequencers.values():
+            s.journal.snapshots_keep = settings.snapshots_keep
             await s.start()
         st.auth = Authenticator(journal, settings.auth_enabled)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
@@ -300,12 +330,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await st.bridge.start()
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
+        housekeeping = asyncio.create_task(_housekeeping(journal, settings.housekeeping_s))
         log.info("command service started: instruments %s ready %s", ",".join(instruments.symbols),
                  ",".join(sym for sym, s in st.sequencers.items() if s.ready) or "none")
         try:
             yield
         finally:
             log.info("command service stopping")
+            housekeeping.cancel()
             probe.cancel()
             await st.bridge.stop()
             for s in st.sequencers.values():

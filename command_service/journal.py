@@ -14,7 +14,7 @@ from typing import Iterable
 import asyncpg
 import msgspec
 
-from contracts.messages import OrderState, encode_event
+from contracts.messages import OrderState, TradeExecuted, encode_event
 from contracts.topics import JOURNAL_NOTIFY_CHANNEL
 
 _encode = msgspec.json.Encoder().encode
@@ -44,9 +44,31 @@ WITH ev AS (
     INSERT INTO idempotency (client_id, key, request_hash, status_code, response)
     SELECT * FROM unnest($7::text[], $8::text[], $9::bytea[], $10::int[], $11::bytea[])
     ON CONFLICT DO NOTHING
+), fl AS (
+    INSERT INTO fills (client_id, ts, trade_id, role, order_id, side, instrument, seq, price, quantity)
+    SELECT f.client_id, f.ts, f.trade_id, f.role, f.order_id, f.side, $1, f.seq, f.price, f.quantity
+    FROM json_to_recordset($12::json) AS f(client_id text, ts bigint, trade_id text, role text,
+         order_id text, side text, seq bigint, price bigint, quantity bigint)
+    ON CONFLICT DO NOTHING
 )
 SELECT pg_notify('""" + JOURNAL_NOTIFY_CHANNEL + """', $1)
 """
+
+
+def _fills_json(events) -> str:
+    """Both sides of every trade in the batch as one JSON document (like the order rows)."""
+    rows = []
+    for e in events:
+        if e.__class__ is TradeExecuted:
+            taker = e.taker_side.value
+            maker = "sell" if taker == "buy" else "buy"
+            rows.append({"client_id": e.maker_client_id, "ts": e.ts, "trade_id": e.trade_id, "role": "maker",
+                         "order_id": e.maker_order_id, "side": maker, "seq": e.seq, "price": e.price,
+                         "quantity": e.quantity})
+            rows.append({"client_id": e.taker_client_id, "ts": e.ts, "trade_id": e.trade_id, "role": "taker",
+                         "order_id": e.taker_order_id, "side": taker, "seq": e.seq, "price": e.price,
+                         "quantity": e.quantity})
+    return _encode(rows).decode() if rows else "[]"
 
 
 @dataclass
@@ -72,8 +94,12 @@ class NoResetConnection(asyncpg.Connection):
 
 
 class JournalWriter:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, idempotency_ttl_s: float = 86400.0, snapshots_keep: int = 3):
         self.pool = pool
+        # Growth bounds (issue 18): an idempotency key answers replays for this long (a
+        # replay after that is a new order); this many snapshots are kept per instrument.
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.snapshots_keep = snapshots_keep
 
     async def append(self, batch: Batch, conn: asyncpg.Connection | None = None) -> None:
         """Commit one batch atomically. The (instrument, seq) primary key is the last line
@@ -99,6 +125,7 @@ class JournalWriter:
             [i[2] for i in idem],
             [i[3] for i in idem],
             [i[4] for i in idem],
+            _fills_json(evs),
         )
         if conn is not None:
             await conn.execute(_APPEND_BATCH, *args)
@@ -130,6 +157,15 @@ class JournalWriter:
                 seq,
                 data,
             )
+            # Keep the newest few: recovery needs only the latest (older ones are a fallback
+            # should the latest fail to load), and each is the size of a whole book.
+            if self.snapshots_keep > 0:
+                await conn.execute(
+                    "DELETE FROM snapshots WHERE instrument = $1 AND seq < ("
+                    " SELECT seq FROM snapshots WHERE instrument = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+                    instrument,
+                    self.snapshots_keep - 1,
+                )
 
     async def latest_snapshot(self, instrument: str) -> tuple[int, bytes] | None:
         async with self.pool.acquire() as conn:
@@ -148,12 +184,43 @@ class JournalWriter:
             return bool(await conn.fetchval("SELECT 1 FROM orders WHERE order_id = $1", order_id))
 
     async def find_idempotent(self, client_id: str, key: str) -> asyncpg.Record | None:
+        """The stored answer for a key, or None - also when it is older than the TTL: then
+        the row is deleted here (the caller holds the key's in-flight reservation, so no
+        other request of this process races it) and the request counts as a new order,
+        whose own row the batch inserts."""
         async with self.pool.acquire() as conn:
-            return await conn.fetchrow(
-                "SELECT request_hash, status_code, response FROM idempotency WHERE client_id = $1 AND key = $2",
+            row = await conn.fetchrow(
+                "SELECT request_hash, status_code, response,"
+                " created_at < now() - make_interval(secs => $3) AS expired"
+                " FROM idempotency WHERE client_id = $1 AND key = $2",
                 client_id,
                 key,
+                float(self.idempotency_ttl_s),
             )
+            if row is not None and row["expired"]:
+                await conn.execute(
+                    "DELETE FROM idempotency WHERE client_id = $1 AND key = $2"
+                    " AND created_at < now() - make_interval(secs => $3)",
+                    client_id, key, float(self.idempotency_ttl_s),
+                )
+                return None
+            return row
+
+    async def expire_idempotency(self, batch: int = 5000, max_batches: int = 100) -> int:
+        """Delete expired idempotency rows in small transactions (never one long delete that
+        holds locks the hot path's inserts could wait on). Returns the rows deleted."""
+        total = 0
+        async with self.pool.acquire() as conn:
+            for _ in range(max_batches):
+                n = int((await conn.execute(
+                    "DELETE FROM idempotency WHERE ctid = ANY(ARRAY("
+                    " SELECT ctid FROM idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+                    float(self.idempotency_ttl_s), batch,
+                )).split()[-1])
+                total += n
+                if n < batch:
+                    break
+        return total
 
     async def find_api_key(self, key_hash: bytes) -> asyncpg.Record | None:
         async with self.pool.acquire() as conn:

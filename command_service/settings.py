@@ -41,6 +41,11 @@ class Settings(msgspec.Struct, frozen=True):
     # Order and trade event lines (logger exchange.orders, INFO): 1 = every event, N = the events
     # of every Nth committed batch, 0 = none. Measured cost in README (operations).
     log_order_events: int = 10
+    # Growth bounds (issue 18): idempotency keys answer replays this long; snapshots kept per
+    # instrument; how often the housekeeping task deletes expired idempotency rows.
+    idempotency_ttl_s: float = 86400.0
+    snapshots_keep: int = 3
+    housekeeping_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -63,4 +68,7 @@ class Settings(msgspec.Struct, frozen=True):
             book_levels_in_response=_int("EXCHANGE_BOOK_LEVELS_IN_RESPONSE", 10),
             nats_enabled=env_bool("EXCHANGE_NATS_ENABLED", True),
             log_order_events=env_int("EXCHANGE_LOG_ORDER_EVENTS", 10, minimum=0),
+            idempotency_ttl_s=_float("EXCHANGE_IDEMPOTENCY_TTL_S", 86400.0),
+            snapshots_keep=_int("EXCHANGE_SNAPSHOTS_KEEP", 3),
+            housekeeping_s=_float("EXCHANGE_HOUSEKEEPING_S", 60.0),
         )

@@ -3,6 +3,19 @@
 EVENTS_TOPIC = "exchange.events"  # key = instrument, so one partition keeps its order
 EVENTS_TOPIC_PARTITIONS = 6
 
+# Rolling topic generations (relay/generations.py): with rolling on, the relay writes to
+# <base>.g<gen> and the newest row of topic_generations names the topic to read.
+CURRENT_TOPIC_SQL = "SELECT topic FROM topic_generations WHERE base = $1 ORDER BY gen DESC LIMIT 1"
+
+
+def generation_topic(base: str, gen: int) -> str:
+    return f"{base}.g{gen}"
+
+
+def generation_group(group: str, topic: str) -> str:
+    """A consumer group reads one generation: moving on is joining the next one's group."""
+    return f"{group}@{topic}"
+
 # NATS: the projector publishes each applied update here; every query replica relays it.
 FEED_SUBJECT_PREFIX = "exchange.feed"  # exchange.feed.<instrument>
 

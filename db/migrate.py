@@ -17,7 +17,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/exchange"
 
 
-async def migrate(dsn: str) -> list[str]:
+async def migrate(dsn: str, upto: str | None = None) -> list[str]:
+    """Apply the pending migrations in name order (only those <= `upto` when given: tests
+    build an old schema to migrate from)."""
     conn = await asyncpg.connect(dsn)
     try:
         # Two migrators at once (e.g. two services starting) must not both apply a file.
@@ -31,6 +33,8 @@ async def migrate(dsn: str) -> list[str]:
         for path in sorted(MIGRATIONS.glob("*.sql")):
             if path.name in done:
                 continue
+            if upto is not None and path.name > upto:
+                break
             async with conn.transaction():
                 await conn.execute(path.read_text())
                 await conn.execute("INSERT INTO schema_migrations(name) VALUES ($1)", path.name)

@@ -38,6 +38,7 @@ from query_service.metrics import Metrics
 from query_service.projector import Projector
 from query_service.records import CANDLE_INTERVALS
 from query_service.redis_keys import Keys
+from query_service.retention import Retention
 from query_service.settings import Settings
 from query_service.settlements import settlements
 from query_service.stream import Hub
@@ -46,6 +47,9 @@ log = logging.getLogger("query_service")
 JSON = "application/json"
 DAY_NS = 86_400 * 1_000_000_000
 MAX_ANALYTICS_RANGE_NS = 31 * DAY_NS
+
+
+HORIZON_MARGIN_S = 60.0
 
 
 class Services:
@@ -69,6 +73,8 @@ class Services:
             if settings.projector_enabled
             else None
         )
+        self.retention = Retention(self.redis, self.keys, self.instruments.symbols, settings.retention_s,
+                                   settings.retention_sweep_s)
         self.http = httpx.AsyncClient()
         self.instruments_body = views.instruments_body(self.instruments)
         self.read_limiter = TokenBuckets(settings.read_rate_limit_per_second, settings.read_rate_limit_burst, "read")
@@ -81,8 +87,10 @@ class Services:
         await self.hub.start()
         if self.projector is not None:
             await self.projector.start()
+        self.retention.start()
 
     async def stop(self) -> None:
+        await self.retention.stop()
         if self.projector is not None:
             await self.projector.stop()
         await self.hub.stop()
@@ -190,7 +198,14 @@ async def orders(request: Request) -> Response:
     limit = params.integer(q.get("limit"), "limit", 50, 1, 500)
     cursor = params.decode_cursor(q.get("cursor"))
     client = await s.auth.require_client(request.headers.get("authorization"), q.get("client_id"))
-    return _json(await views.orders(s.redis, s.keys, s.instruments, client, status, spec, limit, cursor))
+    # Every order created after the horizon is still in Redis (only orders closed before
+    # now - retention leave it, and they were created before); the margin covers clock
+    # differences between replicas (a merged page only dedupes more).
+    horizon = (
+        time.time_ns() - int((s.settings.retention_s - HORIZON_MARGIN_S) * 1e9) if s.settings.retention_s > 0 else None
+    )
+    return _json(await views.orders(s.redis, s.keys, s.instruments, client, status, spec, limit, cursor,
+                                    s.journal, horizon))
 
 
 @get("/market/fills")
@@ -201,7 +216,7 @@ async def fills(request: Request) -> Response:
     limit = params.integer(q.get("limit"), "limit", 50, 1, 500)
     cursor = params.decode_cursor(q.get("cursor"))
     client = await s.auth.require_client(request.headers.get("authorization"), q.get("client_id"))
-    return _json(await views.fills(s.redis, s.keys, client, spec, limit, cursor))
+    return _json(await views.fills(s.redis, s.keys, client, spec, limit, cursor, s.journal, s.instruments))
 
 
 # --------------------------------------------------------------------------- ops

@@ -8,9 +8,33 @@ import logging
 
 import asyncpg
 
+from contracts.enums import CLOSED_STATUSES
 from contracts.messages import Event, decode_event
+from query_service.records import OrderRec
 
 log = logging.getLogger("query_service.journal")
+
+
+class _PgTrade:
+    __slots__ = ("instrument", "trade_id", "price", "quantity", "ts", "seq")
+
+    def __init__(self, r):
+        self.instrument, self.trade_id, self.price = r["instrument"], r["trade_id"], r["price"]
+        self.quantity, self.ts, self.seq = r["quantity"], r["ts"], r["seq"]
+
+
+class PgFill:
+    """A fills row in the shape render.fill_view reads (like the projector's Fill)."""
+
+    __slots__ = ("client_id", "order_id", "side", "role", "trade")
+
+    def __init__(self, client_id: str, r):
+        self.client_id, self.order_id, self.side, self.role = client_id, r["order_id"], r["side"], r["role"]
+        self.trade = _PgTrade(r)
+
+    @property
+    def member_prefix(self) -> bytes:
+        return f"{self.trade.ts:019d}|{self.trade.trade_id}|{self.role[0]}".encode()
 
 
 class JournalReader:
@@ -68,6 +92,68 @@ class JournalReader:
             limit,
         )
         return [decode_event(bytes(r[0])) for r in rows]
+
+    async def orders_before(
+        self, client_id: str, status: str | None, instrument: str | None,
+        horizon_ns: int, cursor: tuple[int, str] | None, limit: int,
+    ) -> list:
+        """A client's orders created before the retention horizon (and below the paging
+        cursor), newest first, in the views' order: (created_ts, order_id) with order_id
+        compared bytewise like the Redis index members. Uses orders_client_created."""
+        closed = [s.value for s in CLOSED_STATUSES]
+        args: list = [client_id, horizon_ns, limit]
+        where = ["client_id = $1", "created_ts < $2"]
+        if cursor is not None:
+            args += [cursor[0], cursor[1]]
+            where.append(f'(created_ts, order_id COLLATE "C") < (${len(args) - 1}, ${len(args)} COLLATE "C")')
+        if status == "open":
+            args.append(closed)
+            where.append(f"status <> ALL(${len(args)}::text[])")
+        elif status == "closed":
+            args.append(closed)
+            where.append(f"status = ANY(${len(args)}::text[])")
+        if instrument is not None:
+            args.append(instrument)
+            where.append(f"instrument = ${len(args)}")
+        sql = (
+            "SELECT order_id, client_id, instrument, side, order_type, price, quantity, filled_quantity, cost,"
+            " status, tif, post_only, created_ts, updated_ts, last_seq, stop_price, reject_reason"
+            f" FROM orders WHERE {' AND '.join(where)}"
+            ' ORDER BY created_ts DESC, order_id COLLATE "C" DESC LIMIT $3'
+        )
+        rows = await self._pool().fetch(sql, *args)
+        return [
+            OrderRec(
+                order_id=r["order_id"], client_id=r["client_id"], instrument=r["instrument"], side=r["side"],
+                order_type=r["order_type"], price=r["price"], quantity=r["quantity"], filled_quantity=r["filled_quantity"],
+                cost=int(r["cost"]), status=r["status"], tif=r["tif"], post_only=r["post_only"],
+                created_ts=r["created_ts"], updated_ts=r["updated_ts"], seq=r["last_seq"],
+                remaining=0 if r["status"] in CLOSED_STATUSES else r["quantity"] - r["filled_quantity"],
+                stop_price=r["stop_price"], reject_reason=r["reject_reason"],
+            )
+            for r in rows
+        ]
+
+    async def fills_before(
+        self, client_id: str, instrument: str | None, cursor: tuple[int, str, str] | None, limit: int,
+    ) -> list:
+        """A client's fills below the paging cursor (ts, trade_id, role initial), newest first,
+        in the Redis fill index's order (migration 006's key). Returns PgFill rows."""
+        args: list = [client_id, limit]
+        where = ["client_id = $1"]
+        if cursor is not None:
+            # role initial 'm' < 't' like 'maker' < 'taker': compare the full role against the bound
+            args += [cursor[0], cursor[1], "maker" if cursor[2] == "m" else "taker"]
+            where.append("(ts, trade_id, role) < ($3, $4, $5)")
+        if instrument is not None:
+            args.append(instrument)
+            where.append(f"instrument = ${len(args)}")
+        rows = await self._pool().fetch(
+            "SELECT ts, trade_id, role, order_id, side, instrument, seq, price, quantity FROM fills"
+            f" WHERE {' AND '.join(where)} ORDER BY ts DESC, trade_id DESC, role DESC LIMIT $2",
+            *args,
+        )
+        return [PgFill(client_id, r) for r in rows]
 
     async def max_seqs(self, instruments: list[str]) -> dict[str, int]:
         # One index-only backward scan per instrument (no GROUP BY over the whole journal).

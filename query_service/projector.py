@@ -38,7 +38,7 @@ from aiokafka.partitioner import murmur2
 
 from contracts.instruments import Instruments
 from contracts.messages import Event, decode_event
-from contracts.topics import feed_subject
+from contracts.topics import CURRENT_TOPIC_SQL, feed_subject, generation_group
 from query_service.bus import Bus
 from query_service.feed import build_feed
 from query_service.journal import JournalReader
@@ -62,6 +62,10 @@ BATCH_TIMEOUT_S = 30.0  # one bound per batch (reads + MULTI/EXEC), not per Redi
 # broker request per poll (~6% of a replica's CPU at 2,000 orders/s); what a crash or a
 # rebalance re-delivers within this window is skipped by seq <= last_seq.
 COMMIT_INTERVAL_S = 0.25
+GEN_CHECK_S = 0.25  # how often the projector looks for a newer topic generation
+GEN_DRAIN_S = 5.0  # longest wait for the old generation's end before switching anyway
+GEN_TAIL_POLL_S = 0.05  # journal reads per second and instrument while tailing
+GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generation
 
 
 class Projector:
@@ -92,6 +96,14 @@ class Projector:
         self.kafka_failed = False  # the consumer's last start/poll raised
         self._to_commit: dict = {}
         self._commit_task: asyncio.Task | None = None
+        # Topic generations (relay/generations.py): the topic being read, and since when a
+        # switch to a newer generation has been waiting for the old one to drain.
+        self.topic = settings.kafka_topic
+        self._draining_since: float | None = None
+        self._switched_at = 0.0
+        self._tail_until = 0.0
+        self._tail_task: asyncio.Task | None = None
+        self._last_gen_check = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,6 +115,8 @@ class Projector:
 
     async def stop(self) -> None:
         self._running = False
+        if self._tail_task is not None:
+            self._tail_task.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -202,7 +216,9 @@ class Projector:
         """Apply the journal's events after the views' last_seq, chunk by chunk."""
         if instrument not in self.instruments:
             return 0
-        self.metrics.rebuilds.labels(instrument, reason).inc()
+        tail = reason == "generation"  # routine while moving to a new topic generation: not a rebuild
+        if not tail:
+            self.metrics.rebuilds.labels(instrument, reason).inc()
         total = 0
         while True:
             seq = int(await self.redis.get(self.keys.seq(instrument)) or 0)
@@ -213,8 +229,9 @@ class Projector:
             if len(events) < self.settings.journal_chunk:
                 break
         if total:
-            log.info("projector: %s caught up %d events from the journal (%s)", instrument, total, reason,
-                     extra={"instrument": instrument, "reason": reason})
+            log.log(logging.DEBUG if tail else logging.INFO,
+                    "projector: %s caught up %d events from the journal (%s)", instrument, total, reason,
+                    extra={"instrument": instrument, "reason": reason})
         return total
 
     async def apply_with_recovery(self, instrument: str, events: list[Event]) -> None:
@@ -279,13 +296,24 @@ class Projector:
                     self.consumer = None
 
     async def _consume(self) -> None:
+        """Consume the current topic until the consumer fails or a newer topic generation
+        takes over (then return: _consume_forever starts over on the new one)."""
         s = self.settings
+        # The newest generation (a restart mid-roll skips the old one's tail: the journal
+        # fills it through the gap rule). Never subscribe to a name that does not exist:
+        # Tansu would auto-create it.
+        topic = await self._current_topic()
+        rolling = topic != s.kafka_topic
+        # One consumer group per generation: moving on is joining a fresh group with a
+        # fresh consumer, never changing a live group's subscription (a rebalance of the
+        # old group while its members drain). A generation holds at most one roll period,
+        # so a group new to it reads it from the start.
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
-            group_id=s.kafka_group,
+            group_id=generation_group(s.kafka_group, topic) if rolling else s.kafka_group,
             client_id="query-projector",
             enable_auto_commit=False,
-            auto_offset_reset=s.kafka_offset_reset,
+            auto_offset_reset="earliest" if rolling else s.kafka_offset_reset,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             rebalance_timeout_ms=s.kafka_rebalance_timeout_ms,
@@ -296,12 +324,16 @@ class Projector:
             retry_backoff_ms=100,
         )
         self.consumer = consumer
-        consumer.subscribe([s.kafka_topic], listener=_Rebalance(self))
+        self.topic = topic
+        self._draining_since = None
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
         await consumer.start()
         _leave_without_leavegroup(consumer)
         self.kafka_failed = False
-        log.info("projector: consuming %s as group %s", s.kafka_topic, s.kafka_group)
+        log.info("projector: consuming %s as group %s", self.topic, consumer._group_id)
         while self._running:
+            if await self._follow_generation(consumer):
+                return
             batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka_max_poll_records)
             self.last_poll = polled = time.monotonic()
             received_ns = time.time_ns()
@@ -332,6 +364,71 @@ class Projector:
             # Only now - the views hold every event up to these offsets - may they be
             # committed. The commit runs in the background so the next poll need not wait.
             self._schedule_commit(consumer, offsets)
+
+    async def _current_topic(self) -> str:
+        base = self.settings.kafka_topic
+        topic = await self.journal._pool().fetchval(CURRENT_TOPIC_SQL, base)
+        return base if topic is None else topic
+
+    async def _follow_generation(self, consumer: AIOKafkaConsumer) -> bool:
+        """True when it is time to move to a newer topic generation: this replica has read
+        its partitions of the old one to the end (the relay writes nothing more to a sealed
+        generation, so its end offsets are final), or GEN_DRAIN_S have passed (the journal
+        fills whatever was skipped). While the new group forms nobody holds a partition, so
+        meanwhile the views follow the journal directly."""
+        now = time.monotonic()
+        if now - self._last_gen_check < GEN_CHECK_S:
+            return False
+        self._last_gen_check = now
+        try:
+            newest = await self._current_topic()
+        except Exception as exc:  # PostgreSQL away: stay on this generation, look again later
+            log.debug("projector: generation check failed (%s)", exc)
+            return False
+        if newest == self.topic:
+            return False
+        if self._draining_since is None:
+            self._draining_since = now
+            self._tail_until = now + GEN_SWITCH_TAIL_S
+            if self._tail_task is None or self._tail_task.done():
+                self._tail_task = asyncio.create_task(self._tail_journal(), name="projector-generation-tail")
+            log.info("projector: generation %s is current; draining %s", newest, self.topic)
+        drained = self.assigned is not None  # None: not in the group yet
+        tps = [tp for tp in consumer.assignment() if tp.topic == self.topic]
+        if drained and tps:
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                if await consumer.position(tp) < ends[tp]:
+                    drained = False
+                    break
+        if not drained and now - self._draining_since < GEN_DRAIN_S:
+            return False
+        # Commit what was applied before leaving: a group whose offsets reach the end of
+        # the generation is what lets the relay delete it early.
+        offsets, self._to_commit = self._to_commit, {}
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except Exception as exc:
+                log.info("projector: offset commit before switching failed (%s)", exc)
+        log.info("projector: switching %s -> %s (%s)", self.topic, newest,
+                 "drained" if drained else f"not drained after {GEN_DRAIN_S:.0f} s")
+        self._switched_at = time.monotonic()
+        return True
+
+    async def _tail_journal(self) -> None:
+        """From noticing a newer generation until the new group hands us partitions nobody
+        reads the new topic (stopping the old consumer and joining the new group take a few
+        seconds on Tansu): the views follow the journal meanwhile, on a task of its own so
+        that neither the drain nor the join holds it up."""
+        while self._running and time.monotonic() < self._tail_until:
+            try:
+                await asyncio.gather(*(self.catch_up(i, "generation") for i in self.instruments.symbols))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("projector: generation tail failed (%s)", exc)
+            await asyncio.sleep(GEN_TAIL_POLL_S)
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         self._to_commit.update(offsets)
@@ -414,8 +511,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         p = self.p
-        parts = p.consumer.partitions_for_topic(p.settings.kafka_topic) if p.consumer else None
+        parts = p.consumer.partitions_for_topic(p.topic) if p.consumer else None
         p.partition_count = len(parts) if parts else None
-        p.assigned = {tp.partition for tp in assigned}
+        p.assigned = {tp.partition for tp in assigned if tp.topic == p.topic}
+        if p._draining_since is None:
+            p._tail_until = 0.0  # the new generation's group formed: Kafka again
         p.metrics.projector_partitions.set(len(p.assigned))
         log.info("projector: assigned partitions %s of %s", sorted(p.assigned), p.partition_count)

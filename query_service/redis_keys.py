@@ -17,6 +17,7 @@ Orders and clients:
   {p}co:{C}:{I}:{W}      zset     the same per instrument
   {p}cf:{C}              zset     C's fills, score 0, member "ts(19)|trade_id|role|<fill JSON>", capped
   {p}cf:{C}:{I}          zset     the same per instrument
+  {p}closed              zset     orders by closing time (s), member "C\nI\n<co member>" (retention.py)
 Members sort lexicographically by time, so ZRANGE ... BYLEX REV gives newest first and an
 exclusive lex bound is a stable pagination cursor.
 """
@@ -25,11 +26,12 @@ from __future__ import annotations
 
 
 class Keys:
-    __slots__ = ("p", "orders")
+    __slots__ = ("p", "orders", "closed")
 
     def __init__(self, prefix: str = "q:"):
         self.p = prefix
         self.orders = f"{prefix}orders"
+        self.closed = f"{prefix}closed"
 
     def seq(self, i: str) -> str:
         return f"{self.p}{i}:seq"

@@ -49,6 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_prefix: str = "q:"
     recent_trades: int = 1000
     fills_per_client: int = 10000
+    # Retention (query_service/retention.py): closed orders and fills leave Redis after this
+    # many seconds (0 = never); older history comes from PostgreSQL.
+    retention_s: float = 86400.0
+    retention_sweep_s: float = 10.0
 
     # Read API
     book_cache_max_age_s: float = 0.25  # how long a NATS-validated cached book may be served unchecked
@@ -107,6 +111,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             redis_prefix=s("EXCHANGE_QUERY_REDIS_PREFIX", d.redis_prefix),
             recent_trades=i("EXCHANGE_QUERY_RECENT_TRADES", d.recent_trades),
             fills_per_client=i("EXCHANGE_QUERY_FILLS_PER_CLIENT", d.fills_per_client),
+            retention_s=f("EXCHANGE_QUERY_RETENTION_S", d.retention_s),
+            retention_sweep_s=f("EXCHANGE_QUERY_RETENTION_SWEEP_S", d.retention_sweep_s),
             book_cache_max_age_s=f("EXCHANGE_QUERY_BOOK_CACHE_S", d.book_cache_max_age_s),
             auth_cache_ttl_s=f("EXCHANGE_QUERY_AUTH_CACHE_S", d.auth_cache_ttl_s),
             ws_send_queue=i("EXCHANGE_WS_SEND_QUEUE", d.ws_send_queue),

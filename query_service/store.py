@@ -30,6 +30,7 @@ from query_service.records import (
 )
 from query_service.redis_keys import Keys
 from query_service.render import fill_view, ticker_window, trade_views
+from query_service.retention import closed_entry
 
 
 @dataclass
@@ -297,15 +298,28 @@ def delta_commands(
         cmds.append(("HSET", keys.orders, *flat))
     zadd: dict[str, list] = {}
     zrem: dict[str, list] = {}
+    closed: list = []
+
+    def closed_at(member: str) -> float:
+        # Retention clock: the closing event's time (the order's updated_ts), so the views
+        # stay a pure function of the journal whatever the batching.
+        rec = delta.orders.get(member.split("|", 1)[1])
+        return (rec.updated_ts if rec is not None else delta.last_ts) / 1e9
+
     for client, member, is_open in delta.index_add:
         which = "open" if is_open else "closed"
         for k in (keys.client_orders(client, "all"), keys.client_orders(client, "all", i),
                   keys.client_orders(client, which), keys.client_orders(client, which, i)):
             zadd.setdefault(k, []).extend((0, member))
+        if not is_open:
+            closed += (closed_at(member), closed_entry(client, i, member))
     for client, member in delta.index_close:
         for inst in (None, i):
             zrem.setdefault(keys.client_orders(client, "open", inst), []).append(member)
             zadd.setdefault(keys.client_orders(client, "closed", inst), []).extend((0, member))
+        closed += (closed_at(member), closed_entry(client, i, member))
+    if closed:
+        cmds.append(("ZADD", keys.closed, *closed))
     for k, members in zrem.items():
         cmds.append(("ZREM", k, *members))
     for k, flat in zadd.items():

@@ -17,6 +17,7 @@ from query_service.render import (
     aggregate_buckets,
     candle_view,
     dec_json,
+    fill_view,
     level_rows,
     order_view,
     position_view,
@@ -203,51 +204,85 @@ async def positions(redis, keys: Keys, instruments: Instruments, client_id: str)
 async def orders(
     redis, keys: Keys, instruments: Instruments, client_id: str, status: str | None,
     spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
+    journal=None, horizon_ns: int | None = None,
 ) -> bytes:
+    """A page of a client's orders, newest first. Redis holds every order created after the
+    retention horizon (and open ones of any age); below the horizon, closed orders may have
+    left Redis (retention.py), so the page is merged with PostgreSQL's orders there - one
+    order, one position in the same (created_ts, order_id) order, one cursor format."""
     which = status or "all"
     key = keys.client_orders(client_id, which, spec.symbol if spec else None)
     hi = b"(" + cursor if cursor else b"+"
     members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
-    more = len(members) > limit
-    members = members[:limit]
-    ids = [m.split(b"|", 1)[1] for m in members]
-    recs = await redis.hmget(keys.orders, ids) if ids else []
+    entries: list[tuple[bytes, object]] = [(m, None) for m in members]
+    if journal is not None and horizon_ns is not None and (
+        len(members) <= limit or int(members[-1][:19]) < horizon_ns
+    ):
+        bound = None
+        if cursor:
+            ts, _, oid = cursor.partition(b"|")
+            bound = (int(ts), oid.decode())
+        rows = await journal.orders_before(client_id, status, spec.symbol if spec else None,
+                                           horizon_ns, bound, limit + 1)
+        have = set(members)
+        entries += [(m, r) for r in rows if (m := r.index_member.encode()) not in have]
+        entries.sort(key=lambda e: e[0], reverse=True)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    ids = [m.split(b"|", 1)[1] for m, r in entries if r is None]
+    recs = iter(await redis.hmget(keys.orders, ids) if ids else [])
     out = []
-    for raw in recs:
-        if raw is None:
-            continue  # (purged between the two reads)
-        o = unpack_order(raw)
-        out.append(order_view(instruments.get(o.instrument), o, o.seq))
+    for _m, r in entries:
+        if r is None:
+            raw = next(recs)
+            if raw is None:
+                continue  # (purged between the two reads)
+            r = unpack_order(raw)
+        out.append(order_view(instruments.get(r.instrument), r, r.seq))
     return json_encoder.encode(
         {
             "client_id": client_id,
             "orders": out,
             "count": len(out),
-            "next_cursor": encode_cursor(members[-1]) if more and members else None,
+            "next_cursor": encode_cursor(entries[-1][0]) if more and entries else None,
         }
     )
 
 
 async def fills(
-    redis, keys: Keys, client_id: str, spec: InstrumentSpec | None, limit: int, cursor: bytes | None
+    redis, keys: Keys, client_id: str, spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
+    journal=None, instruments: Instruments | None = None,
 ) -> bytes:
+    """A page of a client's fills, newest first. Redis holds the newest ones contiguously (the
+    retention sweep and the per-client cap remove the oldest); once a page runs past Redis's
+    oldest, PostgreSQL's fills table continues it in the same order with the same cursor."""
     key = keys.client_fills(client_id, spec.symbol if spec else None)
     hi = b"(" + cursor if cursor else b"+"
     members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
-    more = len(members) > limit
-    members = members[:limit]
-    prefixes, bodies = [], []
+    entries: list[tuple[bytes, bytes]] = []
     for m in members:
         # member = ts(19)|trade_id|role|<json>; the prefix up to the 3rd "|" is the cursor
         a = m.index(b"|")
         b = m.index(b"|", a + 1)
         c = m.index(b"|", b + 1)
-        prefixes.append(m[:c])
-        bodies.append(m[c + 1 :])
-    nxt = json_encoder.encode(encode_cursor(prefixes[-1]) if more and prefixes else None)
+        entries.append((m[:c], m[c + 1 :]))
+    if journal is not None and instruments is not None and len(members) <= limit:
+        bound = None
+        if cursor:
+            ts, trade_id, role = cursor.split(b"|", 2)
+            bound = (int(ts), trade_id.decode(), role.decode())
+        have = {e[0] for e in entries}
+        for f in await journal.fills_before(client_id, spec.symbol if spec else None, bound, limit + 1):
+            prefix = f.member_prefix
+            if prefix not in have:
+                entries.append((prefix, json_encoder.encode(fill_view(instruments.get(f.trade.instrument), f))))
+        entries.sort(key=lambda e: e[0], reverse=True)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    nxt = json_encoder.encode(encode_cursor(entries[-1][0]) if more and entries else None)
     return (
-        b'{"client_id":' + json_encoder.encode(client_id) + b',"fills":[' + b",".join(bodies)
-        + b'],"count":' + str(len(bodies)).encode() + b',"next_cursor":' + nxt + b"}"
+        b'{"client_id":' + json_encoder.encode(client_id) + b',"fills":[' + b",".join(e[1] for e in entries)
+        + b'],"count":' + str(len(entries)).encode() + b',"next_cursor":' + nxt + b"}"
     )
 
 

@@ -45,4 +45,10 @@ class RelayMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
             registry=r,
         )
-
+        self.topic_generation = Gauge(
+            "relay_topic_generation", "Topic generation being written (0 = fixed topic)", registry=r
+        )
+        self.topic_rolls = Counter("relay_topic_rolls_total", "Moves to a new topic generation", registry=r)
+        self.topic_deletes = Counter(
+            "relay_topic_generations_deleted_total", "Old topic generations deleted", registry=r
+        )

@@ -15,7 +15,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from contracts.topics import JOURNAL_NOTIFY_CHANNEL
+from contracts.topics import JOURNAL_NOTIFY_CHANNEL, generation_topic
+from relay.generations import collect_old, current_generation, record_generation
 from relay.lag import relay_lag
 from relay.leader import open_lock_session, wait_for_leadership
 from relay.metrics import RelayMetrics
@@ -123,6 +124,10 @@ class Relay:
         self._row_bytes = 400.0  # estimated bytes per record in a batch (adapts)
         self._backoff = settings.backoff_min_ms / 1000
         self.last_lag: dict = {}
+        self.topic = settings.topic  # the generation being written (relay/generations.py)
+        self.gen = 0  # 0 = not rolling: the fixed topic
+        self._gen_age_at = (0.0, 0.0)  # (monotonic time, age of the generation then)
+        self._gc_task: asyncio.Task | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -216,6 +221,7 @@ class Relay:
             for r in await data_conn.fetch("SELECT instrument, seq FROM relay_cursors")
         }
         self._instruments = {r["instrument"] for r in await data_conn.fetch(DISCOVER_SQL)}
+        await self._load_generation(data_conn)
         producer: AIOKafkaProducer | None = None
         prepared: Round | None = None
         last_housekeeping = time.monotonic()
@@ -240,8 +246,17 @@ class Relay:
                         backlog = True
                         await self._sleep_backoff()
                         continue
+                if prepared is None and self._roll_due(now):
+                    # Between rounds: every batch sent so far is acknowledged and its
+                    # cursor written, so generation N holds everything before N+1.
+                    await self._roll(data_conn)
+                    await self._drop_producer(producer)
+                    producer = None
+                    backlog = True
+                    continue
                 if now - last_housekeeping >= self.s.poll_ms / 1000:
                     last_housekeeping = now
+                    self._collect_generations()
                     await lock_conn.fetchval("SELECT 1")  # is our session (and lock) alive?
                     await self._discover(data_conn)  # instruments that were never notified
                 if prepared is None:
@@ -273,6 +288,66 @@ class Relay:
         finally:
             if producer is not None:
                 await self._drop_producer(producer)
+            if self._gc_task is not None:
+                self._gc_task.cancel()
+                await _settle(self._gc_task)
+                self._gc_task = None
+
+    # ----------------------------------------------------------------- generations
+
+    async def _load_generation(self, data_conn) -> None:
+        """The generation to write: the newest recorded one (another leader may have rolled),
+        or generation 1 when rolling is on and there is none yet."""
+        if self.s.topic_roll_s <= 0:
+            self.topic, self.gen = self.s.topic, 0
+            return
+        current = await current_generation(data_conn, self.s.topic)
+        if current is None:
+            await ensure_topic(self.s.kafka_bootstrap, generation_topic(self.s.topic, 1),
+                               self.s.topic_partitions, timeout_s=self.s.send_timeout_ms / 1000)
+            await record_generation(data_conn, self.s.topic, 1)
+            current = await current_generation(data_conn, self.s.topic)
+        self.gen, self.topic, age = current
+        self._gen_age_at = (time.monotonic(), age)
+        self.metrics.topic_generation.set(self.gen)
+
+    def _roll_due(self, now: float) -> bool:
+        if self.s.topic_roll_s <= 0:
+            return False
+        at, age = self._gen_age_at
+        return age + (now - at) >= self.s.topic_roll_s
+
+    async def _roll(self, data_conn) -> None:
+        """Move to the next generation: create its topic first, then record it (consumers
+        look the topic up by that row), sealing the previous one in the same transaction."""
+        gen = self.gen + 1
+        topic = generation_topic(self.s.topic, gen)
+        await ensure_topic(self.s.kafka_bootstrap, topic, self.s.topic_partitions,
+                           timeout_s=self.s.send_timeout_ms / 1000)
+        await record_generation(data_conn, self.s.topic, gen)
+        await self._load_generation(data_conn)
+        self._last_offset.clear()  # offsets are per topic
+        self.metrics.topic_rolls.inc()
+        log.info("relay %s rolled to topic generation %s", self.s.name, self.topic)
+
+    def _collect_generations(self) -> None:
+        """Delete old generations in the background (never blocks a round)."""
+        if self.gen <= 1 or (self._gc_task is not None and not self._gc_task.done()):
+            return
+        self._gc_task = asyncio.create_task(self._collect(self.gen), name="relay-topic-gc")
+
+    async def _collect(self, gen: int) -> None:
+        try:
+            conn = await asyncpg.connect(self.s.pg_dsn)
+            try:
+                deleted = await collect_old(conn, self.s.kafka_bootstrap, self.s.topic, gen, self.s.topic_keep_s)
+                self.metrics.topic_deletes.inc(len(deleted))
+            finally:
+                await conn.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("relay %s topic generation cleanup failed: %r", self.s.name, exc)
 
     async def _wait_for_work(self) -> bool:
         if self._wake.is_set():
@@ -350,9 +425,9 @@ class Relay:
         a backlog) - but it is only SENT after this one is fully acknowledged, so there is
         never more than one batch per instrument in flight. Returns the next Round or None.
         Raises KafkaRoundError; the caller then drops the producer and any prepared round."""
-        partitions = sorted(producer.client.cluster.partitions_for_topic(self.s.topic) or ())
+        partitions = sorted(producer.client.cluster.partitions_for_topic(self.topic) or ())
         if not partitions:
-            raise KafkaRoundError(f"no metadata for topic {self.s.topic}")
+            raise KafkaRoundError(f"no metadata for topic {self.topic}")
         started = time.perf_counter()
         futures = []
         prefetch: asyncio.Task | None = None
@@ -363,9 +438,9 @@ class Relay:
                     # Checked right before the call, with no await in between: send_batch
                     # asks for metadata naming the topic if it does not know it, and on
                     # this broker that auto-creates it with 4 partitions.
-                    if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
-                        raise KafkaRoundError(f"topic {self.s.topic} vanished from metadata")
-                    futures.append(await producer.send_batch(p.batch, self.s.topic, partition=p.partition))
+                    if producer.client.cluster.partitions_for_topic(self.topic) is None:
+                        raise KafkaRoundError(f"topic {self.topic} vanished from metadata")
+                    futures.append(await producer.send_batch(p.batch, self.topic, partition=p.partition))
                 if rnd.backlog:
                     sent_up_to = {**self._cursors, **{p.name: p.last for p in rnd.batches}}
                     prefetch = asyncio.create_task(self._prepare(producer, data_conn, sent_up_to))
@@ -441,7 +516,7 @@ class Relay:
         producer = None
         try:
             count = await ensure_topic(
-                self.s.kafka_bootstrap, self.s.topic, self.s.topic_partitions,
+                self.s.kafka_bootstrap, self.topic, self.s.topic_partitions,
                 timeout_s=self.s.send_timeout_ms / 1000,
             )
             self.metrics.topic_partitions.set(count)
@@ -462,16 +537,16 @@ class Relay:
             # or a refresh while it tracks no topic): if it ever asked for this topic by
             # name it would keep doing so on every refresh, and after a broker restart that
             # request would auto-create the topic with the wrong partition count.
-            if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
+            if producer.client.cluster.partitions_for_topic(self.topic) is None:
                 await asyncio.wait_for(producer.client.force_metadata_update(), self.s.send_timeout_ms / 1000)
-            if producer.client.cluster.partitions_for_topic(self.s.topic) is None:
-                raise KafkaRoundError(f"topic {self.s.topic} not in metadata after create")
+            if producer.client.cluster.partitions_for_topic(self.topic) is None:
+                raise KafkaRoundError(f"topic {self.topic} not in metadata after create")
             self._last_offset.clear()  # a new producer may talk to a new broker incarnation
             self.kafka_ok = True
             self.metrics.kafka_up.set(1)
             self._last_topic_check = time.monotonic()
             log.info("relay %s producer ready (%s, topic %s, %d partitions)",
-                     self.s.name, self.s.kafka_bootstrap, self.s.topic, count)
+                     self.s.name, self.s.kafka_bootstrap, self.topic, count)
             return producer
         except Exception as exc:
             self.kafka_ok = False
@@ -496,7 +571,7 @@ class Relay:
         self._last_topic_check = time.monotonic()
         try:
             metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 5)
-            partitions = metadata.partitions_for_topic(self.s.topic)
+            partitions = metadata.partitions_for_topic(self.topic)
         except Exception as exc:
             self.kafka_ok = False
             self.metrics.kafka_up.set(0)
@@ -505,7 +580,7 @@ class Relay:
             return False
         if partitions is None:
             log.warning("relay %s: topic %s is gone (broker restarted?), recreating",
-                        self.s.name, self.s.topic)
+                        self.s.name, self.topic)
             return False  # drop the producer; _start_producer recreates the topic first
         self.kafka_ok = True
         self.metrics.kafka_up.set(1)

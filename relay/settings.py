@@ -15,6 +15,11 @@ def _env_int(name: str, default: int) -> int:
     return env_int(name, default, minimum=0)
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
 @dataclass(frozen=True)
 class RelaySettings:
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/exchange"
@@ -32,6 +37,11 @@ class RelaySettings:
     backoff_min_ms: int = 100
     backoff_max_ms: int = 5_000
     lock_key: int = RELAY_LOCK_KEY
+    # Rolling topic generations (relay/generations.py): 0 = one fixed topic (Apache Kafka,
+    # which has retention); > 0 = move to <topic>.g<N+1> every this many seconds.
+    topic_roll_s: float = 0.0
+    topic_keep_s: float = 300.0  # a sealed generation is deleted after this even if a group lags
+    topic_retention_ms: int = 0  # > 0: retention.ms of the topic the relay creates (Kafka)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @classmethod
@@ -55,5 +65,8 @@ class RelaySettings:
             backoff_max_ms=_env_int("EXCHANGE_RELAY_BACKOFF_MAX_MS", d.backoff_max_ms),
             lock_key=env_int("EXCHANGE_RELAY_LOCK_KEY", d.lock_key),
             name=e.get("EXCHANGE_RELAY_NAME") or d.name,
+            topic_roll_s=_env_float("EXCHANGE_TOPIC_ROLL_S", d.topic_roll_s),
+            topic_keep_s=_env_float("EXCHANGE_TOPIC_KEEP_S", d.topic_keep_s),
+            topic_retention_ms=_env_int("EXCHANGE_KAFKA_TOPIC_RETENTION_MS", d.topic_retention_ms),
         )
 

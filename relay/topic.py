@@ -44,6 +44,7 @@ async def ensure_topic(
     partitions: int = EVENTS_TOPIC_PARTITIONS,
     replication_factor: int = 1,
     timeout_s: float = 10.0,
+    retention_ms: int = 0,
 ) -> int:
     """Create `topic` with `partitions` unless it exists. Returns its partition count.
 
@@ -61,8 +62,11 @@ async def ensure_topic(
         try:
             existing = await topic_partitions(admin, topic)
             if existing is None:
+                # Apache Kafka (compose) bounds the topic by retention; Tansu has none, the
+                # relay rolls generations there instead (relay/generations.py).
+                configs = {"retention.ms": str(retention_ms)} if retention_ms > 0 else {}
                 response = await admin.create_topics(
-                    [NewTopic(topic, partitions, replication_factor)],
+                    [NewTopic(topic, partitions, replication_factor, topic_configs=configs)],
                     timeout_ms=int(timeout_s * 1000),
                 )
                 for name, code, message, *_ in response.topic_errors:

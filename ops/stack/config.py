@@ -212,6 +212,9 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
         "EXCHANGE_GATEWAY_URL": cfg.gateway_url,
         "EXCHANGE_PROMETHEUS_PORT": str(cfg.prometheus_port),
         "EXCHANGE_STATE_DIR": str(cfg.state_dir),
+        # The embedded broker keeps every message: `make run` rolls topic generations
+        # (relay/generations.py). Tests use one fixed topic unless a test turns rolling on.
+        "EXCHANGE_TOPIC_ROLL_S": env.get("EXCHANGE_TOPIC_ROLL_S") or ("30" if cfg.profile == "run" else "0"),
     }
 
 

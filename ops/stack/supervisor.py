@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ops.stack.config import REPO, SERVERS, SERVICES, StackConfig, service_env
+from ops.stack.config import REPO, SERVERS, SERVICES, StackConfig, StackError, service_env
 from ops.stack.processes import (
     _CHILDREN,
     _last_run_output,
@@ -70,6 +71,7 @@ class Supervisor:
         self.server_backoff = {n: 1.0 for n in SERVERS}
         self.server_next_check = 0.0
         self.server_retry_at = {n: 0.0 for n in SERVERS}
+        self.log_max_bytes = _log_max_bytes()
 
     def _service_child(self, name: str) -> _Child:
         def launch() -> subprocess.Popen:
@@ -146,6 +148,30 @@ class Supervisor:
                 self.server_retry_at[name] = now + self.server_backoff[name]
                 self.server_backoff[name] = min(self.server_backoff[name] * 2, self.MAX_BACKOFF)
 
+    LOG_CHECK_S = 10.0
+
+    def _rotate_logs(self, now: float) -> None:
+        """Rotate every log in the logs folder by size (issue 18), while the processes run.
+        They write through inherited O_APPEND descriptors, which cannot be reopened from here,
+        so a full log is copied to <name>.1 (one old copy) and truncated in place: the next
+        write lands at offset 0. Lines written between the copy and the truncate (a few ms) are
+        lost; that is the price of rotating without restarting anything."""
+        if now < getattr(self, "_next_log_check", 0.0):
+            return
+        self._next_log_check = now + self.LOG_CHECK_S
+        limit = self.log_max_bytes
+        if limit <= 0:
+            return
+        for path in self.cfg.logs.glob("*.log"):
+            try:
+                if path.stat().st_size <= limit:
+                    continue
+                shutil.copyfile(path, path.with_name(path.name + ".1"))
+                os.truncate(path, 0)
+                self.say(f"log {path.name} rotated at {limit // 1_000_000} MB (previous part: {path.name}.1)")
+            except OSError as exc:
+                self.say(f"log {path.name}: rotation failed: {exc}")
+
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -169,6 +195,7 @@ class Supervisor:
                 for c in self.children:
                     self._check_child(c, now)
                 self._check_servers(now)
+                self._rotate_logs(now)
                 _reap_zombie_children()
                 time.sleep(0.2)
         finally:
@@ -249,6 +276,14 @@ class Supervisor:
         else:
             self.say("stopped; ports are free")
         self.cfg.pid_path("supervisor").unlink(missing_ok=True)
+
+
+def _log_max_bytes() -> int:
+    raw = os.environ.get("EXCHANGE_LOG_MAX_BYTES", "")
+    try:
+        return int(raw) if raw.strip() else 50_000_000
+    except ValueError:
+        raise StackError(f"EXCHANGE_LOG_MAX_BYTES must be a whole number of bytes, got {raw!r}") from None
 
 
 def _ports_of(cfg: StackConfig, names: list[str]) -> dict[int, str]:
