@@ -113,7 +113,7 @@ async def wait_ok(url: str, timeout: float) -> None:
 async def reset_state() -> None:
     conn = await asyncpg.connect(os.environ["EXCHANGE_PG_DSN"])
     try:
-        await conn.execute("TRUNCATE events, orders, idempotency, snapshots, relay_cursors")
+        await conn.execute("TRUNCATE events, orders, idempotency, snapshots, relay_cursors, fills")
     finally:
         await conn.close()
     import redis.asyncio as aioredis

@@ -27,6 +27,10 @@ async def reset_db(dsn: str = DSN) -> None:
         # tables added by later migrations, when present
         if await conn.fetchval("SELECT to_regclass('settlements')"):
             await conn.execute("TRUNCATE settlements, settlement_runs")
+        # fills are keyed by trade id, which restarts with the journal: stale rows would be served
+        # as history below the Redis horizon
+        if await conn.fetchval("SELECT to_regclass('fills')"):
+            await conn.execute("TRUNCATE fills")
     finally:
         await conn.close()
 
