@@ -127,7 +127,10 @@ MAX_VALUE = (1 << 62) - 1
 NO_LIMIT = -(1 << 63)
 """The 'limit key' of a market order: every level key is >= it."""
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+# Version 2 is JSON: msgpack (version 1) holds at most 64-bit integers and an order's cost
+# (ticks*lots) exceeds that within the instrument limits (1e9 ticks x 1e11 lots), so a
+# snapshot of a book with one such partly filled order failed. Version 1 is still read.
 
 # A dead level entry is dropped when it reaches the head; a level is compacted when its dead
 # entries exceed both twice its live ones and this floor: amortised O(1) per cancel, memory at
@@ -146,8 +149,9 @@ class _Snapshot(msgspec.Struct, array_like=True):
     stops: list[Order]  # pending stops in acceptance order
 
 
-_snapshot_encoder = msgspec.msgpack.Encoder()
-_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+_snapshot_encoder = msgspec.json.Encoder()
+_snapshot_decoder = msgspec.json.Decoder(_Snapshot)
+_snapshot_decoder_v1 = msgspec.msgpack.Decoder(_Snapshot)
 
 
 def _states(touched: dict[str, Order], instrument: str) -> list[OrderState]:
@@ -1148,8 +1152,11 @@ class OrderBook:
 
     @classmethod
     def restore(cls, data: bytes, *, validate: bool = False) -> "OrderBook":
-        snap = _snapshot_decoder.decode(data)
-        if snap.version != SNAPSHOT_VERSION:
+        if data[:1] == b"[":
+            snap = _snapshot_decoder.decode(data)
+        else:
+            snap = _snapshot_decoder_v1.decode(data)
+        if snap.version not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"unsupported snapshot version {snap.version}")
         book = cls(snap.instrument)
         book.seq = snap.seq

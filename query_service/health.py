@@ -70,4 +70,17 @@ async def health(services, system: bool = False) -> tuple[int, dict]:
         checks = await own_checks(services)
     ok = all(v == "healthy" for v in checks.values())
     body = {"status": "healthy" if ok else "unhealthy", "timestamp": iso_ms(time.time_ns()), "checks": checks}
+    # Views this replica cannot bring up to date: degraded, naming each instrument and why.
+    problems = views_problems(services)
+    if problems:
+        checks["views"] = "unhealthy"
+        body["views"] = problems
+        if ok:
+            body["status"] = "degraded"
+        ok = False
     return (200 if ok else 503), body
+
+
+def views_problems(services) -> dict[str, str]:
+    p = services.projector
+    return dict(p.failing) if p is not None else {}

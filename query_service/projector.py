@@ -105,6 +105,13 @@ class Projector:
         self._tail_task: asyncio.Task | None = None
         self._last_gen_check = 0.0
 
+        # instrument -> why its views cannot be brought up to date (health reports it until an
+        # apply or catch-up of that instrument succeeds again): never silently healthy.
+        self.failing: dict[str, str] = {}
+
+    def _failed(self, instrument: str, exc: BaseException) -> None:
+        self.failing[instrument] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, kafka: bool = True) -> None:
@@ -246,15 +253,18 @@ class Projector:
                     await self.catch_up(instrument, "gap")
                     # The journal holds every event Kafka delivered; whatever is left is new.
                     await self.apply(instrument, events)
+                self.failing.pop(instrument, None)
                 return
             except GapError as gap:
                 log.error("projector: journal does not continue the views: %s", gap)
+                self._failed(instrument, gap)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if not self._running:
                     raise
+                self._failed(instrument, exc)
                 log.warning("projector: %s apply failed (%s: %s); retrying", instrument, type(exc).__name__, exc,
                             extra={"instrument": instrument})
                 await asyncio.sleep(delay)
@@ -471,9 +481,11 @@ class Projector:
                 if behind and self.owns(inst):
                     try:
                         await self.catch_up(inst, "empty" if r is None else "stalled")
+                        self.failing.pop(inst, None)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
+                        self._failed(inst, exc)
                         log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc, extra={"instrument": inst})
 
 

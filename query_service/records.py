@@ -1,7 +1,12 @@
 """The records the projector keeps in Redis, in integers (ticks, lots, ticks*lots, ns).
 
-They are stored compactly (msgspec arrays / colon-separated integers) and turned into the
+They are stored compactly (JSON arrays / colon-separated integers) and turned into the
 API's decimals only when rendered (query_service.render / query_service.views).
+
+JSON, not msgpack: msgpack holds at most 64-bit integers, and a cost or notional in
+ticks*lots does not fit (BTC-USD allows 1e9 ticks x 1e11 lots = 1e20 in ONE fill), so one
+large trade made every replica fail the batch forever. JSON integers have no size limit.
+Records written as msgpack by an older version are still read (first byte is not '[').
 """
 
 from __future__ import annotations
@@ -111,26 +116,28 @@ class LastTrade(msgspec.Struct, array_like=True):
     taker_side: str
 
 
-_order_enc = msgspec.msgpack.Encoder()
-_order_dec = msgspec.msgpack.Decoder(OrderRec)
-_pos_dec = msgspec.msgpack.Decoder(Position)
-_last_dec = msgspec.msgpack.Decoder(LastTrade)
+_enc = msgspec.json.Encoder()
+_order_dec = msgspec.json.Decoder(OrderRec)
+_pos_dec = msgspec.json.Decoder(Position)
+_last_dec = msgspec.json.Decoder(LastTrade)
+_legacy = {t: msgspec.msgpack.Decoder(t) for t in (OrderRec, Position, LastTrade)}
+_JSON_ARRAY = 0x5B  # '['
 
 
 def pack(rec: OrderRec | Position | LastTrade) -> bytes:
-    return _order_enc.encode(rec)
+    return _enc.encode(rec)
 
 
 def unpack_order(raw: bytes) -> OrderRec:
-    return _order_dec.decode(raw)
+    return _order_dec.decode(raw) if raw[0] == _JSON_ARRAY else _legacy[OrderRec].decode(raw)
 
 
 def unpack_position(raw: bytes) -> Position:
-    return _pos_dec.decode(raw)
+    return _pos_dec.decode(raw) if raw[0] == _JSON_ARRAY else _legacy[Position].decode(raw)
 
 
 def unpack_last(raw: bytes) -> LastTrade:
-    return _last_dec.decode(raw)
+    return _last_dec.decode(raw) if raw[0] == _JSON_ARRAY else _legacy[LastTrade].decode(raw)
 
 
 def bucket_start(ts_ns: int, resolution: int) -> int:

@@ -6,13 +6,13 @@ Per instrument I:
   {p}{I}:bids / :asks    zset     L2 levels: score = price ticks, member "ticks:lots" (level total)
   {p}{I}:taking          string   JSON list of order ids still matching (see projection.py)
   {p}{I}:trades          list     recent trades, API JSON, newest first, capped
-  {p}{I}:last            string   last trade (msgpack LastTrade): the mark price
+  {p}{I}:last            string   last trade (JSON array LastTrade): the mark price
   {p}{I}:c:{res}         zset     trade buckets of res seconds (60, 300, 900, 3600):
                                   score = bucket start, member "start:count:qty:notional:sum_price:low:high:open:close"
   {p}{I}:clients         set      clients with orders in I (to purge I's part of per-client views)
 Orders and clients:
-  {p}orders              hash     order_id -> msgpack OrderRec (ticks/lots, remaining, book state)
-  {p}pos:{C}             hash     instrument -> msgpack Position (avg-cost, ticks*lots)
+  {p}orders              hash     order_id -> JSON array OrderRec (ticks/lots, remaining, book state)
+  {p}pos:{C}             hash     instrument -> JSON array Position (avg-cost, ticks*lots)
   {p}co:{C}:{W}          zset     C's orders, W in all|open|closed, score 0, member "created_ts(19)|order_id"
   {p}co:{C}:{I}:{W}      zset     the same per instrument
   {p}cf:{C}              zset     C's fills, score 0, member "ts(19)|trade_id|role|<fill JSON>", capped

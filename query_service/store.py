@@ -140,7 +140,14 @@ class WatchedTx:
         """MULTI cmds EXEC: False when the watched key changed (nothing was applied)."""
         res = await self._run([("MULTI",), *cmds, ("EXEC",)])
         self.done = True
-        return res[-1] is not None
+        if res[-1] is None:
+            return False
+        # EXEC answers each command; one that failed (a key of the wrong type) is not rolled
+        # back by Redis, but it must not pass as applied.
+        for r in res[-1]:
+            if isinstance(r, ResponseError):
+                raise r
+        return True
 
 
 @dataclass

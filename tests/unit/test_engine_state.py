@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.enums import OrderStatus
-from contracts.messages import OrderAccepted, decode_event, encode_event
+from contracts.enums import OrderStatus, OrderType, Side
+from contracts.messages import OrderAccepted, PlaceOrder, decode_event, encode_event
 from engine import OrderBook
 from tests.unit.test_engine_support import (
     BUY,
@@ -122,10 +122,22 @@ def test_snapshot_is_deterministic_for_equal_books_built_the_same_way():
 def test_restore_refuses_an_unknown_snapshot_version():
     import msgspec
 
-    data = msgspec.msgpack.decode(OrderBook(INSTRUMENT).snapshot())
+    data = msgspec.json.decode(OrderBook(INSTRUMENT).snapshot())
     data[0] = 99
     with pytest.raises(ValueError, match="version"):
-        OrderBook.restore(msgspec.msgpack.encode(data))
+        OrderBook.restore(msgspec.json.encode(data))
+
+
+def test_restore_reads_a_version_1_msgpack_snapshot():
+    import msgspec
+
+    book = OrderBook(INSTRUMENT)
+    book.execute(PlaceOrder(order_id="v1", client_id="c", instrument=INSTRUMENT, side=Side.BUY,
+                            order_type=OrderType.LIMIT, quantity=5, ts=1, price=100))
+    data = msgspec.json.decode(book.snapshot())
+    data[0] = 1
+    restored = OrderBook.restore(msgspec.msgpack.encode(data), validate=True)
+    assert [o.order_id for o in restored.l3()] == ["v1"]
 
 
 # ------------------------------------------------------------------ replay
