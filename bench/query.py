@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from contracts.instruments import load_instruments
 from contracts.topics import FEED_SUBJECT_PREFIX
 from query_service.feed import decode_feed
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from tests.support.order_flow import OrderFlow
 from tests.support.query import JournalSeeder, Publisher, wipe
 
@@ -35,7 +35,7 @@ def pct(values: list[float], p: float) -> float:
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-async def run(rate: int, seconds: float, reset: bool, settings: Settings, with_journal: bool = True) -> dict:
+async def run(rate: int, seconds: float, reset: bool, settings: QuerySettings, with_journal: bool = True) -> dict:
     symbols = load_instruments(settings.instruments_file).symbols
     async with JournalSeeder(settings.pg_dsn) as journal:
         existing = await journal.conn.fetchval(
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--reset", action="store_true", help="delete the instruments' journal rows and views first")
     ap.add_argument("--no-journal", action="store_true", help="only produce to the topic (no journal COPY)")
     args = ap.parse_args()
-    result = asyncio.run(run(args.rate, args.seconds, args.reset, Settings.from_env(), not args.no_journal))
+    result = asyncio.run(run(args.rate, args.seconds, args.reset, QuerySettings.from_env(), not args.no_journal))
     for k, v in result.items():
         print(f"{k}: {v}")
 

@@ -25,7 +25,7 @@ from contracts.enums import CancelReason, OrderType, Side, StpMode, TimeInForce
 from contracts.messages import OrderAccepted, OrderCancelled
 from query_service.app import Services
 from query_service.projector import Projector
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from tests.support.query import instruments_file, wipe
 
 
@@ -36,7 +36,7 @@ async def used(r) -> int:
 
 async def run(n: int, clients: int, levels: int) -> dict:
     inst = "MEM-USD"
-    base = Settings.from_env()
+    base = QuerySettings.from_env()
     settings = base.replace(redis_prefix=f"mem{uuid.uuid4().hex[:6]}:", instruments_file=instruments_file([inst]),
                             retention_s=1.0)
     s = Services(settings)

@@ -6,7 +6,7 @@ import logging
 import uvicorn
 
 from command_service.app import create_asgi
-from command_service.settings import Settings
+from command_service.settings import CommandSettings
 from command_service.ws_transport import CoalescingWebSocketProtocol
 from contracts.env import load_or_exit
 from contracts.logs import RequestIdMiddleware, node_name, setup_logging
@@ -19,7 +19,7 @@ def main() -> None:
     # the collector ran ~1,000 times a second and its older-generation passes over the
     # whole heap showed up as p99 spikes (WS bench: 15.2k -> 16.4k orders/s, p99 47 -> 28 ms).
     gc.set_threshold(50_000, 20, 100)
-    settings = load_or_exit("command service", Settings.from_env)
+    settings = load_or_exit("command service", CommandSettings.from_env)
     load_or_exit("command service", lambda: setup_logging("command", node_name(settings.port)))
     log.info("command service starting on %s:%d", settings.host, settings.port)
     # log_config=None: uvicorn's own lines go through our handler (JSON) instead of its text config.

@@ -20,7 +20,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import generate_latest
 
 from command_service import docs
-from command_service.auth import Authenticator, RateLimiter
+from command_service.auth import RateLimiter, authenticator
 from command_service.edge import (
     AmendRequest,
     CancelAfterRequest,
@@ -35,12 +35,12 @@ from command_service.edge import (
 from command_service.event_log import EventLog
 from command_service.fastpath import RATE_LIMIT_SCOPE_KEY, OrderFastPath, authorize_limited, order_route
 from command_service.journal import JournalWriter, NoResetConnection
-from command_service.metrics import Metrics
+from command_service.metrics import CommandMetrics
 from command_service.nats_bridge import NatsBridge
 from command_service.openapi import complete
 from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
-from command_service.settings import Settings
+from command_service.settings import CommandSettings
 from command_service.settlement import settle
 from contracts.api import (
     ApiError,
@@ -192,7 +192,7 @@ async def admin_metrics(request: Request) -> Response:
 
 
 async def _metrics_response(st) -> Response:
-    m: Metrics = st.metrics
+    m: CommandMetrics = st.metrics
     for sym, s in st.sequencers.items():
         m.queue_depth.labels(sym).set(s.queue_depth)
         m.sequencer_ready.labels(sym).set(1 if s.ready else 0)
@@ -295,14 +295,14 @@ async def _housekeeping(journal: JournalWriter, interval_s: float) -> None:
             logging.getLogger("command_service").warning("housekeeping failed: %r", exc)
 
 
-def create_asgi(settings: Settings | None = None):
+def create_asgi(settings: CommandSettings | None = None):
     """What uvicorn serves: the Litestar app behind the fast path of the two hottest routes."""
-    settings = settings or Settings.from_env()
+    settings = settings or CommandSettings.from_env()
     return OrderFastPath(create_app(settings), settings.max_body_bytes)
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env()
+def create_app(settings: CommandSettings | None = None) -> Litestar:
+    settings = settings or CommandSettings.from_env()
     instruments = load_instruments(settings.instruments_file)
 
     @asynccontextmanager
@@ -313,7 +313,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         st.pool = await _connect_pool(settings)
         await _ensure_partitions(st.pool)
         journal = JournalWriter(st.pool, settings.idempotency_ttl_s, settings.snapshots_keep)
-        st.metrics = Metrics(instruments.symbols, instruments)
+        st.metrics = CommandMetrics(instruments.symbols, instruments)
         st.sequencers = {
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
                            snapshot_every=settings.snapshot_every_events, metrics=st.metrics,
@@ -323,7 +323,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         for s in st.sequencers.values():
             s.journal.snapshots_keep = settings.snapshots_keep
             await s.start()
-        st.auth = Authenticator(journal, settings.auth_enabled)
+        st.auth = authenticator(journal, settings.auth_enabled)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
         st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, enabled=settings.nats_enabled)
@@ -364,7 +364,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
 
 
-async def _connect_pool(settings: Settings) -> asyncpg.Pool:
+async def _connect_pool(settings: CommandSettings) -> asyncpg.Pool:
     # Start even when PostgreSQL is not up yet: the sequencers keep retrying recovery and
     # answer 503 meanwhile. The pool itself connects lazily (min_size=0).
     return await asyncpg.create_pool(settings.pg_dsn, min_size=0, max_size=settings.pg_pool_size,

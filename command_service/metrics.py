@@ -12,7 +12,7 @@ from contracts.messages import OrderAccepted, OrderRejected, TradeExecuted
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 
 
-class Metrics:
+class CommandMetrics:
     def __init__(self, instruments, specs):
         self.registry = r = CollectorRegistry()
         self.specs = specs

@@ -13,7 +13,6 @@ import logging
 import secrets
 import time
 
-from command_service.auth import Principal
 from command_service.edge import (
     AmendRequest,
     CancelAfterRequest,
@@ -29,6 +28,7 @@ from command_service.edge import (
 from command_service.journal import JournalWriter
 from command_service.sequencer import Sequencer, Unavailable
 from contracts.api import ApiError, error, iso_ms, json_encoder
+from contracts.auth import Principal
 from contracts.enums import CLOSED_STATUSES, CancelReason, ResultCode
 from contracts.instruments import Instruments
 from contracts.messages import CancelAll, CancelOrder, TradeExecuted

@@ -18,7 +18,7 @@ def _float(name: str, default: float) -> float:
     return env_float(name, default, minimum=0.0)
 
 
-class Settings(msgspec.Struct, frozen=True):
+class CommandSettings(msgspec.Struct, frozen=True):
     pg_dsn: str
     kafka_bootstrap: str
     kafka_topic: str
@@ -48,7 +48,7 @@ class Settings(msgspec.Struct, frozen=True):
     housekeeping_s: float = 60.0
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> "CommandSettings":
         env = os.environ.get
         return cls(
             pg_dsn=env("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/exchange"),

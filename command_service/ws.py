@@ -24,7 +24,6 @@ from typing import Any, Optional
 
 import msgspec
 
-from command_service.auth import rate_limit_fields
 from command_service.edge import (
     AmendRequest,
     CancelAllRequest,
@@ -37,6 +36,7 @@ from command_service.edge import (
 from command_service.sequencer import Unavailable
 from contracts.api import ApiError, error, json_encoder
 from contracts.enums import CancelReason, OrderType, Side
+from contracts.ratelimit import rate_limit_fields
 
 log = logging.getLogger("command.ws")
 MAX_IN_FLIGHT = 1024  # per connection; beyond it we stop reading (backpressure)

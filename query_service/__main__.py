@@ -11,7 +11,7 @@ import uvicorn
 from contracts.env import load_or_exit
 from contracts.logs import RequestIdMiddleware, node_name, setup_logging
 from query_service.app import create_asgi
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 
 log = logging.getLogger("query_service.main")
 
@@ -25,7 +25,7 @@ def main() -> None:
     # Projection and rendering allocate many short-lived containers; at the default gen-0
     # threshold (700) the collector runs about a thousand times a second under load.
     gc.set_threshold(50_000, 20, 100)
-    settings = load_or_exit("query service", Settings.from_env)
+    settings = load_or_exit("query service", QuerySettings.from_env)
     load_or_exit("query service", lambda: setup_logging("query", node_name(settings.port)))
     log.info("query service starting on %s:%d", settings.host, settings.port)
     uvicorn.run(

@@ -30,16 +30,16 @@ from contracts.api import (
 from contracts.instruments import load_instruments
 from contracts.ratelimit import TokenBuckets
 from query_service import openapi, params, views
-from query_service.auth import Authenticator
+from query_service.auth import authenticator
 from query_service.bus import Bus
 from query_service.health import health
 from query_service.journal import JournalReader
-from query_service.metrics import Metrics
+from query_service.metrics import QueryMetrics
 from query_service.projector import Projector
 from query_service.records import CANDLE_INTERVALS
 from query_service.redis_keys import Keys
 from query_service.retention import Retention
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from query_service.settlements import settlements
 from query_service.stream import Hub
 
@@ -53,15 +53,15 @@ HORIZON_MARGIN_S = 60.0
 
 
 class Services:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: QuerySettings):
         self.settings = settings
         self.instruments = load_instruments(settings.instruments_file)
         self.keys = Keys(settings.redis_prefix)
-        self.metrics = Metrics()
+        self.metrics = QueryMetrics()
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.bus = Bus(settings.nats_url)
         self.journal = JournalReader(settings.pg_dsn)
-        self.auth = Authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
+        self.auth = authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         self.books = views.BookReader(self.redis, self.keys, self.instruments, settings.book_cache_max_age_s)
         self.hub = Hub(settings, self.instruments, self.redis, self.bus, self.auth, self.metrics, self.books)
         # The projector's own connections: no per-read socket timeout (redis-py arms one
@@ -401,13 +401,13 @@ def read_rate_key(scope) -> str:
     return "ip:" + (client[0] if client else "")
 
 
-def create_asgi(settings: Settings | None = None) -> FastPath:
+def create_asgi(settings: QuerySettings | None = None) -> FastPath:
     """The ASGI application uvicorn serves: the fast path in front of the Litestar app."""
     return FastPath(create_app(settings))
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env()
+def create_app(settings: QuerySettings | None = None) -> Litestar:
+    settings = settings or QuerySettings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: Litestar):

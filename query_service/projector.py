@@ -42,11 +42,11 @@ from contracts.topics import CURRENT_TOPIC_SQL, feed_subject, generation_group
 from query_service.bus import Bus
 from query_service.feed import build_feed
 from query_service.journal import JournalReader
-from query_service.metrics import Metrics
+from query_service.metrics import QueryMetrics
 from query_service.projection import GapError, project
 from query_service.redis_keys import Keys
 from query_service.render import ticker_view
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from query_service.store import (
     BookCache,
     WatchedTx,
@@ -71,12 +71,12 @@ GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generatio
 class Projector:
     def __init__(
         self,
-        settings: Settings,
+        settings: QuerySettings,
         instruments: Instruments,
         redis,
         bus: Bus,
         journal: JournalReader,
-        metrics: Metrics,
+        metrics: QueryMetrics,
     ):
         self.settings = settings
         self.instruments = instruments

@@ -1,7 +1,7 @@
 """Query service settings: read once from the environment into one typed object.
 
 Everything the service needs to know about its surroundings is here; nothing else in
-query_service reads os.environ. Tests build their own Settings with `replace(...)`.
+query_service reads os.environ. Tests build their own QuerySettings with `replace(...)`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contracts.instruments import instruments_file_setting
 from contracts.topics import EVENTS_TOPIC
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
+class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/exchange"
     redis_url: str = "redis://127.0.0.1:6379/0"
     nats_url: str = "nats://127.0.0.1:4222"
@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_rate_limit_burst: int = 200
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "QuerySettings":
         env = os.environ if env is None else env
         d = cls()
 
@@ -122,5 +122,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             read_rate_limit_burst=i("EXCHANGE_READ_RATE_LIMIT_BURST", d.read_rate_limit_burst),
         )
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> "QuerySettings":
         return msgspec.structs.replace(self, **changes)

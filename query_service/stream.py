@@ -28,19 +28,18 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from contracts.api import ApiError, iso_ms, json_encoder
-from contracts.auth import bearer_token
+from contracts.auth import Authenticator, Principal, bearer_token
 from contracts.instruments import Instruments
 from contracts.ratelimit import rate_limit_fields
 from contracts.topics import ORDER_REQUEST_SUBJECT
 from query_service import views
-from query_service.auth import Authenticator, Identity
 from query_service.bus import Bus
 from query_service.feed import FeedMessage, decode_feed
-from query_service.metrics import Metrics
+from query_service.metrics import QueryMetrics
 from query_service.params import DEFAULT_INSTRUMENT
 from query_service.redis_keys import Keys
 from query_service.render import level_rows
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 
 log = logging.getLogger("query_service.stream")
 
@@ -74,7 +73,7 @@ class _BookSub:
 
 
 class Conn:
-    def __init__(self, hub: "Hub", socket, identity: Identity | None, api_key: str | None):
+    def __init__(self, hub: "Hub", socket, identity: Principal | None, api_key: str | None):
         self.hub = hub
         self.socket = socket
         self.identity = identity
@@ -134,12 +133,12 @@ class Conn:
 class Hub:
     def __init__(
         self,
-        settings: Settings,
+        settings: QuerySettings,
         instruments: Instruments,
         redis,
         bus: Bus,
         auth: Authenticator,
-        metrics: Metrics,
+        metrics: QueryMetrics,
         books: views.BookReader,
     ):
         self.settings = settings

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from command_service.app import create_asgi
-from command_service.settings import Settings
+from command_service.settings import CommandSettings
 from ops.stack import free_port
 from tests.support.query import instruments_file
 from tests.support.services import InProcessServer, create_key
@@ -21,7 +21,7 @@ VOLATILE = {"orderbook", "order_id", "created_at", "updated_at", "trade_id", "bu
 @pytest.fixture(scope="module")
 async def both():
     settings = msgspec.structs.replace(
-        Settings.from_env(), instruments_file=instruments_file([SYMBOL]), port=free_port(), auth_enabled=True,
+        CommandSettings.from_env(), instruments_file=instruments_file([SYMBOL]), port=free_port(), auth_enabled=True,
         nats_enabled=False, rate_limit_per_second=0, max_body_bytes=2048,
     )
     server = await InProcessServer(create_asgi(settings), settings.port).start()

@@ -12,7 +12,7 @@ import uuid
 import httpx
 import redis.asyncio as aioredis
 
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from tests.support.query import Replica, create_topic, delete_topic, settings_for_test, wipe
 from tests.support.services import ServiceProcess, free_port
 
@@ -44,7 +44,7 @@ async def test_closed_orders_leave_redis_and_paging_crosses_into_postgres():
     client = f"ret-{uuid.uuid4().hex[:8]}"
     other = f"ret-{uuid.uuid4().hex[:8]}"
     cmd = ServiceProcess("command_service", free_port(), OPEN_ENV).start()
-    settings = settings_for_test(["BTC-USD"], instruments_file=Settings.from_env().instruments_file,
+    settings = settings_for_test(["BTC-USD"], instruments_file=QuerySettings.from_env().instruments_file,
                                  retention_s=1.0, retention_sweep_s=0.0, auth_enabled=False,
                                  fills_per_client=3)
     await create_topic(settings)

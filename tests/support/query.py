@@ -25,7 +25,7 @@ from contracts.auth import hash_api_key
 from contracts.messages import Event, encode_event
 from ops.stack import free_port
 from query_service.app import create_asgi
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from tests.support.services import InProcessServer
 
 BTC_LIKE = {"tick_size": "0.01", "lot_size": "0.00000001", "min_quantity": "0.00000001",
@@ -45,10 +45,10 @@ def instruments_file(symbols: list[str]) -> str:
     return path
 
 
-def settings_for_test(symbols: list[str], **overrides) -> Settings:
-    """Settings from the EXCHANGE_* environment with per-test topic/group/prefix and fast
+def settings_for_test(symbols: list[str], **overrides) -> QuerySettings:
+    """QuerySettings from the EXCHANGE_* environment with per-test topic/group/prefix and fast
     group joins and watchdog."""
-    base = Settings.from_env()
+    base = QuerySettings.from_env()
     tag = uuid.uuid4().hex[:8]
     values = dict(
         kafka_topic=f"qs-test-{tag}",
@@ -67,7 +67,7 @@ def settings_for_test(symbols: list[str], **overrides) -> Settings:
     return base.replace(**values)
 
 
-async def create_topic(settings: Settings, partitions: int = 6) -> None:
+async def create_topic(settings: QuerySettings, partitions: int = 6) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -76,7 +76,7 @@ async def create_topic(settings: Settings, partitions: int = 6) -> None:
         await admin.close()
 
 
-async def delete_topic(settings: Settings) -> None:
+async def delete_topic(settings: QuerySettings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -130,7 +130,7 @@ class JournalSeeder:
 class Publisher:
     """Publishes events like the relay: key = instrument, value = the journal payload."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: QuerySettings):
         self.settings = settings
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
 
@@ -154,7 +154,7 @@ class Publisher:
 class Replica(InProcessServer):
     """One query replica (the real app under uvicorn) inside the test's event loop."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: QuerySettings):
         self.settings = settings
         super().__init__(create_asgi(settings), settings.port)
 

@@ -13,15 +13,15 @@ import types
 from contracts.instruments import load_instruments
 from query_service import app as query_app
 from query_service import openapi, views
-from query_service.settings import Settings
+from query_service.settings import QuerySettings
 from query_service.settlements import settlements
 
-DOC = openapi.document(load_instruments(Settings.from_env().instruments_file))
+DOC = openapi.document(load_instruments(QuerySettings.from_env().instruments_file))
 UNDOCUMENTED = {"/metrics", "/schema/openapi.json", "/stream"}  # text, the document itself, the WebSocket
 
 
 def _app_routes() -> dict[str, object]:
-    app = query_app.create_app(Settings.from_env())
+    app = query_app.create_app(QuerySettings.from_env())
     out = {}
     for r in app.routes:
         path = r.path.replace(":str", "")
@@ -42,7 +42,7 @@ def _const(node, names: dict):
 def handler_params(fn) -> dict[str, dict]:
     """name -> {kind, default, lo, hi} from the handler's source."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    names = {**vars(query_app), "views": views, "s": types.SimpleNamespace(settings=Settings.from_env())}
+    names = {**vars(query_app), "views": views, "s": types.SimpleNamespace(settings=QuerySettings.from_env())}
     found: dict[str, dict] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):

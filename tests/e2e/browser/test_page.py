@@ -126,7 +126,7 @@ async def test_cancel_from_open_orders_and_bad_price_error_next_to_the_field(sys
     await a.page.fill("[data-testid=api-key]", "exk_not-a-key")
     await a.page.press("[data-testid=api-key]", "Enter")
     await a.page.wait_for_function("() => document.querySelector('[data-testid=error-api_key]').textContent !== ''")
-    assert await a.page.text_content("[data-testid=error-api_key]") == "invalid or revoked api key"
+    assert await a.page.text_content("[data-testid=error-api_key]") == "unknown or revoked API key"
     assert await a.page.evaluate("() => sessionStorage.length") == 0
     await a.use_key(system.keys["client-A"], "client-A")
     assert await a.page.evaluate("() => sessionStorage.getItem('exchange.apiKey')") == system.keys["client-A"]
