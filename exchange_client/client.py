@@ -16,6 +16,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import httpx
@@ -38,6 +39,26 @@ class _Call:
     headers: dict = field(default_factory=dict)
 
 
+# (HTTP method, path as in the OpenAPI documents) -> the client method that calls it. Filled by
+# @_route; tests/unit/test_client_routes.py checks that every route of both served OpenAPI
+# documents is here (and calls each method to see it hits its route), so the client cannot drift.
+ROUTES: dict[tuple[str, str], str] = {}
+
+
+def _route(method: str, path: str):
+    def mark(fn):
+        ROUTES[(method, path)] = fn.__name__
+        return fn
+    return mark
+
+
+def _time(v):
+    """A time as the API takes it: ISO 8601 text as it is, a datetime as ISO 8601 (naive = UTC)."""
+    if isinstance(v, datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+    return v
+
+
 def _clean(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -56,95 +77,155 @@ class _Routes:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ command service
+    @_route("POST", "/orders")
     def place_order(self, side: str, quantity, *, type: str = "limit", price=None, instrument: str = "BTC-USD",
                     time_in_force: str | None = None, post_only: bool | None = None, stop_price=None,
                     self_trade_prevention: str | None = None, order_id: str | None = None,
-                    client_id: str | None = None, idempotency_key: str | None = None, **extra):
-        """POST /orders -> {order, trades, orderbook}. `extra` passes fields this client does not
-        name yet (e.g. of newer order types) through unchanged."""
+                    client_id: str | None = None, idempotency_key: str | None = None, display_quantity=None,
+                    expire_time: str | datetime | None = None, **extra):
+        """POST /orders -> {order, trades, orderbook}.
+
+        type: limit, market, stop_limit, stop_market; time_in_force: GTC, IOC, FOK, GTD (GTD needs
+        `expire_time`, ISO 8601 text or a datetime, in the future); `display_quantity` makes a limit
+        order an iceberg that shows that much at a time; self_trade_prevention: cancel_newest (the
+        server's default), cancel_oldest, cancel_both. `extra` passes fields this client does not
+        name yet through unchanged."""
         body = _clean({"side": side, "type": type, "quantity": _num(quantity), "price": _num(price),
                        "instrument": instrument, "time_in_force": time_in_force, "post_only": post_only,
                        "stop_price": _num(stop_price), "self_trade_prevention": self_trade_prevention,
                        "order_id": order_id, "client_id": client_id,
+                       "display_quantity": _num(display_quantity), "expire_time": _time(expire_time),
                        "idempotency_key": idempotency_key or uuid.uuid4().hex,
                        **{k: _num(v) if isinstance(v, (Decimal, float)) else v for k, v in extra.items()}})
         return self._do(_Call("POST", "/orders", body=body))
 
+    @_route("POST", "/orders/{order_id}/amend")
+    def amend_order(self, order_id: str, quantity=None, price=None):
+        """POST /orders/{order_id}/amend -> {order, trades, orderbook}. `quantity` is the new total
+        (more than the filled quantity), `price` the new limit; give one or both. A pure decrease
+        keeps the order's time priority; a price change or an increase re-enters at the back and
+        may trade. Errors: 400 invalid_amend (nothing to change), 404, 409 order_closed, 409
+        post_only_would_cross (the order stays as it was)."""
+        # Not repeated after an answer-less failure: if the first attempt was committed, the
+        # same amend again changes nothing and is refused (invalid_amend), which would hide
+        # that it worked. Read the order (get_order) to find out instead.
+        return self._do(_Call("POST", f"/orders/{order_id}/amend",
+                              body=_clean({"quantity": _num(quantity), "price": _num(price)}), safe_to_repeat=False))
+
+    @_route("POST", "/orders/{order_id}/cancel")
     def cancel_order(self, order_id: str):
         """POST /orders/{order_id}/cancel -> {order}."""
         return self._do(_Call("POST", f"/orders/{order_id}/cancel"))
 
+    @_route("POST", "/orders/cancel-all")
     def cancel_all(self, instrument: str | None = None, side: str | None = None, client_id: str | None = None):
         """POST /orders/cancel-all -> {cancelled: [order_id]}."""
         return self._do(_Call("POST", "/orders/cancel-all",
                               body=_clean({"instrument": instrument, "side": side, "client_id": client_id})))
 
+    @_route("POST", "/orders/cancel-after")
+    def cancel_after(self, timeout_ms: int, client_id: str | None = None):
+        """POST /orders/cancel-after -> {timeout_ms, current_time, trigger_time}: the dead man's
+        switch. Unless called again within `timeout_ms` (at most 86,400,000), every open order of
+        the key's client on every instrument is cancelled (cancel_reason cancel_after); 0 turns it
+        off. Call it periodically (e.g. every timeout/3) while your program is healthy."""
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
+            raise TypeError(f"{timeout_ms!r}: timeout_ms is an int of milliseconds")
+        return self._do(_Call("POST", "/orders/cancel-after",
+                              body=_clean({"timeout_ms": timeout_ms, "client_id": client_id})))
+
+    @_route("GET", "/orders/{order_id}")
     def get_order(self, order_id: str):
         """GET /orders/{order_id} -> {order} (committed state)."""
         return self._do(_Call("GET", f"/orders/{order_id}"))
 
+    @_route("POST", "/admin/snapshot")
     def admin_snapshot(self, instrument: str | None = None):
         """POST /admin/snapshot (admin key) -> {snapshots: [{instrument, seq, bytes}]}."""
         return self._do(_Call("POST", "/admin/snapshot", params=_clean({"instrument": instrument})))
 
+    @_route("POST", "/admin/settlement")
     def admin_settlement(self, cutoff: str | None = None, instrument: str | None = None):
         """POST /admin/settlement (admin key) -> {cutoff, runs}."""
         return self._do(_Call("POST", "/admin/settlement", body=_clean({"cutoff": cutoff, "instrument": instrument})))
 
     # ------------------------------------------------------------------ query service
+    @_route("GET", "/market/orderbook")
     def orderbook(self, instrument: str = "BTC-USD", levels: int | None = None):
         """GET /market/orderbook -> {instrument, bids, asks, seq, timestamp}."""
         return self._do(_Call("GET", "/market/orderbook", params=_clean({"instrument": instrument, "levels": levels})))
 
+    @_route("GET", "/market/trades")
     def trades(self, instrument: str = "BTC-USD", limit: int | None = None):
         """GET /market/trades -> {instrument, trades (newest first), count}."""
         return self._do(_Call("GET", "/market/trades", params=_clean({"instrument": instrument, "limit": limit})))
 
+    @_route("GET", "/market/analytics")
     def analytics(self, instrument: str = "BTC-USD", start_time: str | None = None, end_time: str | None = None,
                   interval: int | None = None):
         """GET /market/analytics -> {aggregates: [...], overall_vwap, ...} (default: the last 24 h)."""
         return self._do(_Call("GET", "/market/analytics", params=_clean(
             {"instrument": instrument, "start_time": start_time, "end_time": end_time, "interval": interval})))
 
+    @_route("GET", "/market/candles")
     def candles(self, instrument: str = "BTC-USD", interval: str | None = None, limit: int | None = None,
                 end_time: str | None = None):
         """GET /market/candles."""
         return self._do(_Call("GET", "/market/candles", params=_clean(
             {"instrument": instrument, "interval": interval, "limit": limit, "end_time": end_time})))
 
+    @_route("GET", "/market/ticker")
     def ticker(self, instrument: str = "BTC-USD"):
         """GET /market/ticker (24 h)."""
         return self._do(_Call("GET", "/market/ticker", params={"instrument": instrument}))
 
+    @_route("GET", "/market/time")
+    def server_time(self):
+        """GET /market/time -> {time (ISO 8601), epoch_ms}: the server's clock (e.g. to set GTD
+        expire times or to measure your clock's offset)."""
+        return self._do(_Call("GET", "/market/time"))
+
+    @_route("GET", "/market/instruments")
     def instruments(self):
         """GET /market/instruments: tick and lot sizes, limits."""
         return self._do(_Call("GET", "/market/instruments"))
 
+    @_route("GET", "/market/positions/{client_id}")
     def positions(self, client_id: str):
         """GET /market/positions/{client_id} (that client's key)."""
         return self._do(_Call("GET", f"/market/positions/{client_id}"))
 
+    @_route("GET", "/market/orders")
     def orders(self, status: str | None = None, instrument: str | None = None, limit: int | None = None,
                cursor: str | None = None, client_id: str | None = None):
         """GET /market/orders: the key's client's orders, newest first (next_cursor pages on)."""
         return self._do(_Call("GET", "/market/orders", params=_clean(
             {"status": status, "instrument": instrument, "limit": limit, "cursor": cursor, "client_id": client_id})))
 
+    @_route("GET", "/market/fills")
     def fills(self, instrument: str | None = None, limit: int | None = None, cursor: str | None = None,
               client_id: str | None = None):
         """GET /market/fills: the key's client's fills, newest first."""
         return self._do(_Call("GET", "/market/fills", params=_clean(
             {"instrument": instrument, "limit": limit, "cursor": cursor, "client_id": client_id})))
 
+    @_route("GET", "/market/settlements")
     def settlements(self, instrument: str | None = None, limit: int | None = None, client_id: str | None = None):
         """GET /market/settlements: the key's client's settlement records."""
         return self._do(_Call("GET", "/market/settlements", params=_clean(
             {"instrument": instrument, "limit": limit, "client_id": client_id})))
 
     # ------------------------------------------------------------------ operations
+    @_route("GET", "/healthz")
     def health(self):
         """GET /healthz: through the gateway, the whole system (raises Unavailable when unhealthy)."""
         return self._do(_Call("GET", "/healthz"))
+
+    @_route("GET", "/healthz/system")
+    def system_health(self):
+        """GET /healthz/system of a query replica (its URL, not the gateway's: through the gateway
+        this is what health() answers): the whole exchange (raises Unavailable when unhealthy)."""
+        return self._do(_Call("GET", "/healthz/system"))
 
     def metrics(self) -> str:
         """GET /metrics (Prometheus text; needs an admin key on the gateway)."""

@@ -8,14 +8,20 @@ import json
 from decimal import Decimal
 
 # Fields of the API's answers that carry an exact decimal (an integer-looking one, e.g. a
-# price of 70000, is a Decimal too; counts and seqs stay ints).
+# price of 70000, is a Decimal too; counts and seqs stay ints). The server writes decimals as
+# JSON numbers, so a field missing here comes back as an int when its value is whole:
+# tests/unit/test_client_routes.py checks this set against every decimal field of the
+# OpenAPI and AsyncAPI documents.
 DECIMAL_FIELDS = frozenset({
     "price", "quantity", "cumulative", "filled_quantity", "remaining_quantity", "average_price", "stop_price",
     "net_quantity", "total_cost", "avg_price", "realized_pnl", "unrealized_pnl", "total_quantity", "min_price",
     "max_price", "total_volume", "vwap", "overall_vwap", "open", "high", "low", "close", "volume", "last",
     "last_price", "change", "quote_volume", "tick_size", "lot_size", "min_quantity", "max_quantity",
     "best_bid", "best_ask", "notional", "fee", "net_cost", "mark_price",
-    "visible_quantity", "display_quantity", "peak_size",
+    "visible_quantity", "display_quantity", "peak_size", "shown_quantity",
+    # ticker (24 h), analytics buckets, settlements
+    "last_quantity", "open_24h", "high_24h", "low_24h", "volume_24h", "quote_volume_24h", "vwap_24h", "change_24h",
+    "change_percent_24h", "open_price", "close_price", "net_quote", "bought_quantity", "sold_quantity",
 })
 
 
