@@ -1,9 +1,11 @@
 """Order entry over WS /ws (command service): many requests in flight on one connection, each
 answered after commit; answers are matched to requests by `request_id`.
 
-    async with OrderSocket("http://127.0.0.1:3000", api_key) as ws:
+    async with OrderSocket("http://127.0.0.1:3000", api_key, cancel_on_disconnect=True) as ws:
         r = await ws.place_order("buy", Decimal("0.1"), price=Decimal("70000"))
+        await ws.amend_order(r["order"]["order_id"], price=Decimal("70001"))
         await ws.cancel_order(r["order"]["order_id"])
+        await ws.cancel_all(instrument="BTC-USD")
 
 Errors are raised as the same typed exceptions as over HTTP (the /ws error message has a code but
 no HTTP status: the class comes from the code). Every order carries an idempotency_key (a new UUID
@@ -35,10 +37,13 @@ from exchange_client.errors import (
     Unavailable,
 )
 
-_BY_CODE = {"unauthorized": (401, Unauthorized), "forbidden": (403, Forbidden), "not_found": (404, NotFound),
+# The WS codes that are not 400s (docs/ERRORS.md): the HTTP status the same condition gets.
+_BY_CODE = {"unauthorized": (401, Unauthorized), "forbidden": (403, Forbidden),
+            "insufficient_scope": (403, Forbidden), "not_found": (404, NotFound),
             "order_closed": (409, Conflict), "duplicate_order_id": (409, Conflict),
-            "idempotency_key_reused": (409, Conflict), "rate_limited": (429, RateLimited),
-            "unavailable": (503, Unavailable), "internal": (500, ServerError)}
+            "post_only_would_cross": (409, Conflict), "idempotency_key_reused": (409, Conflict),
+            "rate_limited": (429, RateLimited), "too_many_requests": (429, RateLimited),
+            "unavailable": (503, Unavailable), "bad_gateway": (502, Unavailable), "internal": (500, ServerError)}
 
 
 def ws_error(err: dict) -> ExchangeError:
@@ -55,10 +60,15 @@ def ws_url(url: str) -> str:
 
 
 class OrderSocket:
-    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0):
+    """cancel_on_disconnect=True: right after connecting, a `session` message asks the exchange to
+    cancel the orders placed over this socket when it closes (also a dropped connection); the
+    socket is ready only once the exchange confirmed it. session() changes it later."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0, cancel_on_disconnect: bool = False):
         self.url = ws_url(url)
         self.api_key = api_key
         self.timeout = timeout
+        self.cancel_on_disconnect = cancel_on_disconnect
         self._ws = None
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, asyncio.Future] = {}
@@ -68,6 +78,12 @@ class OrderSocket:
         self._ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {self.api_key}"},
                                  max_size=2**24)
         self._reader = asyncio.create_task(self._read())
+        if self.cancel_on_disconnect:
+            try:
+                await self.session(cancel_on_disconnect=True)
+            except BaseException:
+                await self.close()
+                raise
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -127,6 +143,27 @@ class OrderSocket:
     async def cancel_order(self, order_id: str) -> dict:
         """-> {type: cancel_accepted, order}."""
         return await self._request({"type": "cancel", "order_id": order_id})
+
+    async def amend_order(self, order_id: str, quantity=None, price=None) -> dict:
+        """-> {type: amend_accepted, order, trades}. `quantity` is the new total (more than the
+        filled quantity), `price` the new limit; a pure decrease keeps time priority. Errors as
+        over HTTP: invalid_amend (nothing to change), not_found, order_closed, post_only_would_cross."""
+        return await self._request(_clean({"type": "amend", "order_id": order_id, "quantity": _num(quantity),
+                                           "price": _num(price)}))
+
+    async def cancel_all(self, instrument: str | None = None, side: str | None = None,
+                         client_id: str | None = None) -> dict:
+        """-> {type: cancel_all_accepted, cancelled: [order_id]}: the key's open orders (of one
+        instrument and side if given; every instrument when not)."""
+        return await self._request(_clean({"type": "cancel_all", "instrument": instrument, "side": side,
+                                           "client_id": client_id}))
+
+    async def session(self, *, cancel_on_disconnect: bool) -> dict:
+        """-> {type: session, cancel_on_disconnect}. True: the orders placed over this socket (before
+        or after this message) that still rest are cancelled when the socket closes."""
+        r = await self._request({"type": "session", "cancel_on_disconnect": cancel_on_disconnect})
+        self.cancel_on_disconnect = bool(r.get("cancel_on_disconnect"))
+        return r
 
     async def ping(self) -> dict:
         return await self._request({"type": "ping"})

@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from exchange_client import (
     Unauthorized,
 )
 from tests.e2e.conftest import GATEWAY
+from tests.support.services import create_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SYM = "SOL-USD"  # tick 0.001, lot 0.01
@@ -206,3 +208,132 @@ async def test_examples_run_without_error(system):
     assert made.returncode == 0, made.stderr[-2000:]
     assert "bid " in made.stdout and "stopped: cancelled" in made.stdout, made.stdout[-1000:]
     assert "Traceback" not in watched.stderr + made.stderr
+
+
+def _wait_order(client: ExchangeClient, order_id: str, status: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        order = client.get_order(order_id)["order"]
+        if order["status"] == status:
+            return order
+        assert time.monotonic() < deadline, f"{order_id} still {order['status']} after {timeout} s"
+        time.sleep(0.1)
+
+
+def _closed_reason(client: ExchangeClient, order_id: str, timeout: float = 10.0) -> str:
+    """The cancel_reason of a closed order, from the read view (the committed order has none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for o in client.orders(status="closed", instrument=SYM, limit=100)["orders"]:
+            if o["order_id"] == order_id and o.get("cancel_reason"):
+                return o["cancel_reason"]
+        assert time.monotonic() < deadline, f"{order_id} not closed in the read view after {timeout} s"
+        time.sleep(0.1)
+
+
+def test_amend_iceberg_gtd_and_server_time(system):
+    with ExchangeClient(GATEWAY, system.keys["client-A"]) as a, \
+            ExchangeClient(GATEWAY, system.keys["client-B"]) as b:
+        # far below the other tests' prices (100 +- 40 ticks), so nothing else trades with these
+        placed = a.place_order("buy", Decimal("0.50"), price=Decimal("2.000"), instrument=SYM)["order"]
+        oid = placed["order_id"]
+        # a pure decrease keeps the order; quantity is the new total
+        r = a.amend_order(oid, quantity=Decimal("0.3"))
+        assert r["order"]["order_id"] == oid and r["order"]["quantity"] == Decimal("0.3")
+        assert isinstance(r["order"]["quantity"], Decimal) and r["trades"] == []
+        r = a.amend_order(oid, price=Decimal("2.005"), quantity=Decimal("0.40"))
+        assert (r["order"]["price"], r["order"]["quantity"]) == (Decimal("2.005"), Decimal("0.4"))
+        assert a.get_order(oid)["order"]["price"] == Decimal("2.005")
+        with pytest.raises(InvalidRequest) as e:
+            a.amend_order(oid, price=Decimal("2.005"), quantity=Decimal("0.4"))  # changes nothing
+        assert e.value.code == "invalid_amend"
+        with pytest.raises(NotFound):
+            b.amend_order(oid, price=Decimal("2.001"))  # another client's order: as if unknown
+        with pytest.raises(InvalidRequest) as e:
+            a.amend_order(oid, price="2.0001")
+        assert (e.value.code, e.value.field) == ("off_tick", "price")
+        a.cancel_order(oid)
+        with pytest.raises(Conflict) as e:
+            a.amend_order(oid, quantity=Decimal("0.1"))
+        assert e.value.code == "order_closed"
+
+        # the server's clock, and a GTD order that expires by it
+        now = a.server_time()
+        assert isinstance(now["epoch_ms"], int) and now["time"].endswith("Z")
+        assert abs(now["epoch_ms"] / 1000 - time.time()) < 5, now
+        expire = datetime.fromtimestamp(now["epoch_ms"] / 1000 + 1.5, tz=timezone.utc)
+        gtd = a.place_order("buy", Decimal("0.1"), price=Decimal("2.000"), instrument=SYM, time_in_force="GTD",
+                            expire_time=expire)["order"]
+        assert gtd["time_in_force"] == "GTD" and gtd["status"] == "open" and gtd["expire_time"].endswith("Z")
+        _wait_order(a, gtd["order_id"], "cancelled")
+        assert _closed_reason(a, gtd["order_id"]) == "expired"
+
+        # an iceberg: the owner sees display_quantity, the book only the shown part
+        ice = a.place_order("buy", Decimal("1.00"), price=Decimal("2.100"), instrument=SYM,
+                            display_quantity=Decimal("0.20"))
+        order = ice["order"]
+        assert order["display_quantity"] == Decimal("0.2") and isinstance(order["display_quantity"], Decimal)
+        deadline = time.monotonic() + 10
+        while True:
+            level = [lv for lv in a.orderbook(SYM, levels=100)["bids"] if lv["price"] == Decimal("2.1")]
+            if level:
+                break
+            assert time.monotonic() < deadline, "iceberg not in the read view in 10 s"
+            time.sleep(0.1)
+        assert level[0]["quantity"] == Decimal("0.2"), level  # not 1.00
+        a.cancel_order(order["order_id"])
+
+
+async def test_cancel_after_cancels_the_clients_orders(system):
+    key = await create_key("client-dms")  # its own client: the switch cancels every order of the client
+    with ExchangeClient(GATEWAY, key) as c:
+        oid = c.place_order("buy", Decimal("0.1"), price=Decimal("2.000"), instrument=SYM)["order"]["order_id"]
+        armed = c.cancel_after(60_000)
+        assert armed["timeout_ms"] == 60_000 and armed["trigger_time"] > armed["current_time"]
+        off = c.cancel_after(0)
+        assert off["trigger_time"] is None
+        await asyncio.sleep(0.5)
+        assert c.get_order(oid)["order"]["status"] == "open"  # switched off: nothing cancelled
+        c.cancel_after(300)
+        await asyncio.to_thread(_wait_order, c, oid, "cancelled")
+        assert await asyncio.to_thread(_closed_reason, c, oid) == "cancel_after"
+        with pytest.raises(InvalidRequest) as e:
+            c.cancel_after(86_400_001)
+        assert e.value.field == "timeout_ms"
+
+
+async def test_order_socket_amend_cancel_all_and_cancel_on_disconnect(system):
+    key = await create_key("client-ws-session")
+    with ExchangeClient(GATEWAY, key) as rest:
+        async with OrderSocket(GATEWAY, key) as ws:
+            placed = [await ws.place_order("sell", Decimal("0.10"), price=Decimal("900.000") + i * TICK,
+                                           instrument=SYM) for i in range(3)]
+            oid = placed[0]["order"]["order_id"]
+            r = await ws.amend_order(oid, quantity=Decimal("0.05"))
+            assert r["type"] == "amend_accepted" and r["order"]["quantity"] == Decimal("0.05")
+            assert isinstance(r["order"]["quantity"], Decimal)
+            r = await ws.amend_order(oid, price=Decimal("900.010"))
+            assert r["order"]["price"] == Decimal("900.01")
+            with pytest.raises(InvalidRequest) as e:
+                await ws.amend_order(oid, price=Decimal("900.010"))
+            assert e.value.code == "invalid_amend"
+            done = await ws.cancel_all(instrument=SYM)
+            assert done["type"] == "cancel_all_accepted"
+            assert set(done["cancelled"]) == {p["order"]["order_id"] for p in placed}
+            with pytest.raises(Conflict) as e:
+                await ws.amend_order(oid, price=Decimal("900.020"))
+            assert e.value.code == "order_closed"
+        # cancel_on_disconnect: the socket's resting orders are cancelled when it closes
+        async with OrderSocket(GATEWAY, key, cancel_on_disconnect=True) as ws:
+            assert ws.cancel_on_disconnect is True
+            kept = (await ws.place_order("sell", Decimal("0.10"), price=Decimal("901.000"), instrument=SYM))["order"]
+        await asyncio.to_thread(_wait_order, rest, kept["order_id"], "cancelled")
+        assert await asyncio.to_thread(_closed_reason, rest, kept["order_id"]) == "cancel_on_disconnect"
+        # without it, they stay
+        async with OrderSocket(GATEWAY, key) as ws:
+            stays = (await ws.place_order("sell", Decimal("0.10"), price=Decimal("901.000"), instrument=SYM))["order"]
+            off = await ws.session(cancel_on_disconnect=False)
+            assert off["cancel_on_disconnect"] is False
+        await asyncio.sleep(0.5)
+        assert rest.get_order(stays["order_id"])["order"]["status"] == "open"
+        rest.cancel_order(stays["order_id"])
