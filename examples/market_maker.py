@@ -3,10 +3,12 @@ when the market moves.
 
 Reference price: the mid of the best bid and ask of the OTHER participants (own quotes are
 taken out of the live book), else the last trade, else --price. When the reference moves by
-at least one tick, both quotes are replaced. The exchange has no amend route yet, so a
-requote is a cancel of the old quote followed by a new order (cancel/replace): between the
-two, that side has no quote. Every order carries an idempotency key (the client adds one),
-so a retried request never places a second quote. On exit it cancels its quotes.
+at least one tick, both quotes are moved with an amend (POST /orders/{id}/amend): one request,
+the order keeps its id and that side is never without a quote (a cancel/replace leaves a gap
+between the two). A quote that was filled meanwhile (409 order_closed) is replaced by a new
+order; an amend refused as post_only_would_cross leaves the quote where it was until the next
+check. Every new order carries an idempotency key (the client adds one), so a retried request
+never places a second quote. On exit it cancels its quotes.
 
     set -a; . ./.state/run/demo-keys.env; set +a
     .venv/bin/python examples/market_maker.py --api-key "$EXCHANGE_KEY_CLIENT_A" --seconds 30
@@ -36,6 +38,7 @@ class MarketMaker:
         self.quotes: dict[str, dict | None] = {"buy": None, "sell": None}  # side -> {order_id, price}
         self.last_trade: Decimal | None = None
         self.requotes = 0
+        self.amends = 0  # requotes done by amending the resting quote
         self.fills = 0
 
     def reference(self) -> Decimal:
@@ -52,9 +55,18 @@ class MarketMaker:
         old = self.quotes[side]
         if old is not None:
             try:
-                await self.client.cancel_order(old["order_id"])
-            except (Conflict, NotFound):
-                self.fills += 1  # filled (or gone) before we could cancel it
+                r = await self.client.amend_order(old["order_id"], price=price)
+            except Conflict as e:
+                if e.code == "post_only_would_cross":
+                    return  # the quote stays where it was; the next check tries again
+                self.fills += 1  # order_closed: filled before we could move it
+            except NotFound:
+                self.fills += 1
+            else:
+                self.amends += 1
+                if r["order"]["status"] in ("open", "partially_filled"):
+                    self.quotes[side] = {"order_id": old["order_id"], "price": price}
+                    return
             self.quotes[side] = None
         r = await self.client.place_order(side, self.size, type="limit", price=price,
                                           instrument=self.book.instrument, post_only=True)
@@ -113,12 +125,13 @@ async def main() -> None:
                     await mm.step()
                     q = mm.quotes
                     print(f"seq {book.seq}: ref {mm.reference()} bid {q['buy'] and q['buy']['price']} "
-                          f"ask {q['sell'] and q['sell']['price']} (requotes {mm.requotes}, fills {mm.fills})",
-                          flush=True)
+                          f"ask {q['sell'] and q['sell']['price']} (requotes {mm.requotes}, amends {mm.amends}, "
+                          f"fills {mm.fills})", flush=True)
                     await asyncio.sleep(args.interval)
             finally:
                 cancelled = await mm.withdraw()
-                print(f"stopped: cancelled {cancelled} quote(s)")
+                print(f"stopped: cancelled {cancelled} quote(s); requotes {mm.requotes}, amends {mm.amends}, "
+                      f"fills {mm.fills}")
 
 
 if __name__ == "__main__":

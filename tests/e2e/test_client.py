@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -191,6 +192,27 @@ def _run_example(args: list[str], seconds: float, key: str) -> subprocess.Comple
                           capture_output=True, text=True, timeout=seconds + 30)
 
 
+async def _move_the_market(system, maker_key: str) -> int:
+    """Once the maker quotes, take the three best ask levels of the others (not the maker's
+    quotes): their mid rises by at least 1.5 ticks, so the maker must requote (by amending)."""
+    mover_key = await create_key("client-mover")  # its own client: no self-trade prevention with C's asks
+    async with AsyncExchangeClient(GATEWAY, maker_key) as maker, AsyncExchangeClient(GATEWAY, mover_key) as mover:
+        deadline = time.monotonic() + 3
+        quotes: set = set()
+        while len(quotes) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            quotes = {o["price"] for o in (await maker.orders(status="open", instrument=SYM))["orders"]}
+        taken = 0
+        for _ in range(3):
+            asks = [lv for lv in (await mover.orderbook(SYM, levels=100))["asks"] if lv["price"] not in quotes]
+            if not asks:
+                break
+            await mover.place_order("buy", asks[0]["quantity"], price=asks[0]["price"], instrument=SYM,
+                                    time_in_force="IOC")
+            taken += 1
+        return taken
+
+
 async def test_examples_run_without_error(system):
     async def trade_a_little():
         async with AsyncExchangeClient(GATEWAY, system.keys["client-C"]) as c:
@@ -198,15 +220,21 @@ async def test_examples_run_without_error(system):
                 await _random_orders(c, "", 5, random.Random(100 + i))
                 await asyncio.sleep(0.3)
 
+    async with AsyncExchangeClient(GATEWAY, system.keys["client-B"]) as b:
+        await b.cancel_all(instrument=SYM)  # B's open orders on SYM are then the maker's quotes only
     watcher = asyncio.to_thread(_run_example, ["examples/watch_book.py", "--instrument", SYM, "--every", "0.5"], 4,
                                 system.keys["client-A"])
     maker = asyncio.to_thread(_run_example, ["examples/market_maker.py", "--instrument", SYM, "--interval", "0.3",
                                              "--spread-ticks", "60", "--price", "100"], 4, system.keys["client-B"])
-    watched, made, _ = await asyncio.gather(watcher, maker, trade_a_little())
+    watched, made, _, _ = await asyncio.gather(watcher, maker, trade_a_little(),
+                                               _move_the_market(system, system.keys["client-B"]))
     assert watched.returncode == 0, watched.stderr[-2000:]
     assert f"--- {SYM} seq" in watched.stdout and "done: seq" in watched.stdout, watched.stdout[-1000:]
     assert made.returncode == 0, made.stderr[-2000:]
     assert "bid " in made.stdout and "stopped: cancelled" in made.stdout, made.stdout[-1000:]
+    # the market moved under the maker (_move_the_market): it requoted by amending its quotes
+    amends = int(re.search(r"stopped: .* amends (\d+)", made.stdout).group(1))
+    assert amends > 0, made.stdout[-2000:]
     assert "Traceback" not in watched.stderr + made.stderr
 
 
