@@ -8,11 +8,13 @@
 - 429 and 503 are retried after `Retry-After` (capped by `max_wait`); 502/504 and connection
   errors are retried for requests that are safe to repeat (reads, orders with their key, cancels).
 - Errors are raised as typed exceptions (exchange_client.errors) built from the error body.
+- Answers are dicts; with `typed=True` the main ones are msgspec Structs (exchange_client.results).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from decimal import Decimal
 
 import httpx
 
-from exchange_client import codec
+from exchange_client import codec, results
 from exchange_client.errors import ConnectionFailed, ExchangeError, error_from
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -37,6 +39,7 @@ class _Call:
     safe_to_repeat: bool = True  # may be sent again after an answer-less failure
     text: bool = False  # the answer is not JSON (/metrics)
     headers: dict = field(default_factory=dict)
+    name: str | None = None  # the client method (set by @_route)
 
 
 # (HTTP method, path as in the OpenAPI documents) -> the client method that calls it. Filled by
@@ -45,10 +48,28 @@ class _Call:
 ROUTES: dict[tuple[str, str], str] = {}
 
 
+class _Build:
+    """Stands in for the client while a route method builds its _Call (the methods only call
+    self._do), so @_route can tag the call with the method's name before it is sent."""
+
+    @staticmethod
+    def _do(call: "_Call") -> "_Call":
+        return call
+
+
+_BUILD = _Build()
+
+
 def _route(method: str, path: str):
     def mark(fn):
         ROUTES[(method, path)] = fn.__name__
-        return fn
+
+        @functools.wraps(fn)
+        def send(self, *args, **kwargs):
+            call = fn(_BUILD, *args, **kwargs)
+            call.name = fn.__name__  # the typed result (exchange_client.results) is chosen by it
+            return self._do(call)
+        return send
     return mark
 
 
@@ -233,10 +254,11 @@ class _Routes:
 
 
 class _Policy:
-    def __init__(self, max_retries: int, max_wait: float, backoff: float):
+    def __init__(self, max_retries: int, max_wait: float, backoff: float, typed: bool = False):
         self.max_retries = max_retries
         self.max_wait = max_wait
         self.backoff = backoff
+        self.typed = typed
 
     def wait_for(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -259,7 +281,10 @@ class _Policy:
             return None, ConnectionFailed(0, "connection_failed", f"{type(exc).__name__}: {exc}"), None
         status = response.status_code
         if status < 400:
-            return (response.text if call.text else codec.loads(response.content)), None, None
+            if call.text:
+                return response.text, None, None
+            body = codec.loads(response.content)
+            return (results.convert(call.name, body) if self.typed and call.name else body), None, None
         retry_after = self.retry_after(response)
         try:
             body = codec.loads(response.content)
@@ -275,14 +300,15 @@ class _Policy:
 
 
 class ExchangeClient(_Routes):
-    """Synchronous client. `ExchangeClient(url, api_key)`; use as a context manager or call close()."""
+    """Synchronous client. `ExchangeClient(url, api_key)`; use as a context manager or call close().
+    typed=True: answers as the Structs of exchange_client.results instead of dicts."""
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 10.0,
                  max_retries: int = 3, max_wait: float = 5.0, backoff: float = 0.1,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, typed: bool = False):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
-        self.policy = _Policy(max_retries, max_wait, backoff)
+        self.policy = _Policy(max_retries, max_wait, backoff, typed)
 
     def _do(self, call: _Call):
         attempt = 0
@@ -318,11 +344,12 @@ class AsyncExchangeClient(_Routes):
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 10.0,
                  max_retries: int = 3, max_wait: float = 5.0, backoff: float = 0.1,
-                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100):
+                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
+                 typed: bool = False):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, transport=transport,
                                       limits=httpx.Limits(max_connections=max_connections))
-        self.policy = _Policy(max_retries, max_wait, backoff)
+        self.policy = _Policy(max_retries, max_wait, backoff, typed)
 
     async def _run(self, call: _Call):
         attempt = 0

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from exchange_client import (
@@ -28,6 +29,7 @@ from exchange_client import (
     NotFound,
     OrderSocket,
     Unauthorized,
+    results,
 )
 from tests.e2e.conftest import GATEWAY
 from tests.support.services import create_key
@@ -365,3 +367,25 @@ async def test_order_socket_amend_cancel_all_and_cancel_on_disconnect(system):
         await asyncio.sleep(0.5)
         assert rest.get_order(stays["order_id"])["order"]["status"] == "open"
         rest.cancel_order(stays["order_id"])
+
+
+async def test_typed_client_on_the_stack(system):
+    key = await create_key("client-typed")
+    async with AsyncExchangeClient(GATEWAY, key, typed=True) as c:
+        placed = await c.place_order("buy", Decimal("0.10"), price=Decimal("3.000"), instrument=SYM)
+        assert isinstance(placed, results.PlaceResult) and placed.order.price == Decimal(3)
+        assert isinstance(placed.order.price, Decimal) and placed.orderbook is not None
+        amended = await c.amend_order(placed.order.order_id, quantity=Decimal("0.05"))
+        assert isinstance(amended, results.PlaceResult) and amended.order.quantity == Decimal("0.05")
+        assert (await c.get_order(placed.order.order_id)).order.quantity == Decimal("0.05")
+        now = await c.server_time()
+        assert isinstance(now, results.ServerTime) and now.epoch_ms > 0
+        switch = await c.cancel_after(0)
+        assert isinstance(switch, results.CancelAfterResult) and switch.trigger_time is None
+        specs = {i.symbol: i for i in (await c.instruments()).instruments}
+        assert specs[SYM].tick_size == TICK
+        for view in (await c.orderbook(SYM), await c.trades(SYM), await c.ticker(SYM), await c.orders(),
+                     await c.fills(), await c.positions("client-typed")):
+            assert isinstance(view, msgspec.Struct), view
+        done = await c.cancel_all(instrument=SYM)
+        assert isinstance(done, results.CancelAllResult) and done.cancelled == [placed.order.order_id]

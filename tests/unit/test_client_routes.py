@@ -14,12 +14,13 @@ import re
 from decimal import Decimal
 
 import httpx
+import msgspec
 import pytest
 
 from command_service.app import create_app, openapi_document
-from contracts import asyncapi
+from contracts import asyncapi, schemas
 from contracts.instruments import load_instruments
-from exchange_client import AsyncExchangeClient, ExchangeClient, codec
+from exchange_client import AsyncExchangeClient, ExchangeClient, codec, results
 from exchange_client.client import ROUTES
 from query_service.openapi import document as query_document
 
@@ -149,3 +150,53 @@ def test_every_client_method_documents_its_route():
     for (method, path), name in ROUTES.items():
         doc = inspect.getdoc(getattr(ExchangeClient, name)) or ""
         assert path.split("{")[0].rstrip("/") in doc, f"{name}'s docstring should name {method} {path}"
+
+
+def _object_schema(schema: dict) -> dict | None:
+    """The object schema in a property's schema (itself, an array's items, or an anyOf branch)."""
+    if schema.get("type") == "object":
+        return schema
+    if schema.get("type") == "array":
+        return _object_schema(schema["items"])
+    for branch in schema.get("anyOf", ()):
+        found = _object_schema(branch)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_struct(cls, schema: dict, where: str) -> None:
+    props, required = schema["properties"], set(schema.get("required", ()))
+    for f in msgspec.structs.fields(cls):
+        assert f.name in props, f"{where}.{f.name}: not in the API document's schema"
+        if f.required:
+            assert f.name in required, f"{where}.{f.name} is required in the Struct, optional in the API"
+        inner = [t for t in (f.type, *getattr(f.type, "__args__", ())) if isinstance(t, type)
+                 and issubclass(t, msgspec.Struct)]
+        if inner:
+            sub = _object_schema(props[f.name])
+            assert sub is not None, f"{where}.{f.name}"
+            _check_struct(inner[0], sub, f"{where}.{f.name}")
+    # every decimal of the API is a Decimal in the Struct
+    for name, prop in props.items():
+        hint = {f.name: f.type for f in msgspec.structs.fields(cls)}.get(name)
+        if hint is not None and _is_decimal(prop):
+            assert "Decimal" in repr(hint), f"{where}.{name} is {hint!r}, the API's is a decimal"
+
+
+def test_typed_results_mirror_the_api_schemas():
+    for name, (cls, schema_name) in results.RESULTS.items():
+        assert name in ROUTES.values(), name
+        _check_struct(cls, schemas.COMPONENTS[schema_name], name)
+
+
+def test_typed_client_returns_structs():
+    body = (b'{"order":{"order_id":"o1","client_id":"A","instrument":"BTC-USD","side":"buy","type":"limit",'
+            b'"price":70000,"quantity":1,"filled_quantity":0,"status":"open","time_in_force":"GTC",'
+            b'"created_at":"t","updated_at":"t","new_field":1},"trades":[]}')
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    with ExchangeClient("http://x", "k", transport=transport, typed=True) as c:
+        r = c.amend_order("o1", price=Decimal("70000"))
+        assert isinstance(r, results.PlaceResult) and r.order.price == Decimal(70000)
+        assert isinstance(r.order.price, Decimal) and r.orderbook is None
+        assert isinstance(c.health(), dict)  # no Struct for it: the dict
