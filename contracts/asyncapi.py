@@ -81,7 +81,9 @@ WS_IN: Messages = {
                   "request_id": "a1"}]),
     "WsCancelAll": ("Cancel all your open orders, optionally of one instrument and side (answered by "
                     "cancel_all_accepted or error)", S.obj(
-        {"type": _t("cancel_all"), "instrument": {"type": "string"}, "side": S.SIDE, "request_id": REQUEST_ID},
+        {"type": _t("cancel_all"), "instrument": {"type": "string"}, "side": S.SIDE,
+         "client_id": {"type": "string", "description": "optional: the key's own client, or any with an admin key"},
+         "request_id": REQUEST_ID},
         ["type"]), [{"type": "cancel_all", "instrument": "BTC-USD", "request_id": "c1"}]),
     "WsSession": ("Session settings: cancel_on_disconnect cancels the orders placed over this socket when it "
                   "closes (answered by session)", S.obj(
