@@ -196,6 +196,7 @@ async def _metrics_response(st) -> Response:
     for sym, s in st.sequencers.items():
         m.queue_depth.labels(sym).set(s.queue_depth)
         m.sequencer_ready.labels(sym).set(1 if s.ready else 0)
+        m.recently_closed.labels(sym).set(len(s.recently_closed))
     try:  # the relay's lag as PostgreSQL sees it: readable here even while the relay is down
         lag = await asyncio.wait_for(relay_lag(st.pool), 1)
         for sym, n in lag.get("events", {}).items():
@@ -317,7 +318,8 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         st.sequencers = {
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
                            snapshot_every=settings.snapshot_every_events, metrics=st.metrics,
-                           event_log=EventLog(sym, instruments.get(sym), settings.log_order_events))
+                           event_log=EventLog(sym, instruments.get(sym), settings.log_order_events),
+                           recently_closed_keep=settings.recently_closed_keep)
             for sym in instruments.symbols
         }
         for s in st.sequencers.values():

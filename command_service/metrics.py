@@ -35,6 +35,9 @@ class CommandMetrics:
                                  registry=r)
         self.sequencer_ready = Gauge("sequencer_ready", "1 when the instrument accepts commands", ["instrument"],
                                      registry=r)
+        self.recently_closed = Gauge("sequencer_recently_closed_orders",
+                                     "Closed orders held in memory to answer racing cancels (bounded)",
+                                     ["instrument"], registry=r)
         self.journal_seq = Gauge("journal_seq", "Last committed seq", ["instrument"], registry=r)
         self.relay_lag_events = Gauge("relay_lag_events", "Journal events not yet published to Kafka",
                                       ["instrument"], registry=r)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import asyncpg
 import msgspec
 
+from command_service.closed_orders import RecentlyClosed
 from command_service.journal import Batch, JournalWriter, NoResetConnection
 from contracts.enums import CLOSED_STATUSES as _CLOSED
 from contracts.messages import ExpireOrders, decode_event
@@ -63,7 +63,8 @@ class Submission:
 
 class Sequencer:
     def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
-                 snapshot_every: int, metrics=None, event_log=None):
+                 snapshot_every: int, metrics=None, event_log=None,
+                 recently_closed_keep: int = RecentlyClosed.DEFAULT_KEEP):
         self.instrument = instrument
         self.event_log = event_log  # command_service.event_log.EventLog, or None
         self.journal = JournalWriter(pool)
@@ -82,9 +83,10 @@ class Sequencer:
         self._snapshot_waiters: list[asyncio.Future] = []
         self._background: set[asyncio.Task] = set()
         self._stopping = False
-        # Orders closed by committed batches, newest last: a cancel racing a fill is the
-        # common case under load and is answered from here without a database round trip.
-        self.recently_closed: dict[str, tuple[str, str]] = {}
+        # Orders closed by committed batches, the newest few thousand: a cancel racing a fill
+        # is the common case under load and is answered from here without a database round
+        # trip; older closed orders are answered from their orders row (bounded: issue 18).
+        self.recently_closed = RecentlyClosed(recently_closed_keep)
         self._expiry_wake = asyncio.Event()
         self._expiry_task: asyncio.Task | None = None
 
@@ -205,13 +207,10 @@ class Sequencer:
             if self.metrics:
                 self.metrics.observe_batch(self.instrument, len(items), time.perf_counter() - t0)
             self._events_since_snapshot += len(batch.events)
-            closed = self.recently_closed
+            add_closed = self.recently_closed.add
             for state, _ in batch.orders.values():
                 if state.status in _CLOSED:
-                    closed[state.order_id] = (state.client_id, state.status.value)
-            if len(closed) > 200_000:
-                for k in list(itertools.islice(closed, 100_000)):
-                    del closed[k]
+                    add_closed(state.order_id, state.client_id, state.status.value)
 
         now = time.perf_counter_ns()
         observe = self.metrics.order_latency.observe_ns if self.metrics else None
@@ -310,7 +309,7 @@ class Sequencer:
                 book.apply(decode_event(payload))
             replayed += len(rows)
         self.book = book
-        self.recently_closed = {}
+        self.recently_closed.clear()
         self._events_since_snapshot = replayed
         self.ready = True
         self._expiry_wake.set()  # orders whose time passed while we were down expire at once

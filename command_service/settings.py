@@ -46,6 +46,9 @@ class CommandSettings(msgspec.Struct, frozen=True):
     idempotency_ttl_s: float = 86400.0
     snapshots_keep: int = 3
     housekeeping_s: float = 60.0
+    # Closed orders per instrument kept in memory to answer a cancel/amend racing a fill without
+    # a database read (between this and twice this many); older ones are read from PostgreSQL.
+    recently_closed_keep: int = 8192
 
     @classmethod
     def from_env(cls) -> "CommandSettings":
@@ -71,4 +74,5 @@ class CommandSettings(msgspec.Struct, frozen=True):
             idempotency_ttl_s=_float("EXCHANGE_IDEMPOTENCY_TTL_S", 86400.0),
             snapshots_keep=_int("EXCHANGE_SNAPSHOTS_KEEP", 3),
             housekeeping_s=_float("EXCHANGE_HOUSEKEEPING_S", 60.0),
+            recently_closed_keep=env_int("EXCHANGE_RECENTLY_CLOSED_KEEP", 8192, minimum=1),
         )

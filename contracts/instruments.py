@@ -71,6 +71,11 @@ _UNIT_CACHE: dict[Decimal, tuple[int, int]] = {}
 
 
 _RAW_CACHE: dict[Decimal, dict[int, msgspec.Raw]] = {}
+# Encodings remembered per unit. ~184 B an entry: the former 100,000 per unit (a cache of every
+# cumulative book quantity ever rendered fills that) was up to ~18 MB per unit and process,
+# a large part of the command service's and query replicas' growth over a soak (issue 18).
+# The hot values (the top levels, round lots) fit in a few thousand.
+RAW_CACHE_MAX = 4096
 
 
 def _json_number(n: int, unit: Decimal) -> msgspec.Raw:
@@ -80,7 +85,7 @@ def _json_number(n: int, unit: Decimal) -> msgspec.Raw:
         cache = _RAW_CACHE[unit] = {}
     raw = cache.get(n)
     if raw is None:
-        if len(cache) >= 100_000:
+        if len(cache) >= RAW_CACHE_MAX:
             cache.clear()
         raw = cache[n] = msgspec.Raw(format_units(n, unit))
     return raw

@@ -9,20 +9,45 @@ A WebSocket answer carries the same figures as `rate_limit: {limit, remaining, r
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from typing import Callable
 
 
 class TokenBuckets:
-    """One bucket per key: `rate` tokens/s up to `burst`; rate <= 0 turns the limit off."""
+    """One bucket per key: `rate` tokens/s up to `burst`; rate <= 0 turns the limit off.
 
-    def __init__(self, rate: float, burst: int, name: str = "default", max_keys: int = 100_000):
+    Bounded by the keys active within one refill time, not by every key ever seen: a bucket that
+    has refilled to `burst` is the same as no bucket (a new key starts full), so such buckets are
+    swept out whenever the table has doubled since the last sweep (amortised O(1) per new key).
+    Keys per WebSocket connection and per client address would otherwise pile up to `max_keys`
+    (~200 B each). `max_keys` stays the last resort against a flood of distinct keys that are all
+    mid-refill: beyond max_keys / 2 after a sweep the oldest are dropped (those keys start full again)."""
+
+    SWEEP_MIN = 1024  # no sweep below this many buckets
+
+    def __init__(self, rate: float, burst: int, name: str = "default", max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic):
         self.rate = rate
         self.burst = max(int(burst), 1)
         self.name = name
         self.max_keys = max_keys
+        self.clock = clock
         self.policy = f'"{name}";q={self.burst};w={max(1, math.ceil(self.burst / rate))}' if rate > 0 else ""
         self._buckets: dict[str, list[float]] = {}
+        self._sweep_at = self.SWEEP_MIN
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _sweep(self, now: float) -> None:
+        burst, rate = self.burst, self.rate
+        self._buckets = {k: b for k, b in self._buckets.items() if b[0] + (now - b[1]) * rate < burst}
+        keep = self.max_keys // 2
+        if len(self._buckets) > keep:  # every sweep at least halves the table: amortised O(1)
+            self._buckets = dict(itertools.islice(self._buckets.items(), len(self._buckets) - keep, None))
+        self._sweep_at = min(max(self.SWEEP_MIN, 2 * len(self._buckets)), self.max_keys)
 
     @property
     def enabled(self) -> bool:
@@ -32,11 +57,11 @@ class TokenBuckets:
         """Charge one token: (allowed, RateLimit headers or None when off, Retry-After s)."""
         if self.rate <= 0:
             return True, None, 0
-        now = time.monotonic()
+        now = self.clock()
         b = self._buckets.get(key)
         if b is None:
-            if len(self._buckets) > self.max_keys:
-                self._buckets.clear()
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
             b = self._buckets[key] = [float(self.burst), now]
         tokens = min(self.burst, b[0] + (now - b[1]) * self.rate)
         b[1] = now

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Any, Iterator, Optional
 
 import msgspec
@@ -403,7 +403,7 @@ class OrderBook:
             )
         ]
         if expire_ts is not None:
-            heappush(self._expiry, (expire_ts, seq, oid))
+            self._push_expiry((expire_ts, seq, oid))
         if stop_price is not None:
             o = Order(
                 oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, stop_price,
@@ -542,6 +542,25 @@ class OrderBook:
             self._close(o, CANCELLED, now)
             targets.append(o)
         return Result(OK, events, [_state(o, instrument) for o in targets])
+
+    def _push_expiry(self, entry: tuple[int, int, str]) -> None:
+        heap = self._expiry
+        # Entries of GTD orders that closed otherwise (cancelled, filled) are dropped lazily, but
+        # only from the top: one expiring in a month stays a month. Over a long run of GTD orders
+        # cancelled early the heap would grow with every one of them, so once it holds more than
+        # twice the book's orders (at least half of it dead) it is rebuilt from the live entries:
+        # O(heap) per rebuild, after at least as many pushes as it removes (amortised O(1)).
+        # Before the push: the new entry's order is not in the book yet.
+        if len(heap) >= 2 * len(self._orders) + 1024:
+            orders = self._orders
+            live = []
+            for e in heap:
+                o = orders.get(e[2])
+                if o is not None and o.accept_seq == e[1]:
+                    live.append(e)
+            heapify(live)
+            self._expiry = heap = live
+        heappush(heap, entry)
 
     def next_expiry(self) -> Optional[int]:
         """The earliest expire_ts of a live GTD order (the time the service must send the
@@ -1055,7 +1074,7 @@ class OrderBook:
                 None, event.display_quantity or 0, 0, event.expire_ts,
             )
             if event.expire_ts is not None:
-                heappush(self._expiry, (event.expire_ts, event.seq, event.order_id))
+                self._push_expiry((event.expire_ts, event.seq, event.order_id))
             if stop:
                 self._add_stop(o)
             elif o.price is not None:

@@ -1,6 +1,7 @@
 """Growth bounds of the command side (issue 18) against the real PostgreSQL and a real
 `python -m command_service`: idempotency keys expire after their window (a replay after
-that is a new order), expired rows are deleted, and only the newest snapshots are kept."""
+that is a new order), expired rows are deleted, only the newest snapshots are kept, and the
+in-memory closed orders stay bounded while a long-closed order is answered as before."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import asyncpg
 import httpx
 
 from command_service.journal import JournalWriter
-from tests.support.services import DSN, ServiceProcess, free_port
+from tests.support.services import DSN, ServiceProcess, create_key, free_port
 
 OPEN_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0", "EXCHANGE_NATS_ENABLED": "false"}
 
@@ -84,3 +85,69 @@ async def test_only_the_newest_snapshots_are_kept_per_instrument():
         async with pool.acquire() as conn:
             await conn.execute("DELETE FROM snapshots WHERE instrument = ANY($1::text[])", [a, b])
         await pool.close()
+
+
+def _gauge(text: str, name: str, instrument: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{instrument="{instrument}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} for {instrument} not in /metrics")
+
+
+async def _answers(http, order_id: str, owner: dict, other: dict) -> list[tuple[int, object]]:
+    """Every answer about a closed order: cancel, amend and GET by its owner and by another client."""
+    out = []
+    for headers in (owner, other):
+        for method, path, body in (("POST", f"/orders/{order_id}/cancel", None),
+                                   ("POST", f"/orders/{order_id}/amend", {"quantity": "2"}),
+                                   ("GET", f"/orders/{order_id}", None)):
+            r = await http.request(method, path, json=body, headers=headers)
+            out.append((r.status_code, r.json()))
+    return out
+
+
+async def test_closed_orders_beyond_the_memory_bound_are_answered_exactly_as_recent_ones():
+    # keep 4: the service holds 4-7 closed orders per instrument in memory; everything older
+    # must come from the orders table with the same answers (issue 18: it held up to 200,000).
+    tag = uuid.uuid4().hex[:8]
+    owner_key, other_key = await create_key(f"rc-{tag}"), await create_key(f"rc-other-{tag}")
+    owner = {"Authorization": f"Bearer {owner_key}"}
+    other = {"Authorization": f"Bearer {other_key}"}
+    svc = ServiceProcess("command_service", free_port(), {
+        "EXCHANGE_AUTH": "enabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0", "EXCHANGE_NATS_ENABLED": "false",
+        "EXCHANGE_RECENTLY_CLOSED_KEEP": "4"}).start()
+    order = {"instrument": "ETH-USD", "side": "buy", "type": "limit", "price": "1.5", "quantity": "1"}
+    try:
+        await svc.wait_ready()
+        async with httpx.AsyncClient(base_url=svc.url, timeout=10) as http:
+
+            async def place_and_cancel(**extra) -> str:
+                placed = await http.post("/orders", json={**order, **extra}, headers=owner)
+                assert placed.status_code == 201, placed.text
+                oid = placed.json()["order"]["order_id"]
+                cancelled = await http.post(f"/orders/{oid}/cancel", headers=owner)
+                assert cancelled.status_code == 200, cancelled.text
+                return oid
+
+            first = await place_and_cancel(idempotency_key=f"rc-{tag}")
+            recent = await _answers(http, first, owner, other)  # answered from memory
+            assert [s for s, _ in recent] == [409, 409, 200, 403, 404, 403]
+            assert recent[0][1]["error"] == {"code": "order_closed", "message": "order is already cancelled",
+                                             "field": "order_id"}
+            assert recent[2][1]["order"]["status"] == "cancelled"
+
+            for _ in range(30):  # far past the bound: `first` leaves the service's memory
+                await place_and_cancel()
+            held = _gauge((await http.get("/metrics")).text, "sequencer_recently_closed_orders", "ETH-USD")
+            assert 4 <= held < 8
+
+            # from PostgreSQL now: the very same statuses and bodies
+            assert await _answers(http, first, owner, other) == recent
+            # an idempotent replay of the long-closed order's placement still answers the original
+            replay = await http.post("/orders", json={**order, "idempotency_key": f"rc-{tag}"}, headers=owner)
+            assert replay.status_code == 201 and replay.headers.get("idempotent-replayed") == "true"
+            assert replay.json()["order"]["order_id"] == first
+            unknown = await http.post(f"/orders/{uuid.uuid4()}/cancel", headers=owner)
+            assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    finally:
+        svc.stop()

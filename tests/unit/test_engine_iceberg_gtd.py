@@ -174,3 +174,25 @@ def test_cancel_reasons_for_the_dead_mans_switch_and_disconnect():
     assert r.events == [cancelled(4, "b", "alice", CancelReason.CANCEL_AFTER, 1)]
 
 
+
+
+def test_gtd_orders_cancelled_long_before_their_expiry_do_not_pile_up():
+    # A long run (issue 18): GTD orders with a distant expiry, cancelled soon after. Their
+    # expiry entries used to stay until that distant time; the book now drops them once they
+    # are most of its expiry index, and what is live still expires exactly as before.
+    book = OrderBook(INSTRUMENT)
+    keep = [limit("live-early", "alice", BUY, 1, 10, tif=GTD, expire_ts=TS + 500),
+            limit("live-late", "alice", BUY, 1, 11, tif=GTD, expire_ts=TS + 10**12)]
+    for cmd in keep:
+        book.execute(cmd)
+    sizes = []
+    for i in range(20_000):
+        book.execute(limit(f"g{i}", "bob", BUY, 1, 20, tif=GTD, expire_ts=TS + 10**9 + i))
+        book.execute(CancelOrder(order_id=f"g{i}", client_id="bob", instrument=INSTRUMENT, ts=TS))
+        sizes.append(len(book._expiry))  # the index itself: memory, not visible through the API
+    assert max(sizes) <= 2 * 2 + 1024 + 1
+    book.validate()
+    assert book.next_expiry() == TS + 500
+    r = run(book, ExpireOrders(instrument=INSTRUMENT, ts=TS + 10**12))
+    assert [e.order_id for e in r.events] == ["live-early", "live-late"]
+    assert book.next_expiry() is None
