@@ -362,7 +362,7 @@ class Hub:
             try:
                 identity = await self.auth.identify(key)
                 if identity is None:
-                    auth_error = _err("unauthorized", "invalid or revoked api key", "authorization")
+                    auth_error = _err("unauthorized", "unknown or revoked API key", "authorization")
             except ApiError as e:
                 auth_error = _err(e.code, e.message, "authorization")
         c = Conn(self, socket, identity, key)
@@ -510,7 +510,7 @@ class Hub:
                 c.send_obj(_err(e.code, e.message, "api_key"))
                 return None
             if ident is None:
-                c.send_obj(_err("unauthorized", "invalid or revoked api key", "api_key"))
+                c.send_obj(_err("unauthorized", "unknown or revoked API key", "api_key"))
                 return None
             c.identity, c.api_key = ident, key
         if c.identity is None:
