@@ -27,6 +27,9 @@ from command_service.edge import (
     CancelAllRequest,
     OrderRequest,
     answer,
+    check_json_body,
+    check_no_query,
+    check_order_id,
     decode_cancel_after,
     decode_cancel_all,
     decode_json,
@@ -69,12 +72,29 @@ def _host(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-async def _principal(request: Request):
+async def _principal(request: Request, query: tuple[str, ...] = ()):
+    """Authenticate and charge the rate limit; then refuse query parameters the route does not
+    take (`query`: the ones it does)."""
     principal, limits = await authorize_limited(_state(request), request.headers.get("authorization"),
                                                 _host(request))
     if limits:
         request.scope[RATE_LIMIT_SCOPE_KEY] = limits  # added to the response by OrderFastPath
+    check_no_query(request.scope.get("query_string", b""), query)
     return principal
+
+
+async def _json_body(request: Request) -> bytes:
+    body = await request.body()
+    check_json_body(request.headers.get("content-type"), body)
+    return body
+
+
+def _route_args(request: Request) -> tuple:
+    return (request.headers.get("authorization"), _host(request))
+
+
+def _body_args(request: Request) -> dict:
+    return {"content_type": request.headers.get("content-type"), "query": request.scope.get("query_string", b"")}
 
 
 # ---------------------------------------------------------------------- routes
@@ -84,14 +104,15 @@ async def _principal(request: Request):
 async def place_order(request: Request) -> Response:
     # The body is decoded from the raw bytes straight into Decimals (a generic JSON parse would
     # pass numbers through float). Served by the fast path; the same function answers here.
-    return _reply(*await order_route(_state(request), None, await request.body(),
-                                     request.headers.get("authorization"), _host(request)))
+    return _reply(*await order_route(_state(request), None, await request.body(), *_route_args(request),
+                                     **_body_args(request)))
 
 
 @post("/orders/cancel-all", status_code=200, summary="Cancel all own open orders")
 async def cancel_all(request: Request) -> Response:
     principal = await _principal(request)
-    data = decode_cancel_all(await request.body())
+    principal.require_trade()  # the scope first: a read key learns nothing about the body
+    data = decode_cancel_all(await _json_body(request))
     status, body, headers = await _state(request).entry.cancel_all(principal, data)
     return _reply(status, body, headers)
 
@@ -100,7 +121,7 @@ async def cancel_all(request: Request) -> Response:
       "called again within timeout_ms (0 turns it off)")
 async def cancel_after(request: Request) -> Response:
     principal = await _principal(request)
-    data = decode_cancel_after(await request.body())
+    data = decode_cancel_after(await _json_body(request))
     status, body, headers = await _state(request).entry.cancel_after(principal, data)
     return _reply(status, body, headers)
 
@@ -108,31 +129,31 @@ async def cancel_after(request: Request) -> Response:
 @post("/orders/{order_id:str}/amend", status_code=200, summary="Amend an order's quantity and/or price")
 async def amend_order(request: Request, order_id: str) -> Response:
     # Served by the fast path; the same function answers here.
-    return _reply(*await order_route(_state(request), order_id, await request.body(),
-                                     request.headers.get("authorization"), _host(request), amend=True))
+    return _reply(*await order_route(_state(request), order_id, await request.body(), *_route_args(request),
+                                     amend=True, **_body_args(request)))
 
 
 @post("/orders/{order_id:str}/cancel", status_code=200, summary="Cancel an order")
 async def cancel_order(request: Request, order_id: str) -> Response:
-    return _reply(*await order_route(_state(request), order_id, b"", request.headers.get("authorization"),
-                                     _host(request)))
+    return _reply(*await order_route(_state(request), order_id, b"", *_route_args(request),
+                                     **_body_args(request)))
 
 
 @get("/orders/{order_id:str}", summary="Read an order (committed state)")
 async def get_order(request: Request, order_id: str) -> Response:
     principal = await _principal(request)
-    status, body, headers = await _state(request).entry.get(principal, order_id)
+    status, body, headers = await _state(request).entry.get(principal, check_order_id(order_id))
     return _reply(status, body, headers)
 
 
 @post("/admin/snapshot", status_code=201, summary="Store an engine snapshot now (admin)")
 async def admin_snapshot(request: Request, instrument: str | None = None) -> Response:
-    principal = await _principal(request)
+    principal = await _principal(request, query=("instrument",))
     status, body, headers = await _state(request).entry.snapshot(principal, instrument)
     return _reply(status, body, headers)
 
 
-class SettlementRequest(msgspec.Struct, kw_only=True):
+class SettlementRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cutoff: str | None = None
     instrument: str | None = None
 
@@ -145,7 +166,7 @@ async def admin_settlement(request: Request) -> Response:
     principal = await _principal(request)
     if not principal.is_admin:
         raise ApiError(403, "forbidden", "an admin key is required")
-    raw = await request.body()
+    raw = await _json_body(request)
     req = decode_json(_settlement_decoder.decode, raw) if raw.strip() else SettlementRequest()
     st = _state(request)
     if req.instrument is not None:
@@ -153,7 +174,7 @@ async def admin_settlement(request: Request) -> Response:
     try:
         cutoff = parse_iso(req.cutoff) if req.cutoff else time.time_ns()
     except ValueError:
-        raise ApiError(400, "invalid_field", "cutoff must be an ISO 8601 time", "cutoff") from None
+        raise ApiError(400, "invalid_field", "cutoff must be an RFC 3339 time after 1970", "cutoff") from None
     if cutoff > time.time_ns():
         raise ApiError(400, "invalid_field", "cutoff must not be in the future", "cutoff")
     runs = await settle(st.pool, st.instruments, cutoff, req.instrument)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from decimal import Decimal
 
 import msgspec
 import nats
@@ -30,7 +31,8 @@ class _Request(msgspec.Struct):
     api_key: str | None = None
 
 
-_request_decoder = msgspec.json.Decoder(_Request)
+# Numbers in the forwarded body stay exact (a JSON number becomes a Decimal, never a float).
+_request_decoder = msgspec.json.Decoder(_Request, float_hook=Decimal)
 
 
 class NatsBridge:

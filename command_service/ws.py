@@ -27,9 +27,11 @@ import msgspec
 from command_service.edge import (
     AmendRequest,
     CancelAllRequest,
+    Num,
     OrderFields,
     OrderRequest,
     answer,
+    check_cancel_all,
     decode_json,
     validation_error,
 )
@@ -53,11 +55,12 @@ class WsMessage(OrderFields, kw_only=True):
     request_id: Any = None
     order_type: Optional[OrderType] = None
     side: Optional[Side] = None
-    quantity: Optional[Decimal] = None
+    quantity: Optional[Num] = None
     cancel_on_disconnect: Optional[bool] = None  # session
+    all: Optional[bool] = None  # cancel_all on every instrument
 
 
-_decode_message = msgspec.json.Decoder(WsMessage).decode
+_decode_message = msgspec.json.Decoder(WsMessage, float_hook=Decimal).decode
 _encode = json_encoder.encode
 
 
@@ -215,8 +218,9 @@ class OrderSocket:
                 self._spawn(self._amend(rid, m.order_id, req, fut, lim))
             elif kind == "cancel_all":
                 instrument = _given(raw, "instrument")
-                self._spawn(self._cancel_all(rid, CancelAllRequest(instrument=instrument, side=m.side,
-                                                                   client_id=m.client_id), lim))
+                req = check_cancel_all(CancelAllRequest(all=m.all, instrument=instrument, side=m.side,
+                                                        client_id=m.client_id))
+                self._spawn(self._cancel_all(rid, req, lim))
             elif kind == "session":
                 if m.cancel_on_disconnect is None:
                     raise ApiError(400, "missing_field", "cancel_on_disconnect is required", "cancel_on_disconnect")

@@ -8,6 +8,7 @@ instrument's limits is refused with a field-level error before it reaches the en
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -124,6 +125,9 @@ def plain(value: Decimal) -> Decimal:
     return value
 
 
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+
+
 def to_decimal(value: object, field: str) -> Decimal:
     """JSON number, decimal string or int -> Decimal. Floats are refused: by the time a
     float exists the exact value the client wrote is gone (decoders give us Decimals)."""
@@ -134,11 +138,12 @@ def to_decimal(value: object, field: str) -> Decimal:
     elif isinstance(value, int):
         dec = Decimal(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 64:
-            raise ConversionError("invalid_number", field, f"{field} is not a valid decimal")
+        # ASCII decimal text only: Decimal() alone also takes "1_000", other scripts' digits
+        # (Arabic-Indic), surrounding spaces, exponents and NaN/Infinity.
+        if len(value) > 64 or not _DECIMAL_TEXT.match(value):
+            raise ConversionError("invalid_number", field, f"{field} is not a decimal number (digits and one '.')")
         try:
-            dec = Decimal(text)
+            dec = Decimal(value)
         except InvalidOperation:
             raise ConversionError("invalid_number", field, f"{field} is not a valid decimal") from None
     elif isinstance(value, float):

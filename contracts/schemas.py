@@ -138,10 +138,11 @@ COMPONENTS = {
 STATUS_TEXT = {
     400: "bad input (code and field say which): nothing was changed",
     401: "no API key, or an unknown or revoked one",
-    403: "another client's order or client_id, or an admin route without an admin key",
-    404: "no such order",
-    409: "order_closed, duplicate_order_id or idempotency_key_reused",
+    403: "another client's client_id, a read key that tries to trade, or an admin route without an admin key",
+    404: "no such order, or another client's (the same answer)",
+    409: "order_closed, duplicate_order_id, idempotency_key_reused or risk_limit",
     413: "request body too large",
+    415: "a body that is not Content-Type: application/json",
     429: "rate limited: retry after Retry-After seconds",
     503: "cannot answer now (database or instrument recovering): retry; an order with the same idempotency_key"
          " is never placed twice",
