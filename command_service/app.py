@@ -20,7 +20,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import generate_latest
 
 from command_service import docs
-from command_service.auth import RateLimiter, authenticator
+from command_service.auth import AddressLimiter, RateLimiter, authenticator
 from command_service.edge import (
     AmendRequest,
     CancelAfterRequest,
@@ -69,7 +69,9 @@ def _state(request: Request) -> Any:
 
 
 def _host(request: Request) -> str:
-    return request.client.host if request.client else ""
+    """The client's address (X-Real-IP when the peer is a trusted proxy: the gateway)."""
+    return _state(request).unauth.address(request.client.host if request.client else "",
+                                          request.headers.get("x-real-ip"))
 
 
 async def _principal(request: Request, query: tuple[str, ...] = ()):
@@ -348,8 +350,10 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
             await s.start()
         st.auth = authenticator(journal, settings.auth_enabled)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        st.unauth = AddressLimiter(settings.unauth_rate_limit_per_second, settings.unauth_rate_limit_burst,
+                                   settings.trusted_proxies)
         st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
-        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, enabled=settings.nats_enabled)
+        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, st.limiter, enabled=settings.nats_enabled)
         await st.bridge.start()
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))

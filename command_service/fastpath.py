@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from command_service import ws
+from command_service.auth import authenticate_guarded
 from command_service.edge import (
     answer,
     check_json_body,
@@ -63,20 +64,23 @@ class OrderFastPath:
         return await self.app(scope, receive, send)
 
     async def _handle(self, scope, receive, send, cancel_id: str | None, amend: bool = False) -> None:
-        authorization = content_type = None
+        authorization = content_type = real_ip = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"x-real-ip":
+                real_ip = value.decode("latin-1")
         client = scope.get("client")
+        address = self.app.state.unauth.address(client[0] if client else "", real_ip)
         try:
             body = await self._body(receive)
         except ApiError as exc:
             status, payload, headers = exc.status, exc.body(), exc.headers
         else:
             status, payload, headers = await order_route(self.app.state, cancel_id, body, authorization,
-                                                         client[0] if client else "", amend, content_type,
+                                                         address, amend, content_type,
                                                          scope.get("query_string", b""))
         out = [_JSON, (b"content-length", b"%d" % len(payload))]
         if headers:
@@ -141,6 +145,6 @@ async def authorize(st, authorization: str | None, client_host: str):
 
 async def authorize_limited(st, authorization: str | None, client_host: str):
     """authorize() that also returns the RateLimit headers (None when limits are off)."""
-    principal = await st.auth.authenticate(authorization)
+    principal = await authenticate_guarded(st, authorization, client_host)
     limits = st.limiter.check(principal.rate_key if principal.client_id else f"ip:{client_host}")
     return principal, limits

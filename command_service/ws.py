@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import msgspec
 
+from command_service.auth import authenticate_guarded
 from command_service.edge import (
     AmendRequest,
     CancelAllRequest,
@@ -361,13 +362,16 @@ async def serve(st, scope, receive, send) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    authorization = None
+    authorization = real_ip = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
-            break
+        elif name == b"x-real-ip":
+            real_ip = value.decode("latin-1")
+    client = scope.get("client")
     try:
-        principal = await st.auth.authenticate(authorization)
+        principal = await authenticate_guarded(st, authorization,
+                                               st.unauth.address(client[0] if client else "", real_ip))
     except Exception as exc:
         edge = answer(exc, "authenticating /ws")
         await send({"type": "websocket.accept"})
