@@ -345,7 +345,10 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
                            recently_closed_keep=settings.recently_closed_keep)
             for sym in instruments.symbols
         }
-        for s in st.sequencers.values():
+        for sym, s in st.sequencers.items():
+            notional, position = instruments.get(sym).risk_units()
+            if notional or position or settings.max_open_orders:
+                s.risk = s.book.risk = (notional, settings.max_open_orders, position)
             s.journal.snapshots_keep = settings.snapshots_keep
             await s.start()
         st.auth = authenticator(journal, settings.auth_enabled)

@@ -34,6 +34,8 @@ from contracts.messages import CancelAll, CancelOrder, TradeExecuted
 from contracts.views import order_view, trade_view
 
 REPLAYED = {"Idempotent-Replayed": "true"}
+OK = ResultCode.OK
+REJECTED = ResultCode.REJECTED
 log = logging.getLogger("command.entry")
 
 
@@ -160,9 +162,13 @@ class OrderEntry:
         levels = self.book_levels
 
         def render(result, book):
-            if result.code == ResultCode.DUPLICATE_ORDER_ID:
-                return 409, json_encoder.encode(error("duplicate_order_id", f"order_id {order_id!r} already exists",
-                                                      "order_id"))
+            code = result.code
+            if code is not OK and code is not REJECTED:  # REJECTED: 201 with the rejected order
+                if code == ResultCode.DUPLICATE_ORDER_ID:
+                    return 409, json_encoder.encode(error("duplicate_order_id",
+                                                          f"order_id {order_id!r} already exists", "order_id"))
+                # a pre-trade risk limit: nothing happened; the field names the limit
+                return 409, json_encoder.encode(error("risk_limit", _risk_message(code, spec, book), code.value))
             own = result.orders[0]
             trades = [
                 trade_view(spec, e) for e in result.events
@@ -422,6 +428,15 @@ async def _await(fut):
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _risk_message(code: ResultCode, spec, book) -> str:
+    notional, max_open, position = book.risk or (0, 0, 0)
+    if code == ResultCode.RISK_MAX_ORDER_NOTIONAL:
+        return f"price x quantity is above the instrument's max_order_notional {spec.notional(notional)}"
+    if code == ResultCode.RISK_MAX_OPEN_ORDERS:
+        return f"you already have max_open_orders {max_open} open orders on {spec.symbol}"
+    return f"filled, this order would take your net position past max_position {spec.lots_to_quantity(position)}"
 
 
 def _not_found(order_id: str) -> ApiError:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Optional
 
 import msgspec
 
@@ -37,6 +38,16 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
     min_quantity: Decimal
     max_quantity: Decimal
     max_price: Decimal
+    # Pre-trade risk (issue 20), optional: the largest price x quantity of one order (quote
+    # currency) and the largest net position one client may hold (base quantity).
+    max_order_notional: Optional[Decimal] = None
+    max_position: Optional[Decimal] = None
+
+    def risk_units(self) -> tuple[int, int]:
+        """(max order notional in ticks*lots, max position in lots); 0 = no limit."""
+        notional = int(self.max_order_notional / (self.tick_size * self.lot_size)) if self.max_order_notional else 0
+        position = int(self.max_position / self.lot_size) if self.max_position else 0
+        return notional, position
 
     # -- to integers (edge -> engine)
     def price_to_ticks(self, value: object, field: str = "price") -> int:
@@ -204,6 +215,9 @@ def load_instruments(path: str | os.PathLike[str] | None = None) -> Instruments:
     for s in specs:
         for name in ("tick_size", "lot_size", "min_quantity", "max_quantity", "max_price"):
             if getattr(s, name) <= 0:
+                raise ValueError(f"{path}: {s.symbol}.{name} must be > 0")
+        for name in ("max_order_notional", "max_position"):
+            if getattr(s, name) is not None and getattr(s, name) <= 0:
                 raise ValueError(f"{path}: {s.symbol}.{name} must be > 0")
         if s.min_quantity % s.lot_size or s.max_quantity % s.lot_size:
             raise ValueError(f"{path}: {s.symbol} min/max quantity must be multiples of lot_size")

@@ -98,7 +98,7 @@ TICKER = obj({"instrument": STR, "last_price": DEC_OR_NULL, "last_quantity": DEC
               "change_24h": DEC_OR_NULL, "change_percent_24h": DEC_OR_NULL, "seq": SEQ},
              ["instrument", "last_price", "best_bid", "best_ask", "volume_24h"], "24 h rolling statistics")
 INSTRUMENT = obj({"symbol": STR, "base": STR, "quote": STR, "tick_size": DEC, "lot_size": DEC, "min_quantity": DEC,
-                  "max_quantity": DEC, "max_price": DEC,
+                  "max_quantity": DEC, "max_price": DEC, "max_order_notional": DEC_OR_NULL, "max_position": DEC_OR_NULL,
                   "status": {"type": "string", "enum": ["trading"], "description": "trading status"},
                   "order_types": array(STR), "time_in_force": array(TIF),
                   "iceberg": {"type": "boolean"}, "post_only": {"type": "boolean"}},

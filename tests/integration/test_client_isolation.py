@@ -10,20 +10,28 @@ import httpx
 import pytest
 import websockets
 
-from tests.support.services import DSN, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, ROOT, ServiceProcess, create_key, free_port, reset_db
 
 CLIENTS = ("alice", "bob", "carol", "dave", "erin")
 
 
 @pytest.fixture(scope="module")
-async def svc():
+async def svc(tmp_path_factory):
     await reset_db()
+    # SOL-USD with small risk limits (the shipped ones are far beyond what a test can fill)
+    specs = json.loads((ROOT / "config" / "instruments.json").read_text())
+    for s in specs:
+        if s["symbol"] == "SOL-USD":
+            s.update(max_order_notional="1000", max_position="5")
+    instruments = tmp_path_factory.mktemp("risk") / "instruments.json"
+    instruments.write_text(json.dumps(specs))
     keys = {c: await create_key(c) for c in CLIENTS}
     keys["admin"] = await create_key("ops", admin=True)
     proc = ServiceProcess("command_service", free_port(), {
         "EXCHANGE_AUTH": "enabled",
         "EXCHANGE_RATE_LIMIT_PER_SECOND": "0",
         "EXCHANGE_MAX_OPEN_ORDERS": "5",
+        "EXCHANGE_INSTRUMENTS_FILE": str(instruments),
     }).start()
     try:
         await proc.wait_ready()
@@ -200,3 +208,61 @@ async def test_bodies_must_be_json(svc, ctype):
 async def test_settlement_cutoff_outside_rfc3339_or_before_1970_is_a_400(svc, cutoff):
     r = await svc.http.post("/admin/settlement", json={"cutoff": cutoff}, headers=auth(svc, "admin"))
     assert error_of(r) == (400, "invalid_field", "cutoff"), r.text
+
+
+# ------------------------------------------------------------------ pre-trade risk limits
+
+
+async def test_an_order_above_the_max_notional_is_refused_and_changes_nothing(svc):
+    before = await event_count()
+    r = await place(svc, "dave", instrument="SOL-USD", price="201", quantity="5")  # 1005 > 1000
+    assert error_of(r) == (409, "risk_limit", "max_order_notional"), r.text
+    assert "1000" in r.json()["error"]["message"]
+    assert await event_count() == before
+    r = await place(svc, "dave", instrument="SOL-USD", price="200", quantity="5")  # 1000: at the limit
+    assert r.status_code == 201, r.text
+    await svc.http.post("/orders/cancel-all", json={"all": True}, headers=auth(svc, "dave"))
+
+
+async def test_open_orders_per_client_and_instrument_are_limited(svc):
+    for i in range(5):
+        r = await place(svc, "carol", instrument="ETH-USD", price=str(10 + i))
+        assert r.status_code == 201, r.text
+    before = await event_count()
+    r = await place(svc, "carol", instrument="ETH-USD", price="20")
+    assert error_of(r) == (409, "risk_limit", "max_open_orders"), r.text
+    assert await event_count() == before
+    async with websockets.connect(svc.url.replace("http", "ws") + "/ws", additional_headers=auth(svc, "carol")) as ws:
+        await ws.send(json.dumps({"type": "order", "order_type": "limit", "side": "buy", "price": "21",
+                                  "quantity": "1", "instrument": "ETH-USD", "request_id": 1}))
+        m = json.loads(await ws.recv())
+        assert m["type"] == "error" and (m["error"]["code"], m["error"]["field"]) == ("risk_limit", "max_open_orders")
+    # other instruments and other clients are not affected; an IOC does not rest, so it may go
+    assert (await place(svc, "carol", instrument="SOL-USD", price="1")).status_code == 201
+    assert (await place(svc, "bob", instrument="ETH-USD", price="20")).status_code == 201
+    r = await place(svc, "carol", instrument="ETH-USD", price="1", time_in_force="IOC")
+    assert r.status_code == 201 and r.json()["order"]["status"] == "cancelled"
+    await svc.http.post("/orders/cancel-all", json={"instrument": "ETH-USD"}, headers=auth(svc, "carol"))
+    assert (await place(svc, "carol", instrument="ETH-USD", price="20")).status_code == 201
+    for who in ("carol", "bob"):
+        await svc.http.post("/orders/cancel-all", json={"all": True}, headers=auth(svc, who))
+
+
+async def test_net_position_per_client_is_limited(svc):
+    # erin sells 5 SOL in the book (her limit), alice buys them (hers), then one more is refused
+    r = await place(svc, "erin", instrument="SOL-USD", side="sell", price="10", quantity="5")
+    assert r.status_code == 201, r.text
+    r = await place(svc, "alice", instrument="SOL-USD", type="market", price=None, quantity="5")
+    assert r.status_code == 201 and r.json()["order"]["status"] == "filled", r.text
+    before = await event_count()
+    r = await place(svc, "alice", instrument="SOL-USD", price="10", quantity="0.01")
+    assert error_of(r) == (409, "risk_limit", "max_position"), r.text
+    assert await event_count() == before
+    # an order that brings the position back toward zero is always allowed
+    r = await place(svc, "alice", instrument="SOL-USD", side="sell", price="50", quantity="2")
+    assert r.status_code == 201, r.text
+    # erin is short 5: selling 1 more is refused, on every entry point
+    r = await place(svc, "erin", instrument="SOL-USD", side="sell", price="60", quantity="1")
+    assert error_of(r) == (409, "risk_limit", "max_position"), r.text
+    for who in ("alice", "erin"):
+        await svc.http.post("/orders/cancel-all", json={"all": True}, headers=auth(svc, who))
