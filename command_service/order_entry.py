@@ -36,6 +36,8 @@ from contracts.views import order_view, trade_view
 REPLAYED = {"Idempotent-Replayed": "true"}
 OK = ResultCode.OK
 REJECTED = ResultCode.REJECTED
+RISK_CODES = frozenset({ResultCode.RISK_MAX_ORDER_NOTIONAL, ResultCode.RISK_MAX_OPEN_ORDERS,
+                        ResultCode.RISK_MAX_POSITION})
 log = logging.getLogger("command.entry")
 
 
@@ -319,6 +321,8 @@ class OrderEntry:
             if code == ResultCode.INVALID_AMEND:
                 msg = "nothing to change, or a stop order still pending"
                 return 400, ApiError(400, "invalid_amend", msg, "quantity").body()
+            if code in RISK_CODES:
+                return 409, ApiError(409, "risk_limit", _risk_message(code, spec, book), code.value).body()
             return 0, b""
 
         return seq.submit(cmd, render)

@@ -618,6 +618,18 @@ class OrderBook:
             or (new_qty == o.quantity and new_price == o.price)
         ):
             return Result(INVALID_AMEND, [], [])
+        if self.risk is not None and (new_qty > o.quantity or new_price != o.price):
+            # an amend is a new order for what remains: the same limits (an increase or a new
+            # price must not walk around them; a pure decrease always passes)
+            max_notional, _, max_position = self.risk
+            if max_notional and new_price * new_qty > max_notional:
+                return Result(RISK_NOTIONAL, [], [])
+            if max_position and new_qty > o.quantity:
+                pos = self.positions.get(o.client_id, 0)
+                left = new_qty - o.filled
+                new = pos + left if o.side is BUY else pos - left
+                if abs(new) > max_position and abs(new) > abs(pos):
+                    return Result(RISK_POSITION, [], [])
         ts = cmd.ts
         instrument = self.instrument
         new_remaining = new_qty - o.filled

@@ -266,3 +266,12 @@ async def test_net_position_per_client_is_limited(svc):
     assert error_of(r) == (409, "risk_limit", "max_position"), r.text
     for who in ("alice", "erin"):
         await svc.http.post("/orders/cancel-all", json={"all": True}, headers=auth(svc, who))
+
+
+async def test_an_amend_cannot_walk_around_the_notional_limit(svc):
+    oid = (await place(svc, "dave", instrument="SOL-USD", price="100", quantity="2")).json()["order"]["order_id"]
+    r = await svc.http.post(f"/orders/{oid}/amend", json={"quantity": "5", "price": "201"}, headers=auth(svc, "dave"))
+    assert error_of(r) == (409, "risk_limit", "max_order_notional"), r.text
+    r = await svc.http.get(f"/orders/{oid}", headers=auth(svc, "dave"))
+    assert (r.json()["order"]["quantity"], r.json()["order"]["price"]) == (2, 100)
+    await svc.http.post("/orders/cancel-all", json={"all": True}, headers=auth(svc, "dave"))

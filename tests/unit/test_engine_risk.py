@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contracts.enums import ResultCode
 from engine import OrderBook
-from tests.unit.test_engine_support import BUY, INSTRUMENT, IOC, SELL, limit, market, run
+from tests.unit.test_engine_support import BUY, INSTRUMENT, IOC, SELL, amend, limit, market, run
 
 
 def trades() -> tuple[OrderBook, list]:
@@ -43,3 +43,13 @@ def test_each_limit_refuses_with_its_code_and_no_events():
     assert run(book, limit("p2", "erin", SELL, 1, 200)).code is ResultCode.RISK_MAX_POSITION  # -5 -> -6
     assert run(book, limit("p3", "alice", SELL, 8, 200)).code is ResultCode.OK  # +5 -> -3: within the limit
     assert book.seq == seq + 1  # only p3 (allowed: it brings alice's position toward zero) made events
+
+
+def test_an_amend_cannot_walk_around_the_limits():
+    book, _ = trades()  # bob rests b2: buy 4 @ 99; bob's position +1
+    book.risk = (500, 0, 4)
+    seq = book.seq
+    assert run(book, amend("b2", "bob", quantity=6)).code is ResultCode.RISK_MAX_ORDER_NOTIONAL  # 594 > 500
+    assert run(book, amend("b2", "bob", quantity=5, price=80)).code is ResultCode.RISK_MAX_POSITION  # 1+5 > 4
+    assert book.seq == seq
+    assert run(book, amend("b2", "bob", quantity=3)).code is ResultCode.OK  # a decrease always passes
