@@ -37,7 +37,7 @@ from ops.stack.servers import server_pid
 
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-SOAK_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}
+SOAK_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0", "EXCHANGE_MAX_OPEN_ORDERS": "0"}
 
 
 # --------------------------------------------------------------------------- /proc

@@ -20,13 +20,16 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import generate_latest
 
 from command_service import docs
-from command_service.auth import RateLimiter, authenticator
+from command_service.auth import AddressLimiter, RateLimiter, authenticator
 from command_service.edge import (
     AmendRequest,
     CancelAfterRequest,
     CancelAllRequest,
     OrderRequest,
     answer,
+    check_json_body,
+    check_no_query,
+    check_order_id,
     decode_cancel_after,
     decode_cancel_all,
     decode_json,
@@ -66,15 +69,34 @@ def _state(request: Request) -> Any:
 
 
 def _host(request: Request) -> str:
-    return request.client.host if request.client else ""
+    """The client's address (X-Real-IP when the peer is a trusted proxy: the gateway)."""
+    return _state(request).unauth.address(request.client.host if request.client else "",
+                                          request.headers.get("x-real-ip"))
 
 
-async def _principal(request: Request):
+async def _principal(request: Request, query: tuple[str, ...] = ()):
+    """Authenticate and charge the rate limit; then refuse query parameters the route does not
+    take (`query`: the ones it does)."""
     principal, limits = await authorize_limited(_state(request), request.headers.get("authorization"),
                                                 _host(request))
     if limits:
         request.scope[RATE_LIMIT_SCOPE_KEY] = limits  # added to the response by OrderFastPath
+    check_no_query(request.scope.get("query_string", b""), query)
     return principal
+
+
+async def _json_body(request: Request) -> bytes:
+    body = await request.body()
+    check_json_body(request.headers.get("content-type"), body)
+    return body
+
+
+def _route_args(request: Request) -> tuple:
+    return (request.headers.get("authorization"), _host(request))
+
+
+def _body_args(request: Request) -> dict:
+    return {"content_type": request.headers.get("content-type"), "query": request.scope.get("query_string", b"")}
 
 
 # ---------------------------------------------------------------------- routes
@@ -84,14 +106,15 @@ async def _principal(request: Request):
 async def place_order(request: Request) -> Response:
     # The body is decoded from the raw bytes straight into Decimals (a generic JSON parse would
     # pass numbers through float). Served by the fast path; the same function answers here.
-    return _reply(*await order_route(_state(request), None, await request.body(),
-                                     request.headers.get("authorization"), _host(request)))
+    return _reply(*await order_route(_state(request), None, await request.body(), *_route_args(request),
+                                     **_body_args(request)))
 
 
 @post("/orders/cancel-all", status_code=200, summary="Cancel all own open orders")
 async def cancel_all(request: Request) -> Response:
     principal = await _principal(request)
-    data = decode_cancel_all(await request.body())
+    principal.require_trade()  # the scope first: a read key learns nothing about the body
+    data = decode_cancel_all(await _json_body(request))
     status, body, headers = await _state(request).entry.cancel_all(principal, data)
     return _reply(status, body, headers)
 
@@ -100,7 +123,7 @@ async def cancel_all(request: Request) -> Response:
       "called again within timeout_ms (0 turns it off)")
 async def cancel_after(request: Request) -> Response:
     principal = await _principal(request)
-    data = decode_cancel_after(await request.body())
+    data = decode_cancel_after(await _json_body(request))
     status, body, headers = await _state(request).entry.cancel_after(principal, data)
     return _reply(status, body, headers)
 
@@ -108,31 +131,31 @@ async def cancel_after(request: Request) -> Response:
 @post("/orders/{order_id:str}/amend", status_code=200, summary="Amend an order's quantity and/or price")
 async def amend_order(request: Request, order_id: str) -> Response:
     # Served by the fast path; the same function answers here.
-    return _reply(*await order_route(_state(request), order_id, await request.body(),
-                                     request.headers.get("authorization"), _host(request), amend=True))
+    return _reply(*await order_route(_state(request), order_id, await request.body(), *_route_args(request),
+                                     amend=True, **_body_args(request)))
 
 
 @post("/orders/{order_id:str}/cancel", status_code=200, summary="Cancel an order")
 async def cancel_order(request: Request, order_id: str) -> Response:
-    return _reply(*await order_route(_state(request), order_id, b"", request.headers.get("authorization"),
-                                     _host(request)))
+    return _reply(*await order_route(_state(request), order_id, b"", *_route_args(request),
+                                     **_body_args(request)))
 
 
 @get("/orders/{order_id:str}", summary="Read an order (committed state)")
 async def get_order(request: Request, order_id: str) -> Response:
     principal = await _principal(request)
-    status, body, headers = await _state(request).entry.get(principal, order_id)
+    status, body, headers = await _state(request).entry.get(principal, check_order_id(order_id))
     return _reply(status, body, headers)
 
 
 @post("/admin/snapshot", status_code=201, summary="Store an engine snapshot now (admin)")
 async def admin_snapshot(request: Request, instrument: str | None = None) -> Response:
-    principal = await _principal(request)
+    principal = await _principal(request, query=("instrument",))
     status, body, headers = await _state(request).entry.snapshot(principal, instrument)
     return _reply(status, body, headers)
 
 
-class SettlementRequest(msgspec.Struct, kw_only=True):
+class SettlementRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cutoff: str | None = None
     instrument: str | None = None
 
@@ -145,7 +168,7 @@ async def admin_settlement(request: Request) -> Response:
     principal = await _principal(request)
     if not principal.is_admin:
         raise ApiError(403, "forbidden", "an admin key is required")
-    raw = await request.body()
+    raw = await _json_body(request)
     req = decode_json(_settlement_decoder.decode, raw) if raw.strip() else SettlementRequest()
     st = _state(request)
     if req.instrument is not None:
@@ -153,7 +176,7 @@ async def admin_settlement(request: Request) -> Response:
     try:
         cutoff = parse_iso(req.cutoff) if req.cutoff else time.time_ns()
     except ValueError:
-        raise ApiError(400, "invalid_field", "cutoff must be an ISO 8601 time", "cutoff") from None
+        raise ApiError(400, "invalid_field", "cutoff must be an RFC 3339 time after 1970", "cutoff") from None
     if cutoff > time.time_ns():
         raise ApiError(400, "invalid_field", "cutoff must not be in the future", "cutoff")
     runs = await settle(st.pool, st.instruments, cutoff, req.instrument)
@@ -322,13 +345,18 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
                            recently_closed_keep=settings.recently_closed_keep)
             for sym in instruments.symbols
         }
-        for s in st.sequencers.values():
+        for sym, s in st.sequencers.items():
+            notional, position = instruments.get(sym).risk_units()
+            if notional or position or settings.max_open_orders:
+                s.risk = s.book.risk = (notional, settings.max_open_orders, position)
             s.journal.snapshots_keep = settings.snapshots_keep
             await s.start()
         st.auth = authenticator(journal, settings.auth_enabled)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        st.unauth = AddressLimiter(settings.unauth_rate_limit_per_second, settings.unauth_rate_limit_burst,
+                                   settings.trusted_proxies)
         st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
-        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, enabled=settings.nats_enabled)
+        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, st.limiter, enabled=settings.nats_enabled)
         await st.bridge.start()
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))

@@ -8,9 +8,11 @@ with a code and the field) before anything reaches a sequencer.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from decimal import Decimal
 from typing import Annotated, Any, Optional
+from urllib.parse import parse_qsl
 
 import asyncpg
 import msgspec
@@ -26,7 +28,15 @@ from contracts.messages import (
     PlaceOrder,
 )
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+# Ids travel in paths (/orders/{id}/cancel): the route words and the dot segments are not ids.
+ID_PATTERN = r"^(?!(?:\.|\.\.|cancel-all|cancel-after)$)[A-Za-z0-9_.:\-]+$"
+_ID_RE = re.compile(ID_PATTERN)
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+# Prices and quantities: kept as the client sent them (a JSON number arrives as an exact
+# Decimal through the decoders' float_hook, a string as the string) and converted by
+# contracts.instruments.to_decimal, which takes ASCII decimal text only. A `Decimal` field would
+# let msgspec accept "1_000", Arabic-Indic digits, padding and "NaN" through Decimal().
+Num = Annotated[Any, msgspec.Meta(extra_json_schema={"type": "string", "format": "decimal"})]
 # Printable ASCII only: PostgreSQL text cannot hold NUL, and one such value in a batch
 # would fail the whole batch's commit for every order in it.
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")]
@@ -49,19 +59,19 @@ def unavailable() -> ApiError:
     return unavailable_error("the database is unavailable; retry")
 
 
-class OrderFields(msgspec.Struct, kw_only=True):
+class OrderFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The optional fields of an order, shared by the HTTP body and the WebSocket message."""
 
     client_id: Optional[Id] = None
     instrument: str = "BTC-USD"
-    price: Optional[Decimal] = None
-    stop_price: Optional[Decimal] = None
+    price: Optional[Num] = None
+    stop_price: Optional[Num] = None
     time_in_force: TimeInForce = TimeInForce.GTC
     post_only: bool = False
     self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
     order_id: Optional[Id] = None
     idempotency_key: Optional[Key] = None
-    display_quantity: Optional[Decimal] = None  # iceberg: shown at a time (GTC/GTD limit only)
+    display_quantity: Optional[Num] = None  # iceberg: shown at a time (GTC/GTD limit only)
     expire_time: Optional[str] = None  # GTD only: ISO 8601, in the future
 
 
@@ -71,35 +81,39 @@ class OrderRequest(OrderFields, kw_only=True):
 
     side: Side
     type: OrderType
-    quantity: Decimal
+    quantity: Num
 
 
-class CancelAllRequest(msgspec.Struct, kw_only=True):
+class CancelAllRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Without an instrument, `all: true` must say that every instrument is meant: an empty
+    body (or one whose filters went astray, e.g. into a query string) cancels nothing."""
+
+    all: Optional[bool] = None
     instrument: Optional[str] = None
     side: Optional[Side] = None
     client_id: Optional[Id] = None
 
 
-class AmendRequest(msgspec.Struct, kw_only=True):
+class AmendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /orders/{id}/amend: quantity = the new total (must exceed the filled quantity)."""
 
-    quantity: Optional[Decimal] = None
-    price: Optional[Decimal] = None
+    quantity: Optional[Num] = None
+    price: Optional[Num] = None
 
 
 MAX_CANCEL_AFTER_MS = 86_400_000
 
 
-class CancelAfterRequest(msgspec.Struct, kw_only=True):
+class CancelAfterRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /orders/cancel-after: the dead man's switch; 0 turns it off."""
 
     timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_CANCEL_AFTER_MS)]
     client_id: Optional[Id] = None
 
 
-_order_decoder = msgspec.json.Decoder(OrderRequest)
+_order_decoder = msgspec.json.Decoder(OrderRequest, float_hook=Decimal)
 _cancel_all_decoder = msgspec.json.Decoder(CancelAllRequest)
-_amend_decoder = msgspec.json.Decoder(AmendRequest)
+_amend_decoder = msgspec.json.Decoder(AmendRequest, float_hook=Decimal)
 _cancel_after_decoder = msgspec.json.Decoder(CancelAfterRequest)
 
 
@@ -136,15 +150,57 @@ def decode_order_request(raw: bytes | Any) -> OrderRequest:
 
 
 def decode_cancel_all(raw: bytes) -> CancelAllRequest:
-    if not raw.strip():
-        return CancelAllRequest()
-    return decode_json(_cancel_all_decoder.decode, raw)
+    req = decode_json(_cancel_all_decoder.decode, raw) if raw.strip() else CancelAllRequest()
+    return check_cancel_all(req)
+
+
+def check_cancel_all(req: CancelAllRequest) -> CancelAllRequest:
+    """Every instrument only when asked for: `all: true` (with no instrument)."""
+    if req.instrument is None and req.all is not True:
+        raise ApiError(400, "missing_field", 'send "all": true to cancel on every instrument, or an instrument',
+                       "all")
+    if req.instrument is not None and req.all is not None:
+        raise ApiError(400, "invalid_field", '"all" and "instrument" exclude each other', "all")
+    return req
+
+
+def check_order_id(order_id: str) -> str:
+    """An order id from a path: what a client could have been given (a NUL or other bytes
+    PostgreSQL text cannot hold would otherwise fail the lookup with a 500)."""
+    if len(order_id) > 64 or not _ID_RE.match(order_id):
+        raise ApiError(400, "invalid_field", "order_id must be 1-64 characters of [A-Za-z0-9_.:-]", "order_id")
+    return order_id
+
+
+def check_json_body(content_type: str | None, body: bytes) -> None:
+    """A body is read as JSON only when it says it is JSON (415 otherwise): a form post from a
+    browser page or a text body must never be taken for an order. An empty body needs no type."""
+    if not body.strip():
+        return
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"the body must be application/json, not {media or 'untyped'}", "content-type")
+
+
+def check_no_query(query_string: bytes | str, allowed: tuple[str, ...] = ()) -> None:
+    """Order routes take no query parameters (their input is the JSON body): a parameter is
+    refused rather than ignored, so a filter sent the wrong way never widens what a request does."""
+    if not query_string:
+        return
+    text = query_string.decode("latin-1") if isinstance(query_string, (bytes, bytearray)) else query_string
+    for name, _ in parse_qsl(text, keep_blank_values=True):
+        if name not in allowed:
+            raise ApiError(400, "unknown_field", f"unknown query parameter {name[:64]!r}", name[:64])
 
 
 def validation_error(text: str) -> ApiError:
     """msgspec's 'Expected `str`, got `int` - at `$.side`' -> code + field."""
     message, _, where = text.partition(" - at `$.")
     field = where.rstrip("`").split(".")[0].split("[")[0] or None
+    if message.startswith("Object contains unknown field"):
+        name = message.split("`")[1]
+        return ApiError(400, "unknown_field", f"unknown field {name!r}", name)
     if message.startswith("Object missing required field"):
         field = message.split("`")[1]
         return ApiError(400, "missing_field", f"{field} is required", field)

@@ -13,8 +13,12 @@ from __future__ import annotations
 import logging
 
 from command_service import ws
+from command_service.auth import authenticate_guarded
 from command_service.edge import (
     answer,
+    check_json_body,
+    check_no_query,
+    check_order_id,
     decode_amend,
     decode_order_request,
 )
@@ -60,19 +64,24 @@ class OrderFastPath:
         return await self.app(scope, receive, send)
 
     async def _handle(self, scope, receive, send, cancel_id: str | None, amend: bool = False) -> None:
-        authorization = None
+        authorization = content_type = real_ip = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
-                break
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"x-real-ip":
+                real_ip = value.decode("latin-1")
         client = scope.get("client")
+        address = self.app.state.unauth.address(client[0] if client else "", real_ip)
         try:
             body = await self._body(receive)
         except ApiError as exc:
             status, payload, headers = exc.status, exc.body(), exc.headers
         else:
             status, payload, headers = await order_route(self.app.state, cancel_id, body, authorization,
-                                                         client[0] if client else "", amend)
+                                                         address, amend, content_type,
+                                                         scope.get("query_string", b""))
         out = [_JSON, (b"content-length", b"%d" % len(payload))]
         if headers:
             out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -95,13 +104,18 @@ class OrderFastPath:
 
 
 async def order_route(st, order_id: str | None, body: bytes, authorization: str | None,
-                      client_host: str, amend: bool = False) -> tuple[int, bytes, dict | None]:
+                      client_host: str, amend: bool = False, content_type: str | None = None,
+                      query: bytes | str = b"") -> tuple[int, bytes, dict | None]:
     """POST /orders (order_id None), POST /orders/{id}/cancel and POST /orders/{id}/amend: the
     one code path of these routes, called by this fast path and by the Litestar handlers that
     carry the schema. Every answer after authentication carries the RateLimit headers."""
     limits = None
     try:
         principal, limits = await authorize_limited(st, authorization, client_host)
+        check_no_query(query)
+        check_json_body(content_type, body)
+        if order_id is not None:
+            check_order_id(order_id)
         if order_id is None:
             status, payload, headers = await st.entry.place(principal, decode_order_request(body))
         elif amend:
@@ -131,6 +145,6 @@ async def authorize(st, authorization: str | None, client_host: str):
 
 async def authorize_limited(st, authorization: str | None, client_host: str):
     """authorize() that also returns the RateLimit headers (None when limits are off)."""
-    principal = await st.auth.authenticate(authorization)
+    principal = await authenticate_guarded(st, authorization, client_host)
     limits = st.limiter.check(principal.rate_key if principal.client_id else f"ip:{client_host}")
     return principal, limits

@@ -19,36 +19,40 @@ ALL_AUTH = (401, 429, 503)  # any route that needs a key: no/bad key, rate limit
 # (path, method) -> (success status, success schema, error statuses, needs a key, description)
 OPERATIONS: dict[tuple[str, str], tuple[int, str, tuple[int, ...], bool, str]] = {
     ("/orders", "post"): (
-        201, "PlaceOrderResponse", (400, 401, 403, 409, 413, 429, 503), True,
+        201, "PlaceOrderResponse", (400, 401, 403, 409, 413, 415, 429, 503), True,
         "Answered after the order is committed: the order, the trades it made, and the top of the book. "
         "An order that cannot be accepted as asked (FOK not fully fillable, post-only that would cross) is "
         "answered 201 with status `rejected` and a `reject_reason`. Send an `idempotency_key` so that a retry "
         "after a timeout returns the original answer (header `Idempotent-Replayed: true`) instead of placing "
         "a second order."),
     ("/orders/cancel-all", "post"): (
-        200, "CancelAllResponse", (400, 401, 403, 413, 429, 503), True,
-        "Cancels the key's open orders (optionally of one instrument and side). 503 with "
+        200, "CancelAllResponse", (400, 401, 403, 413, 415, 429, 503), True,
+        "Cancels the key's open orders of one `instrument` (optionally one `side`), or with `\"all\": true` "
+        "on every instrument; a body with neither cancels nothing (400 `missing_field` `all`). 503 with "
         "`unavailable_instruments` when some instrument could not commit now."),
     ("/orders/{order_id}/cancel", "post"): (
-        200, "OrderResponse", (401, 403, 404, 409, 429, 503), True,
-        "409 `order_closed` when the order is already filled, cancelled or rejected."),
+        200, "OrderResponse", (400, 401, 403, 404, 409, 415, 429, 503), True,
+        "409 `order_closed` when the order is already filled, cancelled or rejected; 404 for an unknown order "
+        "and for another client's (the same answer)."),
     ("/orders/{order_id}/amend", "post"): (
-        200, "PlaceOrderResponse", (400, 401, 403, 404, 409, 413, 429, 503), True,
+        200, "PlaceOrderResponse", (400, 401, 403, 404, 409, 413, 415, 429, 503), True,
         "`quantity` is the new total (must exceed the filled quantity), `price` the new limit. A pure decrease "
         "keeps time priority; a price change or an increase re-enters at the back and may trade. 404 for an "
         "unknown order and for another client's (the same answer); 409 `order_closed`, 409 "
         "`post_only_would_cross` (the order stays as it was)."),
     ("/orders/cancel-after", "post"): (
-        200, "CancelAfterResponse", (400, 401, 403, 413, 429, 503), True,
+        200, "CancelAfterResponse", (400, 401, 403, 413, 415, 429, 503), True,
         "Dead man's switch: unless called again within `timeout_ms`, every open order of the key's client on "
         "every instrument is cancelled (reason `cancel_after`); 0 turns it off. Kept in the service's memory."),
     ("/orders/{order_id}", "get"): (
-        200, "OrderResponse", (401, 403, 404, 429, 503), True, "The order as committed (authoritative)."),
+        200, "OrderResponse", (400, 401, 404, 429, 503), True,
+        "The order as committed (authoritative); 404 for an unknown order and for another client's (the same "
+        "answer)."),
     ("/admin/snapshot", "post"): (
         201, "SnapshotResponse", (400, 401, 403, 429, 503), True,
         "Stores an engine snapshot of every instrument (or one) now; recovery = snapshot + later journal."),
     ("/admin/settlement", "post"): (
-        201, "SettlementResponse", (400, 401, 403, 413, 429, 503), True,
+        201, "SettlementResponse", (400, 401, 403, 413, 415, 429, 503), True,
         "Nets every client's trades per instrument since the previous run up to `cutoff` (default now)."),
     ("/healthz", "get"): (200, "Health", (503,), False, "The command service's own dependencies."),
 }

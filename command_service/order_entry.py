@@ -8,9 +8,8 @@ committed. HTTP, the command WebSocket and the NATS bridge all call these.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
+import os
 import time
 
 from command_service.edge import (
@@ -35,20 +34,27 @@ from contracts.messages import CancelAll, CancelOrder, TradeExecuted
 from contracts.views import order_view, trade_view
 
 REPLAYED = {"Idempotent-Replayed": "true"}
+OK = ResultCode.OK
+REJECTED = ResultCode.REJECTED
+RISK_CODES = frozenset({ResultCode.RISK_MAX_ORDER_NOTIONAL, ResultCode.RISK_MAX_OPEN_ORDERS,
+                        ResultCode.RISK_MAX_POSITION})
 log = logging.getLogger("command.entry")
 
 
 def _order_ids():
-    """UUID-v4-shaped ids: 64 random bits drawn once per process + a 64-bit counter.
-    Unique within a process by construction and across restarts with overwhelming
-    probability, without an os.urandom call per order (uuid4 was 4% of the WS path)."""
-    hi = secrets.randbits(64) & 0xFFFFFFFFFFFF0FFF | 0x4000  # version 4
-    h = f"{hi:016x}"
-    prefix = f"{h[:8]}-{h[8:12]}-{h[12:16]}-"
-    for n in itertools.count(secrets.randbits(32)):
-        lo = (n & 0x3FFFFFFFFFFFFFFF) | 0x8000000000000000  # RFC 4122 variant
-        t = f"{lo:016x}"
-        yield f"{prefix}{t[:4]}-{t[4:]}"
+    """Random UUID-v4 ids: 122 random bits each, so nobody can guess another client's next id
+    (the earlier per-process prefix + counter let a trader who saw one id claim the next ones
+    and make another client's orders fail). One os.urandom call per 512 ids: measured 3.0 us
+    per id, the same as the counter (2.9 us) and a seventh of uuid.uuid4() (21 us, which was
+    4% of the WebSocket path)."""
+    variant = "89ab"
+    while True:
+        h = os.urandom(16 * 512).hex()
+        for i in range(0, len(h), 32):
+            yield (f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{variant[int(h[i + 16], 16) & 3]}"
+                   f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}")
+
+
 Reply = tuple[int, bytes, dict]
 
 
@@ -158,9 +164,13 @@ class OrderEntry:
         levels = self.book_levels
 
         def render(result, book):
-            if result.code == ResultCode.DUPLICATE_ORDER_ID:
-                return 409, json_encoder.encode(error("duplicate_order_id", f"order_id {order_id!r} already exists",
-                                                      "order_id"))
+            code = result.code
+            if code is not OK and code is not REJECTED:  # REJECTED: 201 with the rejected order
+                if code == ResultCode.DUPLICATE_ORDER_ID:
+                    return 409, json_encoder.encode(error("duplicate_order_id",
+                                                          f"order_id {order_id!r} already exists", "order_id"))
+                # a pre-trade risk limit: nothing happened; the field names the limit
+                return 409, json_encoder.encode(error("risk_limit", _risk_message(code, spec, book), code.value))
             own = result.orders[0]
             trades = [
                 trade_view(spec, e) for e in result.events
@@ -178,7 +188,8 @@ class OrderEntry:
         """A cancel of an order resting in a book needs no database read. Returns the
         sequencer's future of (status, body) - status 0 when the order closed before the
         cancel ran, which `cancel` resolves from the database - or None when the order is
-        not resting (then `cancel` looks it up). Raises ApiError for 403/409 known here."""
+        not resting (then `cancel` looks it up). Raises ApiError for 404/409 known here (another
+        client's order is answered exactly like an unknown one)."""
         principal.require_trade()
         seq, state = self._find_resting(order_id)
         if state is None:
@@ -188,11 +199,11 @@ class OrderEntry:
                 hit = s.recently_closed.get(order_id)
                 if hit is not None:
                     if not principal.may_act_for(hit[0]):
-                        raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
+                        raise _not_found(order_id)
                     raise ApiError(409, "order_closed", f"order is already {hit[1]}", "order_id")
             return None
         if not principal.may_act_for(state.client_id):
-            raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
+            raise _not_found(order_id)  # exactly the unknown order's answer: ids reveal nothing
         return self._submit_cancel(seq, order_id, state.client_id)
 
     def _submit_cancel(self, seq: Sequencer, order_id: str, owner: str):
@@ -216,7 +227,7 @@ class OrderEntry:
                 raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
             seq = self.sequencers.get(row["instrument"])
             if seq is None:
-                raise ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
+                raise _not_found(order_id)
             fut = self._submit_cancel(seq, order_id, row["client_id"])
         return await self.finish_cancel(principal, order_id, await _await(fut))
 
@@ -231,10 +242,8 @@ class OrderEntry:
 
     async def _order_row(self, principal: Principal, order_id: str):
         row = await self.journal.find_order(order_id)
-        if row is None:
-            raise ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
-        if not principal.may_act_for(row["client_id"]):
-            raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
+        if row is None or not principal.may_act_for(row["client_id"]):
+            raise _not_found(order_id)
         return row
 
     def is_resting(self, order_id: str) -> bool:
@@ -312,6 +321,8 @@ class OrderEntry:
             if code == ResultCode.INVALID_AMEND:
                 msg = "nothing to change, or a stop order still pending"
                 return 400, ApiError(400, "invalid_amend", msg, "quantity").body()
+            if code in RISK_CODES:
+                return 409, ApiError(409, "risk_limit", _risk_message(code, spec, book), code.value).body()
             return 0, b""
 
         return seq.submit(cmd, render)
@@ -382,11 +393,7 @@ class OrderEntry:
 
     # ------------------------------------------------------------------ read
     async def get(self, principal: Principal, order_id: str) -> Reply:
-        row = await self.journal.find_order(order_id)
-        if row is None:
-            raise ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
-        if not principal.may_act_for(row["client_id"]):
-            raise ApiError(403, "forbidden", "this order belongs to another client", "order_id")
+        row = await self._order_row(principal, order_id)
         spec = self.instruments.get(row["instrument"])
         return 200, json_encoder.encode({"order": order_view(spec, OrderRow(row))}), {}
 
@@ -425,6 +432,15 @@ async def _await(fut):
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _risk_message(code: ResultCode, spec, book) -> str:
+    notional, max_open, position = book.risk or (0, 0, 0)
+    if code == ResultCode.RISK_MAX_ORDER_NOTIONAL:
+        return f"price x quantity is above the instrument's max_order_notional {spec.notional(notional)}"
+    if code == ResultCode.RISK_MAX_OPEN_ORDERS:
+        return f"you already have max_open_orders {max_open} open orders on {spec.symbol}"
+    return f"filled, this order would take your net position past max_position {spec.lots_to_quantity(position)}"
 
 
 def _not_found(order_id: str) -> ApiError:

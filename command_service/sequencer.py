@@ -73,6 +73,7 @@ class Sequencer:
         self.snapshot_every = snapshot_every
         self.metrics = metrics
         self.book = OrderBook(instrument)
+        self.risk: tuple[int, int, int] | None = None  # OrderBook.risk of every book this sequencer holds
         self.ready = False
         self._pending: list[Submission] = []
         self._wake = asyncio.Event()
@@ -308,6 +309,7 @@ class Sequencer:
                     raise RuntimeError(f"{self.instrument}: journal gap at seq {book.seq + 1} (found {seq})")
                 book.apply(decode_event(payload))
             replayed += len(rows)
+        book.risk = self.risk
         self.book = book
         self.recently_closed.clear()
         self._events_since_snapshot = replayed

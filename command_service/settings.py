@@ -49,6 +49,16 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # Closed orders per instrument kept in memory to answer a cancel/amend racing a fill without
     # a database read (between this and twice this many); older ones are read from PostgreSQL.
     recently_closed_keep: int = 8192
+    # Before authentication (issue 20): requests whose API key fails to authenticate are limited
+    # per client address (each unknown key costs a PostgreSQL lookup); the address is the peer's,
+    # or X-Real-IP when the peer is one of the trusted proxies (the gateway).
+    unauth_rate_limit_per_second: float = 5.0
+    unauth_rate_limit_burst: int = 20
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Pre-trade risk (issue 20): most open orders (resting + pending stops) per client and
+    # instrument (0 = no limit). The order notional and net position limits are per instrument
+    # (config/instruments.json: max_order_notional, max_position).
+    max_open_orders: int = 1000
 
     @classmethod
     def from_env(cls) -> "CommandSettings":
@@ -75,4 +85,9 @@ class CommandSettings(msgspec.Struct, frozen=True):
             snapshots_keep=_int("EXCHANGE_SNAPSHOTS_KEEP", 3),
             housekeeping_s=_float("EXCHANGE_HOUSEKEEPING_S", 60.0),
             recently_closed_keep=env_int("EXCHANGE_RECENTLY_CLOSED_KEEP", 8192, minimum=1),
+            unauth_rate_limit_per_second=_float("EXCHANGE_UNAUTH_RATE_LIMIT_PER_SECOND", 5.0),
+            unauth_rate_limit_burst=env_int("EXCHANGE_UNAUTH_RATE_LIMIT_BURST", 20, minimum=1),
+            trusted_proxies=tuple(a.strip() for a in env("EXCHANGE_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
+                                  if a.strip()),
+            max_open_orders=_int("EXCHANGE_MAX_OPEN_ORDERS", 1000),
         )

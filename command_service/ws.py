@@ -24,12 +24,15 @@ from typing import Any, Optional
 
 import msgspec
 
+from command_service.auth import authenticate_guarded
 from command_service.edge import (
     AmendRequest,
     CancelAllRequest,
+    Num,
     OrderFields,
     OrderRequest,
     answer,
+    check_cancel_all,
     decode_json,
     validation_error,
 )
@@ -53,11 +56,12 @@ class WsMessage(OrderFields, kw_only=True):
     request_id: Any = None
     order_type: Optional[OrderType] = None
     side: Optional[Side] = None
-    quantity: Optional[Decimal] = None
+    quantity: Optional[Num] = None
     cancel_on_disconnect: Optional[bool] = None  # session
+    all: Optional[bool] = None  # cancel_all on every instrument
 
 
-_decode_message = msgspec.json.Decoder(WsMessage).decode
+_decode_message = msgspec.json.Decoder(WsMessage, float_hook=Decimal).decode
 _encode = json_encoder.encode
 
 
@@ -215,8 +219,9 @@ class OrderSocket:
                 self._spawn(self._amend(rid, m.order_id, req, fut, lim))
             elif kind == "cancel_all":
                 instrument = _given(raw, "instrument")
-                self._spawn(self._cancel_all(rid, CancelAllRequest(instrument=instrument, side=m.side,
-                                                                   client_id=m.client_id), lim))
+                req = check_cancel_all(CancelAllRequest(all=m.all, instrument=instrument, side=m.side,
+                                                        client_id=m.client_id))
+                self._spawn(self._cancel_all(rid, req, lim))
             elif kind == "session":
                 if m.cancel_on_disconnect is None:
                     raise ApiError(400, "missing_field", "cancel_on_disconnect is required", "cancel_on_disconnect")
@@ -357,13 +362,16 @@ async def serve(st, scope, receive, send) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    authorization = None
+    authorization = real_ip = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
-            break
+        elif name == b"x-real-ip":
+            real_ip = value.decode("latin-1")
+    client = scope.get("client")
     try:
-        principal = await st.auth.authenticate(authorization)
+        principal = await authenticate_guarded(st, authorization,
+                                               st.unauth.address(client[0] if client else "", real_ip))
     except Exception as exc:
         edge = answer(exc, "authenticating /ws")
         await send({"type": "websocket.accept"})

@@ -3,7 +3,9 @@ the time format, and the JSON encoder."""
 
 from __future__ import annotations
 
+import calendar
 import logging
+import re
 from datetime import datetime, timezone
 
 import msgspec
@@ -110,15 +112,27 @@ def iso_ms(ts_ns: int) -> str:
     return f"{head}{rem:03d}Z"
 
 
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z")
+
+
 def parse_iso(value: str) -> int:
-    """ISO 8601 (with Z or offset; naive means UTC) -> ns since epoch. Raises ValueError."""
-    text = value.strip()
-    if text.endswith("Z") or text.endswith("z"):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    """RFC 3339 (a date, a time and Z or an offset; up to ns) -> ns since epoch, years 1970-9999.
+    Raises ValueError for anything else: datetime.fromisoformat alone also takes week dates,
+    basic formats, dates without a time and naive times, which a client may not mean."""
+    m = _RFC3339.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError("not an RFC 3339 time")
+    y, mo, d, h, mi, s, frac, z, sign, oh, om = m.groups()
+    offset = 0 if z else (1 if sign == "+" else -1) * (int(oh) * 60 + int(om))
+    if not (1970 <= int(y) and int(oh or 0) < 24 and int(om or 0) < 60):
+        raise ValueError("time out of range")
+    dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=timezone.utc)
+    ns = (calendar.timegm(dt.timetuple()) - offset * 60) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+    if ns < 0:
+        raise ValueError("time before 1970")
+    return ns
 
 
 # JSON for HTTP/WS bodies: Decimals go out as JSON numbers (70150.5, never "70150.5").

@@ -79,9 +79,11 @@ WS_IN: Messages = {
                                  "price": S.DEC_IN, "request_id": REQUEST_ID}, ["type", "order_id"]),
                 [{"type": "amend", "order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "quantity": "0.2",
                   "request_id": "a1"}]),
-    "WsCancelAll": ("Cancel all your open orders, optionally of one instrument and side (answered by "
-                    "cancel_all_accepted or error)", S.obj(
-        {"type": _t("cancel_all"), "instrument": {"type": "string"}, "side": S.SIDE,
+    "WsCancelAll": ("Cancel your open orders of one instrument, or with all: true of every instrument; "
+                    "optionally of one side (answered by cancel_all_accepted or error; neither instrument nor "
+                    "all: true is an error, nothing is cancelled)", S.obj(
+        {"type": _t("cancel_all"), "instrument": {"type": "string"},
+         "all": {"type": "boolean", "description": "true: every instrument (instead of instrument)"}, "side": S.SIDE,
          "client_id": {"type": "string", "description": "optional: the key's own client, or any with an admin key"},
          "request_id": REQUEST_ID},
         ["type"]), [{"type": "cancel_all", "instrument": "BTC-USD", "request_id": "c1"}]),

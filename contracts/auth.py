@@ -113,6 +113,14 @@ class Authenticator:
             raise ApiError(403, "forbidden", "this key may only read its own client's data", "client_id")
         return client_id
 
+    def known(self, authorization: str | None) -> Principal | None:
+        """The cached principal of a valid key, without a lookup (None otherwise)."""
+        key = bearer_token(authorization) if self.enabled else None
+        if not key:
+            return None
+        hit = self._cache.get(hash_api_key(key))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     async def identify(self, key: str | None) -> Principal | None:
         """The principal of a key, None for an unknown or revoked one (or no key)."""
         if not key:

@@ -77,3 +77,7 @@ class ResultCode(str, Enum):
     DUPLICATE_ORDER_ID = "duplicate_order_id"  # place with an id already resting
     INVALID_AMEND = "invalid_amend"  # amend to <= filled quantity, or nothing to change
     AMEND_WOULD_CROSS = "amend_would_cross"  # post-only amend to a crossing price
+    # Pre-trade risk (OrderBook.risk): the order is refused, nothing changes; the value names the limit.
+    RISK_MAX_ORDER_NOTIONAL = "max_order_notional"  # price x quantity above the instrument's limit
+    RISK_MAX_OPEN_ORDERS = "max_open_orders"  # the client already has this many open orders here
+    RISK_MAX_POSITION = "max_position"  # filled, it would take the client's net position past the limit

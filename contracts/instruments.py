@@ -8,9 +8,11 @@ instrument's limits is refused with a field-level error before it reaches the en
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Optional
 
 import msgspec
 
@@ -36,6 +38,16 @@ class InstrumentSpec(msgspec.Struct, frozen=True):
     min_quantity: Decimal
     max_quantity: Decimal
     max_price: Decimal
+    # Pre-trade risk (issue 20), optional: the largest price x quantity of one order (quote
+    # currency) and the largest net position one client may hold (base quantity).
+    max_order_notional: Optional[Decimal] = None
+    max_position: Optional[Decimal] = None
+
+    def risk_units(self) -> tuple[int, int]:
+        """(max order notional in ticks*lots, max position in lots); 0 = no limit."""
+        notional = int(self.max_order_notional / (self.tick_size * self.lot_size)) if self.max_order_notional else 0
+        position = int(self.max_position / self.lot_size) if self.max_position else 0
+        return notional, position
 
     # -- to integers (edge -> engine)
     def price_to_ticks(self, value: object, field: str = "price") -> int:
@@ -124,6 +136,9 @@ def plain(value: Decimal) -> Decimal:
     return value
 
 
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+
+
 def to_decimal(value: object, field: str) -> Decimal:
     """JSON number, decimal string or int -> Decimal. Floats are refused: by the time a
     float exists the exact value the client wrote is gone (decoders give us Decimals)."""
@@ -134,11 +149,12 @@ def to_decimal(value: object, field: str) -> Decimal:
     elif isinstance(value, int):
         dec = Decimal(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 64:
-            raise ConversionError("invalid_number", field, f"{field} is not a valid decimal")
+        # ASCII decimal text only: Decimal() alone also takes "1_000", other scripts' digits
+        # (Arabic-Indic), surrounding spaces, exponents and NaN/Infinity.
+        if len(value) > 64 or not _DECIMAL_TEXT.match(value):
+            raise ConversionError("invalid_number", field, f"{field} is not a decimal number (digits and one '.')")
         try:
-            dec = Decimal(text)
+            dec = Decimal(value)
         except InvalidOperation:
             raise ConversionError("invalid_number", field, f"{field} is not a valid decimal") from None
     elif isinstance(value, float):
@@ -199,6 +215,9 @@ def load_instruments(path: str | os.PathLike[str] | None = None) -> Instruments:
     for s in specs:
         for name in ("tick_size", "lot_size", "min_quantity", "max_quantity", "max_price"):
             if getattr(s, name) <= 0:
+                raise ValueError(f"{path}: {s.symbol}.{name} must be > 0")
+        for name in ("max_order_notional", "max_position"):
+            if getattr(s, name) is not None and getattr(s, name) <= 0:
                 raise ValueError(f"{path}: {s.symbol}.{name} must be > 0")
         if s.min_quantity % s.lot_size or s.max_quantity % s.lot_size:
             raise ValueError(f"{path}: {s.symbol} min/max quantity must be multiples of lot_size")

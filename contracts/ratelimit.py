@@ -75,6 +75,13 @@ class TokenBuckets:
         b[0] = tokens
         return True, self.headers(tokens), 0
 
+    def exhausted(self, key: str) -> bool:
+        """Would `take` refuse now? (Nothing is charged.)"""
+        if self.rate <= 0:
+            return False
+        b = self._buckets.get(key)
+        return b is not None and b[0] + (time.monotonic() - b[1]) * self.rate < 1.0
+
     def headers(self, tokens: float) -> dict[str, str]:
         reset = math.ceil((self.burst - tokens) / self.rate)
         return {"RateLimit-Policy": self.policy, "RateLimit": f'"{self.name}";r={int(tokens)};t={reset}'}

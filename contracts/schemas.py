@@ -98,7 +98,7 @@ TICKER = obj({"instrument": STR, "last_price": DEC_OR_NULL, "last_quantity": DEC
               "change_24h": DEC_OR_NULL, "change_percent_24h": DEC_OR_NULL, "seq": SEQ},
              ["instrument", "last_price", "best_bid", "best_ask", "volume_24h"], "24 h rolling statistics")
 INSTRUMENT = obj({"symbol": STR, "base": STR, "quote": STR, "tick_size": DEC, "lot_size": DEC, "min_quantity": DEC,
-                  "max_quantity": DEC, "max_price": DEC,
+                  "max_quantity": DEC, "max_price": DEC, "max_order_notional": DEC_OR_NULL, "max_position": DEC_OR_NULL,
                   "status": {"type": "string", "enum": ["trading"], "description": "trading status"},
                   "order_types": array(STR), "time_in_force": array(TIF),
                   "iceberg": {"type": "boolean"}, "post_only": {"type": "boolean"}},
@@ -138,10 +138,11 @@ COMPONENTS = {
 STATUS_TEXT = {
     400: "bad input (code and field say which): nothing was changed",
     401: "no API key, or an unknown or revoked one",
-    403: "another client's order or client_id, or an admin route without an admin key",
-    404: "no such order",
-    409: "order_closed, duplicate_order_id or idempotency_key_reused",
+    403: "another client's client_id, a read key that tries to trade, or an admin route without an admin key",
+    404: "no such order, or another client's (the same answer)",
+    409: "order_closed, duplicate_order_id, idempotency_key_reused or risk_limit",
     413: "request body too large",
+    415: "a body that is not Content-Type: application/json",
     429: "rate limited: retry after Retry-After seconds",
     503: "cannot answer now (database or instrument recovering): retry; an order with the same idempotency_key"
          " is never placed twice",

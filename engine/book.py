@@ -45,6 +45,15 @@ Decisions beyond the written semantics (tests/unit/reference_matcher.py implemen
   (expire_ts, accept_seq, id) serves next_expiry(); restore() rebuilds it from the orders.
 - CancelOrder / CancelAll carry their reason (default user / cancel_all; the service sends
   cancel_on_disconnect / cancel_after).
+- Pre-trade risk (`risk` = (max order notional in ticks*lots, max open orders per client, max
+  |net position| per client in lots), 0 = that limit off; None = all off, the default): a place that
+  breaks one is refused with the limit's ResultCode and no events, after the duplicate-id and
+  validity checks. Notional = quantity x (price, else stop price, else the best opposite price,
+  else the last price). Open orders (resting + pending stops) count only for orders that can rest
+  (not market, IOC or FOK). Position: the client's net filled quantity (`positions`, kept from the
+  trades, in the snapshot) plus this order's quantity if it filled completely; an order that
+  brings the position closer to zero is always allowed. The limits are configuration, not
+  journal: replay applies events, so it never re-decides a refusal.
 - apply() raises ValueError on a seq gap, a repeated seq, another instrument or a trade that
   does not match the book: those are journal/programming errors, not rejections.
 """
@@ -122,6 +131,9 @@ INVALID_AMEND = ResultCode.INVALID_AMEND
 AMEND_WOULD_CROSS = ResultCode.AMEND_WOULD_CROSS
 
 
+RISK_NOTIONAL = ResultCode.RISK_MAX_ORDER_NOTIONAL
+RISK_OPEN = ResultCode.RISK_MAX_OPEN_ORDERS
+RISK_POSITION = ResultCode.RISK_MAX_POSITION
 MAX_VALUE = (1 << 62) - 1
 """Largest price / stop price / quantity the engine accepts (keeps every key a small int)."""
 NO_LIMIT = -(1 << 63)
@@ -147,6 +159,8 @@ class _Snapshot(msgspec.Struct, array_like=True):
     bids: list[Order]  # best level first, FIFO within a level
     asks: list[Order]
     stops: list[Order]  # pending stops in acceptance order
+    # net filled quantity per client (lots), sorted, zeros left out; absent in older snapshots
+    positions: list[tuple[str, int]] = []
 
 
 _snapshot_encoder = msgspec.json.Encoder()
@@ -207,6 +221,8 @@ class OrderBook:
         "_buy_stops",
         "_sell_stops",
         "_expiry",
+        "positions",
+        "risk",
     )
 
     def __init__(self, instrument: str):
@@ -223,6 +239,10 @@ class OrderBook:
         # GTD orders: a heap of (expire_ts, accept_seq, id), entries of orders that closed
         # otherwise are dropped lazily (accept_seq tells a reused id apart).
         self._expiry: list[tuple[int, int, str]] = []
+        # Net filled quantity per client in lots (buys +, sells -), from every trade: the
+        # position risk limit's state, kept here because only the engine sees every fill.
+        self.positions: dict[str, int] = {}
+        self.risk: Optional[tuple[int, int, int]] = None  # see the module docstring
 
     # ------------------------------------------------------------------ commands
 
@@ -284,6 +304,10 @@ class OrderBook:
             and cmd.instrument == self.instrument
         ):
             return self._reject_new(cmd, R_INVALID)
+        if self.risk is not None:
+            refused = self._risk_check(cmd)
+            if refused is not None:
+                return Result(refused, [], [])
         display = cmd.display_quantity
         expire_ts = cmd.expire_ts
         if display is not None or expire_ts is not None or tif is GTD:
@@ -594,6 +618,18 @@ class OrderBook:
             or (new_qty == o.quantity and new_price == o.price)
         ):
             return Result(INVALID_AMEND, [], [])
+        if self.risk is not None and (new_qty > o.quantity or new_price != o.price):
+            # an amend is a new order for what remains: the same limits (an increase or a new
+            # price must not walk around them; a pure decrease always passes)
+            max_notional, _, max_position = self.risk
+            if max_notional and new_price * new_qty > max_notional:
+                return Result(RISK_NOTIONAL, [], [])
+            if max_position and new_qty > o.quantity:
+                pos = self.positions.get(o.client_id, 0)
+                left = new_qty - o.filled
+                new = pos + left if o.side is BUY else pos - left
+                if abs(new) > max_position and abs(new) > abs(pos):
+                    return Result(RISK_POSITION, [], [])
         ts = cmd.ts
         instrument = self.instrument
         new_remaining = new_qty - o.filled
@@ -638,6 +674,31 @@ class OrderBook:
         return Result(OK, events, _states(touched, instrument))
 
     # ------------------------------------------------------------------ matching
+
+    def _risk_check(self, cmd: PlaceOrder) -> Optional[ResultCode]:
+        """The first pre-trade limit this (valid) order breaks, or None."""
+        assert self.risk is not None
+        max_notional, max_open, max_position = self.risk
+        cid = cmd.client_id
+        qty = cmd.quantity
+        tif = cmd.tif
+        if (max_open and cmd.order_type is not MARKET and tif is not IOC and tif is not FOK
+                and len(self._clients.get(cid, ())) >= max_open):
+            return RISK_OPEN
+        if max_position:
+            pos = self.positions.get(cid, 0)
+            new = pos + qty if cmd.side is BUY else pos - qty
+            if abs(new) > max_position and abs(new) > abs(pos):
+                return RISK_POSITION
+        if max_notional:
+            px = cmd.price or cmd.stop_price
+            if px is None:
+                px = self.best_ask() if cmd.side is BUY else self.best_bid()
+                if px is None:
+                    px = self.last_price
+            if px is not None and px * qty > max_notional:
+                return RISK_NOTIONAL
+        return None
 
     def _reject_new(self, cmd: PlaceOrder, reason: RejectReason) -> Result:
         seq = self.seq + 1
@@ -702,6 +763,7 @@ class OrderBook:
             levels = opp.levels
             orders = self._orders
             clients = self._clients
+            positions = self.positions
             instrument = self.instrument
             append = events.append
             seq = self.seq
@@ -779,6 +841,13 @@ class OrderBook:
                     )
                     last = price
                     notional = price * fill
+                    m_cid = m.client_id
+                    if taker_side is BUY:
+                        positions[taker_cid] = positions.get(taker_cid, 0) + fill
+                        positions[m_cid] = positions.get(m_cid, 0) - fill
+                    else:
+                        positions[taker_cid] = positions.get(taker_cid, 0) - fill
+                        positions[m_cid] = positions.get(m_cid, 0) + fill
                     filled += fill
                     cost += notional
                     m.remaining = m_rem
@@ -803,7 +872,6 @@ class OrderBook:
                         m.shown = 0
                         queue.popleft()
                         del orders[m_id]
-                        m_cid = m.client_id
                         mine = clients[m_cid]
                         del mine[m_id]
                         if not mine:
@@ -1051,6 +1119,11 @@ class OrderBook:
             if maker is None or maker.status is PENDING:
                 raise ValueError(f"trade {event.seq}: maker {event.maker_order_id} not resting")
             self._replay_fill(maker, event.price, event.quantity, event.maker_remaining, ts)
+            positions = self.positions
+            q = event.quantity
+            sign = 1 if event.taker_side is BUY else -1
+            positions[event.taker_client_id] = positions.get(event.taker_client_id, 0) + sign * q
+            positions[event.maker_client_id] = positions.get(event.maker_client_id, 0) - sign * q
             if maker.display and event.maker_remaining:
                 self._replay_shown(maker, event.quantity, event.seq)
             taker = self._orders.get(event.taker_order_id)
@@ -1166,6 +1239,7 @@ class OrderBook:
                 list(self._iter_side(self._bids)),
                 list(self._iter_side(self._asks)),
                 list(self._stops.values()),
+                sorted((c, p) for c, p in self.positions.items() if p),
             )
         )
 
@@ -1180,6 +1254,7 @@ class OrderBook:
         book = cls(snap.instrument)
         book.seq = snap.seq
         book.last_price = snap.last_price
+        book.positions = dict(snap.positions)
         for o in snap.bids:
             book._rest(o)
         for o in snap.asks:

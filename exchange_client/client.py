@@ -140,9 +140,12 @@ class _Routes:
 
     @_route("POST", "/orders/cancel-all")
     def cancel_all(self, instrument: str | None = None, side: str | None = None, client_id: str | None = None):
-        """POST /orders/cancel-all -> {cancelled: [order_id]}."""
-        return self._do(_Call("POST", "/orders/cancel-all",
-                              body=_clean({"instrument": instrument, "side": side, "client_id": client_id})))
+        """POST /orders/cancel-all -> {cancelled: [order_id]}; without an instrument, on every
+        instrument (sent as the explicit `"all": true` the API requires)."""
+        body = _clean({"instrument": instrument, "side": side, "client_id": client_id})
+        if instrument is None:
+            body["all"] = True
+        return self._do(_Call("POST", "/orders/cancel-all", body=body))
 
     @_route("POST", "/orders/cancel-after")
     def cancel_after(self, timeout_ms: int, client_id: str | None = None):

@@ -18,7 +18,7 @@ DECIMAL_FIELDS = frozenset({
     "max_price", "total_volume", "vwap", "overall_vwap", "open", "high", "low", "close", "volume", "last",
     "last_price", "change", "quote_volume", "tick_size", "lot_size", "min_quantity", "max_quantity",
     "best_bid", "best_ask", "notional", "fee", "net_cost", "mark_price",
-    "visible_quantity", "display_quantity", "peak_size", "shown_quantity",
+    "visible_quantity", "display_quantity", "peak_size", "shown_quantity", "max_order_notional", "max_position",
     # ticker (24 h), analytics buckets, settlements
     "last_quantity", "open_24h", "high_24h", "low_24h", "volume_24h", "quote_volume_24h", "vwap_24h", "change_24h",
     "change_percent_24h", "open_price", "close_price", "net_quote", "bought_quantity", "sold_quantity",

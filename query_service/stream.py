@@ -44,10 +44,11 @@ from query_service.settings import QuerySettings
 log = logging.getLogger("query_service.stream")
 
 CHANNELS = ("trades", "orders", "orderbook", "ticker")
-ORDER_FIELDS = (
-    "idempotency_key", "order_id", "client_id", "instrument", "side", "price", "quantity",
-    "time_in_force", "post_only", "stop_price",
-)
+# The /stream frame's own members; every other member of an order frame is the order's and is
+# forwarded as is, so the command service judges all of them exactly like POST /orders (a fixed
+# list here once dropped self_trade_prevention, display_quantity and expire_time silently, and
+# hid unknown fields from its unknown_field check).
+FRAME_FIELDS = frozenset({"type", "request_id", "api_key", "order_type"})
 MAX_IN_FLIGHT_ORDERS = 256
 _frame_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact decimals
 
@@ -551,7 +552,7 @@ class Hub:
             if not isinstance(order_type, str) or not order_type:
                 c.send_obj(_err("invalid_field", "order_type must be limit or market", "order_type", request_id))
                 return
-            body = {k: msg[k] for k in ORDER_FIELDS if k in msg}
+            body = {k: v for k, v in msg.items() if k not in FRAME_FIELDS}
             body["type"] = order_type
             key = c.api_key if c.api_key else msg.get("api_key")
             request = json_encoder.encode({"api_key": key if isinstance(key, str) else None, "body": body})

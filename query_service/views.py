@@ -299,6 +299,9 @@ def instruments_body(instruments: Instruments) -> bytes:
                     "min_quantity": dec_json(s.min_quantity),
                     "max_quantity": dec_json(s.max_quantity),
                     "max_price": dec_json(s.max_price),
+                    # pre-trade risk limits (issue 20); null = none
+                    "max_order_notional": dec_json(s.max_order_notional) if s.max_order_notional else None,
+                    "max_position": dec_json(s.max_position) if s.max_position else None,
                     # every instrument of this exchange trades continuously whenever its
                     # sequencer is up; "trading" is the only status today
                     "status": "trading",

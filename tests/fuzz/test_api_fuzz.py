@@ -358,6 +358,102 @@ def test_query_malformed_query_strings(exchange, path):
     assert not failures, "\n".join(failures)
 
 
+# Issue 20: values a schema-driven generator rarely reaches, in every field of every command
+# route: NUL, other scripts' digits, underscores, exponents, week dates, the instrument limits'
+# extremes and one step past them; plus unknown fields and query parameters. Each answer is a 2xx
+# or a 4xx with the error shape, never a 5xx; HTTP and /ws alike.
+_SPEC = INSTRUMENTS.get("BTC-USD")
+HOSTILE_VALUES = [
+    "a\u0000b", "\u0000", "\u0661\u0660\u0660", "1_000", "\u0967", " 1", "1e2", "-0", "0x10", "Infinity",
+    "2026-W01-1T00:00:00Z", "20260101T000000Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+    str(_SPEC.max_price), str(_SPEC.max_price + _SPEC.tick_size), str(_SPEC.max_quantity),
+    str(_SPEC.max_quantity + _SPEC.lot_size), str(_SPEC.lot_size), str(_SPEC.lot_size / 10),
+    2**63, -(2**63), 10**30, "9" * 80, True, None, [], {}, "cancel-all", "..", "x" * 300,
+]
+ROUTE_FIELDS = {
+    "/orders": ("client_id", "instrument", "side", "type", "price", "quantity", "stop_price", "time_in_force",
+                "post_only", "self_trade_prevention", "order_id", "idempotency_key", "display_quantity",
+                "expire_time"),
+    "/orders/cancel-all": ("all", "instrument", "side", "client_id"),
+    "/orders/cancel-after": ("timeout_ms", "client_id"),
+    "/orders/{oid}/amend": ("quantity", "price"),
+    "/admin/settlement": ("cutoff", "instrument"),
+}
+ROUTE_BASE = {
+    "/orders": {"client_id": TRADER, "instrument": "BTC-USD", "side": "buy", "type": "limit", "price": "1",
+                "quantity": "0.001", "time_in_force": "IOC"},
+    "/orders/cancel-all": {"instrument": "BTC-USD", "client_id": TRADER},
+    "/orders/cancel-after": {"timeout_ms": 0, "client_id": TRADER},
+    "/orders/{oid}/amend": {"quantity": "1"},
+    "/admin/settlement": {},
+}
+
+
+def _answer_ok(r) -> bool:
+    if r.status_code >= 500:
+        return False
+    if r.status_code >= 400:
+        try:
+            return isinstance(r.json()["error"]["code"], str)
+        except (ValueError, KeyError, TypeError):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("route", sorted(ROUTE_FIELDS))
+def test_command_hostile_values_in_every_field(exchange, seeded_orders, route):
+    path = route.replace("{oid}", KNOWN_ORDERS[0] if KNOWN_ORDERS else "fuzz-1")
+    who = "admin" if route.startswith("/admin/") else "trader"
+    failures = []
+    with httpx.Client(base_url=exchange.command_url, timeout=REQUEST_TIMEOUT, headers=_auth(exchange, who)) as client:
+        for field in ROUTE_FIELDS[route]:
+            for value in HOSTILE_VALUES:
+                body = {**ROUTE_BASE[route], field: value}
+                r = client.post(path, json=body)
+                STATS[f"POST {route} (hostile values)"][r.status_code] += 1
+                if not _answer_ok(r) or (r.status_code < 400 and isinstance(value, str) and "\x00" in value):
+                    failures.append(f"POST {path} {field}={value!r}: {r.status_code} {r.text[:150]}")
+        # unknown fields and query parameters are refused, naming them
+        for extra in ({"display_qty": "1"}, {"": 1}, {"a\u0000": 1}, {"x" * 200: 1}):
+            r = client.post(path, json={**ROUTE_BASE[route], **extra})
+            name = next(iter(extra))
+            if r.status_code != 400 or r.json()["error"] != {"code": "unknown_field", "field": name,
+                                                              "message": r.json()["error"]["message"]}:
+                failures.append(f"POST {path} unknown field {name[:20]!r}: {r.status_code} {r.text[:150]}")
+        for raw in ("instrument=ETH-USD&side=buy", "x=1", "%00=1", "all=true", "=", "a" * 2000 + "=1"):
+            r = client.post(f"{path}?{raw}", json=ROUTE_BASE[route])
+            STATS[f"POST {route} (query)"][r.status_code] += 1
+            if r.status_code != 400 or r.json()["error"]["code"] != "unknown_field":
+                failures.append(f"POST {path}?{raw[:40]}: {r.status_code} {r.text[:150]}")
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:30])
+
+
+@pytest.mark.ws_invalid_frames  # invalid on purpose
+async def test_command_ws_hostile_values_in_every_field(exchange, seeded_orders):
+    import websockets
+
+    url = exchange.command_url.replace("http", "ws") + "/ws"
+    failures, n = [], 0
+    async with websockets.connect(url, additional_headers=_auth(exchange)) as ws:
+        for kind, base, fields in (
+            ("order", {"order_type": "limit", **{k: v for k, v in ROUTE_BASE["/orders"].items() if k != "type"}},
+             [f for f in ROUTE_FIELDS["/orders"] if f != "type"] + ["order_type", "request_id", "extra"]),
+            ("cancel", {"order_id": "fuzz-1"}, ["order_id"]),
+            ("amend", {"order_id": KNOWN_ORDERS[0] if KNOWN_ORDERS else "fuzz-1", "quantity": "1"},
+             ["order_id", "quantity", "price"]),
+            ("cancel_all", {"instrument": "BTC-USD"}, ["instrument", "all", "side", "client_id"]),
+        ):
+            for field in fields:
+                for value in HOSTILE_VALUES:
+                    n += 1
+                    await ws.send(json.dumps({"type": kind, **base, field: value, "request_id": n}))
+                    m = json.loads(await ws.recv())
+                    if m.get("type") == "error" and m["error"]["code"] in ("internal", "error"):
+                        failures.append(f"{kind} {field}={value!r}: {m}")
+    STATS["WS /ws (hostile values)"]["frames"] += n
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:30])
+
+
 def test_command_schema_is_served(exchange):
     """The fuzzed document is the one the running service serves at GET /openapi.json."""
     r = httpx.get(exchange.command_url + "/openapi.json", timeout=10)

@@ -96,13 +96,13 @@ async def test_amend_errors(svc):
     assert unknown.status_code == foreign.status_code == 404
     assert unknown.json()["error"]["code"] == foreign.json()["error"]["code"] == "not_found"
     for body, code, field in (({}, "missing_field", "quantity"), ({"quantity": 0}, "must_be_positive", "quantity"),
-                              ({"quantity": "x"}, "invalid_field", "quantity"),
+                              ({"quantity": "x"}, "invalid_number", "quantity"),
                               ({"price": 10.0001}, "off_tick", "price"),
                               ({"quantity": 4}, "invalid_amend", "quantity")):
         r = await svc.http.post(url, json=body, headers=h(svc, "mm"))
         assert r.status_code == 400, (body, r.text)
         assert (r.json()["error"]["code"], r.json()["error"].get("field")) == (code, field), (body, r.text)
-    r = await svc.http.post(url, content=b"{not json", headers=h(svc, "mm"))
+    r = await svc.http.post(url, content=b"{not json", headers={**h(svc, "mm"), "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     # post-only that would cross: 409, the order stays as it was
     ask = (await place(svc, "other", instrument=sym, side="sell", type="limit", price=12, quantity=1))["order"]
@@ -299,7 +299,7 @@ async def test_ws_amend_and_cancel_all(svc):
                                "instrument": "BTC-USD", "request_id": "q"})
         c = await ask(ws, {"type": "cancel_all", "instrument": "SOL-USD", "request_id": "c"})
         assert c["type"] == "cancel_all_accepted" and c["cancelled"] == [oid]
-        c = await ask(ws, {"type": "cancel_all", "request_id": "c2"})
+        c = await ask(ws, {"type": "cancel_all", "all": True, "request_id": "c2"})
         assert other["order"]["order_id"] in c["cancelled"]
         e = await ask(ws, {"type": "cancel_all", "instrument": "DOGE-USD", "request_id": "c3"})
         assert e["type"] == "error" and e["error"]["code"] == "unknown_instrument"

@@ -60,17 +60,19 @@ async def same_answer(fast, framework, method, path, **kw):
 async def test_errors_are_identical_on_both_paths(both):
     fast, framework, key = both
     auth = {"Authorization": f"Bearer {key}"}
+    jauth = {**auth, "Content-Type": "application/json"}
     order = {"instrument": SYMBOL, "side": "buy", "type": "limit", "price": "100.00", "quantity": "1"}
     cases = [
         ("POST", "/orders", {"json": order}),  # no key
         ("POST", "/orders", {"json": order, "headers": {"Authorization": "Bearer nope"}}),
-        ("POST", "/orders", {"content": b"{not json", "headers": auth}),
-        ("POST", "/orders", {"content": b"[1, 2]", "headers": auth}),
+        ("POST", "/orders", {"content": b"{not json", "headers": jauth}),
+        ("POST", "/orders", {"content": b"[1, 2]", "headers": jauth}),
+        ("POST", "/orders", {"content": b"[1, 2]", "headers": auth}),  # no Content-Type: 415
         ("POST", "/orders", {"json": {**order, "price": "100.001"}, "headers": auth}),  # off the tick grid
         ("POST", "/orders", {"json": {**order, "instrument": "NOPE-USD"}, "headers": auth}),
         ("POST", "/orders", {"json": {k: v for k, v in order.items() if k != "side"}, "headers": auth}),
         ("POST", "/orders", {"json": {**order, "quantity": "-1"}, "headers": auth}),
-        ("POST", "/orders", {"content": b'{"instrument": "' + b"x" * 4096 + b'"}', "headers": auth}),  # > 2048 B
+        ("POST", "/orders", {"content": b'{"instrument": "' + b"x" * 4096 + b'"}', "headers": jauth}),  # > 2048 B
         ("POST", f"/orders/{uuid.uuid4()}/cancel", {"headers": auth}),  # unknown order
         ("POST", f"/orders/{uuid.uuid4()}/cancel", {}),  # no key
     ]
@@ -79,7 +81,7 @@ async def test_errors_are_identical_on_both_paths(both):
         a, _ = await same_answer(fast, framework, method, path, **kw)
         statuses.append(a.status_code)
         assert set(a.json()) == {"error"} and a.json()["error"]["code"]
-    assert statuses == [401, 401, 400, 400, 400, 400, 400, 400, 413, 404, 401]
+    assert statuses == [401, 401, 400, 400, 415, 400, 400, 400, 400, 413, 404, 401]
 
 
 async def test_orders_and_cancels_are_identical_on_both_paths(both):

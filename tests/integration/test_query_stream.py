@@ -399,6 +399,18 @@ async def test_order_entry_is_forwarded_over_nats_request_reply(env):
                                "post_only": False}
         assert b'"price":70150.50' in raw  # the exact number the client wrote, as a JSON number
 
+        # every order member is forwarded (issue 20: self_trade_prevention was dropped), and only
+        # the frame's own members (type, request_id, api_key, order_type) stay behind
+        await ws.send(json.dumps({"type": "order", "order_type": "limit", "request_id": "r1b", "client_id": alice,
+                                  "instrument": sym, "side": "buy", "price": "2", "quantity": "3",
+                                  "self_trade_prevention": "cancel_both", "display_quantity": "1",
+                                  "time_in_force": "GTD", "expire_time": "2099-01-01T00:00:00Z", "extra": 1}))
+        assert (await recv(ws))["request_id"] == "r1b"
+        assert requests[-1][1]["body"] == {
+            "type": "limit", "client_id": alice, "instrument": sym, "side": "buy", "price": "2", "quantity": "3",
+            "self_trade_prevention": "cancel_both", "display_quantity": "1", "time_in_force": "GTD",
+            "expire_time": "2099-01-01T00:00:00Z", "extra": 1}
+
         await ws.send(json.dumps({"type": "order", "order_type": "market", "request_id": "r2", "client_id": alice,
                                   "instrument": sym, "side": "sell", "price": 5, "quantity": 1}))
         m = await recv(ws)

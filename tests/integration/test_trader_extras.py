@@ -54,14 +54,14 @@ async def test_cancel_all_cancels_only_own_orders_with_filters(svc):
     assert r.status_code == 200 and sorted(r.json()["cancelled"]) == sorted(a_btc_buy)
     assert await status_of(svc, "alice", a_btc_sell) == "open"
 
-    r = await svc.http.post("/orders/cancel-all", headers=h)
+    r = await svc.http.post("/orders/cancel-all", json={"all": True}, headers=h)
     assert sorted(r.json()["cancelled"]) == sorted([a_btc_sell, a_eth])
     assert await status_of(svc, "bob", b_btc) == "open"
-    r = await svc.http.post("/orders/cancel-all", headers=h)
+    r = await svc.http.post("/orders/cancel-all", json={"all": True}, headers=h)
     assert r.json()["cancelled"] == []
     r = await svc.http.post("/orders/cancel-all", json={"instrument": "NOPE"}, headers=h)
     assert r.status_code == 400 and r.json()["error"]["field"] == "instrument"
-    r = await svc.http.post("/orders/cancel-all", json={"client_id": "bob"}, headers=h)
+    r = await svc.http.post("/orders/cancel-all", json={"all": True, "client_id": "bob"}, headers=h)
     assert r.status_code == 403
 
 

@@ -62,5 +62,7 @@ export const orders = {
   place: (body) => request('POST', '/orders', { auth: true, body }),
   get: (orderId) => request('GET', `/orders/${encodeURIComponent(orderId)}`, { auth: true }),
   cancel: (orderId) => request('POST', `/orders/${encodeURIComponent(orderId)}/cancel`, { auth: true }),
-  cancelAll: (instrument) => request('POST', '/orders/cancel-all', { auth: true, body: { instrument } }),
+  // every instrument only when said so: {all: true} (an empty body cancels nothing)
+  cancelAll: (instrument) =>
+    request('POST', '/orders/cancel-all', { auth: true, body: instrument ? { instrument } : { all: true } }),
 };
