@@ -325,7 +325,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         for s in st.sequencers.values():
             s.journal.snapshots_keep = settings.snapshots_keep
             await s.start()
-        st.auth = authenticator(journal, settings.auth_enabled)
+        st.auth = authenticator(journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
         st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, enabled=settings.nats_enabled)

@@ -49,6 +49,9 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # Closed orders per instrument kept in memory to answer a cancel/amend racing a fill without
     # a database read (between this and twice this many); older ones are read from PostgreSQL.
     recently_closed_keep: int = 8192
+    # API key -> client cache: a revoked key stops working within this; its open /ws sessions
+    # within this + contracts.auth.SESSION_RECHECK_S.
+    auth_cache_ttl_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> "CommandSettings":
@@ -75,4 +78,5 @@ class CommandSettings(msgspec.Struct, frozen=True):
             snapshots_keep=_int("EXCHANGE_SNAPSHOTS_KEEP", 3),
             housekeeping_s=_float("EXCHANGE_HOUSEKEEPING_S", 60.0),
             recently_closed_keep=env_int("EXCHANGE_RECENTLY_CLOSED_KEEP", 8192, minimum=1),
+            auth_cache_ttl_s=_float("EXCHANGE_COMMAND_AUTH_CACHE_S", 30.0),
         )

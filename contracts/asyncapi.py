@@ -206,10 +206,13 @@ CHANNELS: dict[str, tuple[str, str, Messages, Messages]] = {
     "orderEntry": ("/ws", "Command service: order entry and cancel. Authenticated at the upgrade "
                           "(Authorization: Bearer <key>); many requests may be in flight, each is answered after "
                           "its batch commits, in completion order (request_id ties answers to requests). An "
-                          "unknown or missing key is answered with an error and close code 4401.", WS_IN, WS_OUT),
+                          "unknown or missing key is answered with an error and close code 4401; a session whose key is "
+                          "revoked gets an unauthorized error and close code 4401 within 35 s (key cache ttl 30 s + "
+                          "a re-check every 5 s).", WS_IN, WS_OUT),
     "marketData": ("/stream", "Query service: live market data and order entry. No key needed except for the "
                               "orders channel (Authorization header at the upgrade, or api_key in the subscribe "
-                              "message). A client that cannot keep up is closed with code 1008 and a reason.",
+                              "message). A client that cannot keep up is closed with code 1008 and a reason. A session "
+                              "whose key is revoked gets an unauthorized error and close code 4401 within 35 s.",
                    STREAM_IN, STREAM_OUT),
 }
 

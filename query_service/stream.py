@@ -28,7 +28,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from contracts.api import ApiError, iso_ms, json_encoder
-from contracts.auth import Authenticator, Principal, bearer_token
+from contracts.auth import REVOKED_CLOSE_CODE, SESSION_RECHECK_S, Authenticator, Principal, bearer_token
 from contracts.instruments import Instruments
 from contracts.ratelimit import rate_limit_fields
 from contracts.topics import ORDER_REQUEST_SUBJECT
@@ -99,20 +99,23 @@ class Conn:
     def send_obj(self, obj: dict) -> None:
         self.send(json_encoder.encode(obj).decode())
 
-    def kill(self, code: int, reason: str) -> None:
+    def kill(self, code: int, reason: str, last: dict | None = None) -> None:
+        """Close the connection (`last`: a message sent just before the close frame)."""
         if self.closed:
             return
         self.closed = True
         self.hub.detach(self)
         if self.writer is not None:
             self.writer.cancel()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        asyncio.get_running_loop().create_task(self._close(code, reason, last))
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, last: dict | None = None) -> None:
         # Not cancelled early: the server's WebSocket protocol bounds the closing handshake
         # itself (close_timeout) and aborts the TCP connection when a client that does not
         # read cannot even take the close frame.
         with contextlib.suppress(Exception):  # a client that vanished or never reads: the close is best effort, the socket is aborted
+            if last is not None:
+                await asyncio.wait_for(self.socket.send_data(json_encoder.encode(last).decode()), 5.0)
             await asyncio.wait_for(self.socket.close(code=code, reason=reason), 30.0)
 
     async def write_loop(self) -> None:
@@ -156,15 +159,20 @@ class Hub:
         self.feed_seq: dict[str, int] = {}
         self._snapshots: dict[str, asyncio.Task] = {}
         self._heartbeat: asyncio.Task | None = None
+        self._key_checks: asyncio.Task | None = None
         bus.subscribe_on_connect("exchange.feed.*", self._on_nats)
         bus.on_reconnect(self.resync_all)
 
     async def start(self) -> None:
         self._heartbeat = asyncio.create_task(self._heartbeats())
+        if self.auth.enabled:
+            self._key_checks = asyncio.create_task(self._recheck_keys())
 
     async def stop(self) -> None:
         if self._heartbeat:
             self._heartbeat.cancel()
+        if self._key_checks:
+            self._key_checks.cancel()
         for c in list(self.conns):
             c.kill(1001, "server shutting down")
 
@@ -322,6 +330,26 @@ class Hub:
                     break
         if retry:
             self._start_snapshot(inst)
+
+    async def _recheck_keys(self) -> None:
+        """Close every connection whose key was revoked (issue 20: /stream kept serving a revoked
+        key's private orders channel). One cached lookup per distinct key per round."""
+        while True:
+            await asyncio.sleep(SESSION_RECHECK_S)
+            by_key: dict[str, list[Conn]] = {}
+            for c in self.conns:
+                if c.identity is not None and c.api_key:
+                    by_key.setdefault(c.api_key, []).append(c)
+            for key, conns in by_key.items():
+                try:
+                    revoked = await self.auth.revoked(key)
+                except Exception as exc:  # never let one lookup end the checks
+                    log.warning("stream: key re-check failed: %s", exc)
+                    continue
+                if revoked:
+                    err = _err("unauthorized", "the API key of this session was revoked", "authorization")
+                    for c in conns:
+                        c.kill(REVOKED_CLOSE_CODE, "api key revoked", err)
 
     async def _heartbeats(self) -> None:
         while True:
