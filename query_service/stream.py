@@ -49,6 +49,11 @@ ORDER_FIELDS = (
     "time_in_force", "post_only", "stop_price",
 )
 MAX_IN_FLIGHT_ORDERS = 256
+# Orderbook snapshots: `depth` levels per side (issue 20: full-depth snapshots let 8 connections
+# pull 456 MB in 10 s from a deep book). Updates carry changes at any depth, so a client's book
+# is exact at prices at or better than the snapshot's last level when the snapshot is full.
+SNAPSHOT_DEPTH = 100
+MAX_SNAPSHOT_DEPTH = 1000
 _frame_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact decimals
 
 
@@ -62,10 +67,34 @@ def _err(code: str, message: str, field: str | None = None, request_id=None) -> 
     return msg
 
 
-class _BookSub:
-    __slots__ = ("live", "seq", "applied", "buffer")
+class _Bucket:
+    """A token bucket of one connection (no keys, no dict: two floats per connection)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class _BookSub:
+    __slots__ = ("live", "seq", "applied", "buffer", "depth")
+
+    def __init__(self, depth: int = SNAPSHOT_DEPTH) -> None:
+        self.depth = depth
         self.live = False
         self.seq = 0  # seq of the last orderbook message sent on this connection
         self.applied = 0  # seq of the last feed message this connection's book reflects
@@ -85,6 +114,11 @@ class Conn:
         self.closed = False
         self.in_flight = 0
         self.writer: asyncio.Task | None = None
+        st = hub.settings
+        # Per connection, before a frame is even decoded (issue 20: one client's frames stalled a
+        # replica): every message, and subscribes (each may cost a snapshot read and send).
+        self.messages = _Bucket(st.ws_messages_per_second, 2 * st.ws_messages_per_second)
+        self.subscribes = _Bucket(st.ws_subscribes_per_second, 2 * st.ws_subscribes_per_second)
 
     def send(self, data: str) -> None:
         if self.closed:
@@ -292,30 +326,35 @@ class Hub:
         waiting = [c for c in self.subs.get((inst, "orderbook"), ()) if (b := c.books.get(inst)) and not b.live]
         if not waiting:
             return
+        depth = max(b.depth for c in waiting if (b := c.books.get(inst)) is not None)
         delay = 0.05
         while True:
             try:
-                seq, _ts, bids, asks = await views.read_top(self.redis, self.keys, inst, -1)
+                seq, _ts, bids, asks = await views.read_top(self.redis, self.keys, inst, depth)
                 break
             except Exception as exc:
                 log.warning("stream: snapshot of %s failed (%s); retrying", inst, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        text = json_encoder.encode(
-            {
-                "type": "orderbook",
-                "action": "snapshot",
-                "instrument": inst,
-                "seq": seq,
-                "bids": level_rows(spec, bids, False),
-                "asks": level_rows(spec, asks, False),
-            }
-        ).decode()
+        texts: dict[int, str] = {}  # depth -> encoded snapshot, shared by the waiters that asked for it
         retry = False
         for c in waiting:
             b = c.books.get(inst)
             if c.closed or b is None or b.live:
                 continue
+            text = texts.get(b.depth)
+            if text is None:
+                text = texts[b.depth] = json_encoder.encode(
+                    {
+                        "type": "orderbook",
+                        "action": "snapshot",
+                        "instrument": inst,
+                        "seq": seq,
+                        "depth": b.depth,
+                        "bids": level_rows(spec, bids[: b.depth], False),
+                        "asks": level_rows(spec, asks[: b.depth], False),
+                    }
+                ).decode()
             c.send(text)
             b.seq = b.applied = seq
             b.live = True
@@ -407,6 +446,14 @@ class Hub:
                 ev = await socket.receive()
                 if ev["type"] == "websocket.disconnect":
                     break
+                if not c.messages.take():
+                    limit = f"more than {self.settings.ws_messages_per_second:g} messages per second on this connection"
+                    c.kill(1008, "too many messages", _err("too_many_messages", limit))
+                    # Stay until the close handshake is done: returning now would make the
+                    # server drop the connection without the error and the close frame.
+                    while (await socket.receive())["type"] != "websocket.disconnect":
+                        pass
+                    break
                 data = ev.get("text")
                 if data is None:
                     data = ev.get("bytes")
@@ -470,6 +517,11 @@ class Hub:
         return inst, list(dict.fromkeys(channels))
 
     async def _subscribe(self, c: Conn, msg: dict) -> None:
+        if not c.subscribes.take():
+            c.send_obj(_err("too_many_subscriptions",
+                            f"more than {self.settings.ws_subscribes_per_second:g} subscribes per second on this "
+                            "connection", None, msg.get("request_id")))
+            return
         limiter = self.read_limiter
         limits = None
         if limiter is not None and limiter.enabled:
@@ -490,6 +542,18 @@ class Hub:
         if parsed is None:
             return
         inst, channels = parsed
+        depth = msg.get("depth", SNAPSHOT_DEPTH)
+        if type(depth) is not int or not 1 <= depth <= MAX_SNAPSHOT_DEPTH:
+            c.send_obj(_err("out_of_range", f"depth must be an integer from 1 to {MAX_SNAPSHOT_DEPTH}", "depth",
+                            msg.get("request_id")))
+            return
+        have = sum(len(chs) for chs in c.channels.values())
+        new = [ch for ch in channels if ch not in c.channels.get(inst, ())]
+        if have + len(new) > self.settings.ws_max_subscriptions:
+            c.send_obj(_err("too_many_subscriptions",
+                            f"at most {self.settings.ws_max_subscriptions} subscriptions (instrument and channel) "
+                            "per connection", "channels", msg.get("request_id")))
+            return
         order_client = None
         if "orders" in channels:
             order_client = await self._orders_client(c, msg)
@@ -512,7 +576,7 @@ class Hub:
             reply["rate_limit"] = limits
         c.send_obj(reply)
         if "orderbook" in channels and inst not in c.books:
-            c.books[inst] = _BookSub()
+            c.books[inst] = _BookSub(depth)
             self._start_snapshot(inst)
         if "ticker" in channels:
             try:
