@@ -332,6 +332,11 @@ class Hub:
             try:
                 seq, _ts, bids, asks = await views.read_top(self.redis, self.keys, inst, depth)
                 break
+            except views.NotReady:
+                # Redis lost the views and they are being rebuilt: the subscribers wait for
+                # a snapshot of complete views rather than get an empty or older book.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
             except Exception as exc:
                 log.warning("stream: snapshot of %s failed (%s); retrying", inst, exc)
                 await asyncio.sleep(delay)
@@ -582,6 +587,8 @@ class Hub:
             try:
                 t = await views.ticker(self.redis, self.keys, self.instruments.get(inst))
                 c.send_obj({"type": "ticker", **t})
+            except views.NotReady:
+                pass  # views being rebuilt: the next ticker change is sent as usual
             except Exception as exc:
                 log.warning("stream: ticker read failed: %s", exc)
 
