@@ -9,6 +9,7 @@ import warnings
 import uvicorn
 
 from contracts.env import load_or_exit
+from contracts.http_transport import BoundedHttpToolsProtocol
 from contracts.logs import RequestIdMiddleware, node_name, setup_logging
 from query_service.app import create_asgi
 from query_service.settings import QuerySettings
@@ -33,7 +34,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # bounded request head, JSON refusals (contracts/http_transport.py)
         ws="websockets",
         lifespan="on",
         access_log=False,
