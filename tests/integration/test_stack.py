@@ -424,3 +424,17 @@ async def test_services_bound_the_request_head_and_refuse_bad_http_as_json(modul
         assert status in (200, 503)  # a head within the bound is served as before
     finally:
         proc.stop()
+
+
+def test_state_folder_and_stack_log_are_private():
+    """Issue 20: stack.log (with the demo keys) was world-readable. The state folder and its logs
+    may only be traversed by others (PostgreSQL and nginx's workers reach their own folders);
+    stack.log is the owner's alone and holds no key."""
+    import stat as st
+
+    cfg = stack.config("test")
+    for d in (cfg.state_dir, cfg.logs):
+        assert st.S_IMODE(d.stat().st_mode) & 0o066 == 0, (d, oct(d.stat().st_mode))
+    log = cfg.logs / "stack.log"
+    assert log.exists() and st.S_IMODE(log.stat().st_mode) == 0o600
+    assert "exk_" not in log.read_text()
