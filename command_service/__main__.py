@@ -9,6 +9,7 @@ from command_service.app import create_asgi
 from command_service.settings import CommandSettings
 from command_service.ws_transport import CoalescingWebSocketProtocol
 from contracts.env import load_or_exit
+from contracts.http_transport import BoundedHttpToolsProtocol
 from contracts.logs import RequestIdMiddleware, node_name, setup_logging
 
 log = logging.getLogger("command.main")
@@ -24,7 +25,7 @@ def main() -> None:
     log.info("command service starting on %s:%d", settings.host, settings.port)
     # log_config=None: uvicorn's own lines go through our handler (JSON) instead of its text config.
     uvicorn.run(RequestIdMiddleware(create_asgi(settings)), host=settings.host, port=settings.port, loop="uvloop",
-                http="httptools", ws=CoalescingWebSocketProtocol, log_level="warning", log_config=None,
+                http=BoundedHttpToolsProtocol, ws=CoalescingWebSocketProtocol, log_level="warning", log_config=None,
                 access_log=False, lifespan="on", backlog=2048, proxy_headers=False, server_header=False,
                 date_header=False, ws_max_size=64 * 1024)
     log.info("command service stopped")

@@ -351,7 +351,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
                 s.risk = s.book.risk = (notional, settings.max_open_orders, position)
             s.journal.snapshots_keep = settings.snapshots_keep
             await s.start()
-        st.auth = authenticator(journal, settings.auth_enabled)
+        st.auth = authenticator(journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         st.unauth = AddressLimiter(settings.unauth_rate_limit_per_second, settings.unauth_rate_limit_burst,
                                    settings.trusted_proxies)

@@ -59,6 +59,9 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # instrument (0 = no limit). The order notional and net position limits are per instrument
     # (config/instruments.json: max_order_notional, max_position).
     max_open_orders: int = 1000
+    # API key -> client cache: a revoked key stops working within this; its open /ws sessions
+    # within this + contracts.auth.SESSION_RECHECK_S.
+    auth_cache_ttl_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> "CommandSettings":
@@ -90,4 +93,5 @@ class CommandSettings(msgspec.Struct, frozen=True):
             trusted_proxies=tuple(a.strip() for a in env("EXCHANGE_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
                                   if a.strip()),
             max_open_orders=_int("EXCHANGE_MAX_OPEN_ORDERS", 1000),
+            auth_cache_ttl_s=_float("EXCHANGE_COMMAND_AUTH_CACHE_S", 30.0),
         )

@@ -38,6 +38,7 @@ from command_service.edge import (
 )
 from command_service.sequencer import Unavailable
 from contracts.api import ApiError, error, json_encoder
+from contracts.auth import REVOKED_CLOSE_CODE, SESSION_RECHECK_S, bearer_token
 from contracts.enums import CancelReason, OrderType, Side
 from contracts.ratelimit import rate_limit_fields
 
@@ -126,8 +127,10 @@ def _order_request(m: WsMessage, order_type) -> OrderRequest:
 class OrderSocket:
     """One /ws connection after the handshake."""
 
-    def __init__(self, st, principal, rate_key: str):
+    def __init__(self, st, principal, rate_key: str, key: str | None = None):
         self.st = st
+        self.key = key  # the session's API key, re-checked every SESSION_RECHECK_S
+        self.revoked = False
         self.entry = st.entry
         self.principal = principal
         self.rate_key = rate_key
@@ -320,12 +323,29 @@ class OrderSocket:
         except Exception:  # the client went away; the receive loop sees the disconnect
             return
 
+    async def watch_key(self, send) -> None:
+        """Close the session once its key is revoked (issue 20: a /ws session traded 90 s after
+        its key was revoked). Every message after that is refused: on_message checks `revoked`."""
+        while not await self.st.auth.revoked(self.key):
+            await asyncio.sleep(SESSION_RECHECK_S)
+        self.revoked = True
+        try:
+            self.push(_err(None, ApiError(401, "unauthorized", "the API key of this session was revoked",
+                                          "authorization")))
+            await asyncio.sleep(0.05)  # the writer task sends the error before the close
+            await send({"type": "websocket.close", "code": REVOKED_CLOSE_CODE, "reason": "api key revoked"})
+        except Exception:  # the client is gone already
+            return
+
     async def run(self, receive, send) -> None:
         writer = asyncio.create_task(self.writer(send))
+        watcher = asyncio.create_task(self.watch_key(send)) if self.key else None
         try:
             while True:
                 message = await receive()
                 t = message["type"]
+                if self.revoked:
+                    return
                 if t == "websocket.receive":
                     raw = message.get("text")
                     self.on_message(raw if raw is not None else message.get("bytes") or b"")
@@ -337,6 +357,8 @@ class OrderSocket:
         finally:
             # Requests already handed to a sequencer still commit; their answers are dropped.
             writer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             if self.cancel_on_disconnect and (self.placed or self.earlier):
                 # cancel_on_disconnect: only this socket's orders, those still resting. An
                 # order whose place is still in flight is in the book by now (the engine
@@ -380,4 +402,5 @@ async def serve(st, scope, receive, send) -> None:
         return
     await send({"type": "websocket.accept"})
     rate_key = principal.rate_key if principal.client_id else f"ws:{id(scope)}"
-    await OrderSocket(st, principal, rate_key).run(receive, send)
+    key = bearer_token(authorization) if principal.client_id else None
+    await OrderSocket(st, principal, rate_key, key).run(receive, send)

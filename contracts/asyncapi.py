@@ -130,7 +130,9 @@ SUB = {"type": _t("subscribe"), "channels": {"type": "array", "items": {"enum": 
        "channel": {"enum": CHANNEL_NAMES, "description": "one channel (instead of channels)"},
        "instrument": {"type": "string", "default": "BTC-USD"},
        "api_key": {"type": "string", "description": "orders channel: the key whose orders to follow"},
-       "client_id": {"type": "string", "description": "orders channel with auth disabled"}}
+       "client_id": {"type": "string", "description": "orders channel with auth disabled"},
+       "depth": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100,
+                 "description": "orderbook: levels per side in the snapshot (out_of_range outside 1..1000)"}}
 STREAM_IN: Messages = {
     "StreamSubscribe": ("Subscribe to channels of one instrument (answered by subscribed; orderbook then "
                         "starts with a snapshot)", S.obj(SUB, ["type"]),
@@ -159,10 +161,14 @@ STREAM_OUT: Messages = {
         {"type": _t("unsubscribed"), "channels": S.array({"enum": CHANNEL_NAMES}), "instrument": S.STR},
         ["type", "channels", "instrument"]),
         [{"type": "unsubscribed", "channels": ["trades"], "instrument": "BTC-USD"}]),
-    "OrderbookSnapshot": ("The whole book at `seq` (first orderbook message, and again after a resubscribe)", S.obj(
+    "OrderbookSnapshot": ("The best `depth` levels of each side at `seq` (first orderbook message, and again after "
+                          "a resubscribe). Updates carry changes at every depth: when a side of the snapshot has "
+                          "`depth` levels, your book is exact at prices at or better than its last level; deeper "
+                          "levels appear as they change", S.obj(
         {"type": _t("orderbook"), "action": _t("snapshot"), "instrument": S.STR, "seq": S.SEQ,
+         "depth": {"type": "integer", "minimum": 1},
          "bids": S.array(S.LEVEL_PLAIN), "asks": S.array(S.LEVEL_PLAIN)}),
-        [{"type": "orderbook", "action": "snapshot", "instrument": "BTC-USD", "seq": 41,
+        [{"type": "orderbook", "action": "snapshot", "instrument": "BTC-USD", "seq": 41, "depth": 100,
           "bids": [{"price": 70000, "quantity": 0.25}], "asks": [{"price": 70100, "quantity": 0.5}]}]),
     "OrderbookUpdate": ("Changed levels: `quantity` is the level's new total (0 removes it). `prev_seq` is the seq "
                         "of the previous orderbook message: if it is not the seq you hold, you missed one - "
@@ -208,10 +214,19 @@ CHANNELS: dict[str, tuple[str, str, Messages, Messages]] = {
     "orderEntry": ("/ws", "Command service: order entry and cancel. Authenticated at the upgrade "
                           "(Authorization: Bearer <key>); many requests may be in flight, each is answered after "
                           "its batch commits, in completion order (request_id ties answers to requests). An "
-                          "unknown or missing key is answered with an error and close code 4401.", WS_IN, WS_OUT),
+                          "unknown or missing key is answered with an error and close code 4401; a session whose key is "
+                          "revoked gets an unauthorized error and close code 4401 within 35 s (key cache ttl 30 s + "
+                          "a re-check every 5 s). Frames up to 64 KiB: a larger one is refused with close code 1009.",
+                   WS_IN, WS_OUT),
     "marketData": ("/stream", "Query service: live market data and order entry. No key needed except for the "
                               "orders channel (Authorization header at the upgrade, or api_key in the subscribe "
-                              "message). A client that cannot keep up is closed with code 1008 and a reason.",
+                              "message). A client that cannot keep up is closed with code 1008 and a reason. A session "
+                              "whose key is revoked gets an unauthorized error and close code 4401 within 35 s. "
+                              "Limits per connection: frames up to 64 KiB (a larger one is refused with close code "
+                              "1009 before it is read), 200 messages per second (burst 400; beyond: a "
+                              "too_many_messages error and close code 1008), 10 subscribes per second (burst 20) "
+                              "and 32 open subscriptions (instrument and channel; beyond: a too_many_subscriptions "
+                              "error, the connection stays open).",
                    STREAM_IN, STREAM_OUT),
 }
 

@@ -61,6 +61,14 @@ class Principal:
             raise ApiError(403, "insufficient_scope", "this API key may only read; a trade key is required")
 
 
+SESSION_RECHECK_S = 5.0
+"""How often an open WebSocket session (`/ws`, `/stream`) asks the Authenticator about its key
+again. With the key cache's ttl (30 s by default) every session of a revoked key is closed
+within ttl + SESSION_RECHECK_S (35 s); new requests are refused within the ttl."""
+
+REVOKED_CLOSE_CODE = 4401
+"""WebSocket close code of a session whose key was revoked (as for a refused `/ws` upgrade)."""
+
 OPEN = Principal(client_id=None, is_admin=True, rate_key="open", scope="admin")
 """The principal of every request when auth is disabled."""
 
@@ -120,6 +128,16 @@ class Authenticator:
             return None
         hit = self._cache.get(hash_api_key(key))
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    async def revoked(self, key: str) -> bool:
+        """True when the key is now unknown or revoked. A lookup that fails (database
+        unreachable) is not a revocation: open sessions keep working through an outage."""
+        if not self.enabled:
+            return False
+        try:
+            return await self.identify(key) is None
+        except ApiError:
+            return False
 
     async def identify(self, key: str | None) -> Principal | None:
         """The principal of a key, None for an unknown or revoked one (or no key)."""

@@ -160,7 +160,15 @@ class RepeatLimiter(logging.Filter):
     loop per instrument would otherwise write the same line many times a second."""
 
     MAX_KEYS = 1000
-    _DIGITS = re.compile(r"\d+(?:\.\d+)?")
+    # What varies between repeats of one line: numbers, and (issue 20: an outage still wrote a
+    # line every 40 ms) object addresses, UUIDs / order ids and other long tokens with digits
+    # (request ids, hashes), which made each repeat a line of its own.
+    _DIGITS = re.compile(
+        r"0x[0-9a-fA-F]+"
+        r"|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+        r"|\b(?=[A-Za-z_\-]*\d)[A-Za-z0-9_\-]{16,}\b"
+        r"|\d+(?:\.\d+)?"
+    )
 
     def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         super().__init__()

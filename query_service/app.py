@@ -346,6 +346,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         limits = None
+        extra: list[tuple[bytes, bytes]] = []
         services: Services = self.app.state.services
         if services.read_limiter.enabled:
             ok, limits, _ = services.read_limiter.take(read_rate_key(scope))
@@ -380,12 +381,13 @@ class FastPath:
             except Exception as exc:
                 err = error_answer(exc, STORE_ERRORS, "on GET /market/orderbook")
                 status, body = err.status, err.body()
+                extra = extra + [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                + (extra if limits else []),
+                + extra,
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -72,6 +72,8 @@ async def health(services, system: bool = False) -> tuple[int, dict]:
     body = {"status": "healthy" if ok else "unhealthy", "timestamp": iso_ms(time.time_ns()), "checks": checks}
     # Views this replica cannot bring up to date: degraded, naming each instrument and why.
     problems = views_problems(services)
+    for inst in await _unready(services):
+        problems.setdefault(inst, "views being rebuilt (not ready): reads answer 503")
     if problems:
         checks["views"] = "unhealthy"
         body["views"] = problems
@@ -79,6 +81,16 @@ async def health(services, system: bool = False) -> tuple[int, dict]:
             body["status"] = "degraded"
         ok = False
     return (200 if ok else 503), body
+
+
+async def _unready(services) -> list[str]:
+    """Instruments whose views lack the ready marker (empty or restarted Redis, rebuild)."""
+    symbols = services.instruments.symbols
+    try:
+        flags = await asyncio.wait_for(services.redis.mget([services.keys.ready(s) for s in symbols]), TIMEOUT)
+    except Exception:
+        return []  # Redis itself is reported unhealthy
+    return [s for s, f in zip(symbols, flags) if f is None]
 
 
 def views_problems(services) -> dict[str, str]:

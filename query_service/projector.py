@@ -66,6 +66,13 @@ GEN_CHECK_S = 0.25  # how often the projector looks for a newer topic generation
 GEN_DRAIN_S = 5.0  # longest wait for the old generation's end before switching anyway
 GEN_TAIL_POLL_S = 0.05  # journal reads per second and instrument while tailing
 GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generation
+# Set the ready marker only if the views still hold at least seq ARGV[1] (a Redis that restarted
+# empty between our read and this write has no seq key: it must stay unready).
+MARK_READY = """
+local s = tonumber(redis.call('GET', KEYS[1]) or '0')
+if s >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1') return 1 end
+return 0
+"""
 
 
 class Projector:
@@ -116,6 +123,10 @@ class Projector:
 
     async def start(self, kafka: bool = True) -> None:
         self._running = True
+        try:
+            await asyncio.wait_for(self.mark_complete_views(), 5.0)
+        except Exception as exc:  # PostgreSQL or Redis not there yet: the watchdog marks them later
+            log.info("projector: views not marked at start (%s)", exc)
         if kafka:
             self._tasks.append(asyncio.create_task(self._consume_forever(), name="projector-kafka"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="projector-watchdog"))
@@ -136,19 +147,21 @@ class Projector:
 
     # ------------------------------------------------------------------ applying
 
-    async def apply(self, instrument: str, events: list[Event]) -> int:
+    async def apply(self, instrument: str, events: list[Event], mark_ready: bool | None = None) -> int:
         """Apply events of one instrument (sorted by seq; duplicates allowed) in one
         MULTI/EXEC. Returns how many were new. Raises GapError if they do not continue
-        the views' last_seq."""
+        the views' last_seq. `mark_ready`: True = these events complete a rebuild (the views
+        become readable in the same EXEC); None (the Kafka path) = only when the views are
+        built from seq 1 here (a new instrument)."""
         spec = self.instruments.get(instrument)
         if spec is None:
             self.metrics.events_skipped.labels("unknown_instrument").inc(len(events))
             return 0
         async with self._locks[instrument]:
             async with asyncio.timeout(BATCH_TIMEOUT_S):
-                return await self._apply_locked(spec, instrument, events)
+                return await self._apply_locked(spec, instrument, events, mark_ready)
 
-    async def _apply_locked(self, spec, instrument: str, events: list[Event]) -> int:
+    async def _apply_locked(self, spec, instrument: str, events: list[Event], mark_ready: bool | None = None) -> int:
         seq_key = self.keys.seq(instrument)
         for _attempt in range(100):
             # The cached book is handed over to this batch (project() changes it in place)
@@ -193,6 +206,8 @@ class Projector:
                 cmds += delta_commands(
                     delta, self.keys, spec, self.settings.recent_trades, self.settings.fills_per_client
                 )
+                if mark_ready or (mark_ready is None and reset and new[0].seq == 1):
+                    cmds.append(("SET", self.keys.ready(instrument), "1"))
                 if not await tx.commit(cmds):
                     # Another projector (rebalance overlap, a catch-up elsewhere) moved
                     # last_seq between our read and EXEC: nothing was applied; retry.
@@ -231,9 +246,15 @@ class Projector:
             seq = int(await self.redis.get(self.keys.seq(instrument)) or 0)
             events = await self.journal.read(instrument, seq, self.settings.journal_chunk)
             if not events:
+                # Nothing after the views' seq: they are complete (unless Redis lost them
+                # since that GET: the script checks the seq again).
+                await self.redis.eval(MARK_READY, 2, self.keys.seq(instrument), self.keys.ready(instrument), seq)
                 break
-            total += await self.apply(instrument, events)
-            if len(events) < self.settings.journal_chunk:
+            last = len(events) < self.settings.journal_chunk
+            # The last chunk makes the views readable in its own EXEC: the seq a reader sees
+            # move to the journal's end and the ready marker appear together.
+            total += await self.apply(instrument, events, mark_ready=last)
+            if last:
                 break
         if total:
             log.log(logging.DEBUG if tail else logging.INFO,
@@ -458,35 +479,49 @@ class Projector:
 
     async def _watchdog(self) -> None:
         prev_journal: dict[str, int] = {}
-        symbols = self.instruments.symbols
         while self._running:
             await asyncio.sleep(self.settings.watchdog_interval_s)
             try:
-                jmax = await self.journal.max_seqs(symbols)
-                raw = await self.redis.mget([self.keys.seq(i) for i in symbols])
+                await self._watch_round(prev_journal)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("projector: watchdog skipped (%s)", exc)
-                continue
-            for inst, r in zip(symbols, raw):
-                views = int(r or 0)
-                journal = jmax.get(inst, 0)
-                self.metrics.projection_lag_events.labels(inst).set(max(0, journal - views))
-                self.metrics.projection_last_seq.labels(inst).set(views)
-                # Behind on events the journal already had a whole interval ago (relay or
-                # broker down, offsets lost), or views missing entirely: use the journal.
-                behind = views < prev_journal.get(inst, 0) or (r is None and journal > 0)
-                prev_journal[inst] = journal
-                if behind and self.owns(inst):
-                    try:
-                        await self.catch_up(inst, "empty" if r is None else "stalled")
-                        self.failing.pop(inst, None)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        self._failed(inst, exc)
-                        log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc, extra={"instrument": inst})
+
+    async def mark_complete_views(self) -> None:
+        """At start, before the replica serves: mark the views that are already complete (a new
+        instrument, views another replica built) so reads need not wait for the first round."""
+        await self._watch_round({}, catch_up=False)
+
+    async def _watch_round(self, prev_journal: dict[str, int], catch_up: bool = True) -> None:
+        symbols = self.instruments.symbols
+        jmax = await self.journal.max_seqs(symbols)
+        raw = await self.redis.mget([self.keys.seq(i) for i in symbols] + [self.keys.ready(i) for i in symbols])
+        ready = raw[len(symbols):]
+        raw = raw[: len(symbols)]
+        for inst, r, rd in zip(symbols, raw, ready):
+            views = int(r or 0)
+            journal = jmax.get(inst, 0)
+            self.metrics.projection_lag_events.labels(inst).set(max(0, journal - views))
+            self.metrics.projection_last_seq.labels(inst).set(views)
+            # Behind on events the journal already had a whole interval ago (relay or
+            # broker down, offsets lost), or views missing entirely: use the journal.
+            behind = views < prev_journal.get(inst, 0) or (r is None and journal > 0)
+            prev_journal[inst] = journal
+            if behind and catch_up and self.owns(inst):
+                try:
+                    await self.catch_up(inst, "empty" if r is None else "stalled")
+                    self.failing.pop(inst, None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._failed(inst, exc)
+                    log.warning("projector: watchdog catch-up of %s failed: %s", inst, exc, extra={"instrument": inst})
+            elif rd is None and views >= journal:
+                # Views complete but not marked (a new instrument, or views built by the
+                # Kafka path alone): mark them, if Redis still holds that seq.
+                with contextlib.suppress(Exception):  # next round again
+                    await self.redis.eval(MARK_READY, 2, self.keys.seq(inst), self.keys.ready(inst), views)
 
 
 def _leave_without_leavegroup(consumer: AIOKafkaConsumer) -> None:

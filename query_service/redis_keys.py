@@ -2,6 +2,10 @@
 
 Per instrument I:
   {p}{I}:seq             string   last journal seq applied to every view of I
+  {p}{I}:ready           string   "1": the views of I are complete (built from the journal's start and
+                                  caught up once); absent in an empty or restarted Redis and during a
+                                  rebuild, when reads answer 503 (issue 20: an empty Redis was served
+                                  as the truth). Written in the transaction that completes a rebuild.
   {p}{I}:ts              string   ts (ns) of that event: the "as of" time of the views
   {p}{I}:bids / :asks    zset     L2 levels: score = price ticks, member "ticks:lots" (level total)
   {p}{I}:taking          string   JSON list of order ids still matching (see projection.py)
@@ -35,6 +39,9 @@ class Keys:
 
     def seq(self, i: str) -> str:
         return f"{self.p}{i}:seq"
+
+    def ready(self, i: str) -> str:
+        return f"{self.p}{i}:ready"
 
     def ts(self, i: str) -> str:
         return f"{self.p}{i}:ts"
@@ -77,6 +84,7 @@ class Keys:
 
         return [
             self.seq(i),
+            self.ready(i),
             self.ts(i),
             self.bids(i),
             self.asks(i),

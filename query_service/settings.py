@@ -62,6 +62,13 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
     ws_send_queue: int = 2000  # messages queued per connection before it is dropped as slow
     ws_heartbeat_s: float = 5.0
     order_request_timeout_s: float = 5.0
+    # Per connection (issue 20): largest frame (uvicorn closes with 1009 beyond it, before
+    # decoding), messages per second (burst 2x; beyond: too_many_messages and close 1008),
+    # subscribes per second (burst 2x) and open (instrument, channel) subscriptions.
+    ws_max_frame_bytes: int = 64 * 1024
+    ws_messages_per_second: float = 200.0
+    ws_subscribes_per_second: float = 10.0
+    ws_max_subscriptions: int = 32
 
     # Read limiter: per API key, else per client address, on the REST routes and /stream
     # subscriptions; 0 turns it off (`make bench` runs with it off).
@@ -118,6 +125,10 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
             ws_send_queue=i("EXCHANGE_WS_SEND_QUEUE", d.ws_send_queue),
             ws_heartbeat_s=f("EXCHANGE_WS_HEARTBEAT_S", d.ws_heartbeat_s),
             order_request_timeout_s=f("EXCHANGE_WS_ORDER_TIMEOUT_S", d.order_request_timeout_s),
+            ws_max_frame_bytes=env_int("EXCHANGE_WS_MAX_FRAME_BYTES", d.ws_max_frame_bytes, env, minimum=1024),
+            ws_messages_per_second=f("EXCHANGE_WS_MESSAGES_PER_SECOND", d.ws_messages_per_second),
+            ws_subscribes_per_second=f("EXCHANGE_WS_SUBSCRIBES_PER_SECOND", d.ws_subscribes_per_second),
+            ws_max_subscriptions=env_int("EXCHANGE_WS_MAX_SUBSCRIPTIONS", d.ws_max_subscriptions, env, minimum=1),
             read_rate_limit_per_second=f("EXCHANGE_READ_RATE_LIMIT_PER_SECOND", d.read_rate_limit_per_second),
             read_rate_limit_burst=i("EXCHANGE_READ_RATE_LIMIT_BURST", d.read_rate_limit_burst),
         )

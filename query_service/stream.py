@@ -28,7 +28,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from contracts.api import ApiError, iso_ms, json_encoder
-from contracts.auth import Authenticator, Principal, bearer_token
+from contracts.auth import REVOKED_CLOSE_CODE, SESSION_RECHECK_S, Authenticator, Principal, bearer_token
 from contracts.instruments import Instruments
 from contracts.ratelimit import rate_limit_fields
 from contracts.topics import ORDER_REQUEST_SUBJECT
@@ -50,6 +50,11 @@ CHANNELS = ("trades", "orders", "orderbook", "ticker")
 # hid unknown fields from its unknown_field check).
 FRAME_FIELDS = frozenset({"type", "request_id", "api_key", "order_type"})
 MAX_IN_FLIGHT_ORDERS = 256
+# Orderbook snapshots: `depth` levels per side (issue 20: full-depth snapshots let 8 connections
+# pull 456 MB in 10 s from a deep book). Updates carry changes at any depth, so a client's book
+# is exact at prices at or better than the snapshot's last level when the snapshot is full.
+SNAPSHOT_DEPTH = 100
+MAX_SNAPSHOT_DEPTH = 1000
 _frame_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact decimals
 
 
@@ -63,10 +68,34 @@ def _err(code: str, message: str, field: str | None = None, request_id=None) -> 
     return msg
 
 
-class _BookSub:
-    __slots__ = ("live", "seq", "applied", "buffer")
+class _Bucket:
+    """A token bucket of one connection (no keys, no dict: two floats per connection)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class _BookSub:
+    __slots__ = ("live", "seq", "applied", "buffer", "depth")
+
+    def __init__(self, depth: int = SNAPSHOT_DEPTH) -> None:
+        self.depth = depth
         self.live = False
         self.seq = 0  # seq of the last orderbook message sent on this connection
         self.applied = 0  # seq of the last feed message this connection's book reflects
@@ -86,6 +115,11 @@ class Conn:
         self.closed = False
         self.in_flight = 0
         self.writer: asyncio.Task | None = None
+        st = hub.settings
+        # Per connection, before a frame is even decoded (issue 20: one client's frames stalled a
+        # replica): every message, and subscribes (each may cost a snapshot read and send).
+        self.messages = _Bucket(st.ws_messages_per_second, 2 * st.ws_messages_per_second)
+        self.subscribes = _Bucket(st.ws_subscribes_per_second, 2 * st.ws_subscribes_per_second)
 
     def send(self, data: str) -> None:
         if self.closed:
@@ -100,20 +134,23 @@ class Conn:
     def send_obj(self, obj: dict) -> None:
         self.send(json_encoder.encode(obj).decode())
 
-    def kill(self, code: int, reason: str) -> None:
+    def kill(self, code: int, reason: str, last: dict | None = None) -> None:
+        """Close the connection (`last`: a message sent just before the close frame)."""
         if self.closed:
             return
         self.closed = True
         self.hub.detach(self)
         if self.writer is not None:
             self.writer.cancel()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        asyncio.get_running_loop().create_task(self._close(code, reason, last))
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, last: dict | None = None) -> None:
         # Not cancelled early: the server's WebSocket protocol bounds the closing handshake
         # itself (close_timeout) and aborts the TCP connection when a client that does not
         # read cannot even take the close frame.
         with contextlib.suppress(Exception):  # a client that vanished or never reads: the close is best effort, the socket is aborted
+            if last is not None:
+                await asyncio.wait_for(self.socket.send_data(json_encoder.encode(last).decode()), 5.0)
             await asyncio.wait_for(self.socket.close(code=code, reason=reason), 30.0)
 
     async def write_loop(self) -> None:
@@ -157,15 +194,20 @@ class Hub:
         self.feed_seq: dict[str, int] = {}
         self._snapshots: dict[str, asyncio.Task] = {}
         self._heartbeat: asyncio.Task | None = None
+        self._key_checks: asyncio.Task | None = None
         bus.subscribe_on_connect("exchange.feed.*", self._on_nats)
         bus.on_reconnect(self.resync_all)
 
     async def start(self) -> None:
         self._heartbeat = asyncio.create_task(self._heartbeats())
+        if self.auth.enabled:
+            self._key_checks = asyncio.create_task(self._recheck_keys())
 
     async def stop(self) -> None:
         if self._heartbeat:
             self._heartbeat.cancel()
+        if self._key_checks:
+            self._key_checks.cancel()
         for c in list(self.conns):
             c.kill(1001, "server shutting down")
 
@@ -285,30 +327,40 @@ class Hub:
         waiting = [c for c in self.subs.get((inst, "orderbook"), ()) if (b := c.books.get(inst)) and not b.live]
         if not waiting:
             return
+        depth = max(b.depth for c in waiting if (b := c.books.get(inst)) is not None)
         delay = 0.05
         while True:
             try:
-                seq, _ts, bids, asks = await views.read_top(self.redis, self.keys, inst, -1)
+                seq, _ts, bids, asks = await views.read_top(self.redis, self.keys, inst, depth)
                 break
+            except views.NotReady:
+                # Redis lost the views and they are being rebuilt: the subscribers wait for
+                # a snapshot of complete views rather than get an empty or older book.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
             except Exception as exc:
                 log.warning("stream: snapshot of %s failed (%s); retrying", inst, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        text = json_encoder.encode(
-            {
-                "type": "orderbook",
-                "action": "snapshot",
-                "instrument": inst,
-                "seq": seq,
-                "bids": level_rows(spec, bids, False),
-                "asks": level_rows(spec, asks, False),
-            }
-        ).decode()
+        texts: dict[int, str] = {}  # depth -> encoded snapshot, shared by the waiters that asked for it
         retry = False
         for c in waiting:
             b = c.books.get(inst)
             if c.closed or b is None or b.live:
                 continue
+            text = texts.get(b.depth)
+            if text is None:
+                text = texts[b.depth] = json_encoder.encode(
+                    {
+                        "type": "orderbook",
+                        "action": "snapshot",
+                        "instrument": inst,
+                        "seq": seq,
+                        "depth": b.depth,
+                        "bids": level_rows(spec, bids[: b.depth], False),
+                        "asks": level_rows(spec, asks[: b.depth], False),
+                    }
+                ).decode()
             c.send(text)
             b.seq = b.applied = seq
             b.live = True
@@ -323,6 +375,26 @@ class Hub:
                     break
         if retry:
             self._start_snapshot(inst)
+
+    async def _recheck_keys(self) -> None:
+        """Close every connection whose key was revoked (issue 20: /stream kept serving a revoked
+        key's private orders channel). One cached lookup per distinct key per round."""
+        while True:
+            await asyncio.sleep(SESSION_RECHECK_S)
+            by_key: dict[str, list[Conn]] = {}
+            for c in self.conns:
+                if c.identity is not None and c.api_key:
+                    by_key.setdefault(c.api_key, []).append(c)
+            for key, conns in by_key.items():
+                try:
+                    revoked = await self.auth.revoked(key)
+                except Exception as exc:  # never let one lookup end the checks
+                    log.warning("stream: key re-check failed: %s", exc)
+                    continue
+                if revoked:
+                    err = _err("unauthorized", "the API key of this session was revoked", "authorization")
+                    for c in conns:
+                        c.kill(REVOKED_CLOSE_CODE, "api key revoked", err)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -379,6 +451,14 @@ class Hub:
             while not c.closed:
                 ev = await socket.receive()
                 if ev["type"] == "websocket.disconnect":
+                    break
+                if not c.messages.take():
+                    limit = f"more than {self.settings.ws_messages_per_second:g} messages per second on this connection"
+                    c.kill(1008, "too many messages", _err("too_many_messages", limit))
+                    # Stay until the close handshake is done: returning now would make the
+                    # server drop the connection without the error and the close frame.
+                    while (await socket.receive())["type"] != "websocket.disconnect":
+                        pass
                     break
                 data = ev.get("text")
                 if data is None:
@@ -443,6 +523,11 @@ class Hub:
         return inst, list(dict.fromkeys(channels))
 
     async def _subscribe(self, c: Conn, msg: dict) -> None:
+        if not c.subscribes.take():
+            c.send_obj(_err("too_many_subscriptions",
+                            f"more than {self.settings.ws_subscribes_per_second:g} subscribes per second on this "
+                            "connection", None, msg.get("request_id")))
+            return
         limiter = self.read_limiter
         limits = None
         if limiter is not None and limiter.enabled:
@@ -463,6 +548,18 @@ class Hub:
         if parsed is None:
             return
         inst, channels = parsed
+        depth = msg.get("depth", SNAPSHOT_DEPTH)
+        if type(depth) is not int or not 1 <= depth <= MAX_SNAPSHOT_DEPTH:
+            c.send_obj(_err("out_of_range", f"depth must be an integer from 1 to {MAX_SNAPSHOT_DEPTH}", "depth",
+                            msg.get("request_id")))
+            return
+        have = sum(len(chs) for chs in c.channels.values())
+        new = [ch for ch in channels if ch not in c.channels.get(inst, ())]
+        if have + len(new) > self.settings.ws_max_subscriptions:
+            c.send_obj(_err("too_many_subscriptions",
+                            f"at most {self.settings.ws_max_subscriptions} subscriptions (instrument and channel) "
+                            "per connection", "channels", msg.get("request_id")))
+            return
         order_client = None
         if "orders" in channels:
             order_client = await self._orders_client(c, msg)
@@ -485,12 +582,14 @@ class Hub:
             reply["rate_limit"] = limits
         c.send_obj(reply)
         if "orderbook" in channels and inst not in c.books:
-            c.books[inst] = _BookSub()
+            c.books[inst] = _BookSub(depth)
             self._start_snapshot(inst)
         if "ticker" in channels:
             try:
                 t = await views.ticker(self.redis, self.keys, self.instruments.get(inst))
                 c.send_obj({"type": "ticker", **t})
+            except views.NotReady:
+                pass  # views being rebuilt: the next ticker change is sent as usual
             except Exception as exc:
                 log.warning("stream: ticker read failed: %s", exc)
 

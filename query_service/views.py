@@ -7,7 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from contracts.api import iso_ms, json_encoder
+from contracts.api import ApiError, iso_ms, json_encoder
 from contracts.enums import OrderType, TimeInForce
 from contracts.instruments import Instruments, InstrumentSpec
 from query_service.params import encode_cursor
@@ -29,6 +29,23 @@ from query_service.store import level_pairs
 MAX_LEVELS = 100
 
 
+class NotReady(ApiError):
+    """503: an instrument's views are not complete (an empty or restarted Redis, a rebuild
+    under way: redis_keys `ready`). Issue 20: an empty Redis answered 200 with an empty book,
+    then older books, while the views were rebuilt. Each read checks the marker in the round
+    trip it already makes (pipeline or MGET), never in one of its own."""
+
+    def __init__(self, instruments: list[str]):
+        super().__init__(503, "unavailable", f"the views of {', '.join(instruments)} are being rebuilt; retry shortly",
+                         headers={"Retry-After": "1"})
+
+
+def check_ready(keys: Keys, symbols: list[str], flags: list) -> None:
+    missing = [s for s, f in zip(symbols, flags) if f is None]
+    if missing:
+        raise NotReady(missing)
+
+
 @dataclass
 class _Book:
     seq: int
@@ -41,13 +58,16 @@ class _Book:
 
 async def read_top(redis, keys: Keys, instrument: str, depth: int) -> tuple[int, int, list, list]:
     """(seq, ts, bids, asks) read atomically (MULTI): the levels belong to that seq.
-    depth -1 = the whole book."""
+    depth -1 = the whole book. NotReady while the views are rebuilt."""
     p = redis.pipeline(transaction=True)
+    p.get(keys.ready(instrument))
     p.get(keys.seq(instrument))
     p.get(keys.ts(instrument))
     p.zrevrange(keys.bids(instrument), 0, depth - 1 if depth > 0 else -1)
     p.zrange(keys.asks(instrument), 0, depth - 1 if depth > 0 else -1)
-    seq, ts, bids, asks = await p.execute()
+    ready, seq, ts, bids, asks = await p.execute()
+    if ready is None:
+        raise NotReady([instrument])
     return int(seq or 0), int(ts or 0), level_pairs(bids), level_pairs(asks)
 
 
@@ -74,7 +94,11 @@ class BookReader:
             now = time.monotonic()
             if now - book.checked < self.max_age:
                 return self._body(spec, book, levels)
-            seq = int(await self.redis.get(self.keys.seq(inst)) or 0)
+            raw, ready = await self.redis.mget(self.keys.seq(inst), self.keys.ready(inst))
+            if ready is None:  # Redis lost the views (restart): neither the cache nor Redis is served
+                self._cache.pop(inst, None)
+                raise NotReady([inst])
+            seq = int(raw or 0)
             if seq == book.seq:
                 book.checked = now
                 return self._body(spec, book, levels)
@@ -121,7 +145,11 @@ class BookReader:
 
 
 async def trades(redis, keys: Keys, spec: InstrumentSpec, limit: int) -> bytes:
-    items = await redis.lrange(keys.trades(spec.symbol), 0, limit - 1)
+    p = redis.pipeline(transaction=False)
+    p.get(keys.ready(spec.symbol))
+    p.lrange(keys.trades(spec.symbol), 0, limit - 1)
+    ready, items = await p.execute()
+    check_ready(keys, [spec.symbol], [ready])
     head = json_encoder.encode(spec.symbol)
     return b'{"instrument":' + head + b',"trades":[' + b",".join(items) + b'],"count":' + str(len(items)).encode() + b"}"
 
@@ -131,7 +159,11 @@ async def analytics(
 ) -> bytes:
     start_s = start_ns // 1_000_000_000
     end_s = end_ns // 1_000_000_000
-    rows = await redis.zrangebyscore(keys.candles(spec.symbol, 60), start_s - start_s % 60, end_s)
+    p = redis.pipeline(transaction=False)
+    p.get(keys.ready(spec.symbol))
+    p.zrangebyscore(keys.candles(spec.symbol, 60), start_s - start_s % 60, end_s)
+    ready, rows = await p.execute()
+    check_ready(keys, [spec.symbol], [ready])
     aggregates, overall = aggregate_buckets(spec, [Bucket.unpack(r) for r in rows], interval_min * 60)
     return json_encoder.encode(
         {
@@ -147,7 +179,11 @@ async def analytics(
 
 async def candles(redis, keys: Keys, spec: InstrumentSpec, interval: str, res: int, limit: int, end_ns: int | None) -> bytes:
     hi = "+inf" if end_ns is None else end_ns // 1_000_000_000
-    rows = await redis.zrevrangebyscore(keys.candles(spec.symbol, res), hi, "-inf", start=0, num=limit)
+    p = redis.pipeline(transaction=False)
+    p.get(keys.ready(spec.symbol))
+    p.zrevrangebyscore(keys.candles(spec.symbol, res), hi, "-inf", start=0, num=limit)
+    ready, rows = await p.execute()
+    check_ready(keys, [spec.symbol], [ready])
     bs = [Bucket.unpack(r) for r in reversed(rows)]
     return json_encoder.encode(
         {"instrument": spec.symbol, "interval": interval, "candles": [candle_view(spec, b) for b in bs]}
@@ -159,13 +195,15 @@ async def ticker(redis, keys: Keys, spec: InstrumentSpec, now_ns: int | None = N
     inst = spec.symbol
     w0, h1 = ticker_window(now_ns // 1_000_000_000)
     p = redis.pipeline(transaction=True)
+    p.get(keys.ready(inst))
     p.get(keys.seq(inst))
     p.get(keys.last(inst))
     p.zrangebyscore(keys.candles(inst, 60), w0, h1 - 1)
     p.zrangebyscore(keys.candles(inst, 3600), h1, "+inf")
     p.zrevrange(keys.bids(inst), 0, 0)
     p.zrange(keys.asks(inst), 0, 0)
-    seq, last, mins, hours, bid, ask = await p.execute()
+    ready, seq, last, mins, hours, bid, ask = await p.execute()
+    check_ready(keys, [inst], [ready])
     bid = level_pairs(bid)
     ask = level_pairs(ask)
     return ticker_view(
@@ -184,11 +222,13 @@ async def ticker(redis, keys: Keys, spec: InstrumentSpec, now_ns: int | None = N
 async def positions(redis, keys: Keys, instruments: Instruments, client_id: str) -> bytes:
     symbols = instruments.symbols
     p = redis.pipeline(transaction=True)
+    p.mget([keys.ready(s) for s in symbols])
     p.hgetall(keys.pos(client_id))
     for s in symbols:
         p.get(keys.last(s))
     res = await p.execute()
-    held, marks = res[0], dict(zip(symbols, res[1:]))
+    check_ready(keys, symbols, res[0])
+    held, marks = res[1], dict(zip(symbols, res[2:]))
     out = []
     for inst_b in sorted(held):
         inst = inst_b.decode()
@@ -213,7 +253,12 @@ async def orders(
     which = status or "all"
     key = keys.client_orders(client_id, which, spec.symbol if spec else None)
     hi = b"(" + cursor if cursor else b"+"
-    members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
+    symbols = [spec.symbol] if spec else instruments.symbols
+    p = redis.pipeline(transaction=False)
+    p.mget([keys.ready(s) for s in symbols])
+    p.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
+    ready, members = await p.execute()
+    check_ready(keys, symbols, ready)
     entries: list[tuple[bytes, object]] = [(m, None) for m in members]
     if journal is not None and horizon_ns is not None and (
         len(members) <= limit or int(members[-1][:19]) < horizon_ns
@@ -258,7 +303,13 @@ async def fills(
     oldest, PostgreSQL's fills table continues it in the same order with the same cursor."""
     key = keys.client_fills(client_id, spec.symbol if spec else None)
     hi = b"(" + cursor if cursor else b"+"
-    members = await redis.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
+    symbols = [spec.symbol] if spec else (instruments.symbols if instruments is not None else [])
+    p = redis.pipeline(transaction=False)
+    p.mget([keys.ready(s) for s in symbols] or [keys.ready("")])
+    p.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
+    ready, members = await p.execute()
+    if symbols:
+        check_ready(keys, symbols, ready)
     entries: list[tuple[bytes, bytes]] = []
     for m in members:
         # member = ts(19)|trade_id|role|<json>; the prefix up to the 3rd "|" is the cursor

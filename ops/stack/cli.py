@@ -41,7 +41,7 @@ from ops.stack.servers import (
     start_gateway,
     stop_server,
 )
-from ops.stack.supervisor import Supervisor, _ports_of, _wait_ports_free
+from ops.stack.supervisor import Supervisor, _ports_of, _wait_ports_free, append_stack_log
 
 # --------------------------------------------------------------------------- commands
 
@@ -52,8 +52,7 @@ def _say_factory(cfg: StackConfig | None) -> Callable[[str], None]:
         print(line, flush=True)
         if cfg is not None:
             try:
-                with open(cfg.logs / "stack.log", "a") as f:
-                    f.write(line + "\n")
+                append_stack_log(cfg, line)
             except OSError:
                 pass
 

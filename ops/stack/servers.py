@@ -115,7 +115,11 @@ def cmd_install() -> int:
 def ensure_state_dir(cfg: StackConfig) -> None:
     for d in (cfg.state_dir, cfg.logs, cfg.run_dir):
         d.mkdir(parents=True, exist_ok=True)
-    cfg.state_dir.chmod(0o755)
+    # Private (issue 20: a world-readable stack.log held API keys): others may only traverse -
+    # PostgreSQL runs as user postgres and nginx's workers as nobody, and each must reach its
+    # own folder inside (pg/, nginx/web/) - but not list or read what is not theirs.
+    cfg.state_dir.chmod(0o711)
+    cfg.logs.chmod(0o711)
     link_dir = REPO / ".state"
     link = link_dir / cfg.profile
     try:

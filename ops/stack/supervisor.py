@@ -53,6 +53,15 @@ class _Child:
         self.last_tail = ""
 
 
+def append_stack_log(cfg: StackConfig, line: str) -> None:
+    """One line to STATE/logs/stack.log, readable by its owner only (issue 20: it was world-readable
+    and held the demo keys; keys never go there now)."""
+    fd = os.open(cfg.logs / "stack.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        os.fchmod(f.fileno(), 0o600)  # a log from before this change too
+        f.write(line + "\n")
+
+
 class Supervisor:
     """Keeps the services (and the servers it started) running; stops all of them on SIGINT/SIGTERM."""
 
@@ -218,6 +227,12 @@ class Supervisor:
         ]
         self.say("the exchange:\n" + "\n".join("    " + line for line in lines))
 
+    def log_only(self, message: str) -> None:
+        try:
+            append_stack_log(self.cfg, f"[stack {time.strftime('%H:%M:%S')}] {message}")
+        except OSError:
+            pass
+
     def _create_demo_keys(self) -> None:
         if not (REPO / "command_service" / "api_keys.py").exists():
             self.say("demo API keys: command_service/api_keys.py does not exist yet; skipped")
@@ -245,7 +260,11 @@ class Supervisor:
                     created[args[1]] = found.group(1)
             except Exception as exc:  # noqa: BLE001
                 out, status = str(exc), " (failed)"
-            self.say(f"demo API key {' '.join(args)}{status}:\n" + "\n".join("    " + line for line in out.splitlines()))
+            # Keys are shown once, on the terminal, and stored only in demo-keys.env (mode 600):
+            # stack.log gets the line with the key masked.
+            text = f"demo API key {' '.join(args)}{status}:\n" + "\n".join("    " + line for line in out.splitlines())
+            print(f"[stack {time.strftime('%H:%M:%S')}] {text}", flush=True)
+            self.log_only(re.sub(r"\bexk_[A-Za-z0-9_\-]+", "exk_... (shown on the terminal)", text))
         if created:
             path = write_demo_keys(self.cfg, created)
             self.say(f"demo keys written to .state/{self.cfg.profile}/{path.name} ({path}, mode 600); "

@@ -405,3 +405,60 @@ async def test_query_stream_survives_malformed_frames(exchange):
     reply = await _order_over(url, headers, "query")
     assert reply["type"] == "order_accepted", reply
     await assert_exchange_sound(exchange.dsn, [exchange.query_url], acked=[reply["order"]["order_id"]])
+
+
+async def _ping_time(url: str, headers: dict, service: str) -> float:
+    async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
+        if service == "query":
+            assert json.loads(await ws.recv())["type"] == "connected"
+        t0 = time.monotonic()
+        await ws.send('{"type":"ping","request_id":"p"}')
+        while json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT))["type"] != "pong":
+            pass
+        return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("service,path", [("command", "/ws"), ("query", "/stream")])
+async def test_oversized_frames_are_refused_with_1009_before_they_are_read(exchange, service, path):
+    """Issue 20: /stream took 16 MiB frames and decoded them on the event loop (six stalled a
+    replica 9.85 s). Both sockets refuse a frame over 64 KiB with close code 1009; a frame just
+    under it is answered; six 16 MiB frames do not slow anyone else down."""
+    base = exchange.command_url if service == "command" else exchange.query_url
+    url = base.replace("http", "ws") + path
+    headers = {"Authorization": f"Bearer {exchange.keys['trader']}"}
+    under = json.dumps({"type": "ping", "request_id": "u", "pad": "x" * (64 * 1024 - 100)})
+    over = json.dumps({"type": "ping", "request_id": "o", "pad": "x" * (64 * 1024)})
+    async with websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=10) as ws:
+        if service == "query":
+            await ws.recv()
+        await ws.send(under)
+        while json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT))["type"] != "pong":
+            pass
+        await ws.send(over)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+
+    async def send_big() -> int | None:
+        # a 16 MiB frame as the attacker sent it (declared length; the first 256 KiB of it
+        # written: the client's own masking of 96 MiB would be the slowest part otherwise)
+        reader, writer = await _raw_upgrade(base, path, headers)
+        try:
+            writer.write(_frame(1, b'{"type":"ping","pad":"' + b"y" * (256 * 1024), declared=16 * 1024 * 1024))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            try:
+                return await asyncio.wait_for(_read_close(reader), ANSWER_TIMEOUT)
+            except asyncio.IncompleteReadError:
+                return 1006
+        finally:
+            writer.close()
+
+    t0 = time.monotonic()
+    floods = [asyncio.create_task(send_big()) for _ in range(6)]
+    slowest = max([await _ping_time(url, headers, service) for _ in range(5)])
+    assert set(await asyncio.gather(*floods)) == {1009}
+    assert slowest < 2.0, f"{path}: a ping took {slowest:.2f}s while six 16 MiB frames arrived"
+    assert time.monotonic() - t0 < 30
+    await _assert_alive(exchange)

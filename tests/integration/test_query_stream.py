@@ -156,8 +156,10 @@ async def test_snapshot_then_contiguous_deltas_equal_the_rest_book(env):
 @pytest.mark.ws_invalid_frames
 async def test_malformed_frames_get_errors_and_the_connection_stays_usable(env):
     settings, sym, _, _ = env
-    replica = await Replica(settings.replace(projector_enabled=False)).start()
+    # with its projector: it marks the (empty) views ready, so the subscribe-time ticker is sent
+    replica = await Replica(settings).start()
     try:
+        await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: 0})
         ws = await open_ws(replica)
         cases = [
             ("not json", "invalid_json", None),
@@ -468,6 +470,10 @@ async def test_two_replicas_send_the_same_feed(env):
     a = await Replica(settings.replace(watchdog_interval_s=600.0)).start()
     b = await Replica(settings.replace(projector_enabled=False, port=free_port())).start()
     try:
+        # views first: a snapshot waits for views the journal says are complete
+        async with Publisher(settings) as pub:
+            await pub.publish(events[:40])
+        await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[39].seq})
         streams = []
         for r in (a, b):
             ws = await open_ws(r)
@@ -494,7 +500,7 @@ async def test_two_replicas_send_the_same_feed(env):
                 break
             await asyncio.sleep(0.05)
         async with Publisher(settings) as pub:
-            for i in range(0, len(events), 40):
+            for i in range(40, len(events), 40):
                 await pub.publish(events[i : i + 40])
                 await asyncio.sleep(0.01)
         got_a, got_b = await asyncio.gather(*tasks)

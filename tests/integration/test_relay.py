@@ -342,6 +342,25 @@ async def test_ensure_topic_is_idempotent_with_the_configured_partitions():
     assert await topic_partitions(BOOTSTRAP, topic) == EVENTS_TOPIC_PARTITIONS
 
 
+async def test_a_topic_a_client_auto_created_empty_is_recreated_with_the_configured_partitions():
+    """Issue 20: after a broker restart a projector's consumer named the topic before the relay
+    created it, and the broker auto-created it with 4 partitions, which the relay then kept."""
+    topic = unique_topic("autocreated")
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=topic)  # names it: auto-created
+    await consumer.start()
+    try:
+        for _ in range(50):
+            if await topic_partitions(BOOTSTRAP, topic) is not None:
+                break
+            await asyncio.sleep(0.1)
+        auto = await topic_partitions(BOOTSTRAP, topic)
+        assert auto is not None and auto != EVENTS_TOPIC_PARTITIONS
+    finally:
+        await consumer.stop()
+    assert await ensure_topic(BOOTSTRAP, topic) == EVENTS_TOPIC_PARTITIONS
+    assert await topic_partitions(BOOTSTRAP, topic) == EVENTS_TOPIC_PARTITIONS
+
+
 @pytest.mark.parametrize("tuning", ["default", "tiny-batches"])
 async def test_burst_across_instruments_arrives_in_seq_order(pg, relays, collectors, lock_key, tuning):
     topic = unique_topic("order")

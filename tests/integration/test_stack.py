@@ -358,3 +358,83 @@ async def test_gateway_passes_websocket_upgrades(tmp_path):
                     assert await asyncio.wait_for(ws.recv(), 5) == f"{path}:hello"
         finally:
             await asyncio.to_thread(stack.stop_process, proc, 5)
+
+
+def _raw_http(port: int, request: bytes) -> tuple[int, dict, bytes]:
+    """Send raw bytes, read the answer to the end (the server closes): status, headers, body."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with contextlib.suppress(OSError):  # a server that refused early may reset while we still send
+            s.sendall(request)
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    n = [int(v) for k, _, v in (ln.partition(b": ") for ln in head.split(b"\r\n")[1:])
+                         if k.lower() == b"content-length"]
+                    if n and len(rest) >= n[0]:
+                        break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {k.decode().lower(): v.decode() for k, _, v in (ln.partition(b": ") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_gateway_refusals_are_json_and_its_access_log_has_no_query_strings(routed_gateway, tmp_path):
+    """Issue 20: keys sent in a query string were written to the access log; nginx's own 400,
+    414 and header refusals were HTML."""
+    secret = "exk_" + uuid.uuid4().hex
+    status, _, _ = _get(routed_gateway + f"/market/orderbook?instrument=BTC-USD&api_key={secret}")
+    assert status == 200
+    port = int(routed_gateway.rsplit(":", 1)[1])
+    cases = [
+        (b"GARBAGE\r\n\r\n", 400, "invalid_http"),
+        (b"GET /market/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /market/trades HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n", 431, "headers_too_large"),
+    ]
+    for request, want, code in cases:
+        status, headers, body = _raw_http(port, request)
+        assert status == want and headers.get("content-type", "").startswith("application/json"), (want, body[:200])
+        assert json.loads(body)["error"]["code"] == code
+    time.sleep(1.5)  # the access log is buffered, flushed every second
+    log = (tmp_path / "logs" / "gateway-access.log").read_text()
+    assert "/market/orderbook" in log and secret not in log and "api_key" not in log
+
+
+@pytest.mark.parametrize("module,port_var", [("command_service", "EXCHANGE_COMMAND_PORT"),
+                                              ("query_service", "EXCHANGE_QUERY_PORT")])
+async def test_services_bound_the_request_head_and_refuse_bad_http_as_json(module, port_var):
+    """Issue 20: on a service's own port the request head was unbounded and a request uvicorn
+    could not parse got a plain-text 400."""
+    proc = stack.ServiceProcess(module, free_port(), {"EXCHANGE_QUERY_PROJECTOR": "false"}, port_var=port_var,
+                                log_name=f"{module}-head").start()
+    try:
+        await proc.wait_ready(path="/healthz" if module == "command_service" else "/market/instruments")
+        status, headers, body = _raw_http(proc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+                                          + b"b" * 64 * 1024 + b"\r\n\r\n")
+        assert status == 431 and headers["content-type"] == "application/json", body[:200]
+        assert json.loads(body)["error"]["code"] == "headers_too_large"
+        status, headers, body = _raw_http(proc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        assert status == 400 and json.loads(body)["error"]["code"] == "invalid_http", body[:200]
+        status, _, _ = _raw_http(proc.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: "
+                                 + b"o" * 8 * 1024 + b"\r\n\r\n")
+        assert status in (200, 503)  # a head within the bound is served as before
+    finally:
+        proc.stop()
+
+
+def test_state_folder_and_stack_log_are_private():
+    """Issue 20: stack.log (with the demo keys) was world-readable. The state folder and its logs
+    may only be traversed by others (PostgreSQL and nginx's workers reach their own folders);
+    stack.log is the owner's alone and holds no key."""
+    import stat as st
+
+    cfg = stack.config("test")
+    for d in (cfg.state_dir, cfg.logs):
+        assert st.S_IMODE(d.stat().st_mode) & 0o066 == 0, (d, oct(d.stat().st_mode))
+    log = cfg.logs / "stack.log"
+    assert log.exists() and st.S_IMODE(log.stat().st_mode) == 0o600
+    assert "exk_" not in log.read_text()

@@ -212,13 +212,16 @@ async def dump(redis_url: str, prefix: str) -> dict:
     return out
 
 
-async def wait_for_seq(redis_url: str, prefix: str, want: dict[str, int], timeout: float = 20.0) -> None:
+async def wait_for_seq(redis_url: str, prefix: str, want: dict[str, int], timeout: float = 20.0,
+                       ready: bool = True) -> None:
+    """Until the views of each instrument are at the seq wanted (and marked ready: reads
+    answer 503 before, see query_service/redis_keys.py)."""
     r = aioredis.Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + timeout
         while True:
             got = {i: int(await r.get(f"{prefix}{i}:seq") or 0) for i in want}
-            if got == want:
+            if got == want and (not ready or all([await r.exists(f"{prefix}{i}:ready") for i in want])):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"views at {got}, want {want}")

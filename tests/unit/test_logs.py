@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 
 import pytest
 
@@ -141,6 +142,21 @@ def test_repeated_warnings_are_held_back_and_counted():
     now[0] = 11.0
     later = record("BTC-USD: recovery failed; retrying in 5.0s")
     assert limiter.filter(later) and later.repeated == 20
+
+
+def test_repeats_that_differ_only_in_addresses_ids_and_tokens_are_one_line():
+    """Issue 20: an outage wrote an ERROR line every 40 ms: lines that differed only in an object
+    address, an order id or a request id each passed the limiter as a new line."""
+    now = [0.0]
+    limiter = RepeatLimiter(window_s=10, clock=lambda: now[0])
+
+    def record(msg):
+        return logging.LogRecord("query_service.stream", logging.ERROR, __file__, 1, msg, None, None)
+
+    lines = [f"unhandled error on POST /orders/{uuid.uuid4()}/cancel: <Conn object at {hex(id(object()) + i)}>"
+             f" (request {uuid.uuid4().hex})" for i in range(250)]
+    assert sum(limiter.filter(record(line)) for line in lines) == 1
+    assert limiter.filter(record("another error entirely"))
 
 
 def test_request_id_sanity():
