@@ -39,6 +39,7 @@ from ops.stack.servers import (
     ensure_state_dir,
     server_pid,
     start_gateway,
+    stop_redis_cluster,
     stop_server,
 )
 from ops.stack.supervisor import Supervisor, _ports_of, _wait_ports_free, append_stack_log
@@ -172,6 +173,7 @@ def cmd_down(cfg: StackConfig) -> int:
             say(f"{name}: stopped (pid {pid})")
             stopped.append(name)
         cfg.pid_path(name).unlink(missing_ok=True)
+    stop_redis_cluster(cfg, say)
     for name in reversed(SERVERS):
         if stop_server(cfg, name, say):
             stopped.append(name)
