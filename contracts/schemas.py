@@ -80,7 +80,10 @@ HANDOVER_RESPONSE = obj({"instrument": STR, "seq": SEQ, "from": STR, "to": {"typ
 SETTLEMENT_RUN = obj({}, [], "one instrument's settlement run")
 SETTLEMENT_RESPONSE = obj({"cutoff": TIME, "runs": array(SETTLEMENT_RUN)})
 HEALTH = obj({"status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]}, "timestamp": TIME,
-              "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
+              "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+              # several command nodes (issue 14): the gateway's /healthz lists them and who owns what
+              "nodes": {"type": "object", "additionalProperties": obj({"url": STR, "status": STR})},
+              "owners": {"type": "object", "additionalProperties": STR}},
              ["status", "checks"])
 
 TRADES = obj({"instrument": STR, "trades": array(TRADE), "count": INT})

@@ -38,6 +38,8 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8002
     command_url: str = "http://127.0.0.1:8001"
+    # Every command node (issue 14): the system health asks each one; default: command_url.
+    command_urls: tuple[str, ...] = ()
 
     # Projector. Every replica joins the same consumer group (see projector.py for why).
     projector_enabled: bool = True
@@ -116,6 +118,7 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
             host=s("EXCHANGE_HOST", d.host),
             port=port,
             command_url=s("EXCHANGE_COMMAND_URL", d.command_url).rstrip("/"),
+            command_urls=tuple(u.strip().rstrip("/") for u in s("EXCHANGE_COMMAND_URLS", "").split(",") if u.strip()),
             projector_enabled=b("EXCHANGE_QUERY_PROJECTOR", d.projector_enabled),
             kafka_group=s("EXCHANGE_QUERY_GROUP", d.kafka_group),
             kafka_offset_reset=env_choice("EXCHANGE_QUERY_OFFSET_RESET", d.kafka_offset_reset, ("earliest", "latest"), env),

@@ -19,12 +19,12 @@ from typing import Callable
 from ops import gateway as gateway_conf
 from ops import monitoring
 from ops.stack.config import (
+    ALL_SERVICES,
     REPO,
     SERVER_MARKER,
     SERVER_PORT_KEY,
     SERVERS,
     SERVICE_MODULES,
-    SERVICES,
     START_TIMEOUT,
     StackConfig,
     StackError,
@@ -560,6 +560,10 @@ def service_argv(name: str) -> list[str]:
 
 
 def _service_overrides(cfg: StackConfig, name: str) -> dict[str, str]:
+    if name == "command":
+        return {"EXCHANGE_NODE_ID": "command-1"}
+    if name == "command-2":
+        return {"EXCHANGE_NODE_ID": "command-2", "EXCHANGE_COMMAND_PORT": str(cfg.command_2_port)}
     if name.startswith("query-"):
         port = cfg.service_port(name)
         return {"EXCHANGE_QUERY_PORT": str(port), "EXCHANGE_QUERY_URL": f"http://{cfg.host}:{port}"}
@@ -588,7 +592,7 @@ def spawn(
     full.setdefault("PYTHONUNBUFFERED", "1")
     cfg.logs.mkdir(parents=True, exist_ok=True)
     proc = _popen(service_argv(name), log_path or cfg.log_path(name), env=full, cwd=REPO, new_session=new_session)
-    if name in SERVICES:
+    if name in ALL_SERVICES:
         # So `down` (make test's cleanup) stops a service a test forgot or could not stop.
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.pid_path(name).write_text(f"{proc.pid}\n")
@@ -597,7 +601,7 @@ def spawn(
 
 def _gateway_argv(cfg: StackConfig) -> list[str]:
     conf = gateway_conf.write_local_conf(
-        cfg.state_dir, listen_port=cfg.gateway_port, command_ports=[cfg.command_port],
+        cfg.state_dir, listen_port=cfg.gateway_port, command_ports=cfg.command_ports,
         query_ports=list(cfg.query_ports), host=cfg.host,
     )
     checked = gateway_conf.check_conf(conf)

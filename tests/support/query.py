@@ -64,6 +64,7 @@ def settings_for_test(symbols: list[str], **overrides) -> QuerySettings:
         watchdog_interval_s=0.3,
         port=free_port(),
         ws_heartbeat_s=60.0,
+        command_urls=(),  # the system health asks command_url (a test's own command service)
     )
     values.update(overrides)
     return base.replace(**values)
