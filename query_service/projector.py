@@ -535,6 +535,12 @@ class Projector:
             # broker down, offsets lost), or views missing entirely: use the journal.
             behind = views < prev_journal.get(inst, 0) or (r is None and journal > 0)
             prev_journal[inst] = journal
+            if r is not None and views >= journal and inst in self.failing:
+                # Caught up with the journal (by Kafka, or a catch-up elsewhere) since the failure:
+                # whatever failed (a Redis restart's closed connection) is over. Without this a
+                # one-off failure of a watchdog catch-up stayed reported until the instrument's
+                # next event (chaos: redis+query-1 left query-2 degraded for minutes).
+                self.failing.pop(inst, None)
             if behind and catch_up and self.owns(inst):
                 try:
                     await self.catch_up(inst, "empty" if r is None else "stalled")
