@@ -159,7 +159,7 @@ async def admin_snapshot(request: Request, instrument: str | None = None) -> Res
 
 @post("/admin/handover", status_code=200, summary="Move one instrument to another command node (admin)")
 async def admin_handover(request: Request, instrument: str) -> Response:
-    principal = await _principal(request)
+    principal = await _principal(request, query=("instrument",))
     status, body, headers = await _state(request).entry.handover(principal, instrument)
     return _reply(status, body, headers)
 

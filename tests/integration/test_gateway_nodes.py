@@ -55,7 +55,7 @@ async def test_the_gateway_spreads_orders_over_both_nodes_and_lists_owners(two_n
                 r = await http.post("/orders", json={"client_id": "gw", "instrument": sym, "side": "buy",
                                                      "type": "limit", "price": "1", "quantity": "1"})
                 assert r.status_code == 201, r.text
-        r = await http.post("/orders/cancel-all", json={"client_id": "gw"})
+        r = await http.post("/orders/cancel-all", json={"client_id": "gw", "all": True})
         assert r.status_code == 200 and len(r.json()["cancelled"]) >= 12, r.text
         # Both nodes answered order entry (the gateway sends to both; forwarded ones reach the owner).
         counts = {}
