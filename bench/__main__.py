@@ -552,7 +552,8 @@ instrument and are forwarded over NATS to the owner. Same offered rate ({rate}/s
 
 Forwarding cost (CPU of all processes with two nodes minus one node's, scaled to the same acknowledged
 orders, over the forwarded orders): {"; ".join(cost) or "n/a"}. On 2 cores no gain from a second node is
-expected; the second node pays for forwarding and a second Python process.
+expected; the second node pays for forwarding and a second Python process. Load average at the end:
+{", ".join(f"{x:.1f}" for x in os.getloadavg())}.
 """
     write_section("Several command nodes", body)
 
