@@ -22,6 +22,8 @@ drives them with bench.loadgen, all on the same 2 cores. Scenarios (all by defau
             one request in flight each; projection lag over each run, plotted
   sustained a long closed-loop run (--sustained-minutes, 10) through the gateway on a book that
             already holds --sustained-resting (200,000) orders: throughput and p99 per minute
+  nodes     one vs two command nodes through the gateway (issue 14): HTTP and WS at a fixed offered rate,
+            throughput, p99 and CPU microseconds per acknowledged and per forwarded order
   engine    `python -m bench.engine` (its own section)
   relay     `python -m bench.relay` (its own section)
 """
@@ -53,7 +55,8 @@ OUT = ROOT / "docs" / "bench"
 # per-order check itself runs either way: one dict lookup); notional/position limits stay as configured.
 BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0",
              "EXCHANGE_READ_RATE_LIMIT_PER_SECOND": "0", "EXCHANGE_MAX_OPEN_ORDERS": "0"}
-SCENARIOS = ("command", "pipeline", "cpu", "users", "sustained", "query", "fanout", "recovery", "engine", "relay")
+SCENARIOS = ("command", "pipeline", "cpu", "users", "sustained", "query", "fanout", "recovery", "nodes", "engine",
+             "relay")
 
 
 def say(msg: str) -> None:
@@ -467,6 +470,92 @@ async def drained(query_url: str, timeout: float = 60) -> None:
                 return
             await asyncio.sleep(0.5)
     say(f"views still behind after {timeout:.0f}s")
+
+
+async def _forwarded(urls: list[str]) -> float:
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for url in urls:
+            for line in (await http.get(url + "/metrics")).text.splitlines():
+                if line.startswith("forwarded_commands_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def bench_nodes(args) -> None:
+    """One vs two command nodes behind the gateway, same run, same offered rate (issue 14). On 2 cores
+    no gain is expected: the figure is what forwarding costs."""
+    import dataclasses
+
+    rate, d = str(args.cpu_rate), str(args.duration)
+    results: dict[int, dict] = {}
+    for n in (1, 2):
+        await reset_state()
+        svc = Services(f"bench.nodes.{n}.{int(time.time())}")
+        svc.cfg = dataclasses.replace(svc.cfg, command_nodes=n)
+        names = ("command", "command-2")[:n]
+        await svc.start(*names, "gateway")
+        urls = [f"http://{svc.cfg.host}:{p}" for p in svc.cfg.command_ports]
+        try:
+            for url in urls[1:]:
+                await wait_ok(url + "/healthz", 60)
+            if n == 2:  # the instruments spread over both nodes before the load
+                deadline = time.monotonic() + 30
+                async with httpx.AsyncClient(timeout=5) as http:
+                    while len(set((await http.get(urls[0] + "/healthz")).json()["owners"].values())) < 2:
+                        if time.monotonic() > deadline:
+                            break
+                        await asyncio.sleep(0.2)
+            roots = {f"command-{k + 1}": svc.procs[name].pid for k, name in enumerate(names)}
+            roots["gateway (nginx)"] = stack.gateway_pid(svc.cfg)
+            for server in ("postgres", "nats"):
+                roots[{"postgres": "PostgreSQL"}.get(server, server)] = stack.server_pid(svc.cfg, server)
+            gw = svc.cfg.gateway_url
+            for mode in ("http", "ws"):
+                target = (["--url", gw, "-c", "64"] if mode == "http"
+                          else ["--ws-url", gw.replace("http", "ws") + "/ws", "-c", "8", "--inflight", "32"])
+                before = await _forwarded(urls)
+                meter = CpuMeter(roots)
+                meter.start()
+                r = loadgen(f"nodes-{n}-{mode}-{rate}", "--mode", mode, *target, "--rate", rate, "-d", d,
+                            "--warmup", "0", "--quiet")
+                cpu = meter.stop()
+                results.setdefault(n, {})[mode] = (r, cpu, await _forwarded(urls) - before)
+        finally:
+            svc.stop()
+    lines = ["| nodes | mode | acked/s | p99 ms | errors | forwarded | CPU us per acked order (all processes) "
+             "| command nodes CPU us/order |", "|---|---|---|---|---|---|---|---|"]
+    for n, modes in results.items():
+        for mode, (r, cpu, fwd) in modes.items():
+            acked = r["summary"]["acked"]
+            _, total = per_order_table(cpu, acked)
+            nodes_us = sum(v for k, v in cpu.items() if k.startswith("command-")) * 1e6 / max(1, acked)
+            p99 = lat(r).get("p99")
+            lines.append(f"| {n} | {mode.upper()} | {r['summary']['acked_per_s']:,.0f} | "
+                         f"{p99 if p99 is None else f'{p99:.1f}'} | {r['summary']['error_rate'] * 100:.2f}% | "
+                         f"{fwd:,.0f} | {total:,.0f} | {nodes_us:,.0f} |")
+    cost = []
+    for mode in ("http", "ws"):
+        if 1 in results and 2 in results:
+            r1, c1, _ = results[1][mode]
+            r2, c2, f2 = results[2][mode]
+            extra = sum(c2.values()) - sum(c1.values()) * (r2["summary"]["acked"] / max(1, r1["summary"]["acked"]))
+            if f2:
+                cost.append(f"{mode.upper()}: {extra * 1e6 / f2:,.0f} us of CPU per forwarded order")
+    body = f"""Measured {today()} on {machine_line()}.
+Command: `make bench` (`python -m bench --only nodes --cpu-rate {rate} --duration {d}`). Command node(s), PostgreSQL,
+NATS and the gateway only (no relay, no query service); the load goes through the gateway, which spreads it
+round robin over the nodes, so with two nodes about half of the orders reach a node that does not own the
+instrument and are forwarded over NATS to the owner. Same offered rate ({rate}/s) for both.
+
+{chr(10).join(lines)}
+
+Forwarding cost (CPU of all processes with two nodes minus one node's, scaled to the same acknowledged
+orders, over the forwarded orders): {"; ".join(cost) or "n/a"}. On 2 cores no gain from a second node is
+expected; the second node pays for forwarding and a second Python process. Load average at the end:
+{", ".join(f"{x:.1f}" for x in os.getloadavg())}.
+"""
+    write_section("Several command nodes", body)
 
 
 async def bench_query(args) -> None:

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from contracts.instruments import load_instruments
 from contracts.topics import FEED_SUBJECT_PREFIX
 from query_service.feed import decode_feed
+from query_service.redis_keys import Keys
 from query_service.settings import QuerySettings
 from tests.support.order_flow import OrderFlow
 from tests.support.query import JournalSeeder, Publisher, wipe
@@ -108,7 +109,7 @@ async def run(rate: int, seconds: float, reset: bool, settings: QuerySettings, w
             wall = time.monotonic() - start
         await nc.close()
         r = aioredis.Redis.from_url(settings.redis_url)
-        seqs = {s: int(await r.get(f"{settings.redis_prefix}{s}:seq") or 0) for s in symbols}
+        seqs = {s: int(await r.get(Keys(settings.redis_prefix).seq(s)) or 0) for s in symbols}
         await r.aclose()
         missing = sum(len(v) for v in ts_of.values())
         return {

@@ -37,9 +37,11 @@ from command_service.edge import (
 )
 from command_service.event_log import EventLog
 from command_service.fastpath import RATE_LIMIT_SCOPE_KEY, OrderFastPath, authorize_limited, order_route
+from command_service.forwarding import Forwarder
 from command_service.journal import JournalWriter, NoResetConnection
 from command_service.metrics import CommandMetrics
 from command_service.nats_bridge import NatsBridge
+from command_service.nodes import Membership
 from command_service.openapi import complete
 from command_service.order_entry import OrderEntry
 from command_service.sequencer import Sequencer
@@ -155,6 +157,13 @@ async def admin_snapshot(request: Request, instrument: str | None = None) -> Res
     return _reply(status, body, headers)
 
 
+@post("/admin/handover", status_code=200, summary="Move one instrument to another command node (admin)")
+async def admin_handover(request: Request, instrument: str) -> Response:
+    principal = await _principal(request, query=("instrument",))
+    status, body, headers = await _state(request).entry.handover(principal, instrument)
+    return _reply(status, body, headers)
+
+
 class SettlementRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cutoff: str | None = None
     instrument: str | None = None
@@ -191,10 +200,17 @@ async def healthz(request: Request) -> Response:
         async with st.pool.acquire(timeout=1) as conn:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), 1)
         checks["postgres"] = "healthy"
-    sequencers = {sym: ("ready" if s.ready else "unavailable") for sym, s in st.sequencers.items()}
-    ok = checks["postgres"] == "healthy" and all(s.ready for s in st.sequencers.values())
+    # An instrument is served when this node owns it or a live node does (issue 14: several
+    # nodes share the instruments; "remote" ones are owned elsewhere).
+    nodes = st.nodes
+    owners = nodes.owners()
+    live = nodes.view.nodes
+    sequencers = {sym: ("ready" if s.ready else "remote" if owners.get(sym) in live else "unavailable")
+                  for sym, s in st.sequencers.items()}
+    ok = checks["postgres"] == "healthy" and all(v != "unavailable" for v in sequencers.values())
     status = "healthy" if ok and all(v == "healthy" for v in checks.values()) else ("degraded" if ok else "unhealthy")
-    body = {"status": status, "timestamp": iso_ms(time.time_ns()), "checks": checks, "sequencers": sequencers}
+    body = {"status": status, "timestamp": iso_ms(time.time_ns()), "checks": checks, "sequencers": sequencers,
+            "node": nodes.node_id, "nodes": sorted(live), "owners": owners}
     return _reply(200 if ok else 503, json_encoder.encode(body))
 
 
@@ -342,7 +358,8 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
                            snapshot_every=settings.snapshot_every_events, metrics=st.metrics,
                            event_log=EventLog(sym, instruments.get(sym), settings.log_order_events),
-                           recently_closed_keep=settings.recently_closed_keep)
+                           recently_closed_keep=settings.recently_closed_keep,
+                           node_id=settings.node_id)
             for sym in instruments.symbols
         }
         for sym, s in st.sequencers.items():
@@ -350,7 +367,11 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
             if notional or position or settings.max_open_orders:
                 s.risk = s.book.risk = (notional, settings.max_open_orders, position)
             s.journal.snapshots_keep = settings.snapshots_keep
-            await s.start()
+            await s.start(claim=False)  # the node layer decides which instruments this node takes
+        st.nodes = Membership(settings.node_id, st.pool, st.sequencers, heartbeat_s=settings.node_heartbeat_s,
+                              lease_s=settings.node_lease_s, url=f"http://{settings.host}:{settings.port}",
+                              metrics=st.metrics)
+        await st.nodes.start()
         st.auth = authenticator(journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         st.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         st.unauth = AddressLimiter(settings.unauth_rate_limit_per_second, settings.unauth_rate_limit_burst,
@@ -358,10 +379,14 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
         st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, st.limiter, enabled=settings.nats_enabled)
         await st.bridge.start()
+        if settings.nats_enabled:  # several nodes: commands for instruments owned elsewhere go there
+            st.entry.set_forwarder(Forwarder(settings.node_id, st.bridge, settings.forward_timeout_s, st.metrics))
+            st.nodes.forwarder = st.entry.forwarder
+        st.entry.nodes = st.nodes
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
         housekeeping = asyncio.create_task(_housekeeping(journal, settings.housekeeping_s))
-        log.info("command service started: instruments %s ready %s", ",".join(instruments.symbols),
+        log.info("command service %s started: instruments %s ready %s", settings.node_id, ",".join(instruments.symbols),
                  ",".join(sym for sym, s in st.sequencers.items() if s.ready) or "none")
         try:
             yield
@@ -369,6 +394,10 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
             log.info("command service stopping")
             housekeeping.cancel()
             probe.cancel()
+            # Graceful: every instrument is handed over (drained, snapshotted, released) while
+            # NATS still forwards what arrives meanwhile to the next owners.
+            await st.nodes.drain()
+            await st.nodes.stop()
             await st.bridge.stop()
             for s in st.sequencers.values():
                 await s.stop()
@@ -376,6 +405,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[place_order, cancel_all, cancel_after, amend_order, cancel_order, get_order, admin_snapshot,
+                        admin_handover,
                         admin_settlement, healthz, metrics, admin_metrics, openapi_json, *docs.ROUTES],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

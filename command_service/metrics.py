@@ -44,6 +44,18 @@ class CommandMetrics:
         self.relay_lag_seconds = Gauge("relay_lag_seconds", "Age of the oldest unpublished event", registry=r)
         self.http_errors = Counter("http_errors_total", "Requests answered with an error", ["status", "code"],
                                    registry=r)
+        # Nodes and ownership (issue 14, command_service/nodes.py)
+        self.instrument_owner = Gauge("instrument_owner", "1 while this node owns the instrument (holds its lock)",
+                                      ["instrument", "node"], registry=r)
+        self.takeovers = Counter("takeovers_total", "Instruments this node took ownership of, by reason",
+                                 ["reason"], registry=r)
+        self.takeover_duration = Histogram("takeover_duration_seconds",
+                                           "From deciding to take an instrument until it accepts commands",
+                                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30), registry=r)
+        self.forwarded = Counter("forwarded_commands_total", "Commands forwarded to the owning node, by outcome",
+                                 ["op", "outcome"], registry=r)
+        self.forward_latency = Histogram("forward_latency_seconds", "Round trip of a forwarded command",
+                                         buckets=_LATENCY_BUCKETS, registry=r)
         self._batch_children = {}
         for sym in instruments:
             self._batch_children[sym] = (self.batch_size.labels(sym), self.commit_latency.labels(sym))

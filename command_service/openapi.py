@@ -51,6 +51,11 @@ OPERATIONS: dict[tuple[str, str], tuple[int, str, tuple[int, ...], bool, str]] =
     ("/admin/snapshot", "post"): (
         201, "SnapshotResponse", (400, 401, 403, 429, 503), True,
         "Stores an engine snapshot of every instrument (or one) now; recovery = snapshot + later journal."),
+    ("/admin/handover", "post"): (
+        200, "HandoverResponse", (400, 401, 403, 409, 429, 503), True,
+        "Several nodes: moves one instrument off the node that owns it (drain, snapshot, release); the node "
+        "rendezvous hashing picks among the other live nodes takes it and recovers from that snapshot. "
+        "Served by any node. 409 `no_other_node` when no other live node serves the instrument."),
     ("/admin/settlement", "post"): (
         201, "SettlementResponse", (400, 401, 403, 413, 415, 429, 503), True,
         "Nets every client's trades per instrument since the previous run up to `cutoff` (default now)."),

@@ -12,6 +12,8 @@ import logging
 import os
 import time
 
+import msgspec
+
 from command_service.edge import (
     AmendRequest,
     CancelAfterRequest,
@@ -19,6 +21,7 @@ from command_service.edge import (
     OrderRequest,
     OrderRow,
     book_view,
+    decode_order_request,
     request_hash,
     spec_for,
     to_amend,
@@ -27,8 +30,8 @@ from command_service.edge import (
 from command_service.journal import JournalWriter
 from command_service.sequencer import Sequencer, Unavailable
 from contracts.api import ApiError, error, iso_ms, json_encoder
-from contracts.auth import Principal
-from contracts.enums import CLOSED_STATUSES, CancelReason, ResultCode
+from contracts.auth import OPEN, Principal
+from contracts.enums import CLOSED_STATUSES, CancelReason, ResultCode, Side
 from contracts.instruments import Instruments
 from contracts.messages import CancelAll, CancelOrder, TradeExecuted
 from contracts.views import order_view, trade_view
@@ -74,6 +77,17 @@ class OrderEntry:
         # Dead man's switches: client_id -> timer. In memory: a restart forgets them (the
         # client's next refresh arms it again); documented in the README.
         self._switches: dict[str, asyncio.TimerHandle] = {}
+        # Several nodes (issue 14): commands for an instrument this node does not own go to the
+        # owner (command_service/forwarding.py); None = one node, nothing is forwarded.
+        self.forwarder = None
+        self.nodes = None  # command_service/nodes.py Membership (admin handover)
+
+    def set_forwarder(self, forwarder) -> None:
+        self.forwarder = forwarder
+        forwarder.entry = self
+
+    def _remote(self, instrument: str) -> bool:
+        return self.forwarder is not None and not self.sequencers[instrument].ready
 
     # ------------------------------------------------------------------ place
     def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True, track=None):
@@ -86,6 +100,8 @@ class OrderEntry:
         if principal.scope == "read":
             principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
+        if self._remote(spec.symbol):
+            return None  # `place` forwards it to the owner
         order_id = self._new_id()
         if track is not None:
             track.add(order_id)
@@ -93,13 +109,18 @@ class OrderEntry:
         return self.sequencers[spec.symbol].submit(cmd, self._render_place(spec, order_id, with_book))
 
     async def place(self, principal: Principal, req: OrderRequest, *, with_book: bool = True,
-                    track=None) -> Reply:
-        fut = self.place_nowait(principal, req, with_book=with_book, track=track)
-        if fut is not None:
-            status, body = await _await(fut)
-            return status, body, {}
+                    track=None, forwarded: bool = False) -> Reply:
+        if not forwarded:
+            fut = self.place_nowait(principal, req, with_book=with_book, track=track)
+            if fut is not None:
+                status, body = await _await(fut)
+                return status, body, {}
         principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
+        if not forwarded and self._remote(spec.symbol):
+            return await self.forwarder.forward(
+                spec.symbol, "place", principal, {"body": msgspec.to_builtins(req), "with_book": with_book},
+                local=lambda: self.place(principal, req, with_book=with_book, track=track, forwarded=True))
         client_id = self._client_for(principal, req.client_id)
         order_id = req.order_id or self._new_id()
         cmd = to_place(req, client_id, order_id, spec)
@@ -216,18 +237,23 @@ class OrderEntry:
 
         return seq.submit(CancelOrder(order_id, owner, seq.instrument, 0), render)
 
-    async def cancel(self, principal: Principal, order_id: str) -> Reply:
+    async def cancel(self, principal: Principal, order_id: str, forwarded: bool = False) -> Reply:
         fut = self.cancel_nowait(principal, order_id)
         if fut is None:
             # Not resting and not recently closed: the cancel goes through the sequencer
             # anyway if the row says open - it then runs after any batch still committing,
             # so the row we re-read below is the truth.
             row = await self._order_row(principal, order_id)
-            if row["status"] in CLOSED_STATUSES:
-                raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
             seq = self.sequencers.get(row["instrument"])
             if seq is None:
                 raise _not_found(order_id)
+            if not forwarded and self._remote(seq.instrument):
+                # Owned by another node (its book holds the order): that node decides.
+                return await self.forwarder.forward(
+                    seq.instrument, "cancel", principal, {"order_id": order_id},
+                    local=lambda: self.cancel(principal, order_id, forwarded=True))
+            if row["status"] in CLOSED_STATUSES:
+                raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
             fut = self._submit_cancel(seq, order_id, row["client_id"])
         return await self.finish_cancel(principal, order_id, await _await(fut))
 
@@ -258,7 +284,7 @@ class OrderEntry:
         return None, None
 
     # ------------------------------------------------------------------ cancel all
-    async def cancel_all(self, principal: Principal, req: CancelAllRequest) -> Reply:
+    async def cancel_all(self, principal: Principal, req: CancelAllRequest, forwarded: bool = False) -> Reply:
         principal.require_trade()
         client_id = self._client_for(principal, req.client_id)
         if req.instrument is not None:
@@ -269,13 +295,23 @@ class OrderEntry:
         def render(result, book):
             return 200, [s.order_id for s in result.orders]
 
-        futures = [self.sequencers[s].submit(CancelAll(client_id, s, 0, req.side), render) for s in symbols]
+        async def remote(sym: str) -> list[str]:
+            # The owner's cancel-all of this one instrument, merged into this answer.
+            status, body, _ = await self.forwarder.forward(
+                sym, "cancel_all", principal, {"client_id": client_id, "instrument": sym,
+                                               "side": req.side.value if req.side else None})
+            if status != 200:
+                raise Unavailable(sym)
+            return msgspec.json.decode(body)["cancelled"]
+
+        futures = [asyncio.ensure_future(remote(s)) if not forwarded and self._remote(s)
+                   else self.sequencers[s].submit(CancelAll(client_id, s, 0, req.side), render) for s in symbols]
         cancelled, failed = [], []
         for sym, fut in zip(symbols, futures):
             try:
-                _, ids = await fut
-                cancelled.extend(ids)
-            except Unavailable:
+                got = await fut
+                cancelled.extend(got if isinstance(got, list) else got[1])
+            except (Unavailable, ApiError):
                 failed.append(sym)
         body = {"cancelled": cancelled}
         if failed:
@@ -327,7 +363,8 @@ class OrderEntry:
 
         return seq.submit(cmd, render)
 
-    async def amend(self, principal: Principal, order_id: str, req: AmendRequest, *, with_book: bool = True) -> Reply:
+    async def amend(self, principal: Principal, order_id: str, req: AmendRequest, *, with_book: bool = True,
+                    forwarded: bool = False) -> Reply:
         fut = self.amend_nowait(principal, order_id, req, with_book=with_book)
         answer = (0, b"") if fut is None else await _await(fut)
         if answer[0]:
@@ -335,6 +372,11 @@ class OrderEntry:
         row = await self.journal.find_order(order_id)
         if row is None or not principal.may_act_for(row["client_id"]):
             raise _not_found(order_id)
+        if not forwarded and fut is None and row["instrument"] in self.sequencers and self._remote(row["instrument"]):
+            return await self.forwarder.forward(
+                row["instrument"], "amend", principal,
+                {"order_id": order_id, "body": msgspec.to_builtins(req), "with_book": with_book},
+                local=lambda: self.amend(principal, order_id, req, with_book=with_book, forwarded=True))
         if row["status"] in CLOSED_STATUSES:
             raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
         raise ApiError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
@@ -363,8 +405,15 @@ class OrderEntry:
         asyncio.ensure_future(self._cancel_everywhere(client_id, symbols, attempt))
 
     async def _cancel_everywhere(self, client_id: str, symbols: list[str], attempt: int) -> None:
-        futures = [self.sequencers[s].submit(CancelAll(client_id, s, 0, None, CancelReason.CANCEL_AFTER),
-                                             lambda result, book: (200, b"")) for s in symbols]
+        async def remote(sym: str) -> None:
+            status, _, _ = await self.forwarder.forward(
+                sym, "cancel_all", OPEN, {"client_id": client_id, "instrument": sym, "reason": "cancel_after"})
+            if status != 200:
+                raise Unavailable(sym)
+
+        futures = [asyncio.ensure_future(remote(s)) if self._remote(s)
+                   else self.sequencers[s].submit(CancelAll(client_id, s, 0, None, CancelReason.CANCEL_AFTER),
+                                                  lambda result, book: (200, b"")) for s in symbols]
         failed = []
         for sym, fut in zip(symbols, futures):
             try:
@@ -390,6 +439,48 @@ class OrderEntry:
                 fut = seq.submit(CancelOrder(order_id, state.client_id, seq.instrument, 0, reason),
                                  lambda result, book: (200, b""))
                 fut.add_done_callback(_consume)
+
+    # ------------------------------------------------------------------ forwarded (several nodes)
+    async def serve_forwarded(self, op: str, principal: Principal, args: dict) -> Reply:
+        """A command another node forwarded to this one, the instrument's owner (forwarding.py):
+        the same use case as a local request, never forwarded again."""
+        if op == "place":
+            req = decode_order_request(args["body"])
+            return await self.place(principal, req, with_book=bool(args.get("with_book", True)), forwarded=True)
+        if op == "cancel":
+            return await self.cancel(principal, args["order_id"], forwarded=True)
+        if op == "amend":
+            req = msgspec.convert(args["body"], AmendRequest)
+            return await self.amend(principal, args["order_id"], req, with_book=bool(args.get("with_book", True)),
+                                    forwarded=True)
+        if op == "cancel_all":
+            sym = args["instrument"]
+            if args.get("reason") == "cancel_after":
+                await _await(self.sequencers[sym].submit(
+                    CancelAll(args["client_id"], sym, 0, None, CancelReason.CANCEL_AFTER),
+                    lambda result, book: (200, b"")))
+                return 200, b'{"cancelled":[]}', {}
+            req = CancelAllRequest(instrument=sym, side=Side(args["side"]) if args.get("side") else None,
+                                   client_id=args["client_id"])
+            return await self.cancel_all(principal, req, forwarded=True)
+        if op == "handover":
+            return await self.handover(principal, args["instrument"], forwarded=True)
+        raise ApiError(400, "invalid_request", f"unknown forwarded operation {op!r}")
+
+    async def handover(self, principal: Principal, instrument: str, forwarded: bool = False) -> Reply:
+        """Admin: move one instrument off the node that owns it (see nodes.Membership.hand_over)."""
+        if not principal.is_admin:
+            raise ApiError(403, "forbidden", "an admin key is required")
+        sym = spec_for(self.instruments, instrument).symbol
+        if not forwarded and self._remote(sym):
+            return await self.forwarder.forward(sym, "handover", principal, {"instrument": sym})
+        if self.nodes is None or not self.sequencers[sym].ready:
+            raise ApiError(503, "unavailable", f"{sym} is not owned by a node right now; retry",
+                           headers={"Retry-After": "1"})
+        at, to = await self.nodes.hand_over(sym)
+        if at < 0:
+            raise ApiError(409, "no_other_node", f"no other live command node serves {sym}", "instrument")
+        return 200, json_encoder.encode({"instrument": sym, "seq": at, "from": self.nodes.node_id, "to": to}), {}
 
     # ------------------------------------------------------------------ read
     async def get(self, principal: Principal, order_id: str) -> Reply:

@@ -47,6 +47,29 @@ class Unavailable(Exception):
     """The instrument cannot accept commands right now (database down, lock lost, recovering)."""
 
 
+class LockHeld(Unavailable):
+    """Another session (another node) holds the instrument's lock."""
+
+
+APP_NAME_PREFIX = "exchange-command/"  # + node id: how pg_stat_activity names a lock session's node
+
+
+def lock_session_settings(node_id: str) -> dict[str, str]:
+    """Session settings of a lock connection. application_name says which node holds a lock
+    (pg_locks -> pg_stat_activity: command_service/nodes.py). TCP keepalives on the server's
+    side of the socket: a machine that vanished (power, cable) without closing its connections
+    is noticed by PostgreSQL within ~5 + 3 x 2 s and its session ends, releasing its locks
+    (the default, 2 h of idle before the first probe, would hold the instruments that long);
+    tcp_user_timeout bounds unacknowledged writes the same way."""
+    return {
+        "application_name": (APP_NAME_PREFIX + node_id)[:63],
+        "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "2",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "10000",
+    }
+
+
 # A render turns the engine's result into the caller's (status, body) while the book is
 # exactly in the state right after that command (the response shows the book after it).
 Render = Callable[[Any, OrderBook], tuple[int, bytes]]
@@ -64,8 +87,16 @@ class Submission:
 class Sequencer:
     def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
                  snapshot_every: int, metrics=None, event_log=None,
-                 recently_closed_keep: int = RecentlyClosed.DEFAULT_KEEP):
+                 recently_closed_keep: int = RecentlyClosed.DEFAULT_KEEP, node_id: str = ""):
         self.instrument = instrument
+        self.node_id = node_id
+        # Whether this node means to own the instrument (command_service/nodes.py decides; a
+        # sequencer built without a node layer wants its instrument from the start). While not
+        # wanted the loop does not try the lock; a try that finds the lock held by another
+        # session gives up (wanted = False) and leaves the next decision to the node layer.
+        self.wanted = True
+        self.lost_to_other = False  # the last try found another session holding the lock
+        self._handover: asyncio.Future | None = None  # release() in progress
         self.event_log = event_log  # command_service.event_log.EventLog, or None
         self.journal = JournalWriter(pool)
         self.dsn = dsn
@@ -92,11 +123,13 @@ class Sequencer:
         self._expiry_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        try:
-            await self._recover()
-        except Exception as exc:  # the loop keeps retrying; the service still starts
-            log.warning("%s: not ready at start: %s", self.instrument, exc, extra={"instrument": self.instrument})
+    async def start(self, claim: bool = True) -> None:
+        self.wanted = claim
+        if claim:
+            try:
+                await self._recover()
+            except Exception as exc:  # the loop keeps retrying; the service still starts
+                log.warning("%s: not ready at start: %s", self.instrument, exc, extra={"instrument": self.instrument})
         self._task = asyncio.create_task(self._run(), name=f"sequencer-{self.instrument}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"expiry-{self.instrument}")
 
@@ -143,13 +176,83 @@ class Sequencer:
         return fut
 
     # ------------------------------------------------------------------ loop
+    def claim(self) -> None:
+        """The node layer wants this instrument: try its lock (the loop recovers once it holds it)."""
+        self.wanted = True
+        self._wake.set()
+
+    async def release(self) -> int:
+        """Graceful handover (another node is to own the instrument, or this node stops): stop
+        taking commands (from now on this node forwards them), commit what is queued, store a
+        snapshot at that seq so the next owner recovers from it, and release the lock. Returns
+        the seq handed over. Commands arriving meanwhile are forwarded and wait for the next
+        owner (forwarding.py), so a handover shows clients no error."""
+        self.wanted = False
+        if not self.ready and self._handover is None:
+            return self.book.seq
+        if self._handover is None:
+            self._handover = asyncio.get_running_loop().create_future()
+            self.ready = False  # submit() refuses: the entry forwards instead
+            self._wake.set()
+        return await asyncio.shield(self._handover)
+
+    async def _hand_over(self) -> None:
+        fut = self._handover
+        seq = self.book.seq
+        try:
+            while self._pending and self._lock_conn is not None:
+                items = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                await self._process(items)  # still the lock holder; submit() refuses new ones meanwhile
+            seq = self.book.seq
+            for t in list(self._background):
+                with contextlib.suppress(Exception):  # a snapshot in flight that fails is replaced below
+                    await asyncio.wait_for(t, 10)
+            if self._events_since_snapshot and self._lock_conn is not None and not self._lock_conn.is_closed():
+                # Inline, not forked: the instrument accepts nothing here anyway, and the next
+                # owner's recovery is then a snapshot load plus nothing to replay.
+                await self.journal.save_snapshot(self.instrument, seq, self.book.snapshot())
+                self._events_since_snapshot = 0
+        except Exception as exc:
+            log.warning("%s: handover snapshot at seq %d not stored (%r): the next owner replays the journal",
+                        self.instrument, seq, exc, extra={"instrument": self.instrument})
+        finally:
+            self._fail(self._pending, Unavailable(f"{self.instrument} is moving to another node; retry"))
+            self._pending = []
+            conn, self._lock_conn = self._lock_conn, None  # not ours any more: no "lock lost" alarm
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):  # closing ends the session, which releases the lock
+                    await conn.close(timeout=5)
+            self.ready = False
+            self._handover = None
+            if not fut.done():
+                fut.set_result(seq)
+            log.info("%s: handed over at seq %d", self.instrument, seq, extra={"instrument": self.instrument})
+
+    async def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.ready and self.wanted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.ready
+
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            if self._handover is not None:
+                await self._hand_over()
+                continue
             if not self.ready:
+                if not self.wanted:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
                 try:
                     await self._recover()
                     backoff = 0.1
+                except LockHeld as exc:
+                    log.info("%s: %s", self.instrument, exc, extra={"instrument": self.instrument})
+                    self.wanted = False
+                    continue
                 except Exception as exc:
                     log.warning("%s: recovery failed (%s); retrying in %.1fs", self.instrument, exc, backoff, extra={"instrument": self.instrument})
                     await asyncio.sleep(backoff)
@@ -157,7 +260,7 @@ class Sequencer:
                     continue
             await self._wake.wait()
             self._wake.clear()
-            while self._pending and self.ready:
+            while self._pending and self.ready and self._handover is None:
                 items = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 await self._process(items)
@@ -270,11 +373,14 @@ class Sequencer:
             except Exception:
                 with contextlib.suppress(Exception):  # the connection is being thrown away after an error already handled
                     conn.terminate()
-        conn = await asyncpg.connect(self.dsn, connection_class=NoResetConnection)
+        conn = await asyncpg.connect(self.dsn, connection_class=NoResetConnection,
+                                     server_settings=lock_session_settings(self.node_id))
         got = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, self.instrument)
         if not got:
             await conn.close()
-            raise Unavailable(f"another sequencer holds the lock for {self.instrument}")
+            self.lost_to_other = True
+            raise LockHeld(f"another sequencer holds the lock for {self.instrument}")
+        self.lost_to_other = False
         conn.add_termination_listener(self._on_lock_lost)
         self._lock_conn = conn
 
@@ -282,6 +388,10 @@ class Sequencer:
         if conn is self._lock_conn and not self._stopping:
             log.error("%s: lock connection lost; stop accepting until recovered", self.instrument, extra={"instrument": self.instrument})
             self.ready = False
+            # Queued, never committed: answered now (503, retryable), not left waiting for a
+            # recovery that may never come here (another node may own the instrument now).
+            self._fail(self._pending, Unavailable(f"{self.instrument} lost its lock; retry"))
+            self._pending = []
             self._wake.set()
 
     async def _recover(self) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import msgspec
 
-from contracts.env import env_bool, env_float, env_int, env_port
+from contracts.env import SettingError, env_bool, env_float, env_int, env_port
 from contracts.instruments import instruments_file_setting
 
 
@@ -16,6 +17,15 @@ def _int(name: str, default: int) -> int:
 
 def _float(name: str, default: float) -> float:
     return env_float(name, default, minimum=0.0)
+
+
+def _node_id(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return f"{socket.gethostname()}-{os.getpid()}"
+    if len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
+        raise SettingError("EXCHANGE_NODE_ID", value, "up to 64 letters, digits, '-', '_' or '.'")
+    return value
 
 
 class CommandSettings(msgspec.Struct, frozen=True):
@@ -62,6 +72,14 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # API key -> client cache: a revoked key stops working within this; its open /ws sessions
     # within this + contracts.auth.SESSION_RECHECK_S.
     auth_cache_ttl_s: float = 30.0
+    # Nodes (issue 14, command_service/nodes.py): this node's id (default: host and pid, unique
+    # per process), how often it heartbeats, and after how long without a heartbeat a node counts
+    # as gone (its instruments are taken over; a frozen holder's session is terminated).
+    node_id: str = ""
+    node_heartbeat_s: float = 1.0
+    node_lease_s: float = 5.0
+    # A forwarded command gets the owner's answer within this, or 503 with Retry-After.
+    forward_timeout_s: float = 3.0
 
     @classmethod
     def from_env(cls) -> "CommandSettings":
@@ -94,4 +112,8 @@ class CommandSettings(msgspec.Struct, frozen=True):
                                   if a.strip()),
             max_open_orders=_int("EXCHANGE_MAX_OPEN_ORDERS", 1000),
             auth_cache_ttl_s=_float("EXCHANGE_COMMAND_AUTH_CACHE_S", 30.0),
+            node_id=_node_id(env("EXCHANGE_NODE_ID", "")),
+            node_heartbeat_s=env_float("EXCHANGE_NODE_HEARTBEAT_S", 1.0, minimum=0.05),
+            node_lease_s=env_float("EXCHANGE_NODE_LEASE_S", 5.0, minimum=0.5),
+            forward_timeout_s=env_float("EXCHANGE_FORWARD_TIMEOUT_S", 3.0, minimum=0.1),
         )

@@ -76,10 +76,14 @@ PLACE_RESPONSE = obj({"order": ORDER, "trades": array(TRADE), "orderbook": BOOK_
 ORDER_RESPONSE = obj({"order": ORDER})
 CANCEL_ALL_RESPONSE = obj({"cancelled": array(STR), "unavailable_instruments": array(STR)}, ["cancelled"])
 SNAPSHOT_RESPONSE = obj({"snapshots": array(obj({"instrument": STR, "seq": SEQ, "bytes": INT}))})
+HANDOVER_RESPONSE = obj({"instrument": STR, "seq": SEQ, "from": STR, "to": {"type": ["string", "null"]}})
 SETTLEMENT_RUN = obj({}, [], "one instrument's settlement run")
 SETTLEMENT_RESPONSE = obj({"cutoff": TIME, "runs": array(SETTLEMENT_RUN)})
 HEALTH = obj({"status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]}, "timestamp": TIME,
-              "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
+              "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+              # several command nodes (issue 14): the gateway's /healthz lists them and who owns what
+              "nodes": {"type": "object", "additionalProperties": obj({"url": STR, "status": STR})},
+              "owners": {"type": "object", "additionalProperties": STR}},
              ["status", "checks"])
 
 TRADES = obj({"instrument": STR, "trades": array(TRADE), "count": INT})
@@ -128,6 +132,7 @@ CANCEL_AFTER_RESPONSE = obj({"timeout_ms": INT, "current_time": TIME, "trigger_t
 COMPONENTS = {
     "Error": ERROR_RESPONSE, "Order": ORDER, "Trade": TRADE, "BookLevel": LEVEL, "PlaceOrderResponse": PLACE_RESPONSE,
     "OrderResponse": ORDER_RESPONSE, "CancelAllResponse": CANCEL_ALL_RESPONSE, "SnapshotResponse": SNAPSHOT_RESPONSE,
+    "HandoverResponse": HANDOVER_RESPONSE,
     "SettlementResponse": SETTLEMENT_RESPONSE, "Health": HEALTH, "OrderBook": ORDERBOOK, "Trades": TRADES,
     "Analytics": ANALYTICS, "Candles": CANDLES, "Ticker": TICKER, "Instruments": INSTRUMENTS,
     "Positions": POSITIONS, "Orders": ORDERS, "Fills": FILLS, "Settlements": SETTLEMENTS,

@@ -27,6 +27,16 @@ def feed_subject(instrument: str) -> str:
 # NATS request/reply: orders sent on the query service's /stream go to the command service.
 ORDER_REQUEST_SUBJECT = "exchange.orders.submit"
 
+# NATS request/reply between command nodes (issue 14): a node forwards a command for an instrument
+# it does not own to the owner, which alone subscribes to the instrument's subject. Internal: the
+# principal in these requests was authenticated by the sending node and is trusted only here.
+NODE_COMMAND_SUBJECT_PREFIX = "exchange.internal.command"  # exchange.internal.command.<instrument>
+
+
+def node_command_subject(instrument: str) -> str:
+    return f"{NODE_COMMAND_SUBJECT_PREFIX}.{instrument}"
+
+
 # PostgreSQL NOTIFY channel: the journal writer notifies it in each batch's transaction (delivered at
 # commit) with the instrument as payload; the relay leader LISTENs on it.
 JOURNAL_NOTIFY_CHANNEL = "exchange_events"

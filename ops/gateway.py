@@ -72,7 +72,7 @@ def render_compose_conf() -> str:
     """The gateway config of compose.yaml (container paths, compose service names)."""
     return render_gateway_conf(
         listen="3000",
-        command_servers=["command:8001"],
+        command_servers=["command-1:8001", "command-2:8001"],  # the command nodes (issue 14)
         query_servers=["query-1:8002", "query-2:8003"],
         pid_path="/var/run/nginx.pid",
         error_log="/dev/stderr",

@@ -60,7 +60,7 @@ def render_prometheus_conf(*, profile: str, rules: str, command: list[str], rela
 def render_compose_conf() -> str:
     """compose.yaml's Prometheus config (compose service names; the rules file beside it, as in ops/)."""
     return render_prometheus_conf(
-        profile="compose", rules="alerts.yml", command=["command:8001"], relay=["relay:8011"],
+        profile="compose", rules="alerts.yml", command=["command-1:8001", "command-2:8001"], relay=["relay:8011"],
         query=["query-1:8002", "query-2:8003"], prometheus=["localhost:9090"],
     )
 

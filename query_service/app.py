@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl
 
 import asyncpg
 import httpx
-import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get, websocket
 from litestar.connection import WebSocket
 from litestar.exceptions import HTTPException
@@ -37,6 +36,7 @@ from query_service.journal import JournalReader
 from query_service.metrics import QueryMetrics
 from query_service.projector import Projector
 from query_service.records import CANDLE_INTERVALS
+from query_service.redis_cluster import connect as redis_connect
 from query_service.redis_keys import Keys
 from query_service.retention import Retention
 from query_service.settings import QuerySettings
@@ -58,7 +58,7 @@ class Services:
         self.instruments = load_instruments(settings.instruments_file)
         self.keys = Keys(settings.redis_prefix)
         self.metrics = QueryMetrics()
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.redis = redis_connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.bus = Bus(settings.nats_url)
         self.journal = JournalReader(settings.pg_dsn)
         self.auth = authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
@@ -67,7 +67,7 @@ class Services:
         # The projector's own connections: no per-read socket timeout (redis-py arms one
         # per reply, which costs more than the write itself in large MULTI/EXECs); each
         # batch is bounded by one timeout around the whole transaction instead.
-        self.projector_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        self.projector_redis = redis_connect(settings.redis_url, socket_connect_timeout=2)
         self.projector = (
             Projector(settings, self.instruments, self.projector_redis, self.bus, self.journal, self.metrics)
             if settings.projector_enabled

@@ -56,20 +56,46 @@ async def own_checks(services) -> dict[str, str]:
     return dict(zip(names, results))
 
 
-async def _command(services) -> bool:
-    r = await services.http.get(f"{services.settings.command_url}/healthz", timeout=TIMEOUT)
-    return r.status_code == 200
+async def _command_node(services, url: str) -> dict | None:
+    """A command node's /healthz body (with its node id and the owners it sees), or None."""
+    with contextlib.suppress(Exception):  # unreachable or not JSON: that node is not healthy
+        r = await services.http.get(f"{url}/healthz", timeout=TIMEOUT)
+        body = r.json()
+        body["healthy"] = r.status_code == 200
+        return body
+    return None
+
+
+async def _command(services) -> tuple[str, dict]:
+    """Several command nodes (issue 14): healthy while every instrument is owned by a node that
+    answers; the answer lists each node and the owner of every instrument."""
+    s = services.settings
+    urls = list(s.command_urls) or [s.command_url]
+    bodies = await asyncio.gather(*(_command_node(services, u) for u in urls))
+    nodes: dict[str, dict] = {}
+    owners: dict[str, str | None] = {}
+    for url, b in zip(urls, bodies):
+        name = (b or {}).get("node") or url
+        nodes[name] = {"url": url, "status": "healthy" if b and b["healthy"] else "unhealthy"}
+        if b and b["healthy"]:
+            for sym, node in (b.get("owners") or {}).items():
+                if node is not None:
+                    owners[sym] = node
+    ok = any(n["status"] == "healthy" for n in nodes.values())
+    return ("healthy" if ok else "unhealthy"), {"nodes": nodes, "owners": owners}
 
 
 async def health(services, system: bool = False) -> tuple[int, dict]:
+    extra: dict = {}
     if system:
-        checks, command = await asyncio.gather(own_checks(services), _guard(_command(services)))
+        checks, (command, extra) = await asyncio.gather(own_checks(services), _command(services))
         checks["command"] = command
         checks["query"] = "healthy"
     else:
         checks = await own_checks(services)
     ok = all(v == "healthy" for v in checks.values())
-    body = {"status": "healthy" if ok else "unhealthy", "timestamp": iso_ms(time.time_ns()), "checks": checks}
+    body = {"status": "healthy" if ok else "unhealthy", "timestamp": iso_ms(time.time_ns()), "checks": checks,
+            **extra}
     # Views this replica cannot bring up to date: degraded, naming each instrument and why.
     problems = views_problems(services)
     for inst in await _unready(services):

@@ -44,6 +44,7 @@ from query_service.feed import build_feed
 from query_service.journal import JournalReader
 from query_service.metrics import QueryMetrics
 from query_service.projection import GapError, project
+from query_service.redis_cluster import get_many, is_cluster
 from query_service.redis_keys import Keys
 from query_service.render import ticker_view
 from query_service.settings import QuerySettings
@@ -123,6 +124,7 @@ class Projector:
 
     async def start(self, kafka: bool = True) -> None:
         self._running = True
+        self._tasks.append(asyncio.create_task(self._drop_legacy_layout(), name="projector-legacy-layout"))
         try:
             await asyncio.wait_for(self.mark_complete_views(), 5.0)
         except Exception as exc:  # PostgreSQL or Redis not there yet: the watchdog marks them later
@@ -130,6 +132,31 @@ class Projector:
         if kafka:
             self._tasks.append(asyncio.create_task(self._consume_forever(), name="projector-kafka"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="projector-watchdog"))
+
+    async def _drop_legacy_layout(self) -> None:
+        """Views of the layout before issue 14 (global record hash "{p}orders", keys without a hash
+        tag) are never read: the new seq keys do not exist, so every instrument is rebuilt from the
+        journal. Their keys are dropped once here so they do not hold memory forever. Only a single
+        Redis can have them (a cluster could not run that layout: its batches spanned slots)."""
+        if is_cluster(self.redis):
+            return
+        try:
+            if not await self.redis.exists(self.keys.legacy()):
+                return
+            p = self.keys.p
+            dropped = 0
+            batch: list[bytes] = []
+            async for k in self.redis.scan_iter(match=p + "*", count=1000):
+                if not k.startswith(p.encode() + b"{"):
+                    batch.append(k)
+                if len(batch) >= 1000:
+                    dropped += await self.redis.unlink(*batch)
+                    batch = []
+            if batch:
+                dropped += await self.redis.unlink(*batch)
+            log.info("projector: dropped %d keys of the old Redis layout (views rebuild from the journal)", dropped)
+        except Exception as exc:  # noqa: BLE001 - leftovers only cost memory; the next start tries again
+            log.warning("projector: dropping the old Redis layout failed: %r", exc)
 
     async def stop(self) -> None:
         self._running = False
@@ -496,7 +523,7 @@ class Projector:
     async def _watch_round(self, prev_journal: dict[str, int], catch_up: bool = True) -> None:
         symbols = self.instruments.symbols
         jmax = await self.journal.max_seqs(symbols)
-        raw = await self.redis.mget([self.keys.seq(i) for i in symbols] + [self.keys.ready(i) for i in symbols])
+        raw = await get_many(self.redis, [self.keys.seq(i) for i in symbols] + [self.keys.ready(i) for i in symbols])
         ready = raw[len(symbols):]
         raw = raw[: len(symbols)]
         for inst, r, rd in zip(symbols, raw, ready):
@@ -508,6 +535,12 @@ class Projector:
             # broker down, offsets lost), or views missing entirely: use the journal.
             behind = views < prev_journal.get(inst, 0) or (r is None and journal > 0)
             prev_journal[inst] = journal
+            if r is not None and views >= journal and inst in self.failing:
+                # Caught up with the journal (by Kafka, or a catch-up elsewhere) since the failure:
+                # whatever failed (a Redis restart's closed connection) is over. Without this a
+                # one-off failure of a watchdog catch-up stayed reported until the instrument's
+                # next event (chaos: redis+query-1 left query-2 degraded for minutes).
+                self.failing.pop(inst, None)
             if behind and catch_up and self.owns(inst):
                 try:
                     await self.catch_up(inst, "empty" if r is None else "stalled")

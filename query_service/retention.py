@@ -5,11 +5,13 @@ Redis holds every open order, and closed orders and fills for EXCHANGE_QUERY_RET
 read-only pool), with the same paging (views.orders merges both below the horizon).
 
 How closed orders are found without scanning: when an order closes, the projector adds it
-to one sorted set, `{p}closed`, scored by the closing event's time (seconds), member
-"client\\ninstrument\\ncreated_ts(19)|order_id" - everything needed to remove it from the
-client's order indexes. The sweeper (every replica runs one; the script is idempotent and
-atomic, so two at once only share the work) removes up to BATCH of the oldest entries per
-call: the order record, its four index entries and the closed entry itself.
+to its instrument's sorted set `{p}{I}:closed`, scored by the closing event's time (seconds),
+member "client\ncreated_ts(19)|order_id" - everything needed to remove it from the client's
+order indexes of that instrument. The sweeper (every replica runs one; the script is
+idempotent and atomic, so two at once only share the work) removes up to BATCH of the oldest
+entries per call: the order record, its two index entries and the closed entry itself.
+Every key a script touches is the instrument's (one hash tag, one slot: redis_keys.py), so the
+scripts run unchanged on a Redis Cluster.
 
 Fills: members of a client's fill sets start with the fill's ts (19 digits), so everything
 older than the cutoff is one ZREMRANGEBYLEX per set; the clients of each instrument are in
@@ -34,18 +36,17 @@ log = logging.getLogger("query_service.retention")
 BATCH = 1000  # closed orders per script call (one call holds Redis for ~1 ms)
 MAX_CALLS = 200  # per sweep: bounded, the next sweep continues
 
-# KEYS[1] = closed index, KEYS[2] = orders hash; ARGV = cutoff (s), batch, key prefix.
+# KEYS[1] = the instrument's closed index, KEYS[2] = its orders hash; ARGV = cutoff (s), batch,
+# the instrument's key base "{p}{I}:" (the keys built from it have the same hash tag).
 SWEEP_ORDERS = """
 local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local p = ARGV[3]
+local base = ARGV[3]
 for _, e in ipairs(entries) do
-    local client, inst, member = string.match(e, '^(.-)\\n(.-)\\n(.*)$')
+    local client, member = string.match(e, '^(.-)\\n(.*)$')
     if member then
         local oid = string.match(member, '^[^|]*|(.*)$')
-        redis.call('ZREM', p .. 'co:' .. client .. ':all', member)
-        redis.call('ZREM', p .. 'co:' .. client .. ':closed', member)
-        redis.call('ZREM', p .. 'co:' .. client .. ':' .. inst .. ':all', member)
-        redis.call('ZREM', p .. 'co:' .. client .. ':' .. inst .. ':closed', member)
+        redis.call('ZREM', base .. 'co:' .. client .. ':all', member)
+        redis.call('ZREM', base .. 'co:' .. client .. ':closed', member)
         if oid then redis.call('HDEL', KEYS[2], oid) end
     end
     redis.call('ZREM', KEYS[1], e)
@@ -53,20 +54,19 @@ end
 return #entries
 """
 
-# KEYS[1] = the instrument's clients set; ARGV = prefix, instrument, exclusive lex bound.
+# KEYS[1] = the instrument's clients set; ARGV = the instrument's key base, exclusive lex bound.
 SWEEP_FILLS = """
-local p = ARGV[1]
+local base = ARGV[1]
 local removed = 0
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    removed = removed + redis.call('ZREMRANGEBYLEX', p .. 'cf:' .. c, '-', ARGV[3])
-    removed = removed + redis.call('ZREMRANGEBYLEX', p .. 'cf:' .. c .. ':' .. ARGV[2], '-', ARGV[3])
+    removed = removed + redis.call('ZREMRANGEBYLEX', base .. 'cf:' .. c, '-', ARGV[2])
 end
 return removed
 """
 
 
-def closed_entry(client: str, instrument: str, member: str) -> str:
-    return f"{client}\n{instrument}\n{member}"
+def closed_entry(client: str, member: str) -> str:
+    return f"{client}\n{member}"
 
 
 class Retention:
@@ -106,16 +106,18 @@ class Retention:
         Returns (orders removed, fills removed)."""
         cutoff = (time.time() if now_s is None else now_s) - self.retention_s
         orders = 0
-        for _ in range(MAX_CALLS):
-            n = int(await self._orders(keys=[self.keys.closed, self.keys.orders],
-                                       args=[repr(cutoff), BATCH, self.keys.p]))
-            orders += n
-            if n < BATCH:
-                break
+        k = self.keys
+        for inst in self.symbols:
+            for _ in range(MAX_CALLS):
+                n = int(await self._orders(keys=[k.closed(inst), k.orders(inst)],
+                                           args=[repr(cutoff), BATCH, k.base(inst)]))
+                orders += n
+                if n < BATCH:
+                    break
         bound = b"(" + f"{int(cutoff * 1e9):019d}".encode()
         fills = 0
         for inst in self.symbols:
-            fills += int(await self._fills(keys=[self.keys.clients(inst)], args=[self.keys.p, inst, bound]))
+            fills += int(await self._fills(keys=[k.clients(inst)], args=[k.base(inst), bound]))
         if orders or fills:
             log.info("retention: %d closed orders and %d fill entries left Redis (older than %.0f s)",
                      orders, fills, self.retention_s)

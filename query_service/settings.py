@@ -11,9 +11,20 @@ from typing import Mapping
 
 import msgspec
 
-from contracts.env import env_bool, env_choice, env_float, env_int, env_port
+from contracts.env import SettingError, env_bool, env_choice, env_float, env_int, env_port
 from contracts.instruments import instruments_file_setting
 from contracts.topics import EVENTS_TOPIC
+
+REDIS_CLUSTER_SCHEME = "redis+cluster://"  # query_service/redis_cluster.py
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", REDIS_CLUSTER_SCHEME)
+
+
+def _redis_url(value: str) -> str:
+    """One Redis (redis://, rediss://, unix://) or a Redis Cluster through any of its nodes
+    (redis+cluster://host:port): the views' keys fit both (query_service/redis_keys.py)."""
+    if not value.startswith(_REDIS_SCHEMES):
+        raise SettingError("EXCHANGE_REDIS_URL", value, "redis://host:port/db or redis+cluster://host:port")
+    return value
 
 
 class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +38,8 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8002
     command_url: str = "http://127.0.0.1:8001"
+    # Every command node (issue 14): the system health asks each one; default: command_url.
+    command_urls: tuple[str, ...] = ()
 
     # Projector. Every replica joins the same consumer group (see projector.py for why).
     projector_enabled: bool = True
@@ -96,7 +109,7 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
         port = env_port("EXCHANGE_QUERY_PORT", d.port, env)
         return cls(
             pg_dsn=s("EXCHANGE_PG_DSN", d.pg_dsn),
-            redis_url=s("EXCHANGE_REDIS_URL", d.redis_url),
+            redis_url=_redis_url(s("EXCHANGE_REDIS_URL", d.redis_url)),
             nats_url=s("EXCHANGE_NATS_URL", d.nats_url),
             kafka_bootstrap=s("EXCHANGE_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             kafka_topic=s("EXCHANGE_KAFKA_TOPIC", d.kafka_topic),
@@ -105,6 +118,7 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
             host=s("EXCHANGE_HOST", d.host),
             port=port,
             command_url=s("EXCHANGE_COMMAND_URL", d.command_url).rstrip("/"),
+            command_urls=tuple(u.strip().rstrip("/") for u in s("EXCHANGE_COMMAND_URLS", "").split(",") if u.strip()),
             projector_enabled=b("EXCHANGE_QUERY_PROJECTOR", d.projector_enabled),
             kafka_group=s("EXCHANGE_QUERY_GROUP", d.kafka_group),
             kafka_offset_reset=env_choice("EXCHANGE_QUERY_OFFSET_RESET", d.kafka_offset_reset, ("earliest", "latest"), env),
@@ -132,6 +146,10 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
             read_rate_limit_per_second=f("EXCHANGE_READ_RATE_LIMIT_PER_SECOND", d.read_rate_limit_per_second),
             read_rate_limit_burst=i("EXCHANGE_READ_RATE_LIMIT_BURST", d.read_rate_limit_burst),
         )
+
+    @property
+    def redis_cluster(self) -> bool:
+        return self.redis_url.startswith(REDIS_CLUSTER_SCHEME)
 
     def replace(self, **changes) -> "QuerySettings":
         return msgspec.structs.replace(self, **changes)

@@ -28,6 +28,7 @@ from query_service.records import (
     unpack_order,
     unpack_position,
 )
+from query_service.redis_cluster import key_connection, resp_encode
 from query_service.redis_keys import Keys
 from query_service.render import fill_view, ticker_window, trade_views
 from query_service.retention import closed_entry
@@ -66,40 +67,24 @@ def _int(raw) -> int:
     return int(raw) if raw is not None else 0
 
 
-def resp_encode(cmds: list[tuple]) -> bytes:
-    """Commands -> one RESP request (args: bytes, str or int). A few times cheaper than
-    redis-py's per-argument packer for MULTIs of hundreds of arguments."""
-    out: list[bytes] = []
-    add = out.append
-    for c in cmds:
-        add(b"*%d\r\n" % len(c))
-        for a in c:
-            if a.__class__ is bytes:
-                b = a
-            elif a.__class__ is str:
-                b = a.encode()
-            else:
-                b = str(a).encode()
-            add(b"$%d\r\n" % len(b))
-            add(b)
-            add(b"\r\n")
-    return b"".join(out)
-
-
 class WatchedTx:
     """One pooled connection used for a compare-and-set on a key: WATCH and all reads go
     in ONE round trip, MULTI ... EXEC in a second. (redis-py's pipeline would need a
     round trip for WATCH alone and parses each reply with a timeout of its own.)
-    Replies are raw (no redis-py response callbacks)."""
+    Replies are raw (no redis-py response callbacks). On a Redis Cluster the connection
+    goes to the node of the key's slot: every key a batch touches has the instrument's
+    hash tag (redis_keys.py), so the whole transaction is on that node."""
 
     def __init__(self, redis, key: str):
-        self.pool = redis.connection_pool
+        self.redis = redis
         self.key = key
         self.conn = None
         self.done = False
+        self._cm = None
 
     async def __aenter__(self) -> "WatchedTx":
-        self.conn = await self.pool.get_connection()
+        self._cm = key_connection(self.redis, self.key)
+        self.conn = await self._cm.__aenter__()
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -110,7 +95,7 @@ class WatchedTx:
             elif not self.done:
                 await self._run([("UNWATCH",)])
         finally:
-            await self.pool.release(self.conn)
+            await self._cm.__aexit__(exc_type, exc, tb)
 
     async def _run(self, cmds: list[tuple]) -> list:
         conn = self.conn
@@ -172,9 +157,9 @@ async def read_state(tx: WatchedTx, keys: Keys, instrument: str, events: list[Ev
 
     cmds: list[tuple] = [("GET", keys.seq(instrument)), ("GET", keys.taking(instrument)), ("GET", keys.last(instrument))]
     if order_ids:
-        cmds.append(("HMGET", keys.orders, *order_ids))
+        cmds.append(("HMGET", keys.orders(instrument), *order_ids))
     for c in clients:
-        cmds.append(("HGET", keys.pos(c), instrument))
+        cmds.append(("HGET", keys.pos(instrument), c))
     for res, start in buckets:
         cmds.append(("ZRANGEBYSCORE", keys.candles(instrument, res), start, start))
     if has_trades:
@@ -218,7 +203,7 @@ async def read_state(tx: WatchedTx, keys: Keys, instrument: str, events: list[Ev
     taking = json.loads(raw_taking) if raw_taking else []
     missing = [oid for oid in taking if oid not in orders]
     if missing:
-        (raws,) = await tx.read([("HMGET", keys.orders, *missing)])
+        (raws,) = await tx.read([("HMGET", keys.orders(instrument), *missing)])
         for oid, raw in zip(missing, raws):
             if raw is not None:
                 orders[oid] = unpack_order(raw)
@@ -238,29 +223,13 @@ async def read_state(tx: WatchedTx, keys: Keys, instrument: str, events: list[Ev
 
 async def purge_commands(tx: WatchedTx, keys: Keys, instrument: str) -> list[tuple]:
     """Commands that remove every trace of `instrument` from the views (before a rebuild
-    from seq 1 when its last_seq is gone but other data may remain)."""
+    from seq 1 when its last_seq is gone but other data may remain). Every key of the
+    instrument is its own (redis_keys.py): its keys plus its clients' per-instrument ones."""
     cmds: list[tuple] = [("DEL", *keys.instrument_keys(instrument))]
     (members,) = await tx.read([("SMEMBERS", keys.clients(instrument))])
-    clients = [c.decode() for c in members]
-    if not clients:
-        return cmds
-    reads = []
-    for c in clients:
-        reads.append(("ZRANGE", keys.client_orders(c, "all", instrument), 0, -1))
-        reads.append(("ZRANGE", keys.client_fills(c, instrument), 0, -1))
-    res = await tx.read(reads)
-    for n, c in enumerate(clients):
-        order_members, fill_members = res[2 * n], res[2 * n + 1]
-        cmds.append(("HDEL", keys.pos(c), instrument))
-        for which in ("all", "open", "closed"):
-            cmds.append(("DEL", keys.client_orders(c, which, instrument)))
-            if order_members:
-                cmds.append(("ZREM", keys.client_orders(c, which), *order_members))
-        if order_members:
-            cmds.append(("HDEL", keys.orders, *(m.split(b"|", 1)[1] for m in order_members)))
-        cmds.append(("DEL", keys.client_fills(c, instrument)))
-        if fill_members:
-            cmds.append(("ZREM", keys.client_fills(c), *fill_members))
+    for c in sorted(m.decode() for m in members):
+        cmds.append(("DEL", *(keys.client_orders(c, w, instrument) for w in ("all", "open", "closed")),
+                     keys.client_fills(c, instrument)))
     return cmds
 
 
@@ -302,7 +271,7 @@ def delta_commands(
         flat = []
         for oid, o in delta.orders.items():
             flat += (oid, pack(o))
-        cmds.append(("HSET", keys.orders, *flat))
+        cmds.append(("HSET", keys.orders(i), *flat))
     zadd: dict[str, list] = {}
     zrem: dict[str, list] = {}
     closed: list = []
@@ -315,24 +284,22 @@ def delta_commands(
 
     for client, member, is_open in delta.index_add:
         which = "open" if is_open else "closed"
-        for k in (keys.client_orders(client, "all"), keys.client_orders(client, "all", i),
-                  keys.client_orders(client, which), keys.client_orders(client, which, i)):
+        for k in (keys.client_orders(client, "all", i), keys.client_orders(client, which, i)):
             zadd.setdefault(k, []).extend((0, member))
         if not is_open:
-            closed += (closed_at(member), closed_entry(client, i, member))
+            closed += (closed_at(member), closed_entry(client, member))
     for client, member in delta.index_close:
-        for inst in (None, i):
-            zrem.setdefault(keys.client_orders(client, "open", inst), []).append(member)
-            zadd.setdefault(keys.client_orders(client, "closed", inst), []).extend((0, member))
-        closed += (closed_at(member), closed_entry(client, i, member))
+        zrem.setdefault(keys.client_orders(client, "open", i), []).append(member)
+        zadd.setdefault(keys.client_orders(client, "closed", i), []).extend((0, member))
+        closed += (closed_at(member), closed_entry(client, member))
     if closed:
-        cmds.append(("ZADD", keys.closed, *closed))
+        cmds.append(("ZADD", keys.closed(i), *closed))
     for k, members in zrem.items():
         cmds.append(("ZREM", k, *members))
     for k, flat in zadd.items():
         cmds.append(("ZADD", k, *flat))
     for client, pos in delta.positions.items():
-        cmds.append(("HSET", keys.pos(client), i, pack(pos)))
+        cmds.append(("HSET", keys.pos(i), client, pack(pos)))
     if delta.trades:
         cmds.append(("LPUSH", keys.trades(i), *(json_encoder.encode(tv) for tv in trade_views(spec, delta))))
         cmds.append(("LTRIM", keys.trades(i), 0, recent_trades - 1))
@@ -340,7 +307,6 @@ def delta_commands(
         by_key: dict[str, list] = {}
         for f in delta.fills:
             m = fill_member(spec, f)
-            by_key.setdefault(keys.client_fills(f.client_id), []).extend((0, m))
             by_key.setdefault(keys.client_fills(f.client_id, i), []).extend((0, m))
         for k, flat in by_key.items():
             cmds.append(("ZADD", k, *flat))

@@ -12,6 +12,7 @@ from contracts.enums import OrderType, TimeInForce
 from contracts.instruments import Instruments, InstrumentSpec
 from query_service.params import encode_cursor
 from query_service.records import Bucket, unpack_last, unpack_order, unpack_position
+from query_service.redis_cluster import atomic_read
 from query_service.redis_keys import Keys
 from query_service.render import (
     aggregate_buckets,
@@ -59,13 +60,14 @@ class _Book:
 async def read_top(redis, keys: Keys, instrument: str, depth: int) -> tuple[int, int, list, list]:
     """(seq, ts, bids, asks) read atomically (MULTI): the levels belong to that seq.
     depth -1 = the whole book. NotReady while the views are rebuilt."""
-    p = redis.pipeline(transaction=True)
-    p.get(keys.ready(instrument))
-    p.get(keys.seq(instrument))
-    p.get(keys.ts(instrument))
-    p.zrevrange(keys.bids(instrument), 0, depth - 1 if depth > 0 else -1)
-    p.zrange(keys.asks(instrument), 0, depth - 1 if depth > 0 else -1)
-    ready, seq, ts, bids, asks = await p.execute()
+    n = depth - 1 if depth > 0 else -1
+    ready, seq, ts, bids, asks = await atomic_read(redis, [
+        ("GET", keys.ready(instrument)),
+        ("GET", keys.seq(instrument)),
+        ("GET", keys.ts(instrument)),
+        ("ZRANGE", keys.bids(instrument), 0, n, "REV"),
+        ("ZRANGE", keys.asks(instrument), 0, n),
+    ])
     if ready is None:
         raise NotReady([instrument])
     return int(seq or 0), int(ts or 0), level_pairs(bids), level_pairs(asks)
@@ -194,15 +196,15 @@ async def ticker(redis, keys: Keys, spec: InstrumentSpec, now_ns: int | None = N
     now_ns = time.time_ns() if now_ns is None else now_ns
     inst = spec.symbol
     w0, h1 = ticker_window(now_ns // 1_000_000_000)
-    p = redis.pipeline(transaction=True)
-    p.get(keys.ready(inst))
-    p.get(keys.seq(inst))
-    p.get(keys.last(inst))
-    p.zrangebyscore(keys.candles(inst, 60), w0, h1 - 1)
-    p.zrangebyscore(keys.candles(inst, 3600), h1, "+inf")
-    p.zrevrange(keys.bids(inst), 0, 0)
-    p.zrange(keys.asks(inst), 0, 0)
-    ready, seq, last, mins, hours, bid, ask = await p.execute()
+    ready, seq, last, mins, hours, bid, ask = await atomic_read(redis, [
+        ("GET", keys.ready(inst)),
+        ("GET", keys.seq(inst)),
+        ("GET", keys.last(inst)),
+        ("ZRANGE", keys.candles(inst, 60), w0, h1 - 1, "BYSCORE"),
+        ("ZRANGE", keys.candles(inst, 3600), h1, "+inf", "BYSCORE"),
+        ("ZRANGE", keys.bids(inst), 0, 0, "REV"),
+        ("ZRANGE", keys.asks(inst), 0, 0),
+    ])
     check_ready(keys, [inst], [ready])
     bid = level_pairs(bid)
     ask = level_pairs(ask)
@@ -220,25 +222,43 @@ async def ticker(redis, keys: Keys, spec: InstrumentSpec, now_ns: int | None = N
 
 
 async def positions(redis, keys: Keys, instruments: Instruments, client_id: str) -> bytes:
+    # One pipeline, not a MULTI: each instrument's readiness, position and mark are in its own slot
+    # (redis_keys.py), and a position and the mark next to it need not be one instant.
     symbols = instruments.symbols
-    p = redis.pipeline(transaction=True)
-    p.mget([keys.ready(s) for s in symbols])
-    p.hgetall(keys.pos(client_id))
+    p = redis.pipeline(transaction=False)
     for s in symbols:
+        p.get(keys.ready(s))
+        p.hget(keys.pos(s), client_id)
         p.get(keys.last(s))
     res = await p.execute()
-    check_ready(keys, symbols, res[0])
-    held, marks = res[1], dict(zip(symbols, res[2:]))
+    check_ready(keys, symbols, res[0::3])
     out = []
-    for inst_b in sorted(held):
-        inst = inst_b.decode()
-        spec = instruments.get(inst)
-        if spec is None:
+    for n, inst in sorted(enumerate(symbols), key=lambda e: e[1]):
+        held, last = res[3 * n + 1], res[3 * n + 2]
+        if held is None:
             continue
-        last = marks.get(inst)
         mark = unpack_last(last).price if last else None
-        out.append(position_view(spec, inst, unpack_position(held[inst_b]), mark))
+        out.append(position_view(instruments.get(inst), inst, unpack_position(held), mark))
     return json_encoder.encode({"client_id": client_id, "positions": out})
+
+
+async def _newest(redis, keys: Keys, symbols: list[str], index_keys: list[str], cursor: bytes | None,
+                  n: int) -> list[tuple[bytes, int]]:
+    """Up to n members below the cursor of each key, merged newest first: (member, key index); the
+    readiness of every instrument is checked in the same round trip. A client's orders or fills
+    across instruments are one sorted set per instrument (every key has its instrument's hash tag);
+    the newest n of the union are among the newest n of each."""
+    hi = b"(" + cursor if cursor else b"+"
+    p = redis.pipeline(transaction=False)
+    for s in symbols:
+        p.get(keys.ready(s))
+    for k in index_keys:
+        p.zrevrangebylex(k, hi, b"-", start=0, num=n)
+    res = await p.execute()
+    check_ready(keys, symbols, res[: len(symbols)])
+    merged = [(m, i) for i, ms in enumerate(res[len(symbols):]) for m in ms]
+    merged.sort(key=lambda e: e[0], reverse=True)
+    return merged
 
 
 async def orders(
@@ -249,37 +269,52 @@ async def orders(
     """A page of a client's orders, newest first. Redis holds every order created after the
     retention horizon (and open ones of any age); below the horizon, closed orders may have
     left Redis (retention.py), so the page is merged with PostgreSQL's orders there - one
-    order, one position in the same (created_ts, order_id) order, one cursor format."""
+    order, one position in the same (created_ts, order_id) order, one cursor format.
+    Without an instrument the client's per-instrument indexes are merged; PostgreSQL is asked
+    when any of them runs out or reaches below the horizon (its rows of every instrument then
+    fill what Redis no longer has; rows Redis has are taken from Redis)."""
     which = status or "all"
-    key = keys.client_orders(client_id, which, spec.symbol if spec else None)
-    hi = b"(" + cursor if cursor else b"+"
     symbols = [spec.symbol] if spec else instruments.symbols
-    p = redis.pipeline(transaction=False)
-    p.mget([keys.ready(s) for s in symbols])
-    p.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
-    ready, members = await p.execute()
-    check_ready(keys, symbols, ready)
-    entries: list[tuple[bytes, object]] = [(m, None) for m in members]
-    if journal is not None and horizon_ns is not None and (
-        len(members) <= limit or int(members[-1][:19]) < horizon_ns
-    ):
+    per_key = await _newest(redis, keys, symbols, [keys.client_orders(client_id, which, s) for s in symbols],
+                            cursor, limit + 1)
+    entries: list[tuple[bytes, object]] = [(m, symbols[i]) for m, i in per_key]
+    if journal is not None and horizon_ns is not None:
+        counts = [0] * len(symbols)
+        oldest: list[int | None] = [None] * len(symbols)
+        for m, i in per_key:
+            counts[i] += 1
+            oldest[i] = int(m[:19])
+        short = any(c <= limit or (o is not None and o < horizon_ns) for c, o in zip(counts, oldest))
+    else:
+        short = False
+    if short:
         bound = None
         if cursor:
             ts, _, oid = cursor.partition(b"|")
             bound = (int(ts), oid.decode())
         rows = await journal.orders_before(client_id, status, spec.symbol if spec else None,
                                            horizon_ns, bound, limit + 1)
-        have = set(members)
-        entries += [(m, r) for r in rows if (m := r.index_member.encode()) not in have]
+        have = {m for m, _ in entries}
+        entries += [(m, r) for r in rows
+                    if (m := r.index_member.encode()) not in have and r.instrument in instruments]
         entries.sort(key=lambda e: e[0], reverse=True)
     more = len(entries) > limit
     entries = entries[:limit]
-    ids = [m.split(b"|", 1)[1] for m, r in entries if r is None]
-    recs = iter(await redis.hmget(keys.orders, ids) if ids else [])
+    wanted: dict[str, list[bytes]] = {}
+    for m, r in entries:
+        if isinstance(r, str):
+            wanted.setdefault(r, []).append(m.split(b"|", 1)[1])
+    recs: dict[bytes, bytes | None] = {}
+    if wanted:
+        p = redis.pipeline(transaction=False)
+        for inst, ids in wanted.items():
+            p.hmget(keys.orders(inst), ids)
+        for ids, raws in zip(wanted.values(), await p.execute()):
+            recs.update(zip(ids, raws))
     out = []
-    for _m, r in entries:
-        if r is None:
-            raw = next(recs)
+    for m, r in entries:
+        if isinstance(r, str):
+            raw = recs.get(m.split(b"|", 1)[1])
             if raw is None:
                 continue  # (purged between the two reads)
             r = unpack_order(raw)
@@ -298,26 +333,28 @@ async def fills(
     redis, keys: Keys, client_id: str, spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
     journal=None, instruments: Instruments | None = None,
 ) -> bytes:
-    """A page of a client's fills, newest first. Redis holds the newest ones contiguously (the
-    retention sweep and the per-client cap remove the oldest); once a page runs past Redis's
-    oldest, PostgreSQL's fills table continues it in the same order with the same cursor."""
-    key = keys.client_fills(client_id, spec.symbol if spec else None)
-    hi = b"(" + cursor if cursor else b"+"
-    symbols = [spec.symbol] if spec else (instruments.symbols if instruments is not None else [])
-    p = redis.pipeline(transaction=False)
-    p.mget([keys.ready(s) for s in symbols] or [keys.ready("")])
-    p.zrevrangebylex(key, hi, b"-", start=0, num=limit + 1)
-    ready, members = await p.execute()
-    if symbols:
-        check_ready(keys, symbols, ready)
+    """A page of a client's fills, newest first. Redis holds the newest ones contiguously per
+    instrument (the retention sweep and the per-client cap remove the oldest); once a page runs
+    past an instrument's oldest in Redis, PostgreSQL's fills table continues it in the same order
+    with the same cursor. Without an instrument the per-instrument sets are merged."""
+    if spec is not None:
+        symbols = [spec.symbol]
+    elif instruments is not None:
+        symbols = instruments.symbols
+    else:
+        raise ValueError("fills across instruments need the instrument table")
+    per_key = await _newest(redis, keys, symbols, [keys.client_fills(client_id, s) for s in symbols],
+                            cursor, limit + 1)
     entries: list[tuple[bytes, bytes]] = []
-    for m in members:
+    counts = [0] * len(symbols)
+    for m, i in per_key:
+        counts[i] += 1
         # member = ts(19)|trade_id|role|<json>; the prefix up to the 3rd "|" is the cursor
         a = m.index(b"|")
         b = m.index(b"|", a + 1)
         c = m.index(b"|", b + 1)
         entries.append((m[:c], m[c + 1 :]))
-    if journal is not None and instruments is not None and len(members) <= limit:
+    if journal is not None and instruments is not None and any(c <= limit for c in counts):
         bound = None
         if cursor:
             ts, trade_id, role = cursor.split(b"|", 2)
@@ -325,8 +362,9 @@ async def fills(
         have = {e[0] for e in entries}
         for f in await journal.fills_before(client_id, spec.symbol if spec else None, bound, limit + 1):
             prefix = f.member_prefix
-            if prefix not in have:
-                entries.append((prefix, json_encoder.encode(fill_view(instruments.get(f.trade.instrument), f))))
+            f_spec = instruments.get(f.trade.instrument)
+            if prefix not in have and f_spec is not None:  # (an instrument no longer configured: not served)
+                entries.append((prefix, json_encoder.encode(fill_view(f_spec, f))))
         entries.sort(key=lambda e: e[0], reverse=True)
     more = len(entries) > limit
     entries = entries[:limit]

@@ -58,3 +58,21 @@ def _ws_conformance(request):
     if bad:
         pytest.fail(f"{len(bad)} WebSocket frame(s) not in the AsyncAPI document:\n" + "\n".join(bad[:10]),
                     pytrace=False)
+
+
+# --------------------------------------------------------------- Redis Cluster (issue 14)
+@pytest.fixture(scope="session")
+def redis_cluster_url():
+    """A local 3-master Redis Cluster (ops/stack), started the first time a test asks for one and
+    stopped with the other test servers (`down`)."""
+    from ops import stack
+
+    return stack.start_redis_cluster(stack.config("test"), say=lambda _m: None)
+
+
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def views_redis_url(request):
+    """The projector and read-API integration tests run on a single Redis and on a Redis Cluster."""
+    if request.param == "redis":
+        return os.environ["EXCHANGE_REDIS_URL"]
+    return request.getfixturevalue("redis_cluster_url")

@@ -11,6 +11,7 @@ import time
 from typing import Callable
 
 from ops.stack.config import (
+    ALL_SERVICES,
     PROFILES,
     REPO,
     SERVERS,
@@ -39,6 +40,7 @@ from ops.stack.servers import (
     ensure_state_dir,
     server_pid,
     start_gateway,
+    stop_redis_cluster,
     stop_server,
 )
 from ops.stack.supervisor import Supervisor, _ports_of, _wait_ports_free, append_stack_log
@@ -154,7 +156,7 @@ def cmd_down(cfg: StackConfig) -> int:
     sup = _pid_if_ours(cfg.pid_path("supervisor"), "stack")
     if sup:
         # What it runs now, to check their ports afterwards (it stops them itself, in its order).
-        stopped += [n for n in ("gateway", *SERVICES, "prometheus") if _pid_if_ours(cfg.pid_path(n), _marker(n))]
+        stopped += [n for n in ("gateway", *ALL_SERVICES, "prometheus") if _pid_if_ours(cfg.pid_path(n), _marker(n))]
         stopped += [n for n in SERVERS if server_pid(cfg, n)]
         say(f"supervisor (pid {sup}): asking it to stop everything")
         os.kill(sup, signal.SIGTERM)
@@ -165,13 +167,14 @@ def cmd_down(cfg: StackConfig) -> int:
             say(f"supervisor (pid {sup}) did not stop within 90s; killing it")
             stop_process(sup, 1)
         cfg.pid_path("supervisor").unlink(missing_ok=True)
-    for name in ("gateway", "command", "relay", "query-1", "query-2", "prometheus"):
+    for name in ("gateway", "command", "command-2", "relay", "query-1", "query-2", "prometheus"):
         pid = _pid_if_ours(cfg.pid_path(name), _marker(name))
         if pid:
             stop_process(pid)
             say(f"{name}: stopped (pid {pid})")
             stopped.append(name)
         cfg.pid_path(name).unlink(missing_ok=True)
+    stop_redis_cluster(cfg, say)
     for name in reversed(SERVERS):
         if stop_server(cfg, name, say):
             stopped.append(name)
@@ -211,7 +214,7 @@ def cmd_status(cfgs: list[StackConfig]) -> int:
             else:
                 state = "down"
             print(f"  {name:<11} {'pid ' + str(pid) if pid else '-':<12} {cfg.host}:{port:<6} {state}")
-        for name in ("gateway", *SERVICES, "prometheus"):
+        for name in ("gateway", *cfg.services, "prometheus"):
             pid = _pid_if_ours(cfg.pid_path(name), _marker(name))
             port = cfg.service_port(name)
             listening = port_open(port, cfg.host)

@@ -13,12 +13,12 @@ PROFILES: dict[str, dict[str, object]] = {
     "run": {
         "pg": 5432, "redis": 6379, "nats": 4222, "nats_monitor": 8222, "kafka": 9092,
         "gateway": 3000, "command": 8001, "query": (8002, 8003), "relay_metrics": 8011,
-        "prometheus": 9090,
+        "prometheus": 9090, "command_2": 8004,
     },
     "test": {
         "pg": 15432, "redis": 16379, "nats": 14222, "nats_monitor": 18222, "kafka": 19092,
         "gateway": 13000, "command": 18001, "query": (18002, 18003), "relay_metrics": 18011,
-        "prometheus": 19090,
+        "prometheus": 19090, "command_2": 18004,
     },
 }
 # Per-port overrides; EXCHANGE_PORT_OFFSET shifts every default port of the profile at once.
@@ -27,14 +27,19 @@ PORT_ENV = {
     "nats_monitor": "EXCHANGE_NATS_MONITOR_PORT", "kafka": "EXCHANGE_KAFKA_PORT",
     "gateway": "EXCHANGE_GATEWAY_PORT", "command": "EXCHANGE_COMMAND_PORT",
     "query": "EXCHANGE_QUERY_PORTS", "relay_metrics": "EXCHANGE_RELAY_METRICS_PORT",
-    "prometheus": "EXCHANGE_PROMETHEUS_PORT",
+    "prometheus": "EXCHANGE_PROMETHEUS_PORT", "command_2": "EXCHANGE_COMMAND_2_PORT",
 }
 
 HOST = "127.0.0.1"
 SERVERS = ("postgres", "redis", "nats", "kafka")
 SERVICES = ("command", "relay", "query-1", "query-2")
+# Several command nodes (issue 14): "command" is node command-1; "command-2" runs when the profile
+# has two (`make run` by default; EXCHANGE_COMMAND_NODES=1 runs one; tests run one unless asked).
+ALL_SERVICES = ("command", "command-2", "relay", "query-1", "query-2")
+COMMAND_NODES_DEFAULT = {"run": 2, "test": 1}
 SERVICE_MODULES = {
     "command": "command_service",
+    "command-2": "command_service",
     "relay": "relay",
     "query-1": "query_service",
     "query-2": "query_service",
@@ -70,6 +75,8 @@ class StackConfig:
     query_ports: tuple[int, ...]
     relay_metrics_port: int
     prometheus_port: int = 9090
+    command_2_port: int = 8004
+    command_nodes: int = 1
     host: str = HOST
 
     @property
@@ -119,9 +126,20 @@ class StackConfig:
     def server_port(self, name: str) -> int:
         return getattr(self, f"{SERVER_PORT_KEY[name]}_port")
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services this profile runs: one or two command nodes, the relay, two query replicas."""
+        return ("command", "command-2")[: self.command_nodes] + ("relay", "query-1", "query-2")
+
+    @property
+    def command_ports(self) -> list[int]:
+        return [self.command_port, self.command_2_port][: self.command_nodes]
+
     def service_port(self, name: str) -> int:
         if name == "command":
             return self.command_port
+        if name == "command-2":
+            return self.command_2_port
         if name == "relay":
             return self.relay_metrics_port
         if name == "gateway":
@@ -182,7 +200,16 @@ def config(profile: str = "test") -> StackConfig:
         query_ports=ports["query"],  # type: ignore[arg-type]
         relay_metrics_port=ports["relay_metrics"],  # type: ignore[arg-type]
         prometheus_port=ports["prometheus"],  # type: ignore[arg-type]
+        command_2_port=ports["command_2"],  # type: ignore[arg-type]
+        command_nodes=_command_nodes(profile, env if use_env else {}),
     )
+
+
+def _command_nodes(profile: str, env) -> int:
+    raw = env.get("EXCHANGE_COMMAND_NODES") or str(COMMAND_NODES_DEFAULT[profile])
+    if raw not in ("1", "2"):
+        raise StackError(f"EXCHANGE_COMMAND_NODES={raw!r} is not valid: expected 1 or 2")
+    return int(raw)
 
 
 def _cfg(profile_or_cfg: str | StackConfig) -> StackConfig:
@@ -208,6 +235,8 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
         "EXCHANGE_QUERY_PORTS": ",".join(str(p) for p in cfg.query_ports),
         "EXCHANGE_RELAY_METRICS_PORT": str(cfg.relay_metrics_port),
         "EXCHANGE_COMMAND_URL": cfg.command_url,
+        # Every command node (the query service's system health asks each one).
+        "EXCHANGE_COMMAND_URLS": ",".join(f"http://{cfg.host}:{p}" for p in cfg.command_ports),
         "EXCHANGE_QUERY_URL": cfg.query_urls[0],
         "EXCHANGE_GATEWAY_URL": cfg.gateway_url,
         "EXCHANGE_PROMETHEUS_PORT": str(cfg.prometheus_port),

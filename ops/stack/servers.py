@@ -19,12 +19,12 @@ from typing import Callable
 from ops import gateway as gateway_conf
 from ops import monitoring
 from ops.stack.config import (
+    ALL_SERVICES,
     REPO,
     SERVER_MARKER,
     SERVER_PORT_KEY,
     SERVERS,
     SERVICE_MODULES,
-    SERVICES,
     START_TIMEOUT,
     StackConfig,
     StackError,
@@ -375,6 +375,90 @@ def stop_server(cfg: StackConfig | str, name: str, say: Callable[[str], None] = 
     return True
 
 
+# --------------------------------------------------------------------------- Redis Cluster (issue 14)
+
+REDIS_CLUSTER_NODES = 3
+
+
+def redis_cluster_ports(cfg: StackConfig | str) -> list[int]:
+    """The ports of the local 3-master Redis Cluster: right after the profile's Redis port (each
+    node also listens on its cluster bus, port + 10000)."""
+    cfg = _cfg(cfg)
+    return [cfg.redis_port + 1 + n for n in range(REDIS_CLUSTER_NODES)]
+
+
+def redis_cluster_url(cfg: StackConfig | str) -> str:
+    cfg = _cfg(cfg)
+    return f"redis+cluster://{cfg.host}:{redis_cluster_ports(cfg)[0]}"
+
+
+def _redis_cli(cfg: StackConfig, port: int, *args: str, timeout: float = 10) -> str:
+    r = subprocess.run([_which("redis-cli") or "redis-cli", "-h", cfg.host, "-p", str(port), *args],
+                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return r.stdout + r.stderr
+
+
+def _cluster_ok(cfg: StackConfig, port: int) -> bool:
+    try:
+        return "cluster_state:ok" in _redis_cli(cfg, port, "cluster", "info", timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def start_redis_cluster(cfg: StackConfig | str, say: Callable[[str], None] = print, timeout: float = START_TIMEOUT) -> str:
+    """Start (or reuse) a local Redis Cluster of 3 masters, no replicas, no persistence - started only
+    by the tests that run the views on a cluster (tests/conftest.py `redis_cluster_url`), stopped by
+    `down`. Returns its redis+cluster:// URL."""
+    cfg = _cfg(cfg)
+    ports = redis_cluster_ports(cfg)
+    if all(_pid_if_ours(cfg.run_dir / f"redis-cluster-{p}.pid", "redis-server") for p in ports) and \
+            all(_cluster_ok(cfg, p) for p in ports):
+        return redis_cluster_url(cfg)
+    stop_redis_cluster(cfg, say)
+    t0 = time.monotonic()
+    base = cfg.state_dir / "redis-cluster"
+    if base.exists():
+        shutil.rmtree(base)  # a new cluster: old node ids and slot maps would refuse to join
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    for port in ports:
+        _check_port_free(cfg, "redis cluster", port, "EXCHANGE_REDIS_PORT")
+        data = base / str(port)
+        data.mkdir(parents=True)
+        argv = [_which("redis-server"), "--bind", cfg.host, "--port", str(port), "--dir", str(data),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "", "--maxclients", "10000"]
+        proc = _popen([str(a) for a in argv], cfg.logs / f"redis-cluster-{port}.log")  # type: ignore[misc]
+        (cfg.run_dir / f"redis-cluster-{port}.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while not all(port_open(p, cfg.host) for p in ports):
+        if time.monotonic() > deadline:
+            raise StackError(f"redis cluster: nodes did not listen on {ports}; see {cfg.logs}/redis-cluster-*.log")
+        time.sleep(0.05)
+    out = _redis_cli(cfg, ports[0], "--cluster", "create", *(f"{cfg.host}:{p}" for p in ports),
+                     "--cluster-replicas", "0", "--cluster-yes", timeout=60)
+    while not all(_cluster_ok(cfg, p) for p in ports):
+        if time.monotonic() > deadline:
+            raise StackError(f"redis cluster: not ok within {timeout:.0f}s:\n{out[-2000:]}")
+        time.sleep(0.1)
+    say(f"redis cluster: started 3 masters on {cfg.host}:{ports[0]}-{ports[-1]} in {time.monotonic() - t0:.2f}s")
+    return redis_cluster_url(cfg)
+
+
+def stop_redis_cluster(cfg: StackConfig | str, say: Callable[[str], None] = print) -> bool:
+    cfg = _cfg(cfg)
+    stopped = False
+    for port in redis_cluster_ports(cfg):
+        path = cfg.run_dir / f"redis-cluster-{port}.pid"
+        pid = _pid_if_ours(path, "redis-server")
+        if pid:
+            stop_process(pid)
+            stopped = True
+        path.unlink(missing_ok=True)
+    if stopped:
+        say("redis cluster: stopped")
+    return stopped
+
+
 async def ensure_topic(bootstrap: str, topic: str | None = None, partitions: int | None = None, timeout: float = 20.0) -> str:
     """Create the events topic if missing (idempotent). Returns "created" or "exists"."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -476,6 +560,10 @@ def service_argv(name: str) -> list[str]:
 
 
 def _service_overrides(cfg: StackConfig, name: str) -> dict[str, str]:
+    if name == "command":
+        return {"EXCHANGE_NODE_ID": "command-1"}
+    if name == "command-2":
+        return {"EXCHANGE_NODE_ID": "command-2", "EXCHANGE_COMMAND_PORT": str(cfg.command_2_port)}
     if name.startswith("query-"):
         port = cfg.service_port(name)
         return {"EXCHANGE_QUERY_PORT": str(port), "EXCHANGE_QUERY_URL": f"http://{cfg.host}:{port}"}
@@ -504,7 +592,7 @@ def spawn(
     full.setdefault("PYTHONUNBUFFERED", "1")
     cfg.logs.mkdir(parents=True, exist_ok=True)
     proc = _popen(service_argv(name), log_path or cfg.log_path(name), env=full, cwd=REPO, new_session=new_session)
-    if name in SERVICES:
+    if name in ALL_SERVICES:
         # So `down` (make test's cleanup) stops a service a test forgot or could not stop.
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.pid_path(name).write_text(f"{proc.pid}\n")
@@ -513,7 +601,7 @@ def spawn(
 
 def _gateway_argv(cfg: StackConfig) -> list[str]:
     conf = gateway_conf.write_local_conf(
-        cfg.state_dir, listen_port=cfg.gateway_port, command_ports=[cfg.command_port],
+        cfg.state_dir, listen_port=cfg.gateway_port, command_ports=cfg.command_ports,
         query_ports=list(cfg.query_ports), host=cfg.host,
     )
     checked = gateway_conf.check_conf(conf)

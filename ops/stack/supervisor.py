@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ops.stack.config import REPO, SERVERS, SERVICES, StackConfig, StackError, service_env
+from ops.stack.config import REPO, SERVERS, StackConfig, StackError, service_env
 from ops.stack.processes import (
     _CHILDREN,
     _last_run_output,
@@ -74,7 +74,7 @@ class Supervisor:
         self.say = say
         self.stopping = False
         self.env = service_env(cfg)
-        self.children = [self._service_child(n) for n in SERVICES]
+        self.children = [self._service_child(n) for n in cfg.services]
         self.children.append(_Child("gateway", self._launch_gateway, cfg.log_path("gateway")))
         self.children.append(_Child("prometheus", self._launch_prometheus, cfg.log_path("prometheus")))
         self.server_backoff = {n: 1.0 for n in SERVERS}
@@ -216,7 +216,7 @@ class Supervisor:
         lines = [
             f"gateway        {cfg.gateway_url}   (health: {cfg.gateway_url}/healthz)",
             f"trading page   {cfg.gateway_url}/   (paste a demo key below into the order ticket)",
-            f"command        {cfg.command_url}",
+            "command        " + ", ".join(f"http://{cfg.host}:{p}" for p in cfg.command_ports),
             *[f"query-{i + 1}        {u}" for i, u in enumerate(cfg.query_urls)],
             f"order entry WS ws://{cfg.host}:{cfg.gateway_port}/ws",
             f"market WS      ws://{cfg.host}:{cfg.gateway_port}/stream",
@@ -274,7 +274,7 @@ class Supervisor:
         # Gateway first (no new requests), then the command service (its in-flight batches commit and
         # answer), then the relay (it can still publish the last commits), then the query replicas
         # (they can still project them); the servers they all use go last.
-        order = ["gateway", "command", "relay", "query-1", "query-2", "prometheus"]
+        order = ["gateway", "command", "command-2", "relay", "query-1", "query-2", "prometheus"]
         by_name = {c.name: c for c in self.children}
         for name in order:
             c = by_name.get(name)

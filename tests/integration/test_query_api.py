@@ -46,12 +46,13 @@ def scenario(sym: str, alice: str, bob: str):
 
 
 @pytest.fixture(scope="module")
-async def api():
+async def api(views_redis_url):
+    """Every test runs on a single Redis and on a Redis Cluster (views_redis_url)."""
     sym, other = unique("QP") + "-USD", unique("QQ") + "-USD"
     alice, bob, admin = unique("alice-"), unique("bob-"), unique("admin-")
     keys = {alice: "exk_" + secrets.token_urlsafe(16), bob: "exk_" + secrets.token_urlsafe(16),
             admin: "exk_" + secrets.token_urlsafe(16)}
-    settings = settings_for_test([sym, other])
+    settings = settings_for_test([sym, other], redis_url=views_redis_url)
     await create_topic(settings)
     await wipe(settings.redis_url, settings.redis_prefix)
     async with JournalSeeder(settings.pg_dsn) as journal:
@@ -347,3 +348,54 @@ async def test_auth_disabled_opens_per_client_reads(api):
             assert status == 200 and len(body["orders"]) == 2
     finally:
         await replica.stop()
+
+
+async def test_history_across_instruments_merges_newest_first(views_redis_url):
+    """A client's orders and fills in two instruments live in per-instrument keys (one hash tag per
+    instrument, so a Redis Cluster can hold them): without an instrument filter the pages merge
+    them newest first, every page size gives the same listing, and positions list both."""
+    syms = [unique("QX") + "-USD", unique("QY") + "-USD"]
+    settings = settings_for_test(syms, redis_url=views_redis_url, auth_enabled=False)
+    await create_topic(settings)
+    start = time.time_ns() - 300 * 10**9
+    ann, ben = unique("ann-"), unique("ben-")
+    flows = [OrderFlow(instrument=s, seed=7 + n, clients=(ann, ben), start_ts=start + n * 50_000_000,
+                       max_step_ns=100_000_000) for n, s in enumerate(syms)]
+    for f in flows:
+        f.run(120)
+    async with JournalSeeder(settings.pg_dsn) as journal:
+        await journal.clear(syms)
+        await journal.append([e for f in flows for e in f.events])
+        replica = await Replica(settings).start()
+        try:
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {f.instrument: f.seq for f in flows})
+            async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+                async def listing(path, key, limit, **params):
+                    got, cursor = [], None
+                    for _ in range(1000):
+                        q = {"client_id": ann, "limit": limit, **params, **({"cursor": cursor} if cursor else {})}
+                        status, body = await get(http, path, params=q)
+                        assert status == 200, body
+                        got += body[key]
+                        cursor = body["next_cursor"]
+                        if cursor is None:
+                            return got
+                    raise AssertionError("paging did not end")
+
+                for path, key, ident in (("/market/orders", "orders", "order_id"), ("/market/fills", "fills", None)):
+                    per = [await listing(path, key, 500, instrument=s) for s in syms]
+                    assert all(per), "the client has history in both instruments"
+                    whole = await listing(path, key, 500)
+                    assert len(whole) == sum(len(p) for p in per)
+                    assert {i["instrument"] for i in whole} == set(syms)
+                    times = [i["created_at" if ident else "timestamp"] for i in whole]
+                    assert times == sorted(times, reverse=True)  # newest first across both
+                    for limit in (1, 3, 7):
+                        assert await listing(path, key, limit) == whole, (path, limit)
+                status, body = await get(http, f"/market/positions/{ann}")
+                assert status == 200 and {p["instrument"] for p in body["positions"]} == set(syms)
+        finally:
+            await replica.stop()
+            await journal.clear(syms)
+    await wipe(settings.redis_url, settings.redis_prefix)
+    await delete_topic(settings)

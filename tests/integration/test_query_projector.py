@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
 from query_service.projector import Projector
@@ -49,10 +50,11 @@ def last_seqs(journals):
 
 
 @pytest.fixture
-async def env():
-    """Fresh symbols, topic, group and key prefix; the journal rows of the symbols cleared."""
+async def env(views_redis_url):
+    """Fresh symbols, topic, group and key prefix; the journal rows of the symbols cleared.
+    Every test runs on a single Redis and on a Redis Cluster."""
     symbols = [unique("QA") + "-USD", unique("QB") + "-USD"]
-    settings = settings_for_test(symbols)
+    settings = settings_for_test(symbols, redis_url=views_redis_url)
     await create_topic(settings)
     await wipe(settings.redis_url, settings.redis_prefix)
     async with JournalSeeder(settings.pg_dsn) as journal:
@@ -169,6 +171,39 @@ async def test_wiped_redis_is_rebuilt_and_equal(env):
         got = await dump(settings.redis_url, settings.redis_prefix)
     finally:
         await replica.stop()
+    assert got == await reference_views(settings, symbols)
+
+
+async def test_views_of_the_old_key_layout_are_dropped_and_rebuilt(env):
+    """Before issue 14 the views used global keys without a hash tag ("{p}orders", "{p}I:seq",
+    "{p}co:C:all", ...). A replica of this version never reads them: it rebuilds every instrument
+    from the journal into the new layout and deletes the old keys."""
+    settings, symbols, journal = env
+    if settings.redis_url.startswith("redis+cluster://"):
+        pytest.skip("the old layout only ever ran on a single Redis")
+    journals = flows(symbols, 120, seed=4)
+    await journal.append(interleave(journals))
+    p = settings.redis_prefix
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        old = {f"{p}orders": "hash", f"{p}{symbols[0]}:seq": "string", f"{p}co:alice:all": "zset", f"{p}closed": "zset"}
+        await r.hset(f"{p}orders", "x", "[]")
+        await r.set(f"{p}{symbols[0]}:seq", 999)
+        await r.zadd(f"{p}co:alice:all", {"0|x": 0})
+        await r.zadd(f"{p}closed", {"alice\\nI\\n0|x": 0})
+        replica = await Replica(settings).start()
+        try:
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, last_seqs(journals))
+            for _ in range(100):
+                if not await r.exists(*old):
+                    break
+                await asyncio.sleep(0.05)
+            assert await r.exists(*old) == 0
+        finally:
+            await replica.stop()
+    finally:
+        await r.aclose()
+    got = await dump(settings.redis_url, settings.redis_prefix)
     assert got == await reference_views(settings, symbols)
 
 

@@ -12,6 +12,7 @@ import uuid
 import httpx
 import redis.asyncio as aioredis
 
+from query_service.redis_keys import Keys
 from query_service.settings import QuerySettings
 from tests.support.query import Replica, create_topic, delete_topic, settings_for_test, wipe
 from tests.support.services import ServiceProcess, free_port
@@ -70,18 +71,20 @@ async def test_closed_orders_leave_redis_and_paging_crosses_into_postgres():
                 assert r.json()["order"]["status"] == "filled", r.text
         replica = await Replica(settings).start()
         redis = aioredis.Redis.from_url(settings.redis_url)
-        p = settings.redis_prefix
+        k = Keys(settings.redis_prefix)
+        inst = "BTC-USD"
         async with httpx.AsyncClient(base_url=replica.url, timeout=10) as q:
             deadline = time.monotonic() + 30
             # (With a 1 s window everything is below the horizon and PostgreSQL would answer at
             # once: wait for the Redis views themselves.)
-            while await redis.zcard(f"{p}co:{client}:all") < 27 or await redis.zcard(f"{p}co:{other}:all") < 6:
+            while await redis.zcard(k.client_orders(client, "all", inst)) < 27 or \
+                    await redis.zcard(k.client_orders(other, "all", inst)) < 6:
                 assert time.monotonic() < deadline, "views did not catch up"
                 await asyncio.sleep(0.2)
             before = {s: await page_all(q, client, 500, **({"status": s} if s else {})) for s in (None, "open", "closed")}
             assert {o["order_id"] for o in before["open"]} == set(ids["open"][:6])  # six filled by `other`
             # Redis keeps the newest 3 fills per client (the cap): a listing crosses into PostgreSQL.
-            assert await redis.zcard(f"{p}cf:{client}") == 3
+            assert await redis.zcard(k.client_fills(client, inst)) == 3
             fills_before = (await q.get("/market/fills", params={"client_id": client})).json()["fills"]
             assert len(fills_before) == 6
             assert [f["timestamp"] for f in fills_before] == sorted((f["timestamp"] for f in fills_before), reverse=True)
@@ -93,11 +96,12 @@ async def test_closed_orders_leave_redis_and_paging_crosses_into_postgres():
             assert removed_fills >= 3
             # Closed orders are gone from Redis, open ones are still there.
             for oid in ids["closed"] + ids["open"][6:]:  # the six highest bids were filled
-                assert await redis.hget(p + "orders", oid) is None
+                assert await redis.hget(k.orders(inst), oid) is None
             for oid in ids["open"][:6]:
-                assert await redis.hget(p + "orders", oid) is not None
-            assert await redis.zcard(f"{p}co:{client}:closed") == 0
-            fills_key = f"{p}cf:{client}"
+                assert await redis.hget(k.orders(inst), oid) is not None
+            assert await redis.zcard(k.client_orders(client, "closed", inst)) == 0
+            assert await redis.zcard(k.closed(inst)) == 0
+            fills_key = k.client_fills(client, inst)
             assert await redis.zcard(fills_key) == 0  # the fills left Redis ...
             # ... and come from PostgreSQL, identical, with the same paging
             for limit in (1, 4, 50):

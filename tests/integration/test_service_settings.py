@@ -21,6 +21,7 @@ CASES = [
     ("relay", "EXCHANGE_LOG_LEVEL", "verbose"),
     ("query_service", "EXCHANGE_WS_HEARTBEAT_S", "soon"),
     ("query_service", "EXCHANGE_LOG_REPEAT_WINDOW_S", "-5"),
+    ("query_service", "EXCHANGE_REDIS_URL", "http://127.0.0.1:6379"),
 ]
 
 

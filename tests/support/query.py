@@ -16,7 +16,6 @@ import time
 import uuid
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -25,6 +24,9 @@ from contracts.auth import hash_api_key
 from contracts.messages import Event, encode_event
 from ops.stack import free_port
 from query_service.app import create_asgi
+from query_service.redis_cluster import connect as redis_connect
+from query_service.redis_cluster import delete_prefix
+from query_service.redis_keys import Keys
 from query_service.settings import QuerySettings
 from tests.support.services import InProcessServer
 
@@ -62,6 +64,7 @@ def settings_for_test(symbols: list[str], **overrides) -> QuerySettings:
         watchdog_interval_s=0.3,
         port=free_port(),
         ws_heartbeat_s=60.0,
+        command_urls=(),  # the system health asks command_url (a test's own command service)
     )
     values.update(overrides)
     return base.replace(**values)
@@ -167,28 +170,20 @@ class Replica(InProcessServer):
         return self.app.state.services
 
 
-_WIPE = """
-local keys = redis.call('KEYS', ARGV[1] .. '*')
-for i = 1, #keys, 1000 do
-    redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys)))
-end
-return #keys
-"""
-
-
 async def wipe(redis_url: str, prefix: str) -> int:
-    """Delete every key under prefix at once (atomically, like FLUSHALL does for these
-    views: a projector writing meanwhile sees all of them or none)."""
-    r = aioredis.Redis.from_url(redis_url)
+    """Delete every key under prefix at once (atomically per instrument, like FLUSHALL does for
+    these views: a projector writing meanwhile sees all of an instrument's keys or none).
+    redis_url may name a Redis Cluster (redis+cluster://)."""
+    r = redis_connect(redis_url)
     try:
-        return int(await r.eval(_WIPE, 0, prefix))
+        return await delete_prefix(r, prefix)
     finally:
         await r.aclose()
 
 
 async def dump(redis_url: str, prefix: str) -> dict:
     """Every view key under prefix with its full value, comparable with ==."""
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_connect(redis_url)
     out = {}
     try:
         keys = sorted([k async for k in r.scan_iter(match=prefix + "*", count=1000)])
@@ -215,13 +210,14 @@ async def dump(redis_url: str, prefix: str) -> dict:
 async def wait_for_seq(redis_url: str, prefix: str, want: dict[str, int], timeout: float = 20.0,
                        ready: bool = True) -> None:
     """Until the views of each instrument are at the seq wanted (and marked ready: reads
-    answer 503 before, see query_service/redis_keys.py)."""
-    r = aioredis.Redis.from_url(redis_url)
+    answer 503 before, see query_service/redis_keys.py). redis_url may name a Redis Cluster."""
+    r = redis_connect(redis_url)
+    keys = Keys(prefix)
     try:
         deadline = time.monotonic() + timeout
         while True:
-            got = {i: int(await r.get(f"{prefix}{i}:seq") or 0) for i in want}
-            if got == want and (not ready or all([await r.exists(f"{prefix}{i}:ready") for i in want])):
+            got = {i: int(await r.get(keys.seq(i)) or 0) for i in want}
+            if got == want and (not ready or all([await r.exists(keys.ready(i)) for i in want])):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"views at {got}, want {want}")

@@ -25,14 +25,19 @@ def services(compose) -> dict:
 
 
 def test_every_service_exists(services):
-    expected = {"kafka", "postgres", "redis", "nats", "gateway", "migrate", "command", "relay", "query-1", "query-2"}
+    expected = {"kafka", "postgres", "redis", "nats", "gateway", "migrate", "command-1", "command-2", "relay",
+                "query-1", "query-2"}
     assert expected <= set(services)
 
 
 PYTHON_SERVICES = {
     "migrate": ("db.migrate", {"EXCHANGE_PG_DSN"}),
-    "command": ("command_service", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_NATS_URL",
-                                    "EXCHANGE_COMMAND_PORT", "EXCHANGE_HOST", "EXCHANGE_INSTRUMENTS_FILE"}),
+    "command-1": ("command_service", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_NATS_URL",
+                                      "EXCHANGE_COMMAND_PORT", "EXCHANGE_HOST", "EXCHANGE_INSTRUMENTS_FILE",
+                                      "EXCHANGE_NODE_ID"}),
+    "command-2": ("command_service", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_NATS_URL",
+                                      "EXCHANGE_COMMAND_PORT", "EXCHANGE_HOST", "EXCHANGE_INSTRUMENTS_FILE",
+                                      "EXCHANGE_NODE_ID"}),
     "relay": ("relay", {"EXCHANGE_PG_DSN", "EXCHANGE_KAFKA_BOOTSTRAP", "EXCHANGE_KAFKA_TOPIC",
                                         "EXCHANGE_RELAY_METRICS_PORT"}),
     "query-1": ("query_service", {"EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP",
@@ -68,7 +73,12 @@ def test_query_replicas_listen_on_the_ports_the_gateway_uses(services):
     for name in ("query-1", "query-2"):
         port = services[name]["environment"]["EXCHANGE_QUERY_PORT"]
         assert f"server {name}:{port} " in conf
-    assert f"server command:{services['command']['environment']['EXCHANGE_COMMAND_PORT']} " in conf
+    for name in ("command-1", "command-2"):  # the gateway spreads the command routes over both nodes
+        assert f"server {name}:{services[name]['environment']['EXCHANGE_COMMAND_PORT']} " in conf
+    assert services["command-1"]["environment"]["EXCHANGE_NODE_ID"] == "command-1"
+    assert services["command-2"]["environment"]["EXCHANGE_NODE_ID"] == "command-2"
+    urls = services["query-1"]["environment"]["EXCHANGE_COMMAND_URLS"].split(",")
+    assert urls == ["http://command-1:8001", "http://command-2:8001"]
 
 
 def test_services_start_after_what_they_need(services):
@@ -76,11 +86,11 @@ def test_services_start_after_what_they_need(services):
         return services[name].get("depends_on", {})
 
     assert needs("migrate")["postgres"]["condition"] == "service_healthy"
-    for name in ("command", "relay", "query-1", "query-2"):
+    for name in ("command-1", "command-2", "relay", "query-1", "query-2"):
         assert needs(name)["migrate"]["condition"] == "service_completed_successfully"
     for name in ("query-1", "query-2"):
         assert needs(name)["redis"]["condition"] == "service_healthy"
-    assert {"command", "query-1", "query-2"} <= set(needs("gateway"))
+    assert {"command-1", "command-2", "query-1", "query-2"} <= set(needs("gateway"))
     for name in ("kafka", "postgres", "redis", "nats", "gateway"):
         assert "healthcheck" in services[name], name
         assert services[name]["restart"] == "unless-stopped"

@@ -377,11 +377,11 @@ def test_delta_commands_write_levels_records_and_last_seq_last():
     state = s.state_for(events)
     _, delta = project(state, events)
     cmds = delta_commands(delta, Keys("q:"), SPEC)
-    assert cmds[-1] == ("SET", "q:BTC-USD:seq", delta.seq)
+    assert cmds[-1] == ("SET", "q:{BTC-USD}:seq", delta.seq)
     names = {c[0] for c in cmds}
     assert {"ZADD", "HSET", "SET"} <= names
     # applying the commands to a model of the level zsets gives the projected book
-    zsets = {"q:BTC-USD:bids": {}, "q:BTC-USD:asks": {}}
+    zsets = {"q:{BTC-USD}:bids": {}, "q:{BTC-USD}:asks": {}}
     for c in cmds:
         if c[1] in zsets:
             z = zsets[c[1]]
@@ -393,9 +393,9 @@ def test_delta_commands_write_levels_records_and_last_seq_last():
                     z[m] = score
     book = {key: {int(m.split(":")[0]): int(m.split(":")[1]) for m in z} for key, z in zsets.items()}
     state2, _ = project(s.state_for(events), events)
-    assert book["q:BTC-USD:bids"] == dict(state2.bids) and book["q:BTC-USD:asks"] == dict(state2.asks)
+    assert book["q:{BTC-USD}:bids"] == dict(state2.bids) and book["q:{BTC-USD}:asks"] == dict(state2.asks)
     # grouped: at most one ZREM and one ZADD per level side
-    assert sum(1 for c in cmds if c[1] == "q:BTC-USD:bids") <= 2
+    assert sum(1 for c in cmds if c[1] == "q:{BTC-USD}:bids") <= 2
 
 
 def test_feed_messages_round_trip():
