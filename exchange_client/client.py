@@ -168,6 +168,12 @@ class _Routes:
         """POST /admin/snapshot (admin key) -> {snapshots: [{instrument, seq, bytes}]}."""
         return self._do(_Call("POST", "/admin/snapshot", params=_clean({"instrument": instrument})))
 
+    @_route("POST", "/admin/handover")
+    def admin_handover(self, instrument: str):
+        """POST /admin/handover (admin key): move one instrument to another command node
+        -> {instrument, seq, from, to}; 409 no_other_node when no other node is live."""
+        return self._do(_Call("POST", "/admin/handover", params={"instrument": instrument}))
+
     @_route("POST", "/admin/settlement")
     def admin_settlement(self, cutoff: str | None = None, instrument: str | None = None):
         """POST /admin/settlement (admin key) -> {cutoff, runs}."""

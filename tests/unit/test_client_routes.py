@@ -44,6 +44,7 @@ ARGS: dict[str, tuple[tuple, dict]] = {
     "get_order": (("X",), {}),
     "cancel_after": ((1000,), {}),
     "positions": (("X",), {}),
+    "admin_handover": (("BTC-USD",), {}),
 }
 
 
