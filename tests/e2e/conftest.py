@@ -27,8 +27,12 @@ class System:
         self.query_urls = CFG.query_urls
 
     def env(self) -> dict:
+        # Rate and open-order limits off: the chaos load (tests/chaos, on this system) runs closed loops
+        # whose clients leave resting orders they never cancel (only 201/503 may answer there); both
+        # limits have their own integration tests (test_entry_limits, test_client_isolation).
         return stack.service_env(CFG, EXCHANGE_KAFKA_TOPIC=self.topic, EXCHANGE_AUTH="enabled",
-                                 EXCHANGE_RATE_LIMIT_PER_SECOND="0", EXCHANGE_LOG_ORDER_EVENTS="1")
+                                 EXCHANGE_RATE_LIMIT_PER_SECOND="0", EXCHANGE_LOG_ORDER_EVENTS="1",
+                                 EXCHANGE_MAX_OPEN_ORDERS="0")
 
     def start(self, name: str):
         self.procs[name] = stack.spawn(name, self.env(), profile=CFG, new_session=True)

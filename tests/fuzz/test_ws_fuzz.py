@@ -426,8 +426,9 @@ async def test_oversized_frames_are_refused_with_1009_before_they_are_read(excha
     base = exchange.command_url if service == "command" else exchange.query_url
     url = base.replace("http", "ws") + path
     headers = {"Authorization": f"Bearer {exchange.keys['trader']}"}
-    under = json.dumps({"type": "ping", "request_id": "u", "pad": "x" * (64 * 1024 - 100)})
-    over = json.dumps({"type": "ping", "request_id": "o", "pad": "x" * (64 * 1024)})
+    # padded inside a known member: /ws refuses unknown fields (400 unknown_field) instead of a pong
+    under = json.dumps({"type": "ping", "request_id": "u" + "x" * (64 * 1024 - 100)})
+    over = json.dumps({"type": "ping", "request_id": "o" + "x" * (64 * 1024)})
     async with websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=10) as ws:
         if service == "query":
             await ws.recv()
