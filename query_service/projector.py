@@ -33,8 +33,11 @@ import logging
 import time
 from collections import defaultdict
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.partitioner import murmur2
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.instruments import Instruments
 from contracts.messages import Event, decode_event
@@ -67,6 +70,12 @@ GEN_CHECK_S = 0.25  # how often the projector looks for a newer topic generation
 GEN_DRAIN_S = 5.0  # longest wait for the old generation's end before switching anyway
 GEN_TAIL_POLL_S = 0.05  # journal reads per second and instrument while tailing
 GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generation
+# A store out of reach: the views are as they were (stale, not wrong), and the reads of every
+# instrument fail the same way meanwhile. Anything else that keeps an instrument from being
+# applied (a value the views cannot hold, a key of the wrong type, a gap the journal does not
+# fill) leaves its views stuck: they lose the ready marker, so reads answer 503 (issue 20).
+TRANSIENT_ERRORS = (ConnectionError, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
+                    asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
 # Set the ready marker only if the views still hold at least seq ARGV[1] (a Redis that restarted
 # empty between our read and this write has no seq key: it must stay unready).
 MARK_READY = """
@@ -116,9 +125,19 @@ class Projector:
         # instrument -> why its views cannot be brought up to date (health reports it until an
         # apply or catch-up of that instrument succeeds again): never silently healthy.
         self.failing: dict[str, str] = {}
+        self._side_tasks: set[asyncio.Task] = set()
 
     def _failed(self, instrument: str, exc: BaseException) -> None:
         self.failing[instrument] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if not isinstance(exc, TRANSIENT_ERRORS):
+            task = asyncio.get_running_loop().create_task(self._mark_stuck(instrument))
+            self._side_tasks.add(task)  # a reference until it is done (the loop keeps only a weak one)
+            task.add_done_callback(self._side_tasks.discard)
+
+    async def _mark_stuck(self, instrument: str) -> None:
+        # The watchdog marks the views ready again once they reach the journal after a repair.
+        with contextlib.suppress(Exception):  # Redis gone too: the next failure tries again
+            await self.redis.delete(self.keys.ready(instrument))
 
     # ------------------------------------------------------------------ lifecycle
 

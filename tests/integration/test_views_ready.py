@@ -81,3 +81,44 @@ async def test_reads_answer_503_while_the_views_are_missing_and_the_rebuilt_book
             await journal.clear([sym])
     await wipe(settings.redis_url, settings.redis_prefix)
 
+
+
+async def test_views_a_projector_cannot_apply_lose_ready_and_reads_answer_503():
+    """Issue 20: views stuck behind events the projector cannot apply were served as current."""
+    import redis.asyncio as aioredis
+
+    from query_service.redis_keys import Keys
+    from tests.support.query import Publisher, create_topic, delete_topic
+
+    sym = unique("ST") + "-USD"
+    settings = settings_for_test([sym], auth_enabled=False, watchdog_interval_s=30.0)
+    await create_topic(settings)
+    await wipe(settings.redis_url, settings.redis_prefix)
+    sim = OrderFlow(instrument=sym, seed=3)
+    sim.place("a", "sell", price=7_000_100, qty=5)
+    first = sim.seq
+    sim.place("b", "buy", price=7_000_000, qty=2)  # rests on the buy side: a bids change
+    keys = Keys(settings.redis_prefix)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    replica = await Replica(settings).start()
+    try:
+        async with Publisher(settings) as pub, httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+            await pub.publish(sim.events[:first])
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: first})
+            assert (await http.get("/market/trades", params={"instrument": sym})).status_code == 200
+            await r.delete(keys.bids(sym))
+            await r.set(keys.bids(sym), "not a sorted set")  # every later batch touching bids fails
+            await pub.publish(sim.events[first:])
+            for _ in range(200):
+                got = await http.get("/market/trades", params={"instrument": sym})
+                if got.status_code == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert got.status_code == 503 and got.json()["error"]["code"] == "unavailable", got.text
+            h = await http.get("/healthz")
+            assert h.status_code == 503 and sym in h.json()["views"], h.text
+    finally:
+        await replica.stop()
+        await r.aclose()
+        await wipe(settings.redis_url, settings.redis_prefix)
+        await delete_topic(settings)
