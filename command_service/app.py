@@ -386,7 +386,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
         housekeeping = asyncio.create_task(_housekeeping(journal, settings.housekeeping_s))
-        log.info("command service %s started: instruments %s ready %s", settings.node_id, ",".join(instruments.symbols),
+        log.info("command service started: node %s, instruments %s, owned and ready %s", settings.node_id, ",".join(instruments.symbols),
                  ",".join(sym for sym, s in st.sequencers.items() if s.ready) or "none")
         try:
             yield

@@ -81,8 +81,11 @@ SETTLEMENT_RUN = obj({}, [], "one instrument's settlement run")
 SETTLEMENT_RESPONSE = obj({"cutoff": TIME, "runs": array(SETTLEMENT_RUN)})
 HEALTH = obj({"status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]}, "timestamp": TIME,
               "checks": {"type": "object", "additionalProperties": {"type": "string"}},
-              # several command nodes (issue 14): the gateway's /healthz lists them and who owns what
-              "nodes": {"type": "object", "additionalProperties": obj({"url": STR, "status": STR})},
+              # several command nodes (issue 14): the gateway's /healthz lists them (url, status) and who
+              # owns what; a command node's own /healthz names itself and the live nodes it sees
+              "node": STR,
+              "nodes": {"anyOf": [{"type": "object", "additionalProperties": obj({"url": STR, "status": STR})},
+                                  array(STR)]},
               "owners": {"type": "object", "additionalProperties": STR}},
              ["status", "checks"])
 

@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.messages import TradeExecuted, decode_event
 from db import partitions
-from db.migrate import migrate
+from db.migrate import MIGRATIONS, migrate
 from relay.topic import ensure_topic
 from tests.support.services import DSN, ServiceProcess, free_port
 
@@ -74,6 +74,10 @@ async def test_old_database_migrates_and_everything_works_across_partitions(tmp_
     try:
         # 1. The old schema, and a book with resting orders and trades in it.
         await migrate(dsn, upto="006_fills.sql")
+        # Today's command service also needs its node registry (008, independent of 007).
+        conn = await asyncpg.connect(dsn)
+        await conn.execute((MIGRATIONS / "008_command_nodes.sql").read_text())
+        await conn.close()
         svc = await start_command(dsn)
         async with httpx.AsyncClient(base_url=svc.url, timeout=10) as http:
             resting = [await place(http, "maker", "sell", 2000 + i) for i in range(10)]
