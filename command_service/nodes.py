@@ -9,8 +9,8 @@ which locks a node TRIES to take:
 - Every node heartbeats its row in `command_nodes` (db/migrations/008) every
   EXCHANGE_NODE_HEARTBEAT_S with PostgreSQL's clock; a node is live while its heartbeat is
   younger than EXCHANGE_NODE_LEASE_S.
-- Rendezvous hashing spreads the instruments over the live nodes that serve them: the owner
-  of I is the node with the highest hash(node, I). Every node computes the same answer from the
+- Rendezvous hashing (with bounded loads: `spread`) spreads the instruments over the live nodes
+  that serve them: the owner of I is the node with the highest hash(node, I) that is not full. Every node computes the same answer from the
   same table, and a node joining or leaving moves only the instruments it wins or held.
 - Who holds what is read from pg_locks (the lock sessions name their node in
   application_name), never from a table that could disagree with the locks.
@@ -60,14 +60,36 @@ FROM command_nodes
 """
 
 
+def _score(node: str, instrument: str) -> bytes:
+    return hashlib.blake2b(f"{node}\n{instrument}".encode(), digest_size=8).digest()
+
+
 def rendezvous(nodes: list[str], instrument: str) -> str | None:
     """The node that owns `instrument` among `nodes` (highest random weight; stable for all)."""
-    best, best_score = None, b""
-    for n in nodes:
-        score = hashlib.blake2b(f"{n}\n{instrument}".encode(), digest_size=8).digest()
-        if best is None or score > best_score:
-            best, best_score = n, score
-    return best
+    return max(nodes, key=lambda n: _score(n, instrument), default=None)
+
+
+def spread(nodes: dict[str, list[str]]) -> dict[str, str]:
+    """instrument -> owner over live nodes (node -> the instruments it serves): rendezvous hashing
+    with bounded loads. Plain rendezvous gave all three instruments of `make run` to command-1
+    (with few instruments an uneven split is likely: 1 in 4 for 3 over 2); here each instrument,
+    in name order, takes its highest-weight node that is not full (each node floor(instruments /
+    nodes), the remainder one more), so the split is as even as the instruments allow. Every node computes the same plan from the
+    same table; a node joining or leaving still moves few instruments."""
+    instruments = sorted({i for v in nodes.values() for i in v})
+    base, extra = divmod(len(instruments), max(1, len(nodes)))  # each node base, `extra` of them one more
+    load = dict.fromkeys(nodes, 0)
+    plan: dict[str, str] = {}
+    for i in instruments:
+        ranked = sorted((n for n, v in nodes.items() if i in v), key=lambda n: _score(n, i), reverse=True)
+        if not ranked:
+            continue
+        pick = next((n for n in ranked if load[n] < base or (load[n] == base and extra > 0)), ranked[0])
+        if load[pick] == base:  # it goes above base: one of the `extra` places taken
+            extra -= 1
+        plan[i] = pick
+        load[pick] += 1
+    return plan
 
 
 def node_of(application_name: str | None) -> str | None:
@@ -82,6 +104,7 @@ class View:
 
     nodes: dict[str, dict] = field(default_factory=dict)  # live node -> {instruments, url, draining}
     holders: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # instrument -> (pid, node)
+    plan: dict[str, str] = field(default_factory=dict)  # instrument -> the node it should be on (spread)
     at: float = 0.0
 
     def owner(self, instrument: str) -> str | None:
@@ -159,7 +182,8 @@ class Membership:
                 for r in rows if r["age_s"] < self.lease_s}
         live[self.node_id] = {"instruments": [i for i in symbols if i not in self._declined], "url": self.url,
                               "draining": self.draining}
-        view = View(live, {r["instrument"]: (r["pid"], node_of(r["application_name"])) for r in holders}, now)
+        view = View(live, {r["instrument"]: (r["pid"], node_of(r["application_name"])) for r in holders},
+                    spread({n: v["instruments"] for n, v in live.items() if not v["draining"]}), now)
         self.view = view
         first, self._first = self._first, False
         for sym, seq in self.sequencers.items():
@@ -178,8 +202,7 @@ class Membership:
         holder = view.holders.get(sym)
         if sym in self._claims and not self._claims[sym].done():
             return
-        candidates = [n for n, v in view.nodes.items() if sym in v["instruments"] and not v["draining"]]
-        desired = rendezvous(candidates, sym)
+        desired = view.plan.get(sym)
         if seq.ready:
             self._orphan_since.pop(sym, None)
             if desired is not None and desired != self.node_id and not self.draining:
@@ -261,7 +284,7 @@ class Membership:
         with contextlib.suppress(Exception):  # the next round writes it anyway
             await self.pool.execute(HEARTBEAT_SQL, self.node_id, list(self.sequencers), self.url, self.draining,
                                     sorted(self._declined))
-        to = rendezvous(others, sym)
+        to = spread({n: self.view.nodes[n]["instruments"] for n in others}).get(sym)
         return await self._hand_over(sym, seq, to), to
 
     async def drain(self) -> None:

@@ -1,4 +1,4 @@
-"""Several command nodes (issue 14): instruments spread over the live nodes by rendezvous hashing,
+"""Several command nodes (issue 14): instruments spread over the live nodes by rendezvous hashing (bounded loads),
 each owned by exactly the node holding its advisory lock; a dead node's instruments are taken
 over; a frozen node's lock session is ended after the lease and the node, woken, writes nothing
 more for them. Real command-service processes on the test PostgreSQL."""
@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from command_service.nodes import rendezvous
+from command_service.nodes import spread
 from tests.support.nodes import FORWARD_TIMEOUT_S, LEASE_S, Nodes, max_seq, place
 from tests.support.services import DSN
 
@@ -33,13 +33,13 @@ async def nodes():
 
 
 def expected(n: Nodes) -> dict:
-    return {s: rendezvous(n.ids, s) for s in n.symbols}
+    return spread({nid: n.symbols for nid in n.ids})
 
 
 async def test_instruments_spread_over_the_nodes_each_owned_once(nodes):
     a, b = nodes.ids
     want = expected(nodes)
-    # Both nodes see the same owners: the rendezvous spread (every node owns some).
+    # Both nodes see the same owners: the spread (every node owns some).
     got = await nodes.wait_owners(lambda o: o == want, via=a)
     assert await nodes.wait_owners(lambda o: o == want, via=b) == got
     assert set(got.values()) == {a, b}
@@ -125,7 +125,7 @@ async def test_a_frozen_owner_loses_its_lock_and_writes_nothing_after_waking(nod
     async with httpx.AsyncClient(timeout=3) as http:
         text = (await http.get(nodes.procs[b].url + "/metrics")).text
     assert 'takeovers_total{reason="lease_expired"}' in text
-    # Awake and heartbeating again, it is the rendezvous owner: it gets its share back by a
+    # Awake and heartbeating again, the spread gives it its instruments again: it gets its share back by a
     # graceful handover, and the journal has no gap and no second writer's seq.
     await nodes.wait_owners(lambda o: o == want, via=b)
     r = await place(nodes.procs[a].url, sym, "97")

@@ -1,5 +1,5 @@
 """Several command nodes for tests (issue 14): real command-service processes with their own node ids
-and instruments (fresh symbols that rendezvous hashing spreads over every node), fast heartbeats."""
+and instruments (fresh symbols that the spread gives every node some of), fast heartbeats."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import httpx
 
-from command_service.nodes import rendezvous
+from command_service.nodes import spread
 from tests.support.query import instruments_file
 from tests.support.services import DSN, ServiceProcess, free_port
 
@@ -25,11 +25,11 @@ NODE_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0", 
 
 
 def spread_symbols(nodes: list[str], n: int = 4) -> list[str]:
-    """Fresh symbols that rendezvous hashing gives to every one of `nodes` (so the test sees a
+    """Fresh symbols that the spread (command_service.nodes.spread) gives to every one of `nodes` (so the test sees a
     spread whatever the random names)."""
     while True:
         syms = [f"N{uuid.uuid4().hex[:5].upper()}-USD" for _ in range(n)]
-        if {rendezvous(nodes, s) for s in syms} == set(nodes):
+        if set(spread({n: syms for n in nodes}).values()) == set(nodes):
             return syms
 
 
