@@ -31,6 +31,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from command_service.sequencer import APP_NAME_PREFIX, LOCK_CLASS, Sequencer
 
 log = logging.getLogger("command.nodes")
@@ -171,11 +173,18 @@ class Membership:
     async def round(self) -> None:
         symbols = list(self.sequencers)
         async with self.pool.acquire() as conn:
-            await conn.execute(HEARTBEAT_SQL, self.node_id, symbols, self.url, self.draining, sorted(self._declined))
-            rows = await conn.fetch(NODES_SQL)
+            try:
+                await conn.execute(HEARTBEAT_SQL, self.node_id, symbols, self.url, self.draining,
+                                   sorted(self._declined))
+                rows = await conn.fetch(NODES_SQL)
+                if self._first:
+                    await conn.execute("DELETE FROM command_nodes WHERE heartbeat_at < now() - interval '1 day'")
+            except asyncpg.UndefinedTableError:
+                # A database not migrated to 008 yet (an older schema being upgraded): this node sees
+                # no other node and takes every instrument nobody holds, as before issue 14; the
+                # locks still decide who owns what.
+                rows = []
             holders = await conn.fetch(HOLDERS_SQL, symbols)
-            if self._first:
-                await conn.execute("DELETE FROM command_nodes WHERE heartbeat_at < now() - interval '1 day'")
         now = time.monotonic()
         live = {r["node_id"]: {"instruments": [i for i in r["instruments"] if i not in r["declined"]],
                                "url": r["url"], "draining": r["draining"]}
