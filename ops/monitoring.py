@@ -66,7 +66,8 @@ def render_compose_conf() -> str:
 
 
 def write_local_conf(state_dir: Path, *, profile: str, host: str, port: int, command_port: int, relay_port: int,
-                     query_ports: list[int], scrape_interval: str = SCRAPE_INTERVAL) -> Path:
+                     query_ports: list[int], scrape_interval: str = SCRAPE_INTERVAL,
+                     command_ports: list[int] | None = None) -> Path:
     """Render STATE/prometheus/prometheus.yml (and copy the rules beside it); returns its path."""
     folder = state_dir / "prometheus"
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,8 @@ def write_local_conf(state_dir: Path, *, profile: str, host: str, port: int, com
     shutil.copyfile(RULES, rules)
     conf = folder / "prometheus.yml"
     conf.write_text(render_prometheus_conf(
-        profile=profile, rules=rules.name, command=[f"{host}:{command_port}"], relay=[f"{host}:{relay_port}"],
+        profile=profile, rules=rules.name, command=[f"{host}:{p}" for p in (command_ports or [command_port])],
+        relay=[f"{host}:{relay_port}"],
         query=[f"{host}:{p}" for p in query_ports], prometheus=[f"{host}:{port}"], scrape_interval=scrape_interval,
     ))
     return conf

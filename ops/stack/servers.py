@@ -649,6 +649,7 @@ def prometheus_argv(cfg: StackConfig) -> list[str]:
     """Render STATE/prometheus/prometheus.yml for this profile's ports and return Prometheus's argv."""
     conf = monitoring.write_local_conf(
         cfg.state_dir, profile=cfg.profile, host=cfg.host, port=cfg.prometheus_port, command_port=cfg.command_port,
+        command_ports=cfg.command_ports,
         relay_port=cfg.relay_metrics_port, query_ports=list(cfg.query_ports),
     )
     checked = monitoring.check("config", conf)
