@@ -220,7 +220,14 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
     """The EXCHANGE_* variables of a profile (what `env` prints and every service reads)."""
     cfg = _cfg(profile)
     env = os.environ
+    nodes = {}
+    if cfg.command_nodes > 1:
+        # Every command node (the query service's system health asks each one). Only with several:
+        # a process that points EXCHANGE_COMMAND_URL at its own command service (tests) is not
+        # overruled by a list naming the profile's.
+        nodes["EXCHANGE_COMMAND_URLS"] = ",".join(f"http://{cfg.host}:{p}" for p in cfg.command_ports)
     return {
+        **nodes,
         "EXCHANGE_PROFILE": cfg.profile,
         "EXCHANGE_PG_DSN": cfg.pg_dsn,
         "EXCHANGE_REDIS_URL": cfg.redis_url,
@@ -235,8 +242,6 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
         "EXCHANGE_QUERY_PORTS": ",".join(str(p) for p in cfg.query_ports),
         "EXCHANGE_RELAY_METRICS_PORT": str(cfg.relay_metrics_port),
         "EXCHANGE_COMMAND_URL": cfg.command_url,
-        # Every command node (the query service's system health asks each one).
-        "EXCHANGE_COMMAND_URLS": ",".join(f"http://{cfg.host}:{p}" for p in cfg.command_ports),
         "EXCHANGE_QUERY_URL": cfg.query_urls[0],
         "EXCHANGE_GATEWAY_URL": cfg.gateway_url,
         "EXCHANGE_PROMETHEUS_PORT": str(cfg.prometheus_port),
