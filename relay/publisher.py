@@ -257,7 +257,13 @@ class Relay:
                 if now - last_housekeeping >= self.s.poll_ms / 1000:
                     last_housekeeping = now
                     self._collect_generations()
-                    await lock_conn.fetchval("SELECT 1")  # is our session (and lock) alive?
+                    try:  # is our session (and lock) alive?
+                        await lock_conn.fetchval("SELECT 1")
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                        # A terminated session can surface as InternalClientError ("another operation
+                        # is in progress") when the kill lands mid-protocol: any failure here means the
+                        # lock may be gone, so step down and campaign again (seen once in a test run).
+                        raise LeadershipLost(f"lock session check failed: {exc!r}") from exc
                     await self._discover(data_conn)  # instruments that were never notified
                 if prepared is None:
                     if not backlog:

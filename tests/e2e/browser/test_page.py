@@ -225,6 +225,9 @@ async def test_feed_gap_and_dropped_socket_heal_to_the_rest_book(system, trader)
     await t.page.wait_for_function("() => window.exchangePage.resyncs >= 1", timeout=10_000)
     assert not lose_next_update.is_set()
     resyncs = t.page.locator("[data-testid=feed-resyncs]")
+    # the counter moves first, the status line is drawn on the next render
+    await t.page.wait_for_function(
+        "() => document.querySelector('[data-testid=feed-resyncs]').textContent.startsWith('resynced')")
     assert re.match(r"resynced \d+× \(missed updates", await resyncs.text_content())
     await t.wait_live()
     await wait_book_equal(t, system.gateway, inst, 5)
