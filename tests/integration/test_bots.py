@@ -16,24 +16,14 @@ import pytest
 import websockets
 
 from contracts.api import iso_ms, parse_iso
-from tests.support.services import DSN, ROOT, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, ROOT, ServiceProcess, command_with_keys, free_port, reset_db
 
 
 @pytest.fixture(scope="module")
 async def svc():
     await reset_db()
-    keys = {c: await create_key(c) for c in ("mm", "taker", "other", "switch", "switch2", "ws", "exp")}
-    keys["admin"] = await create_key("ops", admin=True)
-    proc = ServiceProcess("command_service", free_port(), {"EXCHANGE_AUTH": "enabled",
-                                                            "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}).start()
-    try:
-        await proc.wait_ready()
-        proc.keys = keys
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as client:
-            proc.http = client
-            yield proc
-    finally:
-        proc.stop()
+    async with command_with_keys(("mm", "taker", "other", "switch", "switch2", "ws", "exp"), {"EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}) as proc:
+        yield proc
 
 
 def h(svc, who):

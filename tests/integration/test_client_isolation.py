@@ -6,11 +6,10 @@ entry point. A real `python -m command_service` against the real PostgreSQL, aut
 import json
 
 import asyncpg
-import httpx
 import pytest
 import websockets
 
-from tests.support.services import DSN, ROOT, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, ROOT, command_with_keys, reset_db
 
 CLIENTS = ("alice", "bob", "carol", "dave", "erin")
 
@@ -25,22 +24,12 @@ async def svc(tmp_path_factory):
             s.update(max_order_notional="1000", max_position="5")
     instruments = tmp_path_factory.mktemp("risk") / "instruments.json"
     instruments.write_text(json.dumps(specs))
-    keys = {c: await create_key(c) for c in CLIENTS}
-    keys["admin"] = await create_key("ops", admin=True)
-    proc = ServiceProcess("command_service", free_port(), {
-        "EXCHANGE_AUTH": "enabled",
+    async with command_with_keys(CLIENTS, {
         "EXCHANGE_RATE_LIMIT_PER_SECOND": "0",
         "EXCHANGE_MAX_OPEN_ORDERS": "5",
         "EXCHANGE_INSTRUMENTS_FILE": str(instruments),
-    }).start()
-    try:
-        await proc.wait_ready()
-        proc.keys = keys
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as client:
-            proc.http = client
-            yield proc
-    finally:
-        proc.stop()
+    }) as proc:
+        yield proc
 
 
 def auth(svc, who):

@@ -6,13 +6,12 @@ import asyncio
 import json
 import os
 
-import httpx
 import nats
 import pytest
 import websockets
 
 from contracts.topics import ORDER_REQUEST_SUBJECT
-from tests.support.services import ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import command_with_keys, reset_db
 
 
 def auth(svc, who):
@@ -30,22 +29,13 @@ def error_of(r) -> tuple[int, str, str | None]:
 @pytest.fixture(scope="module")
 async def limited():
     await reset_db()
-    keys = {c: await create_key(c) for c in ("rl-a", "rl-b")}
-    proc = ServiceProcess("command_service", free_port(), {
-        "EXCHANGE_AUTH": "enabled",
+    async with command_with_keys(("rl-a", "rl-b"), {
         "EXCHANGE_RATE_LIMIT_PER_SECOND": "0.5",
         "EXCHANGE_RATE_LIMIT_BURST": "4",
         "EXCHANGE_UNAUTH_RATE_LIMIT_PER_SECOND": "0.5",
         "EXCHANGE_UNAUTH_RATE_LIMIT_BURST": "3",
-    }).start()
-    try:
-        await proc.wait_ready()
-        proc.keys = keys
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as client:
-            proc.http = client
-            yield proc
-    finally:
-        proc.stop()
+    }) as proc:
+        yield proc
 
 
 async def test_orders_forwarded_over_nats_charge_the_keys_bucket(limited):

@@ -5,27 +5,16 @@ import asyncio
 from decimal import Decimal
 
 import asyncpg
-import httpx
 import pytest
 
-from tests.support.services import DSN, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, command_with_keys, reset_db
 
 
 @pytest.fixture(scope="module")
 async def svc():
     await reset_db()
-    keys = {c: await create_key(c) for c in ("alice", "bob", "carol")}
-    keys["admin"] = await create_key("ops", admin=True)
-    proc = ServiceProcess("command_service", free_port(), {"EXCHANGE_AUTH": "enabled",
-                                                            "EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}).start()
-    try:
-        await proc.wait_ready()
-        proc.keys = keys
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as client:
-            proc.http = client
-            yield proc
-    finally:
-        proc.stop()
+    async with command_with_keys(("alice", "bob", "carol"), {"EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}) as proc:
+        yield proc
 
 
 async def order(svc, who, **body):

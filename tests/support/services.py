@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
 import uvicorn
 
 from command_service.api_keys import create as create_key_row
 from ops.stack import ServiceProcess, free_port
 
-__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "create_key", "free_port", "reset_db"]
+__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "command_with_keys", "create_key", "free_port", "reset_db"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DSN = os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:15432/exchange")  # make test exports it
@@ -37,6 +38,23 @@ async def reset_db(dsn: str = DSN) -> None:
 
 async def create_key(client_id: str, admin: bool = False, dsn: str = DSN) -> str:
     return await create_key_row(dsn, client_id, admin, "test")
+
+
+@contextlib.asynccontextmanager
+async def command_with_keys(clients, env: dict[str, str]):
+    """A command service process with auth on and a trade key per client (plus "admin"): yields it
+    with `.keys` (client -> key) and `.http` (an httpx client on its port); stopped afterwards."""
+    keys = {c: await create_key(c) for c in clients}
+    keys["admin"] = await create_key("ops", admin=True)
+    proc = ServiceProcess("command_service", free_port(), {"EXCHANGE_AUTH": "enabled", **env}).start()
+    try:
+        await proc.wait_ready()
+        proc.keys = keys
+        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as client:
+            proc.http = client
+            yield proc
+    finally:
+        proc.stop()
 
 
 class InProcessServer:
