@@ -5,11 +5,10 @@ entry point. A real `python -m command_service` against the real PostgreSQL, aut
 
 import json
 
-import asyncpg
 import pytest
 import websockets
 
-from tests.support.services import DSN, ROOT, command_with_keys, reset_db
+from tests.support.services import ROOT, command_with_keys, event_count, reset_db
 
 CLIENTS = ("alice", "bob", "carol", "dave", "erin")
 
@@ -39,14 +38,6 @@ def auth(svc, who):
 async def place(svc, who, **body):
     body = {"instrument": "BTC-USD", "side": "buy", "type": "limit", "price": "100", "quantity": "1", **body}
     return await svc.http.post("/orders", json=body, headers=auth(svc, who))
-
-
-async def event_count() -> int:
-    conn = await asyncpg.connect(DSN)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM events")
-    finally:
-        await conn.close()
 
 
 def error_of(r) -> tuple[int, str, str | None]:

@@ -11,7 +11,7 @@ import websockets
 
 from contracts.messages import TradeExecuted, decode_event
 from engine import OrderBook
-from tests.support.services import DSN, ServiceProcess, create_key, free_port, reset_db
+from tests.support.services import DSN, ServiceProcess, create_key, event_count, free_port, reset_db
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,6 @@ def auth(svc, who):
 
 async def post_order(http, svc, who, **body):
     return await http.post("/orders", json=body, headers=auth(svc, who))
-
-
-async def event_count() -> int:
-    conn = await asyncpg.connect(DSN)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM events")
-    finally:
-        await conn.close()
 
 
 async def test_seed_limit_then_market_sell(http, svc):

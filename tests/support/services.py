@@ -15,7 +15,7 @@ import uvicorn
 from command_service.api_keys import create as create_key_row
 from ops.stack import ServiceProcess, free_port
 
-__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "command_with_keys", "create_key", "free_port", "reset_db"]
+__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "command_with_keys", "create_key", "event_count", "free_port", "reset_db"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DSN = os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:15432/exchange")  # make test exports it
@@ -32,6 +32,15 @@ async def reset_db(dsn: str = DSN) -> None:
         # as history below the Redis horizon
         if await conn.fetchval("SELECT to_regclass('fills')"):
             await conn.execute("TRUNCATE fills")
+    finally:
+        await conn.close()
+
+
+async def event_count(dsn: str = DSN) -> int:
+    """Events in the journal: a refused request must leave it unchanged."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM events")
     finally:
         await conn.close()
 
