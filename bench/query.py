@@ -20,6 +20,7 @@ import msgspec
 import nats
 import redis.asyncio as aioredis
 
+from contracts.env import nats_login_kwargs
 from contracts.instruments import load_instruments
 from contracts.topics import FEED_SUBJECT_PREFIX
 from query_service.feed import decode_feed
@@ -54,7 +55,7 @@ async def run(rate: int, seconds: float, reset: bool, settings: QuerySettings, w
         windows: dict[int, list[float]] = {}  # 10 s window of the send time -> lags
         t_start = time.time_ns()
         batches = 0
-        nc = await nats.connect(settings.nats_url)
+        nc = await nats.connect(settings.nats_url, **nats_login_kwargs(settings.nats_login))  # the query user: it reads the feed
         done = asyncio.Event()
 
         async def on_feed(msg):

@@ -377,7 +377,8 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         st.unauth = AddressLimiter(settings.unauth_rate_limit_per_second, settings.unauth_rate_limit_burst,
                                    settings.trusted_proxies)
         st.entry = OrderEntry(instruments, journal, st.sequencers, settings.book_levels_in_response)
-        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, st.limiter, enabled=settings.nats_enabled)
+        st.bridge = NatsBridge(settings.nats_url, st.entry, st.auth, st.limiter, enabled=settings.nats_enabled,
+                               login=settings.nats_login)
         await st.bridge.start()
         if settings.nats_enabled:  # several nodes: commands for instruments owned elsewhere go there
             st.entry.set_forwarder(Forwarder(settings.node_id, st.bridge, settings.forward_timeout_s, st.metrics))

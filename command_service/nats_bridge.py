@@ -21,6 +21,7 @@ from command_service.edge import (
     decode_json,
     decode_order_request,
 )
+from contracts.env import Login, nats_login_kwargs
 from contracts.topics import ORDER_REQUEST_SUBJECT
 
 log = logging.getLogger("command.nats")
@@ -36,8 +37,9 @@ _request_decoder = msgspec.json.Decoder(_Request, float_hook=Decimal)
 
 
 class NatsBridge:
-    def __init__(self, url: str, entry, auth, limiter=None, enabled: bool = True):
+    def __init__(self, url: str, entry, auth, limiter=None, enabled: bool = True, login: Login | None = None):
         self.url = url
+        self.login = login or Login("", "")
         self.entry = entry
         self.auth = auth
         self.limiter = limiter
@@ -61,7 +63,7 @@ class NatsBridge:
         while True:
             try:
                 self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                             connect_timeout=2)
+                                             connect_timeout=2, **nats_login_kwargs(self.login))
                 # A queue group: with several command services each request is handled once.
                 await self.nc.subscribe(ORDER_REQUEST_SUBJECT, queue="command-service", cb=self._on_request)
                 log.info("nats bridge subscribed on %s", ORDER_REQUEST_SUBJECT)

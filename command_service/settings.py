@@ -7,7 +7,7 @@ import socket
 
 import msgspec
 
-from contracts.env import SettingError, env_bool, env_float, env_int, env_port
+from contracts.env import Login, SettingError, env_bool, env_float, env_int, env_login, env_port
 from contracts.instruments import instruments_file_setting
 
 
@@ -33,6 +33,9 @@ class CommandSettings(msgspec.Struct, frozen=True):
     kafka_bootstrap: str
     kafka_topic: str
     nats_url: str
+    # The command nodes' NATS user (issue 20): it alone may answer forwarded orders and publish
+    # the node-to-node command subjects (ops/stack/servers.py nats_conf, compose nats.conf).
+    nats_login: Login
     instruments_file: str | None
     host: str
     port: int
@@ -89,6 +92,7 @@ class CommandSettings(msgspec.Struct, frozen=True):
             kafka_bootstrap=env("EXCHANGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             kafka_topic=env("EXCHANGE_KAFKA_TOPIC", "exchange.events"),
             nats_url=env("EXCHANGE_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_login=env_login("EXCHANGE_NATS_COMMAND_USER", "EXCHANGE_NATS_COMMAND_PASSWORD", "command"),
             instruments_file=instruments_file_setting(),
             host=env("EXCHANGE_HOST", "127.0.0.1"),
             port=env_port("EXCHANGE_COMMAND_PORT", 8001),

@@ -59,7 +59,7 @@ class Services:
         self.keys = Keys(settings.redis_prefix)
         self.metrics = QueryMetrics()
         self.redis = redis_connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self.bus = Bus(settings.nats_url)
+        self.bus = Bus(settings.nats_url, login=settings.nats_login)
         self.journal = JournalReader(settings.pg_dsn)
         self.auth = authenticator(self.journal, settings.auth_enabled, settings.auth_cache_ttl_s)
         self.books = views.BookReader(self.redis, self.keys, self.instruments, settings.book_cache_max_age_s)

@@ -11,12 +11,15 @@ from typing import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 
+from contracts.env import Login, nats_login_kwargs
+
 log = logging.getLogger("query_service.bus")
 
 
 class Bus:
-    def __init__(self, url: str, name: str = "query_service"):
+    def __init__(self, url: str, name: str = "query_service", login: Login | None = None):
         self.url = url
+        self.login = login or Login("", "")
         self.name = name
         self.nc: Client | None = None
         self._subscriptions: list[tuple[str, Callable]] = []
@@ -55,6 +58,7 @@ class Bus:
             reconnected_cb=reconnected,
             error_cb=error,
             pending_size=64 * 1024 * 1024,
+            **nats_login_kwargs(self.login),
         )
         for subject, cb in self._subscriptions:
             await nc.subscribe(subject, cb=cb, pending_msgs_limit=1_000_000, pending_bytes_limit=512 * 1024 * 1024)

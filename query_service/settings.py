@@ -11,7 +11,7 @@ from typing import Mapping
 
 import msgspec
 
-from contracts.env import SettingError, env_bool, env_choice, env_float, env_int, env_port
+from contracts.env import Login, SettingError, env_bool, env_choice, env_float, env_int, env_login, env_port
 from contracts.instruments import instruments_file_setting
 from contracts.topics import EVENTS_TOPIC
 
@@ -31,6 +31,9 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/exchange"
     redis_url: str = "redis://127.0.0.1:6379/0"
     nats_url: str = "nats://127.0.0.1:4222"
+    # The query service's NATS user (issue 20): it alone may publish the feed subjects the
+    # /stream clients receive and send orders to the command nodes (ops/stack/servers.py nats_conf).
+    nats_login: Login = Login("", "")
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic: str = EVENTS_TOPIC
     instruments_file: str | None = None
@@ -111,6 +114,7 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
             pg_dsn=s("EXCHANGE_PG_DSN", d.pg_dsn),
             redis_url=_redis_url(s("EXCHANGE_REDIS_URL", d.redis_url)),
             nats_url=s("EXCHANGE_NATS_URL", d.nats_url),
+            nats_login=env_login("EXCHANGE_NATS_QUERY_USER", "EXCHANGE_NATS_QUERY_PASSWORD", "query", env),
             kafka_bootstrap=s("EXCHANGE_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
             kafka_topic=s("EXCHANGE_KAFKA_TOPIC", d.kafka_topic),
             instruments_file=instruments_file_setting(env),

@@ -7,10 +7,21 @@ variables the services read; `make test` starts the servers (ops/stack, profile
 
 import os
 
-os.environ.setdefault("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:15432/exchange")
-os.environ.setdefault("EXCHANGE_REDIS_URL", "redis://127.0.0.1:16379/0")
-os.environ.setdefault("EXCHANGE_NATS_URL", "nats://127.0.0.1:14222")
-os.environ.setdefault("EXCHANGE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+
+def _stack_defaults() -> None:
+    """Without `make test` (pytest run by hand against servers `python -m ops.stack up --profile test
+    --servers-only` started): the test profile's addresses and internal credentials (issue 20: the
+    servers refuse clients without them), from the same place `make test` takes them."""
+    from ops import stack
+
+    env = stack.exchange_env(stack.config("test"))
+    for key in ("EXCHANGE_PG_DSN", "EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP",
+                "EXCHANGE_NATS_COMMAND_USER", "EXCHANGE_NATS_COMMAND_PASSWORD",
+                "EXCHANGE_NATS_QUERY_USER", "EXCHANGE_NATS_QUERY_PASSWORD"):
+        os.environ.setdefault(key, env[key])
+
+
+_stack_defaults()
 
 
 _ORDER = ("tests/unit/", "tests/integration/", "tests/e2e/", "tests/fuzz/", "tests/chaos/")

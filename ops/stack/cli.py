@@ -240,12 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     p_with.add_argument("--profile", choices=PROFILES, default="test")
     p_with.add_argument("--fresh", action="store_true", help="start PostgreSQL from an empty data folder if it is not running")
     p_with.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("nats-compose-conf", help="write ops/nats.compose.conf (compose's NATS users and permissions)")
     p_status = sub.add_parser("status", help="what runs, for one or both profiles")
     p_status.add_argument("--profile", choices=PROFILES)
     args = parser.parse_args(argv)
 
     if args.cmd == "install":
         return cmd_install()
+    if args.cmd == "nats-compose-conf":
+        from ops.stack.servers import COMPOSE_NATS_CONF, render_compose_nats_conf
+
+        COMPOSE_NATS_CONF.write_text(render_compose_nats_conf())
+        print(f"[stack] wrote {COMPOSE_NATS_CONF}")
+        return 0
     if args.cmd == "status":
         return cmd_status([config(args.profile)] if args.profile else [config(p) for p in PROFILES])
     cfg = config(args.profile)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,67 @@ class StackError(RuntimeError):
     """A failure with a message meant for the person at the terminal."""
 
 
+# --------------------------------------------------------------------------- internal credentials
+# Issue 20: NATS accepted anyone (a forged feed message reached every /stream client, a forged seq
+# silenced an instrument on all replicas) and Redis/PostgreSQL had no passwords. Each state folder
+# gets its own random passwords, generated once and kept in STATE/credentials.json (mode 600):
+# a restart reuses them (PostgreSQL's data folder and a running server keep what they were given).
+CREDENTIALS_FILE = "credentials.json"
+# NATS users (ops/stack/servers.py nats_conf: what each may publish and subscribe).
+NATS_COMMAND_USER = "command"
+NATS_QUERY_USER = "query"
+_CREDENTIAL_KEYS = ("pg_password", "redis_password", "nats_command_password", "nats_query_password")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    pg_password: str
+    redis_password: str
+    nats_command_password: str
+    nats_query_password: str
+
+
+def credentials_path(state_dir: Path) -> Path:
+    return state_dir / CREDENTIALS_FILE
+
+
+def credentials(state_dir: Path) -> Credentials:
+    """The state folder's internal passwords: read, or generated on first use (atomically: two
+    processes asking at once get the same ones). The file is created with mode 600."""
+    path = credentials_path(state_dir)
+    try:
+        return _read_credentials(path)
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o711)
+    # token_urlsafe: letters, digits, '-' and '_' only - safe inside URLs, DSNs and config files.
+    values = {k: secrets.token_urlsafe(24) for k in _CREDENTIAL_KEYS}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(values, f, indent=2)
+        f.write("\n")
+    try:
+        os.link(tmp, path)  # fails if another process created it first: theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_credentials(path)
+
+
+def _read_credentials(path: Path) -> Credentials:
+    data = json.loads(path.read_text())
+    missing = [k for k in _CREDENTIAL_KEYS if not isinstance(data.get(k), str) or not data[k]]
+    if missing:
+        raise StackError(f"{path}: missing {', '.join(missing)}; remove the file to generate new credentials "
+                         "(then restart the stack: `make stop`)")
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return Credentials(**{k: data[k] for k in _CREDENTIAL_KEYS})
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -80,12 +143,16 @@ class StackConfig:
     host: str = HOST
 
     @property
+    def credentials(self) -> Credentials:
+        return credentials(self.state_dir)
+
+    @property
     def pg_dsn(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.pg_port}/exchange"
+        return f"postgresql://postgres:{self.credentials.pg_password}@{self.host}:{self.pg_port}/exchange"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        return f"redis://:{self.credentials.redis_password}@{self.host}:{self.redis_port}/0"
 
     @property
     def nats_url(self) -> str:
@@ -232,6 +299,11 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
         "EXCHANGE_PG_DSN": cfg.pg_dsn,
         "EXCHANGE_REDIS_URL": cfg.redis_url,
         "EXCHANGE_NATS_URL": cfg.nats_url,
+        # Each service logs in as its own NATS user (command_service, query_service settings).
+        "EXCHANGE_NATS_COMMAND_USER": NATS_COMMAND_USER,
+        "EXCHANGE_NATS_COMMAND_PASSWORD": cfg.credentials.nats_command_password,
+        "EXCHANGE_NATS_QUERY_USER": NATS_QUERY_USER,
+        "EXCHANGE_NATS_QUERY_PASSWORD": cfg.credentials.nats_query_password,
         "EXCHANGE_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
         "EXCHANGE_KAFKA_TOPIC": env.get("EXCHANGE_KAFKA_TOPIC") or _events_topic()[0],
         "EXCHANGE_INSTRUMENTS_FILE": env.get("EXCHANGE_INSTRUMENTS_FILE") or str(REPO / "config" / "instruments.json"),

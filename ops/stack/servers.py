@@ -20,6 +20,8 @@ from ops import gateway as gateway_conf
 from ops import monitoring
 from ops.stack.config import (
     ALL_SERVICES,
+    NATS_COMMAND_USER,
+    NATS_QUERY_USER,
     REPO,
     SERVER_MARKER,
     SERVER_PORT_KEY,
@@ -30,6 +32,7 @@ from ops.stack.config import (
     StackError,
     _cfg,
     _events_topic,
+    credentials_path,
     exchange_env,
     service_env,
 )
@@ -132,8 +135,78 @@ def ensure_state_dir(cfg: StackConfig) -> None:
             link.symlink_to(cfg.state_dir)
     except OSError:
         pass  # a read-only checkout still runs; the link is a convenience
-    (cfg.state_dir / "config.json").write_text(json.dumps(
-        {"profile": cfg.profile, "repo": str(REPO), "ports": exchange_env(cfg)}, indent=2) + "\n")
+    # Passwords stay in credentials.json (mode 600) only: config.json shows where they are.
+    creds = cfg.credentials
+    shown = json.dumps({"profile": cfg.profile, "repo": str(REPO), "ports": exchange_env(cfg),
+                        "credentials": str(credentials_path(cfg.state_dir))}, indent=2) + "\n"
+    for secret in (creds.pg_password, creds.redis_password, creds.nats_command_password, creds.nats_query_password):
+        shown = shown.replace(secret, "***")
+    (cfg.state_dir / "config.json").write_text(shown)
+
+
+def _private_file(path: Path, text: str) -> Path:
+    """Write a file only its owner can read (a server's config holding a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+    return path
+
+
+def nats_conf(cfg: StackConfig) -> str:
+    """nats-server's users and what each may do (issue 20: a forged feed message once reached every
+    /stream client and a forged seq silenced an instrument on all replicas). Only the query user
+    (the projector, which publishes the feed, and /stream's order forwarder) publishes the feed
+    subjects and sends orders; only the command user answers them (allow_responses: a reply to a
+    request it received) and uses the node-to-node command subjects. Anyone else is refused at
+    CONNECT. compose.yaml's ops/nats.compose.conf grants the same (tests/unit/test_compose.py)."""
+    creds = cfg.credentials
+    return render_nats_users({NATS_COMMAND_USER: creds.nats_command_password,
+                              NATS_QUERY_USER: creds.nats_query_password},
+                             f"Written by ops/stack for {cfg.state_dir} on every start (mode 600)")
+
+
+COMPOSE_NATS_CONF = REPO / "ops" / "nats.compose.conf"
+
+
+def render_compose_nats_conf() -> str:
+    """ops/nats.compose.conf: the same users and permissions, passwords from the nats container's
+    environment (compose.yaml). Regenerate: python -m ops.stack nats-compose-conf"""
+    return render_nats_users({NATS_COMMAND_USER: "$NATS_COMMAND_PASSWORD", NATS_QUERY_USER: "$NATS_QUERY_PASSWORD"},
+                             "compose.yaml's NATS config: python -m ops.stack nats-compose-conf (do not edit)")
+
+
+def nats_permissions() -> dict[str, dict[str, list[str]]]:
+    """user -> {"publish": [...], "subscribe": [...], "responses": [] or ["allow"]}: the one home of
+    the NATS permissions. "responses": may publish a reply to a request it received (the reply
+    subject is an _INBOX the requester chose; nothing else of _INBOX.> may be published)."""
+    from contracts.topics import FEED_SUBJECT_PREFIX, NODE_COMMAND_SUBJECT_PREFIX, ORDER_REQUEST_SUBJECT
+
+    return {
+        NATS_COMMAND_USER: {"publish": [f"{NODE_COMMAND_SUBJECT_PREFIX}.>"],
+                            "subscribe": [ORDER_REQUEST_SUBJECT, f"{NODE_COMMAND_SUBJECT_PREFIX}.>", "_INBOX.>"],
+                            "responses": ["allow"]},
+        NATS_QUERY_USER: {"publish": [f"{FEED_SUBJECT_PREFIX}.>", ORDER_REQUEST_SUBJECT],
+                          "subscribe": [f"{FEED_SUBJECT_PREFIX}.>", "_INBOX.>"], "responses": []},
+    }
+
+
+def render_nats_users(passwords: dict[str, str], header: str) -> str:
+    """The authorization block of a nats-server config: passwords[user] is a literal or, for
+    compose, an environment reference like $NATS_QUERY_PASSWORD (nats-server expands it)."""
+    lines = [f"# {header}", "# Issue 20: each service logs in as its own user and may publish only what it owns;",
+             "# a client without a user is refused.", "authorization {", "  users = ["]
+    for user, perms in nats_permissions().items():
+        pw = passwords[user]
+        pw = pw if pw.startswith("$") else json.dumps(pw)
+        lines += [f'    {{user: "{user}", password: {pw}, permissions: {{',
+                  f"      publish: {{allow: {json.dumps(perms['publish'])}}},",
+                  f"      subscribe: {{allow: {json.dumps(perms['subscribe'])}}},",
+                  *(["      allow_responses: true"] if perms["responses"] else []),
+                  "    }}"]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -163,8 +236,14 @@ def _answers(cfg: StackConfig, name: str) -> bool:
         with socket.create_connection((cfg.host, port), timeout=1.0) as s:
             s.settimeout(2.0)
             if name == "redis":
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+                s.sendall(b"AUTH " + cfg.credentials.redis_password.encode() + b"\r\nPING\r\n")
+                buf = b""
+                while buf.count(b"\r\n") < 2:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    buf += chunk
+                return buf.startswith(b"+OK\r\n+PONG")
             if name == "nats":
                 return s.recv(4096).startswith(b"INFO ")
     except OSError:
@@ -213,12 +292,15 @@ def _launch_server(cfg: StackConfig, name: str) -> subprocess.Popen | None:
         data.mkdir(exist_ok=True)
         # No persistence, on purpose: the Redis views are rebuilt from the journal (PostgreSQL) by the
         # projector; a dump could only bring back a view that disagrees with Kafka offsets.
-        argv = [_which("redis-server"), "--bind", cfg.host, "--port", str(port), "--dir", str(data),
+        # The password goes in a mode-600 config file, not on the command line (ps shows argv).
+        conf = _private_file(data / "redis.conf", f"requirepass {cfg.credentials.redis_password}\n")
+        argv = [_which("redis-server"), conf, "--bind", cfg.host, "--port", str(port), "--dir", str(data),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
                 "--maxclients", "10000"]
     elif name == "nats":
         _check_port_free(cfg, "nats monitor", cfg.nats_monitor_port, "EXCHANGE_NATS_MONITOR_PORT")
-        argv = [_which("nats-server"), "-a", cfg.host, "-p", str(port), "-m", str(cfg.nats_monitor_port)]
+        conf = _private_file(cfg.state_dir / "nats" / "nats.conf", nats_conf(cfg))
+        argv = [_which("nats-server"), "-c", conf, "-a", cfg.host, "-p", str(port), "-m", str(cfg.nats_monitor_port)]
     elif name == "kafka":
         tansu = tansu_binary()
         if tansu is None:
@@ -244,6 +326,9 @@ def _launch_postgres(cfg: StackConfig) -> None:
         d.mkdir(exist_ok=True)
         _chown_postgres(d)
     cfg.pg_dir.chmod(0o755)
+    # The unix socket is the passwordless admin door (pg_hba "local trust"): only its owner
+    # (postgres) and root may enter its folder. TCP always asks for the password.
+    sock.chmod(0o700)
     if not log.exists():
         log.touch()
     _chown_postgres(log)
@@ -253,13 +338,15 @@ def _launch_postgres(cfg: StackConfig) -> None:
             if cfg.pg_data.exists():
                 shutil.rmtree(cfg.pg_data)  # a half-done initdb
             r = subprocess.run(
-                _as_postgres([str(bindir / "initdb"), "-D", str(cfg.pg_data), "-U", "postgres", "--auth=trust",
+                _as_postgres([str(bindir / "initdb"), "-D", str(cfg.pg_data), "-U", "postgres",
+                              "--auth-local=trust", "--auth-host=scram-sha-256",
                               "-E", "UTF8", "--locale=C.UTF-8"]),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=120,
             )
             if r.returncode != 0:
                 raise StackError(f"postgres: initdb failed (exit {r.returncode}); see {cfg.logs / 'pg_ctl.log'}:\n"
                                  + _tail(cfg.logs / "pg_ctl.log"))
+        _write_pg_hba(cfg)
         # fsync and synchronous_commit stay on in every profile: acks happen after commit, and crash
         # tests rely on what was acknowledged being on disk. The journal writes ~30 MB of WAL a
         # second at full rate: with the default max_wal_size (1 GB) a checkpoint started every
@@ -283,6 +370,29 @@ def _launch_postgres(cfg: StackConfig) -> None:
     finally:
         out.close()
     return None
+
+
+PG_HBA = """# Written by ops/stack on every start (issue 20): no passwordless TCP.
+# The unix socket (STATE/pg/sock, mode 700, owner postgres) is the bootstrap's admin door.
+local   all   all                  trust
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
+
+
+def _write_pg_hba(cfg: StackConfig) -> bool:
+    """Write pg_hba.conf if it differs; True if it changed (a running server must reload it)."""
+    path = cfg.pg_data / "pg_hba.conf"
+    if path.exists() and path.read_text() == PG_HBA:
+        return False
+    _private_file(path, PG_HBA)
+    _chown_postgres(path)
+    return True
+
+
+def pg_admin_connect_args(cfg: StackConfig) -> dict:
+    """asyncpg.connect keywords for the superuser over the unix socket (no password)."""
+    return {"host": str(cfg.pg_dir / "sock"), "port": cfg.pg_port, "user": "postgres"}
 
 
 def start_server(cfg: StackConfig | str, name: str, say: Callable[[str], None] = print, timeout: float = START_TIMEOUT) -> str:
@@ -389,12 +499,14 @@ def redis_cluster_ports(cfg: StackConfig | str) -> list[int]:
 
 def redis_cluster_url(cfg: StackConfig | str) -> str:
     cfg = _cfg(cfg)
-    return f"redis+cluster://{cfg.host}:{redis_cluster_ports(cfg)[0]}"
+    return f"redis+cluster://:{cfg.credentials.redis_password}@{cfg.host}:{redis_cluster_ports(cfg)[0]}"
 
 
 def _redis_cli(cfg: StackConfig, port: int, *args: str, timeout: float = 10) -> str:
+    # REDISCLI_AUTH: the password without putting it on the command line.
     r = subprocess.run([_which("redis-cli") or "redis-cli", "-h", cfg.host, "-p", str(port), *args],
-                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "REDISCLI_AUTH": cfg.credentials.redis_password})
     return r.stdout + r.stderr
 
 
@@ -424,7 +536,10 @@ def start_redis_cluster(cfg: StackConfig | str, say: Callable[[str], None] = pri
         _check_port_free(cfg, "redis cluster", port, "EXCHANGE_REDIS_PORT")
         data = base / str(port)
         data.mkdir(parents=True)
-        argv = [_which("redis-server"), "--bind", cfg.host, "--port", str(port), "--dir", str(data),
+        pw = cfg.credentials.redis_password
+        # masterauth too: a replica added later authenticates to its master with the same password.
+        conf = _private_file(data / "redis.conf", f"requirepass {pw}\nmasterauth {pw}\n")
+        argv = [_which("redis-server"), conf, "--bind", cfg.host, "--port", str(port), "--dir", str(data),
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "", "--maxclients", "10000"]
         proc = _popen([str(a) for a in argv], cfg.logs / f"redis-cluster-{port}.log")  # type: ignore[misc]
@@ -491,11 +606,19 @@ async def ensure_topic(bootstrap: str, topic: str | None = None, partitions: int
 def prepare_database(cfg: StackConfig, say: Callable[[str], None] = print) -> None:
     """CREATE DATABASE exchange if missing, then `python -m db.migrate`."""
 
+    hba_changed = _write_pg_hba(cfg)
+
     async def create_db() -> bool:
         import asyncpg
 
-        conn = await asyncpg.connect(f"postgresql://postgres@{cfg.host}:{cfg.pg_port}/postgres", timeout=10)
+        conn = await asyncpg.connect(**pg_admin_connect_args(cfg), database="postgres", timeout=10)
         try:
+            # The services' password (credentials.json), set on every start: a data folder from
+            # before issue 20, or a credentials file that was removed, gets the current one.
+            await conn.execute("SET password_encryption = 'scram-sha-256'")
+            await conn.execute(f"ALTER ROLE postgres PASSWORD '{cfg.credentials.pg_password}'")
+            if hba_changed:
+                await conn.fetchval("SELECT pg_reload_conf()")
             if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'exchange'"):
                 return False
             await conn.execute("CREATE DATABASE exchange")

@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from contracts.topics import ORDER_REQUEST_SUBJECT
-from tests.support.services import command_with_keys, reset_db
+from tests.support.services import command_with_keys, nats_login, reset_db
 
 
 def auth(svc, who):
@@ -43,7 +43,8 @@ async def test_orders_forwarded_over_nats_charge_the_keys_bucket(limited):
     for _ in range(4):  # the burst, over HTTP
         r = await limited.http.post("/orders", json=order, headers=auth(limited, "rl-a"))
         assert r.status_code == 201, r.text
-    nc = await nats.connect(os.environ.get("EXCHANGE_NATS_URL", "nats://127.0.0.1:14222"))
+    # /stream's order forwarder logs in as the query user (issue 20)
+    nc = await nats.connect(os.environ["EXCHANGE_NATS_URL"], **nats_login("query"))
     try:
         for _ in range(50):  # the bridge subscribes once the service is up: wait for a responder
             try:

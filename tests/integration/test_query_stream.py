@@ -35,6 +35,7 @@ from tests.support.query import (
     wait_for_seq,
     wipe,
 )
+from tests.support.services import nats_login
 
 decode = msgspec.json.Decoder(float_hook=Decimal).decode
 
@@ -247,7 +248,7 @@ class RawWebSocket:
 async def test_a_slow_consumer_is_dropped_and_the_others_keep_up(env):
     settings, sym, _, _ = env
     replica = await Replica(settings.replace(projector_enabled=False, ws_send_queue=200)).start()
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(settings.nats_url, **nats_login("query"))  # publishes on the feed, like the projector
     try:
         fast = await open_ws(replica)
         slow = await RawWebSocket().connect("127.0.0.1", settings.port)
@@ -355,7 +356,7 @@ async def test_order_entry_is_forwarded_over_nats_request_reply(env):
     keys.append(ka)
     await journal.add_key(ka, alice)
     replica = await Replica(settings.replace(projector_enabled=False, order_request_timeout_s=0.5)).start()
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(settings.nats_url, **nats_login("command"))  # answers orders, like a command node
     requests = []
 
     async def responder(msg):

@@ -75,9 +75,13 @@ async def test_redis_ping():
 async def test_nats_publish_subscribe_and_request_reply():
     import nats
 
-    nc = await nats.connect(NATS_URL, connect_timeout=5)
+    from contracts.topics import node_command_subject
+    from tests.support.services import nats_login
+
+    # The command nodes' user may publish and subscribe the node command subjects (issue 20).
+    nc = await nats.connect(NATS_URL, connect_timeout=5, **nats_login("command"))
     try:
-        subject = f"test.stack.{uuid.uuid4().hex}"
+        subject = node_command_subject(f"test-stack-{uuid.uuid4().hex}")
         got: asyncio.Queue = asyncio.Queue()
 
         async def on_msg(msg):

@@ -14,11 +14,23 @@ import uvicorn
 
 from command_service.api_keys import create as create_key_row
 from ops.stack import ServiceProcess, free_port
+from ops.stack import config as stack_config
 
-__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "command_with_keys", "create_key", "event_count", "free_port", "reset_db"]
+__all__ = ["DSN", "ROOT", "InProcessServer", "ServiceProcess", "command_with_keys", "create_key", "event_count", "free_port",
+           "nats_login", "reset_db"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DSN = os.environ.get("EXCHANGE_PG_DSN", "postgresql://postgres@127.0.0.1:15432/exchange")  # make test exports it
+# make test exports it; otherwise the test profile's, with its password (issue 20)
+DSN = os.environ.get("EXCHANGE_PG_DSN") or stack_config("test").pg_dsn
+
+
+def nats_login(identity: str) -> dict[str, str]:
+    """nats.connect keywords to log in as one of the stack's NATS users, "command" (the command
+    nodes) or "query" (the projector and /stream), from the env `make test` exports (issue 20)."""
+    from contracts.env import env_login, nats_login_kwargs
+
+    var = {"command": "COMMAND", "query": "QUERY"}[identity]
+    return nats_login_kwargs(env_login(f"EXCHANGE_NATS_{var}_USER", f"EXCHANGE_NATS_{var}_PASSWORD", identity))
 
 
 async def reset_db(dsn: str = DSN) -> None:

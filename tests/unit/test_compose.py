@@ -59,13 +59,68 @@ def test_python_services_run_their_module_with_their_settings(services, name):
     assert "@postgres:5432/exchange" in env["EXCHANGE_PG_DSN"]
     assert env["EXCHANGE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     if "EXCHANGE_REDIS_URL" in needed:
-        assert env["EXCHANGE_REDIS_URL"].startswith("redis://redis:6379")
+        assert env["EXCHANGE_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+        assert env["EXCHANGE_REDIS_URL"].endswith("@redis:6379/0")
     if "EXCHANGE_NATS_URL" in needed:
         assert env["EXCHANGE_NATS_URL"] == "nats://nats:4222"
     if name != "migrate":
         assert svc["restart"] == "unless-stopped"
         assert env["EXCHANGE_HOST"] == "0.0.0.0"
         assert "healthcheck" in svc
+
+
+# Issue 20: every internal server asks for a password; compose refuses to start without one
+# (${VAR:?...}: no default password anyone could guess), and each service gets only its own NATS login.
+REQUIRED = re.compile(r"^\$\{(\w+):\?[^}]+\}$")
+
+
+def _required_var(value: str) -> str:
+    m = REQUIRED.match(value)
+    assert m, f"{value!r} is not a required ${{VAR:?message}} placeholder"
+    return m.group(1)
+
+
+def test_services_log_in_to_postgres_redis_and_nats_with_their_own_credentials(services):
+    for name in PYTHON_SERVICES:
+        env = services[name]["environment"]
+        user_password = env["EXCHANGE_PG_DSN"].split("://", 1)[1].split("@", 1)[0]
+        assert _required_var(user_password.split(":", 1)[1]) == "POSTGRES_PASSWORD", name
+        nats_vars = {k for k in env if k.startswith("EXCHANGE_NATS_") and k != "EXCHANGE_NATS_URL"}
+        if name.startswith("command-"):
+            assert nats_vars == {"EXCHANGE_NATS_COMMAND_USER", "EXCHANGE_NATS_COMMAND_PASSWORD"}, name
+            assert env["EXCHANGE_NATS_COMMAND_USER"] == "command"
+            assert _required_var(env["EXCHANGE_NATS_COMMAND_PASSWORD"]) == "NATS_COMMAND_PASSWORD"
+        elif name.startswith("query-"):
+            assert nats_vars == {"EXCHANGE_NATS_QUERY_USER", "EXCHANGE_NATS_QUERY_PASSWORD"}, name
+            assert env["EXCHANGE_NATS_QUERY_USER"] == "query"
+            assert _required_var(env["EXCHANGE_NATS_QUERY_PASSWORD"]) == "NATS_QUERY_PASSWORD"
+            assert _required_var(env["EXCHANGE_REDIS_URL"].split("://:", 1)[1].split("@", 1)[0]) == "REDIS_PASSWORD"
+        else:
+            assert not nats_vars, name  # the relay and the migration do not use NATS
+
+
+def test_postgres_redis_and_nats_require_their_passwords(services):
+    from ops.stack.servers import COMPOSE_NATS_CONF, render_compose_nats_conf
+
+    pg = services["postgres"]["environment"]
+    assert _required_var(pg["POSTGRES_PASSWORD"]) == "POSTGRES_PASSWORD"
+    assert pg["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    redis = services["redis"]
+    assert _required_var(redis["environment"]["REDIS_PASSWORD"]) == "REDIS_PASSWORD"
+    assert '--requirepass "$$REDIS_PASSWORD"' in " ".join(redis["command"])
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])  # the health check logs in too
+    nats = services["nats"]
+    assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
+    assert "./ops/nats.compose.conf:/etc/nats/nats.conf:ro" in nats["volumes"]
+    assert {_required_var(v) for v in nats["environment"].values()} == {"NATS_COMMAND_PASSWORD", "NATS_QUERY_PASSWORD"}
+    conf = COMPOSE_NATS_CONF.read_text()
+    assert conf == render_compose_nats_conf(), "ops/nats.compose.conf is stale: python -m ops.stack nats-compose-conf"
+    # only the query user publishes the feed; only the command user answers requests
+    query_block = conf.split('user: "query"', 1)[1]
+    command_block = conf.split('user: "command"', 1)[1].split('user: "query"', 1)[0]
+    assert '"exchange.feed.>"' in query_block.split("subscribe", 1)[0]
+    assert "exchange.feed" not in command_block and "allow_responses: true" in command_block
+    assert "$NATS_QUERY_PASSWORD" in query_block and "$NATS_COMMAND_PASSWORD" in command_block
 
 
 def test_query_replicas_listen_on_the_ports_the_gateway_uses(services):
