@@ -113,8 +113,13 @@ def env_login(user_name: str, password_name: str, default_user: str,
 
 
 def nats_login_kwargs(login: Login) -> dict[str, str]:
-    """nats.connect keyword arguments for a login (none: the URL's own user:password, if any)."""
-    return {"user": login.user, "password": login.password} if login.password else {}
+    """nats.connect keyword arguments for a login (none: the URL's own user:password, if any).
+    Request replies arrive under the user's own inbox prefix, the only _INBOX it may subscribe to."""
+    from contracts.topics import inbox_prefix
+
+    if not login.password:
+        return {}
+    return {"user": login.user, "password": login.password, "inbox_prefix": inbox_prefix(login.user)}
 
 
 def fail_setting(service: str, exc: SettingError) -> NoReturn:

@@ -37,6 +37,12 @@ def node_command_subject(instrument: str) -> str:
     return f"{NODE_COMMAND_SUBJECT_PREFIX}.{instrument}"
 
 
+# Replies to NATS requests go to an inbox under the requester's own prefix (issue 20): each NATS
+# user may subscribe only to its own replies (ops/stack/servers.py nats_permissions).
+def inbox_prefix(user: str) -> str:
+    return f"_INBOX.{user}"
+
+
 # PostgreSQL NOTIFY channel: the journal writer notifies it in each batch's transaction (delivered at
 # commit) with the instrument as payload; the relay leader LISTENs on it.
 JOURNAL_NOTIFY_CHANNEL = "exchange_events"

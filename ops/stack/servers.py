@@ -180,15 +180,19 @@ def render_compose_nats_conf() -> str:
 def nats_permissions() -> dict[str, dict[str, list[str]]]:
     """user -> {"publish": [...], "subscribe": [...], "responses": [] or ["allow"]}: the one home of
     the NATS permissions. "responses": may publish a reply to a request it received (the reply
-    subject is an _INBOX the requester chose; nothing else of _INBOX.> may be published)."""
-    from contracts.topics import FEED_SUBJECT_PREFIX, NODE_COMMAND_SUBJECT_PREFIX, ORDER_REQUEST_SUBJECT
+    subject is an _INBOX the requester chose; nothing else of _INBOX.> may be published). Each user
+    subscribes only to its own inbox prefix (contracts/topics.py inbox_prefix): the query user cannot
+    read the replies of node-to-node forwarding, nor the command user those of /stream orders."""
+    from contracts.topics import FEED_SUBJECT_PREFIX, NODE_COMMAND_SUBJECT_PREFIX, ORDER_REQUEST_SUBJECT, inbox_prefix
 
     return {
         NATS_COMMAND_USER: {"publish": [f"{NODE_COMMAND_SUBJECT_PREFIX}.>"],
-                            "subscribe": [ORDER_REQUEST_SUBJECT, f"{NODE_COMMAND_SUBJECT_PREFIX}.>", "_INBOX.>"],
+                            "subscribe": [ORDER_REQUEST_SUBJECT, f"{NODE_COMMAND_SUBJECT_PREFIX}.>",
+                                          f"{inbox_prefix(NATS_COMMAND_USER)}.>"],
                             "responses": ["allow"]},
         NATS_QUERY_USER: {"publish": [f"{FEED_SUBJECT_PREFIX}.>", ORDER_REQUEST_SUBJECT],
-                          "subscribe": [f"{FEED_SUBJECT_PREFIX}.>", "_INBOX.>"], "responses": []},
+                          "subscribe": [f"{FEED_SUBJECT_PREFIX}.>", f"{inbox_prefix(NATS_QUERY_USER)}.>"],
+                          "responses": []},
     }
 
 

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from db.migrate import migrate
 from ops import stack
+from ops.stack.servers import _private_file
 from tests.support.services import create_key, free_port
 
 CFG = stack.config("test")
@@ -71,6 +72,10 @@ class PrivateExchange:
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
 
+    @property
+    def nats_conf(self) -> Path:
+        return CFG.state_dir / "nats" / f"private-{self.tag}.conf"
+
     def log_path(self, name: str) -> Path:
         return self.logs / f"{self.log_name}-{name}.log"
 
@@ -104,8 +109,10 @@ class PrivateExchange:
         # Before any client can name it: a consumer's metadata request would auto-create it on
         # Tansu with the broker's default partition count.
         await stack.ensure_topic(CFG.kafka_bootstrap, self.topic)
-        self.nats = stack._popen([stack._which("nats-server"), "-a", "127.0.0.1", "-p", str(self.nats_port)],
-                                 self.log_path("nats"))
+        # The stack's NATS users and permissions (issue 20): the fuzzed services log in as they do live.
+        conf = _private_file(self.nats_conf, stack.nats_conf(CFG))
+        self.nats = stack._popen([stack._which("nats-server"), "-c", str(conf), "-a", "127.0.0.1",
+                                  "-p", str(self.nats_port)], self.log_path("nats"))
         if not await asyncio.to_thread(stack.wait_port, self.nats_port):
             raise RuntimeError(f"private nats-server did not listen; see {self.log_path('nats')}")
         self.keys["trader"] = await create_key("fuzz-trader", dsn=self.dsn)
@@ -140,6 +147,7 @@ class PrivateExchange:
         if self.nats is not None:
             await asyncio.to_thread(stack.stop_process, self.nats)
             self.nats = None
+        self.nats_conf.unlink(missing_ok=True)
         try:
             conn = await asyncpg.connect(self.admin_dsn)
             try:

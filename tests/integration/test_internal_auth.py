@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 from websockets.asyncio.client import connect
 
-from contracts.topics import feed_subject
+from contracts.topics import ORDER_REQUEST_SUBJECT, feed_subject, node_command_subject
 from ops import stack
 from query_service.feed import FeedMessage, encode_feed
 from tests.support.order_flow import OrderFlow
@@ -81,6 +81,30 @@ async def test_nats_refuses_clients_without_a_user_or_with_a_wrong_password():
         nc = await nats.connect(NATS_URL, connect_timeout=3, **nats_login(identity))
         assert nc.is_connected
         await nc.close()
+
+
+@ours
+async def test_each_nats_identity_reads_only_what_is_meant_for_it():
+    """Orders sent on /stream carry the client's API key: only the command user may read them; and
+    request replies are readable only under the requester's own inbox prefix."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    query = await nats.connect(NATS_URL, connect_timeout=3, error_cb=on_error, **nats_login("query"))
+    try:
+        for subject in (ORDER_REQUEST_SUBJECT, "_INBOX.>", "_INBOX.command.>", node_command_subject("BTC-USD")):
+            errors.clear()
+            await query.subscribe(subject)
+            await query.flush()
+            for _ in range(50):
+                if errors:
+                    break
+                await asyncio.sleep(0.02)
+            assert any("permissions violation for subscription" in e for e in errors), (subject, errors)
+    finally:
+        await query.close()
 
 
 @ours
