@@ -97,6 +97,7 @@ def test_services_log_in_to_postgres_redis_and_nats_with_their_own_credentials(s
             assert _required_var(env["EXCHANGE_REDIS_URL"].split("://:", 1)[1].split("@", 1)[0]) == "REDIS_PASSWORD"
         else:
             assert not nats_vars, name  # the relay and the migration do not use NATS
+        assert ("EXCHANGE_REDIS_URL" in env) == name.startswith("query-"), name  # only the views' users
 
 
 def test_postgres_redis_and_nats_require_their_passwords(services):
@@ -107,7 +108,8 @@ def test_postgres_redis_and_nats_require_their_passwords(services):
     assert pg["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
     redis = services["redis"]
     assert _required_var(redis["environment"]["REDIS_PASSWORD"]) == "REDIS_PASSWORD"
-    assert '--requirepass "$$REDIS_PASSWORD"' in " ".join(redis["command"])
+    assert redis["command"][0] == "redis-server"  # the image's entrypoint drops to its redis user
+    assert _required_var(redis["command"][redis["command"].index("--requirepass") + 1]) == "REDIS_PASSWORD"
     assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])  # the health check logs in too
     nats = services["nats"]
     assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
