@@ -78,8 +78,8 @@ class OrderEntry:
         # only writer of every instrument it holds, so these plus the committed rows in
         # PostgreSQL are the complete picture: two racing requests cannot both pass. (A
         # client order id is unique per client across instruments: two nodes owning two
-        # instruments could each pass one of two simultaneous uses; the unique index
-        # orders_client_order_id then refuses the second batch, which is retried as 503.)
+        # instruments could each pass one of two simultaneous uses - that client's own
+        # problem, see db/migrations/009_client_order_ids.sql.)
         self._reserved_coids: set[tuple[str, str]] = set()
         self._known_coids: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
