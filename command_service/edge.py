@@ -32,6 +32,13 @@ from contracts.messages import (
 ID_PATTERN = r"^(?!(?:\.|\.\.|cancel-all|cancel-after)$)[A-Za-z0-9_.:\-]+$"
 _ID_RE = re.compile(ID_PATTERN)
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+ClientOrderId = Annotated[Id, msgspec.Meta(description=(
+    "your own id for this order, unique among all your orders ever (409 duplicate_client_order_id when "
+    "reused); other clients may use the same one. The order's order_id is always the server's; GET, "
+    "cancel and amend accept either id."))]
+OrderIdAlias = Annotated[Id, msgspec.Meta(description=(
+    "deprecated (seed API): an alias of client_order_id on a new order; not both. The answer's order_id "
+    "is the server's id; the one sent here comes back as client_order_id."))]
 # Prices and quantities: kept as the client sent them (a JSON number arrives as an exact
 # Decimal through the decoders' float_hook, a string as the string) and converted by
 # contracts.instruments.to_decimal, which takes ASCII decimal text only. A `Decimal` field would
@@ -69,7 +76,8 @@ class OrderFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     time_in_force: TimeInForce = TimeInForce.GTC
     post_only: bool = False
     self_trade_prevention: StpMode = StpMode.CANCEL_NEWEST
-    order_id: Optional[Id] = None
+    client_order_id: Optional[ClientOrderId] = None  # the client's own id; unique per client
+    order_id: Optional[OrderIdAlias] = None  # deprecated alias of client_order_id on place (seed API)
     idempotency_key: Optional[Key] = None
     display_quantity: Optional[Num] = None  # iceberg: shown at a time (GTC/GTD limit only)
     expire_time: Optional[str] = None  # GTD only: ISO 8601, in the future
@@ -221,7 +229,20 @@ def _convert(fn, value, field):
         raise ApiError(400, exc.code, exc.message, exc.field) from None
 
 
-def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentSpec) -> PlaceOrder:
+def client_order_id_of(req: OrderFields) -> str | None:
+    """The client's own id of a new order: `client_order_id`, or the seed API's `order_id`
+    (a deprecated alias: the order_id of an order is always the server's)."""
+    coid = req.client_order_id
+    if req.order_id is None:
+        return coid
+    if coid is not None:
+        raise ApiError(400, "invalid_field", "send client_order_id only (order_id is its deprecated alias)",
+                       "order_id")
+    return req.order_id
+
+
+def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentSpec,
+             client_order_id: str | None = None) -> PlaceOrder:
     """Validate an order request against its instrument; build the engine command (ts=0,
     stamped by the sequencer)."""
     t = req.type
@@ -271,6 +292,7 @@ def to_place(req: OrderRequest, client_id: str, order_id: str, spec: InstrumentS
         stop_price=stop_price,
         display_quantity=display,
         expire_ts=expire_ts,
+        client_order_id=client_order_id,
     )
 
 

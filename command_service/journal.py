@@ -27,14 +27,14 @@ WITH ev AS (
 ), od AS (
     INSERT INTO orders (order_id, client_id, instrument, side, order_type, price, stop_price, quantity,
                         filled_quantity, cost, status, tif, post_only, reject_reason, created_ts,
-                        updated_ts, last_seq, display_quantity, expire_ts)
+                        updated_ts, last_seq, display_quantity, expire_ts, client_order_id)
     SELECT o.order_id, o.client_id, $1, o.side, o.order_type, o.price, o.stop_price, o.quantity,
            o.filled_quantity, o.cost, o.status, o.tif, o.post_only, o.reject_reason, o.created_ts,
-           o.updated_ts, o.last_seq, o.display_quantity, o.expire_ts
+           o.updated_ts, o.last_seq, o.display_quantity, o.expire_ts, o.client_order_id
     FROM json_to_recordset($3::json) AS o(order_id text, client_id text, side text, order_type text,
          price bigint, stop_price bigint, quantity bigint, filled_quantity bigint, cost numeric,
          status text, tif text, post_only bool, reject_reason text, created_ts bigint, updated_ts bigint,
-         last_seq bigint, display_quantity bigint, expire_ts bigint)
+         last_seq bigint, display_quantity bigint, expire_ts bigint, client_order_id text)
     ON CONFLICT (order_id) DO UPDATE SET
         price = EXCLUDED.price, quantity = EXCLUDED.quantity,
         filled_quantity = EXCLUDED.filled_quantity, cost = EXCLUDED.cost, status = EXCLUDED.status,
@@ -179,9 +179,25 @@ class JournalWriter:
         async with self.pool.acquire() as conn:
             return await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
 
-    async def order_exists(self, order_id: str) -> bool:
+    async def find_orders_named(self, name: str, client_id: str | None) -> list[asyncpg.Record]:
+        """The orders `name` may mean, in one round trip: the order whose server id it is, then
+        the order of `client_id` whose client order id it is (client_id None - an admin or auth
+        disabled: the newest order of any client with that client order id). The caller picks
+        the first it may act for. Both probes are index lookups (orders_pkey,
+        orders_client_order_id)."""
         async with self.pool.acquire() as conn:
-            return bool(await conn.fetchval("SELECT 1 FROM orders WHERE order_id = $1", order_id))
+            rows = await conn.fetch(
+                "(SELECT 0 AS rank, * FROM orders WHERE order_id = $1)"
+                " UNION ALL (SELECT 1 AS rank, * FROM orders WHERE client_order_id = $1"
+                " AND ($2::text IS NULL OR client_id = $2) ORDER BY created_ts DESC LIMIT 1)",
+                name, client_id,
+            )
+        return sorted(rows, key=lambda r: r["rank"])
+
+    async def client_order_id_taken(self, client_id: str, client_order_id: str) -> bool:
+        async with self.pool.acquire() as conn:
+            return bool(await conn.fetchval(
+                "SELECT 1 FROM orders WHERE client_order_id = $1 AND client_id = $2", client_order_id, client_id))
 
     async def find_idempotent(self, client_id: str, key: str) -> asyncpg.Record | None:
         """The stored answer for a key, or None - also when it is older than the TTL: then

@@ -21,6 +21,7 @@ from command_service.edge import (
     OrderRequest,
     OrderRow,
     book_view,
+    client_order_id_of,
     decode_order_request,
     request_hash,
     spec_for,
@@ -42,6 +43,11 @@ REJECTED = ResultCode.REJECTED
 RISK_CODES = frozenset({ResultCode.RISK_MAX_ORDER_NOTIONAL, ResultCode.RISK_MAX_OPEN_ORDERS,
                         ResultCode.RISK_MAX_POSITION})
 log = logging.getLogger("command.entry")
+# (client_id, client_order_id) -> order_id of orders placed through this node, newest kept:
+# a reuse is refused and a cancel by client order id finds a resting order without a database
+# read. Entries never go stale (a client order id names one order forever); a miss reads the
+# database. 65,536 entries ~ 10 MB.
+KNOWN_CLIENT_ORDER_IDS = 65_536
 
 
 def _order_ids():
@@ -68,10 +74,14 @@ class OrderEntry:
         self.journal = journal
         self.sequencers = sequencers
         self.book_levels = book_levels
-        # Client-supplied order ids and idempotency keys in flight. One process is the only
-        # writer of every instrument it holds, so this set plus the committed rows in
-        # PostgreSQL is the complete picture: two racing requests cannot both pass.
-        self._reserved_ids: set[str] = set()
+        # Client order ids (per client) and idempotency keys in flight. One process is the
+        # only writer of every instrument it holds, so these plus the committed rows in
+        # PostgreSQL are the complete picture: two racing requests cannot both pass. (A
+        # client order id is unique per client across instruments: two nodes owning two
+        # instruments could each pass one of two simultaneous uses - that client's own
+        # problem, see db/migrations/009_client_order_ids.sql.)
+        self._reserved_coids: set[tuple[str, str]] = set()
+        self._known_coids: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
         self._new_id = _order_ids().__next__
         # Dead man's switches: client_id -> timer. In memory: a restart forgets them (the
@@ -95,7 +105,7 @@ class OrderEntry:
         client order id to look up. Returns the sequencer's future of (status, body), or
         None when the request needs `place` (it raises ApiError for a bad request).
         `track`: a set that gets the new order's id (cancel-on-disconnect)."""
-        if req.idempotency_key is not None or req.order_id is not None:
+        if req.idempotency_key is not None or req.client_order_id is not None or req.order_id is not None:
             return None
         if principal.scope == "read":
             principal.require_trade()
@@ -122,8 +132,9 @@ class OrderEntry:
                 spec.symbol, "place", principal, {"body": msgspec.to_builtins(req), "with_book": with_book},
                 local=lambda: self.place(principal, req, with_book=with_book, track=track, forwarded=True))
         client_id = self._client_for(principal, req.client_id)
-        order_id = req.order_id or self._new_id()
-        cmd = to_place(req, client_id, order_id, spec)
+        coid = client_order_id_of(req)
+        order_id = self._new_id()  # always the server's: unguessable, never chosen by a client
+        cmd = to_place(req, client_id, order_id, spec, coid)
         seq = self.sequencers[spec.symbol]
 
         # Reserve the idempotency key and the client's order id BEFORE the first await:
@@ -131,7 +142,7 @@ class OrderEntry:
         key = req.idempotency_key
         idem = slot = None
         if key is not None:
-            h = request_hash(cmd, req.order_id)
+            h = request_hash(cmd, coid)
             inflight = self._inflight_keys.get((client_id, key))
             if inflight is not None:
                 if inflight[0] != h:
@@ -142,11 +153,12 @@ class OrderEntry:
             slot.add_done_callback(_consume)  # waiters may be none; never "exception not retrieved"
             self._inflight_keys[(client_id, key)] = (h, slot)
             idem = (client_id, key, h)
-        if req.order_id is not None:
-            if order_id in self._reserved_ids:
-                self._release(slot, client_id, key, ApiError(409, "duplicate_order_id", "order_id in flight"))
-                raise ApiError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
-            self._reserved_ids.add(order_id)
+        ckey = (client_id, coid) if coid is not None else None
+        if ckey is not None:
+            if ckey in self._reserved_coids:
+                self._release(slot, client_id, key, _duplicate_coid(coid))
+                raise _duplicate_coid(coid)
+            self._reserved_coids.add(ckey)
         try:
             if idem is not None:
                 row = await self.journal.find_idempotent(client_id, key)
@@ -156,13 +168,17 @@ class OrderEntry:
                     answer = (row["status_code"], bytes(row["response"]))
                     slot.set_result(answer)
                     return answer[0], answer[1], REPLAYED
-            if req.order_id is not None and await self.journal.order_exists(order_id):
-                raise ApiError(409, "duplicate_order_id", f"order_id {order_id!r} already exists", "order_id")
+            if ckey is not None and (ckey in self._known_coids
+                                     or await self.journal.client_order_id_taken(client_id, coid)):
+                raise _duplicate_coid(coid)
             if track is not None:
-                # only now is the id known to be this order's (reserved, not taken): a
-                # disconnect must never cancel another client's order of the same id
                 track.add(order_id)
             status, body = await _await(seq.submit(cmd, self._render_place(spec, order_id, with_book), idem))
+            if ckey is not None and status == 201:  # committed (also a rejected order: the id is used)
+                known = self._known_coids
+                if len(known) >= KNOWN_CLIENT_ORDER_IDS:
+                    del known[next(iter(known))]
+                known[ckey] = order_id
             if slot is not None:
                 slot.set_result((status, body))
             return status, body, {}
@@ -173,8 +189,8 @@ class OrderEntry:
         finally:
             if key is not None:
                 self._inflight_keys.pop((client_id, key), None)
-            if req.order_id is not None:
-                self._reserved_ids.discard(order_id)
+            if ckey is not None:
+                self._reserved_coids.discard(ckey)
 
     def _release(self, slot, client_id, key, exc) -> None:
         if slot is not None:
@@ -205,27 +221,42 @@ class OrderEntry:
         return render
 
     # ------------------------------------------------------------------ cancel
+    def _resting_for(self, principal: Principal, ident: str):
+        """The caller's order named by `ident` - its server order_id, or a client order id
+        of the caller placed through this node - as (sequencer, resting state, order_id);
+        state None when it is in no book (order_id then is what `ident` resolved to, or
+        `ident`). Another client's order is never returned: the database then decides
+        whether `ident` is one of the caller's own client order ids."""
+        seq, state = self._find_resting(ident)
+        if state is not None and principal.may_act_for(state.client_id):
+            return seq, state, ident
+        if principal.client_id is not None:
+            oid = self._known_coids.get((principal.client_id, ident))
+            if oid is not None:
+                seq, state = self._find_resting(oid)
+                return seq, state, oid
+        return None, None, ident
+
+    def _closed_here(self, principal: Principal, order_id: str) -> None:
+        """409 when the caller's order closed in a batch possibly still committing (the engine
+        runs ahead of the database); nothing for another client's (the database decides)."""
+        for s in self.sequencers.values():
+            hit = s.recently_closed.get(order_id)
+            if hit is not None and principal.may_act_for(hit[0]):
+                raise ApiError(409, "order_closed", f"order is already {hit[1]}", "order_id")
+
     def cancel_nowait(self, principal: Principal, order_id: str):
         """A cancel of an order resting in a book needs no database read. Returns the
         sequencer's future of (status, body) - status 0 when the order closed before the
         cancel ran, which `cancel` resolves from the database - or None when the order is
-        not resting (then `cancel` looks it up). Raises ApiError for 404/409 known here (another
-        client's order is answered exactly like an unknown one)."""
+        not resting (then `cancel` looks it up, and answers another client's order exactly
+        like an unknown one). `order_id`: the server's id or the caller's client order id."""
         principal.require_trade()
-        seq, state = self._find_resting(order_id)
+        seq, state, oid = self._resting_for(principal, order_id)
         if state is None:
-            # Not in any book: unknown, closed, or closed by a batch still committing (the
-            # engine runs ahead of the database).
-            for s in self.sequencers.values():
-                hit = s.recently_closed.get(order_id)
-                if hit is not None:
-                    if not principal.may_act_for(hit[0]):
-                        raise _not_found(order_id)
-                    raise ApiError(409, "order_closed", f"order is already {hit[1]}", "order_id")
+            self._closed_here(principal, oid)
             return None
-        if not principal.may_act_for(state.client_id):
-            raise _not_found(order_id)  # exactly the unknown order's answer: ids reveal nothing
-        return self._submit_cancel(seq, order_id, state.client_id)
+        return self._submit_cancel(seq, oid, state.client_id)
 
     def _submit_cancel(self, seq: Sequencer, order_id: str, owner: str):
         spec = self.instruments.get(seq.instrument)
@@ -247,14 +278,15 @@ class OrderEntry:
             seq = self.sequencers.get(row["instrument"])
             if seq is None:
                 raise _not_found(order_id)
+            oid = row["order_id"]  # the server's id (order_id may have been a client order id)
             if not forwarded and self._remote(seq.instrument):
                 # Owned by another node (its book holds the order): that node decides.
                 return await self.forwarder.forward(
-                    seq.instrument, "cancel", principal, {"order_id": order_id},
-                    local=lambda: self.cancel(principal, order_id, forwarded=True))
+                    seq.instrument, "cancel", principal, {"order_id": oid},
+                    local=lambda: self.cancel(principal, oid, forwarded=True))
             if row["status"] in CLOSED_STATUSES:
                 raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
-            fut = self._submit_cancel(seq, order_id, row["client_id"])
+            fut = self._submit_cancel(seq, oid, row["client_id"])
         return await self.finish_cancel(principal, order_id, await _await(fut))
 
     async def finish_cancel(self, principal: Principal, order_id: str, answer: tuple[int, bytes]) -> Reply:
@@ -267,10 +299,13 @@ class OrderEntry:
         raise ApiError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
 
     async def _order_row(self, principal: Principal, order_id: str):
-        row = await self.journal.find_order(order_id)
-        if row is None or not principal.may_act_for(row["client_id"]):
-            raise _not_found(order_id)
-        return row
+        """The caller's order named by its server order_id or by the caller's own client order
+        id (the server id first). Another client's order - by either id - is answered exactly
+        like an unknown one."""
+        for row in await self.journal.find_orders_named(order_id, principal.client_id):
+            if principal.may_act_for(row["client_id"]):
+                return row
+        raise _not_found(order_id)
 
     def is_resting(self, order_id: str) -> bool:
         """Is this id a resting order or pending stop of any book (no database read)?"""
@@ -325,17 +360,10 @@ class OrderEntry:
         no book (then `amend` answers from the database). Unknown and another client's
         order get the same 404, so ids leak nothing."""
         principal.require_trade()
-        seq, state = self._find_resting(order_id)
+        seq, state, order_id = self._resting_for(principal, order_id)
         if state is None:
-            for s in self.sequencers.values():
-                hit = s.recently_closed.get(order_id)
-                if hit is not None:
-                    if not principal.may_act_for(hit[0]):
-                        raise _not_found(order_id)
-                    raise ApiError(409, "order_closed", f"order is already {hit[1]}", "order_id")
+            self._closed_here(principal, order_id)
             return None
-        if not principal.may_act_for(state.client_id):
-            raise _not_found(order_id)
         spec = self.instruments.get(seq.instrument)
         cmd = to_amend(req, order_id, state.client_id, spec)
         if cmd.quantity is not None and cmd.quantity <= state.filled_quantity:
@@ -369,14 +397,13 @@ class OrderEntry:
         answer = (0, b"") if fut is None else await _await(fut)
         if answer[0]:
             return answer[0], answer[1], {}
-        row = await self.journal.find_order(order_id)
-        if row is None or not principal.may_act_for(row["client_id"]):
-            raise _not_found(order_id)
+        row = await self._order_row(principal, order_id)
+        oid = row["order_id"]  # the server's id (order_id may have been a client order id)
         if not forwarded and fut is None and row["instrument"] in self.sequencers and self._remote(row["instrument"]):
             return await self.forwarder.forward(
                 row["instrument"], "amend", principal,
-                {"order_id": order_id, "body": msgspec.to_builtins(req), "with_book": with_book},
-                local=lambda: self.amend(principal, order_id, req, with_book=with_book, forwarded=True))
+                {"order_id": oid, "body": msgspec.to_builtins(req), "with_book": with_book},
+                local=lambda: self.amend(principal, oid, req, with_book=with_book, forwarded=True))
         if row["status"] in CLOSED_STATUSES:
             raise ApiError(409, "order_closed", f"order is already {row['status']}", "order_id")
         raise ApiError(503, "unavailable", "the order's instrument is recovering; retry", headers={"Retry-After": "1"})
@@ -536,6 +563,11 @@ def _risk_message(code: ResultCode, spec, book) -> str:
 
 def _not_found(order_id: str) -> ApiError:
     return ApiError(404, "not_found", f"order {order_id!r} not found", "order_id")
+
+
+def _duplicate_coid(coid: str) -> ApiError:
+    return ApiError(409, "duplicate_client_order_id", f"you already used client_order_id {coid!r}",
+                    "client_order_id")
 
 
 def _key_reused() -> ApiError:

@@ -51,7 +51,9 @@ ORDER_TYPES = frozenset(t.value for t in OrderType)
 class WsMessage(OrderFields, kw_only=True):
     """Every message a client may send, decoded in one pass. `type` is "order", "cancel" or
     "ping"; the seed's form puts the order type in `type` ({"type":"limit","side":...}).
-    `order_id` is the client's id of a new order, or the order to cancel."""
+    A new order's own id is `client_order_id` (`order_id`: its deprecated alias); a cancel or
+    amend names its order by `order_id` (the server's id or the caller's client order id) or by
+    `client_order_id`."""
 
     type: Optional[str] = None
     request_id: Any = None
@@ -110,6 +112,18 @@ class _Bad(Exception):
         self.edge = edge
 
 
+def _target(m: WsMessage) -> str:
+    """The order a cancel or amend names: `order_id` (server id or the caller's client order
+    id) or `client_order_id`."""
+    if m.order_id is not None:
+        if m.client_order_id is not None:
+            raise ApiError(400, "invalid_field", "send order_id or client_order_id, not both", "client_order_id")
+        return m.order_id
+    if m.client_order_id is None:
+        raise ApiError(400, "missing_field", "order_id is required", "order_id")
+    return m.client_order_id
+
+
 def _order_request(m: WsMessage, order_type) -> OrderRequest:
     if m.side is None:
         raise ApiError(400, "missing_field", "side is required", "side")
@@ -120,6 +134,7 @@ def _order_request(m: WsMessage, order_type) -> OrderRequest:
                         instrument=m.instrument, price=m.price, stop_price=m.stop_price,
                         time_in_force=m.time_in_force, post_only=m.post_only,
                         self_trade_prevention=m.self_trade_prevention, order_id=m.order_id,
+                        client_order_id=m.client_order_id,
                         idempotency_key=m.idempotency_key, display_quantity=m.display_quantity,
                         expire_time=m.expire_time)
 
@@ -205,21 +220,19 @@ class OrderSocket:
                     self.in_flight += 1
                     fut.add_done_callback(lambda f: self._answer(b"order_accepted", rid, f, lim))
             elif kind == "cancel":
-                if m.order_id is None:
-                    raise ApiError(400, "missing_field", "order_id is required", "order_id")
-                fut = self.entry.cancel_nowait(self.principal, m.order_id)
+                target = _target(m)
+                fut = self.entry.cancel_nowait(self.principal, target)
                 if fut is None:
-                    self._spawn(self._cancel_slow(rid, m.order_id, None, lim))
+                    self._spawn(self._cancel_slow(rid, target, None, lim))
                 else:
                     self.in_flight += 1
-                    fut.add_done_callback(lambda f: self._cancel_done(rid, m.order_id, f, lim))
+                    fut.add_done_callback(lambda f: self._cancel_done(rid, target, f, lim))
             elif kind == "amend":
-                if m.order_id is None:
-                    raise ApiError(400, "missing_field", "order_id is required", "order_id")
+                target = _target(m)
                 req = AmendRequest(quantity=m.quantity, price=m.price)
-                fut = self.entry.amend_nowait(self.principal, m.order_id, req, with_book=False)
+                fut = self.entry.amend_nowait(self.principal, target, req, with_book=False)
                 # a task, not a callback: "closed meanwhile" (status 0) is resolved from the database
-                self._spawn(self._amend(rid, m.order_id, req, fut, lim))
+                self._spawn(self._amend(rid, target, req, fut, lim))
             elif kind == "cancel_all":
                 instrument = _given(raw, "instrument")
                 req = check_cancel_all(CancelAllRequest(all=m.all, instrument=instrument, side=m.side,

@@ -40,12 +40,19 @@ ORDER_FIELDS = {
     "instrument": {"type": "string", "default": "BTC-USD"}, "time_in_force": S.TIF,
     "post_only": {"type": "boolean", "default": False},
     "self_trade_prevention": {"type": "string", "enum": ["cancel_newest", "cancel_oldest", "cancel_both"]},
-    "order_id": {"type": "string", "description": "your own id for the new order (409 if taken)"},
+    "client_order_id": {"type": "string", "description": "your own id for the new order, unique among all your "
+                        "orders ever (409 duplicate_client_order_id when reused; other clients may use the same "
+                        "one); the order's order_id is always the server's"},
+    "order_id": {"type": "string", "description": "deprecated alias of client_order_id (seed API); not both"},
     "idempotency_key": {"type": "string", "description": "same key + same order again = the original answer"},
     "client_id": {"type": "string", "description": "optional with a key; must be the key's"},
     "display_quantity": {**S.DEC_IN, "description": "iceberg: the part shown at a time (GTC/GTD limit only)"},
     "expire_time": {**S.TIME, "description": "GTD only: when the order expires (in the future)"},
 }
+TARGET_ID = {"type": "string", "description": "the order: its server order_id or your client_order_id (one of "
+                                          "order_id and client_order_id is required; another client's is "
+                                          "not_found, like an unknown one)"}
+TARGET_COID = {"type": "string", "description": "the order by your own client_order_id (instead of order_id)"}
 RATE_LIMIT = S.obj({"limit": S.INT, "remaining": S.INT, "reset": S.INT}, ["limit", "remaining", "reset"],
                    "the RateLimit header figures of the key's token bucket (absent when limits are off)")
 ORDER_TYPE = {"type": "string", "enum": ["limit", "market", "stop_limit", "stop_market"]}
@@ -53,7 +60,7 @@ ERROR_MSG = S.obj({"type": _t("error"), "request_id": REQUEST_ID, "error": S.ERR
                    "status": {"type": "integer", "description": "/stream: the HTTP status of a refused order"}},
                   ["type", "error"])
 
-ORDER_EX = {"order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "client_id": "client-A", "instrument": "BTC-USD",
+ORDER_EX = {"order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "client_order_id": "my-42", "client_id": "client-A", "instrument": "BTC-USD",
             "side": "buy", "type": "limit", "price": 70000, "quantity": 0.25, "filled_quantity": 0.1,
             "remaining_quantity": 0.15, "status": "partially_filled", "time_in_force": "GTC", "post_only": False,
             "average_price": 70000, "created_at": "2026-12-06T04:00:00.000Z", "updated_at": "2026-12-06T04:00:00.000Z"}
@@ -72,11 +79,12 @@ WS_IN: Messages = {
         {"type": ORDER_TYPE, "request_id": REQUEST_ID, **ORDER_FIELDS}, ["type", "side", "quantity"]),
         [{"type": "market", "side": "sell", "quantity": 0.1, "instrument": "BTC-USD", "request_id": 7}]),
     "WsCancel": ("Cancel one of your orders (answered by cancel_accepted or error)", S.obj(
-        {"type": _t("cancel"), "order_id": {"type": "string"}, "request_id": REQUEST_ID}, ["type", "order_id"]),
+        {"type": _t("cancel"), "order_id": TARGET_ID, "client_order_id": TARGET_COID, "request_id": REQUEST_ID},
+        ["type"]),
         [{"type": "cancel", "order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "request_id": "r2"}]),
     "WsAmend": ("Amend one of your orders: quantity = new total and/or price (answered by amend_accepted or "
-                "error)", S.obj({"type": _t("amend"), "order_id": {"type": "string"}, "quantity": S.DEC_IN,
-                                 "price": S.DEC_IN, "request_id": REQUEST_ID}, ["type", "order_id"]),
+                "error)", S.obj({"type": _t("amend"), "order_id": TARGET_ID, "client_order_id": TARGET_COID,
+                                 "quantity": S.DEC_IN, "price": S.DEC_IN, "request_id": REQUEST_ID}, ["type"]),
                 [{"type": "amend", "order_id": "5f2c1e8a-7d41-4b8e-9c1a-0d2e3f4a5b6c", "quantity": "0.2",
                   "request_id": "a1"}]),
     "WsCancelAll": ("Cancel your open orders of one instrument, or with all: true of every instrument; "

@@ -44,6 +44,9 @@ class PlaceOrder(msgspec.Struct, frozen=True, tag="place", tag_field="type"):
     stop_price: Optional[int] = None  # ticks; stop orders only
     display_quantity: Optional[int] = None  # iceberg: lots shown at a time (GTC/GTD limit only)
     expire_ts: Optional[int] = None  # GTD only: ns since the epoch, > ts
+    # The client's own id of this order (unique per client, checked by the command service;
+    # the engine only carries it). Optional with a default, last: older journals decode.
+    client_order_id: Optional[str] = None
 
 
 class CancelOrder(msgspec.Struct, frozen=True, tag="cancel", tag_field="type"):
@@ -106,6 +109,7 @@ class OrderAccepted(msgspec.Struct, frozen=True, gc=False, tag="order_accepted",
     stop_price: Optional[int] = None
     display_quantity: Optional[int] = None  # iceberg
     expire_ts: Optional[int] = None  # GTD
+    client_order_id: Optional[str] = None  # the owner's id; absent in journals before it existed
 
 
 class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag="order_rejected", tag_field="type"):
@@ -120,6 +124,7 @@ class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag="order_rejected",
     quantity: int
     tif: TimeInForce
     reason: RejectReason
+    client_order_id: Optional[str] = None  # the owner's id; absent in journals before it existed
 
 
 class TradeExecuted(msgspec.Struct, frozen=True, gc=False, tag="trade", tag_field="type"):
@@ -208,6 +213,7 @@ class OrderState(msgspec.Struct, frozen=True, gc=False):
     display_quantity: Optional[int] = None  # iceberg: the owner sees it; public views show `shown`
     shown: int = 0  # iceberg: the part the book shows now (0 when not resting or not an iceberg)
     expire_ts: Optional[int] = None  # GTD
+    client_order_id: Optional[str] = None  # the owner's id (private: never in public market data)
 
 
 class Result(msgspec.Struct, frozen=True, gc=False):

@@ -45,7 +45,10 @@ ERROR = obj({"code": {"type": "string", "description": "stable, for programs: do
 ERROR_RESPONSE = obj({"error": ERROR}, description="every error: {\"error\": {code, message, field?}}")
 
 ORDER = obj({
-    "order_id": STR, "client_id": STR, "instrument": STR, "side": SIDE,
+    "order_id": {**STR, "description": "the server's id (random, unguessable)"},
+    "client_order_id": {"anyOf": [STR, {"type": "null"}],
+                        "description": "the owner's own id of the order (null when none); only in the owner's views"},
+    "client_id": STR, "instrument": STR, "side": SIDE,
     "type": {"type": "string", "examples": ["limit", "market", "stop_limit", "stop_market"]},
     "price": DEC_OR_NULL, "stop_price": DEC, "quantity": DEC, "filled_quantity": DEC, "remaining_quantity": DEC,
     "average_price": DEC_OR_NULL, "status": STATUS,
@@ -58,7 +61,7 @@ ORDER = obj({
     "display_quantity": {**DEC, "description": "iceberg: the part shown at a time (the owner's view only)"},
     "shown_quantity": {**DEC, "description": "iceberg: the part the book shows now"},
     "expire_time": {**TIME, "description": "GTD: when the order is cancelled with reason expired"},
-}, ["order_id", "client_id", "instrument", "side", "type", "price", "quantity", "filled_quantity", "status",
+}, ["order_id", "client_order_id", "client_id", "instrument", "side", "type", "price", "quantity", "filled_quantity", "status",
     "time_in_force", "created_at", "updated_at"], "an order")
 
 TRADE = obj({"trade_id": STR, "buy_order_id": STR, "sell_order_id": STR, "instrument": STR, "price": DEC,
@@ -148,7 +151,7 @@ STATUS_TEXT = {
     401: "no API key, or an unknown or revoked one",
     403: "another client's client_id, a read key that tries to trade, or an admin route without an admin key",
     404: "no such order, or another client's (the same answer)",
-    409: "order_closed, duplicate_order_id, idempotency_key_reused or risk_limit",
+    409: "order_closed, duplicate_client_order_id, idempotency_key_reused or risk_limit",
     413: "request body too large",
     415: "a body that is not Content-Type: application/json",
     429: "rate limited: retry after Retry-After seconds",

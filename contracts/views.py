@@ -52,6 +52,9 @@ def order_view(spec: InstrumentSpec, o: Any, seq: int | None = None) -> dict[str
     created_at = iso_ms(created)
     view = {
         "order_id": o.order_id,
+        # the owner's own id (null when none); order views are private, so it never reaches
+        # public market data (trades and books carry server order ids only)
+        "client_order_id": getattr(o, "client_order_id", None),
         "client_id": o.client_id,
         "instrument": o.instrument,
         "side": o.side,

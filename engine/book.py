@@ -175,7 +175,7 @@ def _states(touched: dict[str, Order], instrument: str) -> list[OrderState]:
             o.order_id, o.client_id, instrument, o.side, o.order_type, o.price, o.quantity, o.filled,
             PARTIALLY_FILLED if o.status is OPEN and o.filled else o.status, o.tif, o.post_only,
             o.created_ts, o.updated_ts, o.reject_reason, o.stop_price, o.cost,
-            o.display or None, o.shown if o.remaining else 0, o.expire_ts,
+            o.display or None, o.shown if o.remaining else 0, o.expire_ts, o.client_order_id,
         )
         for o in touched.values()
     ]
@@ -205,6 +205,7 @@ def _state(o: Order, instrument: str) -> OrderState:
         o.display or None,
         o.shown if o.remaining else 0,
         o.expire_ts,
+        o.client_order_id,
     )
 
 
@@ -338,9 +339,10 @@ class OrderBook:
             else:
                 keys = self._bids.keys
                 crosses = keys and keys[-1] >= price
-            if not crosses and tif is GTC:
+            if not crosses and tif is GTC and cmd.client_order_id is None:
                 # Fast path (most of the traffic): a GTC limit that does not cross rests
-                # directly, everything inlined.
+                # directly, everything inlined. An order with a client order id takes the
+                # general path below, so this one builds its records without the field.
                 seq = self.seq + 1
                 self.seq = seq
                 ts = cmd.ts
@@ -423,7 +425,7 @@ class OrderBook:
         events = [
             OrderAccepted(
                 instrument, seq, ts, oid, cid, side, otype, price, qty, tif, post_only, stp, stop_price,
-                display or None, expire_ts,
+                display or None, expire_ts, cmd.client_order_id,
             )
         ]
         if expire_ts is not None:
@@ -431,7 +433,7 @@ class OrderBook:
         if stop_price is not None:
             o = Order(
                 oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, stop_price,
-                ts, ts, seq, seq, 0, PENDING, None, 0, 0, expire_ts,
+                ts, ts, seq, seq, 0, PENDING, None, 0, 0, expire_ts, cmd.client_order_id,
             )
             self._add_stop(o)
             touched = {oid: o}
@@ -443,7 +445,7 @@ class OrderBook:
 
         o = Order(
             oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, None,
-            ts, ts, seq, seq, 0, OPEN, None, display, 0, expire_ts,
+            ts, ts, seq, seq, 0, OPEN, None, display, 0, expire_ts, cmd.client_order_id,
         )
         touched = {oid: o}
         self._process(o, events, touched, ts)
@@ -516,7 +518,7 @@ class OrderBook:
                 OrderState(
                     oid, cid, instrument, o.side, o.order_type, o.price, o.quantity, filled, CANCELLED,
                     o.tif, o.post_only, o.created_ts, ts, None, o.stop_price, o.cost,
-                    o.display or None, 0, o.expire_ts,
+                    o.display or None, 0, o.expire_ts, o.client_order_id,
                 )
             ],
         )
@@ -665,7 +667,7 @@ class OrderBook:
         n = Order(
             o.order_id, o.client_id, o.side, o.order_type, new_price, new_qty, o.filled,
             new_remaining, o.tif, o.post_only, o.stp, o.stop_price, o.created_ts, ts,
-            o.accept_seq, seq, o.cost, OPEN, None, o.display, 0, o.expire_ts,
+            o.accept_seq, seq, o.cost, OPEN, None, o.display, 0, o.expire_ts, o.client_order_id,
         )
         touched = {n.order_id: n}
         self._process(n, events, touched, ts)
@@ -705,12 +707,12 @@ class OrderBook:
         self.seq = seq
         ev = OrderRejected(
             self.instrument, seq, cmd.ts, cmd.order_id, cmd.client_id, cmd.side,
-            cmd.order_type, cmd.price, cmd.quantity, cmd.tif, reason,
+            cmd.order_type, cmd.price, cmd.quantity, cmd.tif, reason, cmd.client_order_id,
         )
         state = OrderState(
             cmd.order_id, cmd.client_id, self.instrument, cmd.side, cmd.order_type, cmd.price,
             cmd.quantity, 0, REJECTED, cmd.tif, cmd.post_only, cmd.ts, cmd.ts, reason.value,
-            cmd.stop_price, 0, cmd.display_quantity, 0, cmd.expire_ts,
+            cmd.stop_price, 0, cmd.display_quantity, 0, cmd.expire_ts, cmd.client_order_id,
         )
         return Result(RC_REJECTED, [ev], [state])
 
@@ -951,7 +953,7 @@ class OrderBook:
                 events.append(
                     OrderRejected(
                         instrument, seq, ts, o.order_id, o.client_id, o.side, o.order_type,
-                        o.price, o.quantity, o.tif, R_FOK,
+                        o.price, o.quantity, o.tif, R_FOK, o.client_order_id,
                     )
                 )
                 o.remaining = 0
@@ -1144,7 +1146,7 @@ class OrderBook:
                 event.order_id, event.client_id, event.side, event.order_type, event.price,
                 event.quantity, 0, event.quantity, event.tif, event.post_only, event.stp,
                 event.stop_price, ts, ts, event.seq, event.seq, 0, PENDING if stop else OPEN,
-                None, event.display_quantity or 0, 0, event.expire_ts,
+                None, event.display_quantity or 0, 0, event.expire_ts, event.client_order_id,
             )
             if event.expire_ts is not None:
                 self._push_expiry((event.expire_ts, event.seq, event.order_id))
@@ -1169,7 +1171,7 @@ class OrderBook:
                         o.order_id, o.client_id, o.side, o.order_type, event.price, event.quantity,
                         o.filled, event.remaining, o.tif, o.post_only, o.stp, o.stop_price,
                         o.created_ts, ts, o.accept_seq, event.seq, o.cost, OPEN,
-                        None, o.display, 0, o.expire_ts,
+                        None, o.display, 0, o.expire_ts, o.client_order_id,
                     )
                 )
         elif t is OrderTriggered:

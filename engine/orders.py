@@ -45,6 +45,8 @@ class Order(msgspec.Struct, gc=False, array_like=True):
     display: int = 0  # iceberg: display quantity (0 = not an iceberg)
     shown: int = 0  # iceberg at rest: its shown part, 0 < shown <= min(display, remaining)
     expire_ts: Optional[int] = None  # GTD: cancelled by an ExpireOrders with ts >= this
+    # the owner's own id, carried into its states (last with a default: older snapshots decode)
+    client_order_id: Optional[str] = None
 
 
 class Level:

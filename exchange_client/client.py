@@ -101,20 +101,23 @@ class _Routes:
     @_route("POST", "/orders")
     def place_order(self, side: str, quantity, *, type: str = "limit", price=None, instrument: str = "BTC-USD",
                     time_in_force: str | None = None, post_only: bool | None = None, stop_price=None,
-                    self_trade_prevention: str | None = None, order_id: str | None = None,
+                    self_trade_prevention: str | None = None, client_order_id: str | None = None,
                     client_id: str | None = None, idempotency_key: str | None = None, display_quantity=None,
-                    expire_time: str | datetime | None = None, **extra):
+                    expire_time: str | datetime | None = None, order_id: str | None = None, **extra):
         """POST /orders -> {order, trades, orderbook}.
 
         type: limit, market, stop_limit, stop_market; time_in_force: GTC, IOC, FOK, GTD (GTD needs
         `expire_time`, ISO 8601 text or a datetime, in the future); `display_quantity` makes a limit
         order an iceberg that shows that much at a time; self_trade_prevention: cancel_newest (the
-        server's default), cancel_oldest, cancel_both. `extra` passes fields this client does not
+        server's default), cancel_oldest, cancel_both. `client_order_id`: your own id for the order,
+        unique among all your orders (409 duplicate_client_order_id when reused); the answer's
+        `order_id` is always the server's, and get/cancel/amend take either. `order_id` is the
+        seed API's deprecated alias of client_order_id. `extra` passes fields this client does not
         name yet through unchanged."""
         body = _clean({"side": side, "type": type, "quantity": _num(quantity), "price": _num(price),
                        "instrument": instrument, "time_in_force": time_in_force, "post_only": post_only,
                        "stop_price": _num(stop_price), "self_trade_prevention": self_trade_prevention,
-                       "order_id": order_id, "client_id": client_id,
+                       "client_order_id": client_order_id, "order_id": order_id, "client_id": client_id,
                        "display_quantity": _num(display_quantity), "expire_time": _time(expire_time),
                        "idempotency_key": idempotency_key or uuid.uuid4().hex,
                        **{k: _num(v) if isinstance(v, (Decimal, float)) else v for k, v in extra.items()}})
@@ -135,7 +138,7 @@ class _Routes:
 
     @_route("POST", "/orders/{order_id}/cancel")
     def cancel_order(self, order_id: str):
-        """POST /orders/{order_id}/cancel -> {order}."""
+        """POST /orders/{order_id}/cancel -> {order}. `order_id`: the server's id or your client_order_id."""
         return self._do(_Call("POST", f"/orders/{order_id}/cancel"))
 
     @_route("POST", "/orders/cancel-all")
@@ -160,7 +163,8 @@ class _Routes:
 
     @_route("GET", "/orders/{order_id}")
     def get_order(self, order_id: str):
-        """GET /orders/{order_id} -> {order} (committed state)."""
+        """GET /orders/{order_id} -> {order} (committed state). `order_id`: the server's id or your
+        client_order_id (another client's is 404, like an unknown one)."""
         return self._do(_Call("GET", f"/orders/{order_id}"))
 
     @_route("POST", "/admin/snapshot")

@@ -36,7 +36,7 @@ class NotFound(ExchangeError):
 
 
 class Conflict(ExchangeError):
-    """409: order_closed, duplicate_order_id, idempotency_key_reused."""
+    """409: order_closed, duplicate_client_order_id, idempotency_key_reused, risk_limit."""
 
 
 class PayloadTooLarge(ExchangeError):

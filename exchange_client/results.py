@@ -22,7 +22,7 @@ class _Result(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Order(_Result):
-    order_id: str
+    order_id: str  # the server's
     client_id: str
     instrument: str
     side: str
@@ -34,6 +34,7 @@ class Order(_Result):
     time_in_force: str
     created_at: str
     updated_at: str
+    client_order_id: Optional[str] = None  # the owner's own id (null when none)
     remaining_quantity: Optional[Decimal] = None
     average_price: Optional[Decimal] = None
     post_only: bool = False

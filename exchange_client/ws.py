@@ -41,6 +41,7 @@ from exchange_client.errors import (
 _BY_CODE = {"unauthorized": (401, Unauthorized), "forbidden": (403, Forbidden),
             "insufficient_scope": (403, Forbidden), "not_found": (404, NotFound),
             "order_closed": (409, Conflict), "duplicate_order_id": (409, Conflict),
+            "duplicate_client_order_id": (409, Conflict),
             "post_only_would_cross": (409, Conflict), "idempotency_key_reused": (409, Conflict),
             "rate_limited": (429, RateLimited), "too_many_requests": (429, RateLimited),
             "unavailable": (503, Unavailable), "bad_gateway": (502, Unavailable), "internal": (500, ServerError)}
@@ -131,17 +132,19 @@ class OrderSocket:
 
     async def place_order(self, side: str, quantity, *, type: str = "limit", price=None, instrument: str = "BTC-USD",
                           time_in_force: str | None = None, post_only: bool | None = None, stop_price=None,
-                          self_trade_prevention: str | None = None, order_id: str | None = None,
-                          idempotency_key: str | None = None, **extra) -> dict:
-        """-> {type: order_accepted, order, trades} after commit."""
+                          self_trade_prevention: str | None = None, client_order_id: str | None = None,
+                          idempotency_key: str | None = None, order_id: str | None = None, **extra) -> dict:
+        """-> {type: order_accepted, order, trades} after commit. `client_order_id`: your own id
+        (unique among your orders); `order_id`: its deprecated alias."""
         return await self._request(_clean({
             "type": "order", "order_type": type, "side": side, "quantity": _num(quantity), "price": _num(price),
             "instrument": instrument, "time_in_force": time_in_force, "post_only": post_only,
-            "stop_price": _num(stop_price), "self_trade_prevention": self_trade_prevention, "order_id": order_id,
+            "stop_price": _num(stop_price), "self_trade_prevention": self_trade_prevention,
+            "client_order_id": client_order_id, "order_id": order_id,
             "idempotency_key": idempotency_key or uuid.uuid4().hex, **extra}))
 
     async def cancel_order(self, order_id: str) -> dict:
-        """-> {type: cancel_accepted, order}."""
+        """-> {type: cancel_accepted, order}. `order_id`: the server's id or your client_order_id."""
         return await self._request({"type": "cancel", "order_id": order_id})
 
     async def amend_order(self, order_id: str, quantity=None, price=None) -> dict:

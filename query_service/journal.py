@@ -117,7 +117,7 @@ class JournalReader:
             where.append(f"instrument = ${len(args)}")
         sql = (
             "SELECT order_id, client_id, instrument, side, order_type, price, quantity, filled_quantity, cost,"
-            " status, tif, post_only, created_ts, updated_ts, last_seq, stop_price, reject_reason"
+            " status, tif, post_only, created_ts, updated_ts, last_seq, stop_price, reject_reason, client_order_id"
             f" FROM orders WHERE {' AND '.join(where)}"
             ' ORDER BY created_ts DESC, order_id COLLATE "C" DESC LIMIT $3'
         )
@@ -130,6 +130,7 @@ class JournalReader:
                 created_ts=r["created_ts"], updated_ts=r["updated_ts"], seq=r["last_seq"],
                 remaining=0 if r["status"] in CLOSED_STATUSES else r["quantity"] - r["filled_quantity"],
                 stop_price=r["stop_price"], reject_reason=r["reject_reason"],
+                client_order_id=r["client_order_id"],
             )
             for r in rows
         ]

@@ -404,6 +404,7 @@ def _accepted(w: ProjectionState, d: ViewDelta, e: OrderAccepted) -> None:
         stop_price=e.stop_price,
         display_quantity=e.display_quantity,
         expire_ts=e.expire_ts,
+        client_order_id=e.client_order_id,
     )
     w.orders[o.order_id] = o
     d.orders[o.order_id] = o
@@ -433,6 +434,7 @@ def _rejected(w: ProjectionState, d: ViewDelta, e: OrderRejected) -> None:
             seq=e.seq,
             remaining=0,
             reject_reason=e.reason.value,
+            client_order_id=e.client_order_id,
         )
         w.orders[o.order_id] = o
         d.new_clients.add(o.client_id)

@@ -51,6 +51,7 @@ class OrderRec(msgspec.Struct, array_like=True):
     display_quantity: int | None = None  # iceberg: display quantity (lots)
     shown: int = 0  # iceberg at rest: the part the public book shows (lots)
     expire_ts: int | None = None  # GTD
+    client_order_id: str | None = None  # the owner's own id (records before it existed lack it)
 
     @property
     def visible(self) -> int:

@@ -372,8 +372,8 @@ HOSTILE_VALUES = [
 ]
 ROUTE_FIELDS = {
     "/orders": ("client_id", "instrument", "side", "type", "price", "quantity", "stop_price", "time_in_force",
-                "post_only", "self_trade_prevention", "order_id", "idempotency_key", "display_quantity",
-                "expire_time"),
+                "post_only", "self_trade_prevention", "client_order_id", "order_id", "idempotency_key",
+                "display_quantity", "expire_time"),
     "/orders/cancel-all": ("all", "instrument", "side", "client_id"),
     "/orders/cancel-after": ("timeout_ms", "client_id"),
     "/orders/{oid}/amend": ("quantity", "price"),
@@ -438,9 +438,9 @@ async def test_command_ws_hostile_values_in_every_field(exchange, seeded_orders)
         for kind, base, fields in (
             ("order", {"order_type": "limit", **{k: v for k, v in ROUTE_BASE["/orders"].items() if k != "type"}},
              [f for f in ROUTE_FIELDS["/orders"] if f != "type"] + ["order_type", "request_id", "extra"]),
-            ("cancel", {"order_id": "fuzz-1"}, ["order_id"]),
+            ("cancel", {"order_id": "fuzz-1"}, ["order_id", "client_order_id"]),
             ("amend", {"order_id": KNOWN_ORDERS[0] if KNOWN_ORDERS else "fuzz-1", "quantity": "1"},
-             ["order_id", "quantity", "price"]),
+             ["order_id", "client_order_id", "quantity", "price"]),
             ("cancel_all", {"instrument": "BTC-USD"}, ["instrument", "all", "side", "client_id"]),
         ):
             for field in fields:

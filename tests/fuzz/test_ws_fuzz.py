@@ -97,7 +97,7 @@ def _raw_number(rng: random.Random) -> str:
 def frames(rng: random.Random, service: str, n: int):
     """(description, frame) pairs; a frame is str (text) or bytes (binary)."""
     fields = ["type", "order_type", "client_id", "instrument", "side", "price", "quantity", "time_in_force",
-              "post_only", "order_id", "idempotency_key", "request_id", "channels", "channel", "api_key",
+              "post_only", "order_id", "client_order_id", "idempotency_key", "request_id", "channels", "channel", "api_key",
               "display_quantity", "expire_time", "cancel_on_disconnect"]
     kinds = ["order", "cancel", "subscribe", "unsubscribe", "ping", "ORDER", "", "limit", "market", "pong",
              "amend", "cancel_all", "session",

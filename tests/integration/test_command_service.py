@@ -115,11 +115,13 @@ async def test_concurrent_requests_with_one_client_order_id_create_one_order(htt
 
 
 async def test_client_order_id_is_kept_and_duplicates_refused(http, svc):
+    # the seed API's order_id on place is an alias of client_order_id; the order_id is the server's
     r = await post_order(http, svc, "client-A", order_id="my-order-1", side="buy", type="limit", price=99, quantity=1)
-    assert r.status_code == 201 and r.json()["order"]["order_id"] == "my-order-1"
+    assert r.status_code == 201 and r.json()["order"]["client_order_id"] == "my-order-1"
+    assert r.json()["order"]["order_id"] != "my-order-1"
     before = await event_count()
     r = await post_order(http, svc, "client-A", order_id="my-order-1", side="buy", type="limit", price=98, quantity=1)
-    assert r.status_code == 409 and r.json()["error"]["code"] == "duplicate_order_id"
+    assert r.status_code == 409 and r.json()["error"]["code"] == "duplicate_client_order_id"
     assert await event_count() == before
 
 

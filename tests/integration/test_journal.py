@@ -5,6 +5,7 @@ import asyncio
 import os
 
 import asyncpg
+import msgspec
 import pytest
 
 from command_service.journal import Batch, JournalWriter
@@ -153,3 +154,24 @@ async def test_latest_snapshot(journal):
     await journal.save_snapshot("BTC-USD", 20, b"twenty")
     await journal.save_snapshot("ETH-USD", 30, b"eth")
     assert await journal.latest_snapshot("BTC-USD") == (20, b"twenty")
+
+
+async def test_client_order_ids_are_stored_and_a_cross_node_duplicate_never_fails_a_batch(journal):
+    """Two nodes owning two instruments can both pass their checks of one client's simultaneous uses
+    of one client order id: the second batch must still commit (other clients' orders are in it),
+    and lookups by the id then take that client's newer order."""
+    def with_coid(instrument, seq, oid, coid, created):
+        b = Batch(instrument)
+        b.events.append(accepted(instrument, seq, oid))
+        s = msgspec.structs.replace(state(oid, instrument=instrument), client_order_id=coid, created_ts=created)
+        b.add_orders([s, state(f"{oid}-other", instrument=instrument)], seq)
+        return b
+
+    await journal.append(with_coid("BTC-USD", 1, "n1-o", "dup", 1))
+    await journal.append(with_coid("ETH-USD", 1, "n2-o", "dup", 2))  # before: UniqueViolationError
+    assert await journal.find_order("n2-o-other") is not None
+    assert (await journal.find_order("n1-o"))["client_order_id"] == "dup"
+    assert await journal.client_order_id_taken("c1", "dup") and not await journal.client_order_id_taken("c2", "dup")
+    assert [r["order_id"] for r in await journal.find_orders_named("dup", "c1")] == ["n2-o"]
+    assert [r["order_id"] for r in await journal.find_orders_named("n1-o", "c1")] == ["n1-o"]
+    assert await journal.find_orders_named("dup", "c2") == []

@@ -201,3 +201,22 @@ def test_typed_client_returns_structs():
         assert isinstance(r, results.PlaceResult) and r.order.price == Decimal(70000)
         assert isinstance(r.order.price, Decimal) and r.orderbook is None
         assert isinstance(c.health(), dict)  # no Struct for it: the dict
+
+
+def test_client_order_ids_are_sent_and_either_id_names_an_order():
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b'{"order":{"order_id":"9f1c","client_order_id":"mine-1"}}')
+
+    with ExchangeClient("http://x", "k", transport=httpx.MockTransport(record)) as c:
+        c.place_order("buy", "1", price="100", client_order_id="mine-1")
+        c.place_order("buy", "1", price="100", order_id="seed-1")  # the seed API's deprecated alias
+        assert c.get_order("mine-1")["order"]["client_order_id"] == "mine-1"
+        c.cancel_order("mine-1")
+        c.amend_order("mine-1", quantity="2")
+    bodies = [json.loads(r.content) for r in sent[:2]]
+    assert bodies[0]["client_order_id"] == "mine-1" and "order_id" not in bodies[0]
+    assert bodies[1]["order_id"] == "seed-1" and "client_order_id" not in bodies[1]
+    assert [r.url.path for r in sent[2:]] == ["/orders/mine-1", "/orders/mine-1/cancel", "/orders/mine-1/amend"]
