@@ -60,9 +60,14 @@ def lock_session_settings(node_id: str) -> dict[str, str]:
     side of the socket: a machine that vanished (power, cable) without closing its connections
     is noticed by PostgreSQL within ~5 + 3 x 2 s and its session ends, releasing its locks
     (the default, 2 h of idle before the first probe, would hold the instruments that long);
-    tcp_user_timeout bounds unacknowledged writes the same way."""
+    tcp_user_timeout bounds unacknowledged writes the same way.
+    plan_cache_mode: the group commit is one prepared statement (data-modifying CTEs over arrays
+    and JSON) whose plan does not depend on its values; PostgreSQL otherwise plans it anew for
+    every batch while it compares custom with generic plans (measured per batch: ~233 -> ~200 us
+    of PostgreSQL CPU in an earlier session; issue 19 figures in docs/BENCHMARKS.md)."""
     return {
         "application_name": (APP_NAME_PREFIX + node_id)[:63],
+        "plan_cache_mode": "force_generic_plan",
         "tcp_keepalives_idle": "5",
         "tcp_keepalives_interval": "2",
         "tcp_keepalives_count": "3",

@@ -28,7 +28,7 @@ from query_service.records import (
     unpack_order,
     unpack_position,
 )
-from query_service.redis_cluster import key_connection, resp_encode
+from query_service.redis_cluster import key_connection, read_replies, resp_encode
 from query_service.redis_keys import Keys
 from query_service.render import fill_view, ticker_window, trade_views
 from query_service.retention import closed_entry
@@ -104,15 +104,10 @@ class WatchedTx:
         # timeout and error bookkeeping, ~5 us each, and a MULTI of a busy batch has a
         # hundred and more replies (+QUEUED each). A connection error still raises here,
         # and __aexit__ then drops the connection.
-        read = conn._read_response_from_parser
-        out, err = [], None
-        for _ in cmds:
-            r = await read()
-            if isinstance(r, ResponseError):  # keep reading: every command has a reply
-                err = err or r
-            out.append(r)
-        if err is not None:
-            raise err
+        out = await read_replies(conn, len(cmds))
+        for r in out:
+            if isinstance(r, ResponseError):  # every command was read: the stream is in step
+                raise r
         return out
 
     async def watch_and_read(self, cmds: list[tuple]) -> list:

@@ -190,7 +190,10 @@ class Relay:
             log.info("relay %s is leader", self.s.name)
             # LISTEN before reading cursors: a commit between the two still wakes us.
             await lock_conn.add_listener(JOURNAL_NOTIFY_CHANNEL, self._on_notify)
-            data_conn = await asyncpg.connect(self.s.pg_dsn)
+            # Generic plans for the round's two statements (FETCH_SQL, UPSERT_CURSORS_SQL): their
+            # plans do not depend on the values (every seq range is bounded), and re-planning them
+            # in every round was PostgreSQL CPU per round for nothing (issue 19, docs/BENCHMARKS.md).
+            data_conn = await asyncpg.connect(self.s.pg_dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
             await self._lead(lock_conn, data_conn)
         finally:
             self.metrics.is_leader.set(0)
