@@ -57,10 +57,13 @@ def event_lines(events, spec) -> list[dict[str, Any]]:
     for e in events:
         t = type(e)
         if t is OrderAccepted:
-            add({"message": "order accepted", "event": "order_accepted", "seq": e.seq, "order_id": e.order_id,
-                 "client_id": e.client_id, "side": e.side.value, "type": e.order_type.value,
-                 "price": None if e.price is None else price(e.price),
-                 "quantity": quantity(e.quantity), "tif": e.tif.value})
+            line = {"message": "order accepted", "event": "order_accepted", "seq": e.seq, "order_id": e.order_id,
+                    "client_id": e.client_id, "side": e.side.value, "type": e.order_type.value,
+                    "price": None if e.price is None else price(e.price),
+                    "quantity": quantity(e.quantity), "tif": e.tif.value}
+            if e.client_order_id is not None:  # an operator finds a client's order by the id it quotes
+                line["client_order_id"] = e.client_order_id
+            add(line)
         elif t is TradeExecuted:
             add({"message": "trade", "event": "trade", "seq": e.seq, "trade_id": e.trade_id,
                  "price": price(e.price), "quantity": quantity(e.quantity),
@@ -71,8 +74,11 @@ def event_lines(events, spec) -> list[dict[str, Any]]:
                  "client_id": e.client_id, "reason": e.reason.value,
                  "cancelled_quantity": quantity(e.cancelled_quantity)})
         elif t is OrderRejected:
-            add({"message": "order rejected", "event": "order_rejected", "seq": e.seq, "order_id": e.order_id,
-                 "client_id": e.client_id, "reason": e.reason.value})
+            line = {"message": "order rejected", "event": "order_rejected", "seq": e.seq, "order_id": e.order_id,
+                    "client_id": e.client_id, "reason": e.reason.value}
+            if e.client_order_id is not None:
+                line["client_order_id"] = e.client_order_id
+            add(line)
         elif t is OrderAmended:
             add({"message": "order amended", "event": "order_amended", "seq": e.seq, "order_id": e.order_id,
                  "client_id": e.client_id, "quantity": quantity(e.quantity)})

@@ -24,7 +24,8 @@ async def test_client_order_ids_stay_private_and_per_client(system):
         await ws.send(json.dumps({"type": "subscribe", "channels": ["trades", "orders"], "instrument": SYM}))
         frames: list[dict] = []
 
-        async def read_until(pred, timeout=15.0):
+        # generous: a projector group rebalancing after an earlier test's restarts can hold the feed for a while
+        async def read_until(pred, timeout=45.0):
             end = asyncio.get_running_loop().time() + timeout
             while True:
                 for m in frames:
@@ -44,19 +45,22 @@ async def test_client_order_ids_stay_private_and_per_client(system):
         assert sell.status_code == buy.status_code == 201, (sell.text, buy.text)
         sell, buy = sell.json()["order"], buy.json()["order"]
         assert sell["client_order_id"] == buy["client_order_id"] == "e2e-same"
-        assert buy["status"] == "filled"
 
-        # the public trade (REST answer, /stream, /market/trades) names server ids only
-        trade = await read_until(lambda m: m["type"] == "trade" and m.get("sell_order_id") == sell["order_id"])
-        assert trade["buy_order_id"] == buy["order_id"]
+        # The public trades (/stream, /market/trades) name server ids only. Other tests leave orders in
+        # the book, so the buy may fill against them first; but one of the two orders trades: the sell
+        # crosses resting bids, or it rests and the buy at its price fills.
+        def mine(t):
+            return t.get("buy_order_id") == buy["order_id"] or t.get("sell_order_id") == sell["order_id"]
+
+        trade = await read_until(lambda m: m["type"] == "trade" and mine(m))
         assert "client_order_id" not in json.dumps(trade) and "e2e-same" not in json.dumps(trade)
 
-        async def public_trade():
-            r = await gw.get("/market/trades", params={"instrument": SYM, "limit": 50})
-            return [t for t in r.json()["trades"] if t["sell_order_id"] == sell["order_id"]]
+        async def public_trades():
+            r = await gw.get("/market/trades", params={"instrument": SYM, "limit": 200})
+            return [t for t in r.json()["trades"] if mine(t)]
 
-        [rest_trade] = await eventually(public_trade)
-        assert "e2e-same" not in json.dumps(rest_trade) and "client_order_id" not in rest_trade
+        rest_trades = await eventually(public_trades, timeout=45)
+        assert "e2e-same" not in json.dumps(rest_trades) and "client_order_id" not in json.dumps(rest_trades)
 
         # the owner's private channel and history carry it
         update = await read_until(lambda m: m["type"] == "order_update" and m["order"]["order_id"] == sell["order_id"])
@@ -68,7 +72,7 @@ async def test_client_order_ids_stay_private_and_per_client(system):
                              headers=system.auth("client-B"))
             return [o for o in r.json()["orders"] if o["order_id"] == buy["order_id"]]
 
-        [hist] = await eventually(history)
+        [hist] = await eventually(history, timeout=45)
         assert hist["client_order_id"] == "e2e-same"
 
         # each client reads its own order by the shared id; a reuse by its owner is 409

@@ -29,12 +29,15 @@ async def gw(system):
 
 
 async def _resting_order(gw, system, who: str = "client-A") -> str:
-    """A SOL-USD buy far below the market (other tests never trade there), cancelled afterwards."""
+    """A SOL-USD buy far below the market (other tests never trade there), cancelled afterwards.
+    Returns the server's order id (the one the log lines carry; the client order id is in them too)."""
+    client_order_id = f"obs-{uuid.uuid4().hex[:12]}"
     r = await gw.post("/orders", headers=system.auth(who), json={
-        "client_order_id": f"obs-{uuid.uuid4().hex[:12]}", "instrument": "SOL-USD", "side": "buy",
-        "type": "limit", "price": "1.001", "quantity": "0.01"})
+        "client_order_id": client_order_id, "instrument": "SOL-USD", "side": "buy", "type": "limit",
+        "price": "1.001", "quantity": "0.01"})
     assert r.status_code == 201, r.text
-    return r.json()["order"]["order_id"]  # the server's id: the one the logs name
+    assert r.json()["order"]["client_order_id"] == client_order_id
+    return r.json()["order"]["order_id"]
 
 
 async def test_every_metric_of_the_dashboards_and_rules_is_served(gw, system):

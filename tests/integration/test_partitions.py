@@ -74,11 +74,11 @@ async def test_old_database_migrates_and_everything_works_across_partitions(tmp_
     try:
         # 1. The old schema, and a book with resting orders and trades in it.
         await migrate(dsn, upto="006_fills.sql")
-        # Today's command service also needs its node registry (008) and the client order id column
-        # (009), both independent of 007.
+        # Today's command service also needs its node registry (008) and the orders' client order id
+        # column (009), both independent of 007.
         conn = await asyncpg.connect(dsn)
-        for later in ("008_command_nodes.sql", "009_client_order_ids.sql"):
-            await conn.execute((MIGRATIONS / later).read_text())
+        await conn.execute((MIGRATIONS / "008_command_nodes.sql").read_text())
+        await conn.execute((MIGRATIONS / "009_client_order_ids.sql").read_text())
         await conn.close()
         svc = await start_command(dsn)
         async with httpx.AsyncClient(base_url=svc.url, timeout=10) as http:
