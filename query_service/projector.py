@@ -233,7 +233,8 @@ class Projector:
                     cmds += await purge_commands(tx, self.keys, instrument)
                     state = type(state)(instrument=instrument)
                     read.window_minutes, read.window_hours = [], []
-                new_state, delta = project(state, new, consume_book=True)
+                # The state was read for this batch only: its book and records are handed over.
+                new_state, delta = project(state, new, consume_book=True, consume_records=True)
                 ticker = None
                 if delta.trades:
                     now_s = delta.last_ts // 1_000_000_000

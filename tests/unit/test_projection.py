@@ -466,3 +466,25 @@ def test_consuming_the_book_projects_the_same_as_copying_it():
         assert (fast_delta.levels, fast_delta.old_levels, fast_delta.seq) == (
             pure_delta.levels, pure_delta.old_levels, pure_delta.seq)
         s.apply(chunk)
+
+
+def test_consuming_the_records_projects_the_same_as_copying_them():
+    # The projector hands the order records it just read to project(consume_records=True): the
+    # result must be exactly the pure projection, which must leave its input's records untouched.
+    from query_service.projection import _copy_order
+
+    events = OrderFlow(seed=29).run(400)
+    s = DictStore()
+    for i in range(0, len(events), 9):
+        chunk = events[i : i + 9]
+        pure_in = s.state_for(chunk)
+        records_before = {k: _copy_order(v) for k, v in pure_in.orders.items()}
+        pure, pure_delta = project(pure_in, chunk)
+        assert pure_in.orders == records_before
+        consumed_in = s.state_for(chunk)
+        consumed_in.orders = {k: _copy_order(v) for k, v in consumed_in.orders.items()}  # as read from Redis
+        fast, fast_delta = project(consumed_in, chunk, consume_book=True, consume_records=True)
+        assert fast.orders == pure.orders
+        assert (fast_delta.orders, fast_delta.index_add, fast_delta.index_close, fast_delta.positions) == (
+            pure_delta.orders, pure_delta.index_add, pure_delta.index_close, pure_delta.positions)
+        s.apply(chunk)
