@@ -6,6 +6,7 @@ more for them. Real command-service processes on the test PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ import time
 import asyncpg
 import httpx
 import pytest
+import websockets
 
 from command_service.nodes import spread
 from tests.support.nodes import FORWARD_TIMEOUT_S, LEASE_S, Nodes, max_seq, place
@@ -291,3 +293,63 @@ async def test_sigterm_hands_every_instrument_over_under_load_and_loses_nothing(
         await conn.close()
     assert found == set(acked)  # every acknowledged order is committed
     assert handed < 10, handed
+
+
+async def _ask(ws, msg: dict) -> dict:
+    await ws.send(json.dumps(msg))
+    while True:
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if reply.get("request_id") == msg.get("request_id"):
+            return reply
+
+
+async def _cancel_reason(oid: str) -> str | None:
+    conn = await asyncpg.connect(DSN)
+    try:
+        raw = await conn.fetchval("SELECT payload FROM events WHERE type = 'order_cancelled' "
+                                  "AND convert_from(payload, 'UTF8') LIKE $1", f'%"order_id":"{oid}"%')
+    finally:
+        await conn.close()
+    return json.loads(bytes(raw))["reason"] if raw else None
+
+
+async def test_cancel_on_disconnect_reaches_orders_placed_on_another_node(nodes):
+    """A /ws session with cancel_on_disconnect on node A: the orders it placed on instruments node B
+    owns (forwarded, B chose their ids) are cancelled by B when the socket drops; another socket's
+    order on B stays."""
+    a, b = nodes.ids
+    want = expected(nodes)
+    await nodes.wait_owners(lambda o: o == want, via=a)
+    remote = next(s for s, o in want.items() if o == b)
+    local = next(s for s, o in want.items() if o == a)
+    ws_a = nodes.procs[a].url.replace("http://", "ws://") + "/ws"
+
+    def order(sym: str, rid, **extra) -> dict:
+        return {"type": "order", "order_type": "limit", "side": "buy", "price": "90", "quantity": "1",
+                "instrument": sym, "client_id": "cod-nodes", "request_id": rid, **extra}
+
+    async with websockets.connect(ws_a) as keep:
+        kept = await _ask(keep, order(remote, "k"))
+        assert kept["type"] == "order_accepted", kept
+        async with websockets.connect(ws_a) as ws:
+            before = await _ask(ws, order(remote, 1))  # placed before the session message: counts too
+            s = await _ask(ws, {"type": "session", "cancel_on_disconnect": True, "request_id": "s"})
+            assert s["cancel_on_disconnect"] is True
+            with_id = await _ask(ws, order(remote, 2, order_id=f"cod-{time.time_ns()}"))  # client order id
+            here = await _ask(ws, order(local, 3))
+            for r in (before, with_id, here):
+                assert r["type"] == "order_accepted", r
+    gone = [before["order"]["order_id"], with_id["order"]["order_id"], here["order"]["order_id"]]
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            states = {oid: (await http.get(f"{nodes.procs[b].url}/orders/{oid}")).json()["order"]["status"]
+                      for oid in gone}
+            if all(v == "cancelled" for v in states.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert all(v == "cancelled" for v in states.values()), states
+        for oid in gone:
+            assert await _cancel_reason(oid) == "cancel_on_disconnect"
+        r = await http.get(f"{nodes.procs[a].url}/orders/{kept['order']['order_id']}")
+        assert r.json()["order"]["status"] == "open", r.text
