@@ -24,6 +24,10 @@ drives them with bench.loadgen, all on the same 2 cores. Scenarios (all by defau
             already holds --sustained-resting (200,000) orders: throughput and p99 per minute
   nodes     one vs two command nodes through the gateway (issue 14): HTTP and WS at a fixed offered rate,
             throughput, p99 and CPU microseconds per acknowledged and per forwarded order
+  takeover  kill -9 of the command node that owns every instrument (each with --takeover-resting resting
+            orders) under --takeover-rate orders/s through the gateway: per instrument the time until it
+            accepts orders again (target p99 <= 3 s), latency over time, 0 acknowledged orders lost
+            (bench/takeover.py)
   engine    `python -m bench.engine` (its own section)
   relay     `python -m bench.relay` (its own section)
 """
@@ -55,8 +59,8 @@ OUT = ROOT / "docs" / "bench"
 # per-order check itself runs either way: one dict lookup); notional/position limits stay as configured.
 BENCH_ENV = {"EXCHANGE_AUTH": "disabled", "EXCHANGE_RATE_LIMIT_PER_SECOND": "0",
              "EXCHANGE_READ_RATE_LIMIT_PER_SECOND": "0", "EXCHANGE_MAX_OPEN_ORDERS": "0"}
-SCENARIOS = ("command", "pipeline", "cpu", "users", "sustained", "query", "fanout", "recovery", "nodes", "engine",
-             "relay")
+SCENARIOS = ("command", "pipeline", "cpu", "users", "sustained", "query", "fanout", "recovery", "nodes", "takeover",
+             "engine", "relay")
 
 
 def say(msg: str) -> None:
@@ -558,6 +562,13 @@ expected; the second node pays for forwarding and a second Python process. Load 
     write_section("Several command nodes", body)
 
 
+async def bench_takeover(args) -> None:
+    from bench.takeover import bench_takeover as run
+
+    await run(args, reset_state=reset_state, say=say,
+              topic_env={"EXCHANGE_KAFKA_TOPIC": f"bench.takeover.{int(time.time())}", **BENCH_ENV})
+
+
 async def bench_query(args) -> None:
     if shutil.which("wrk") is None:
         say("installing wrk (Debian package) for the read benchmark")
@@ -744,6 +755,10 @@ async def main(argv=None) -> int:
     ap.add_argument("--cpu-rate", type=int, default=1500, help="offered orders/s of the cpu scenario")
     ap.add_argument("--sustained-minutes", type=int, default=10)
     ap.add_argument("--sustained-resting", type=int, default=200_000)
+    ap.add_argument("--takeover-resting", type=int, default=100_000, help="resting orders per instrument")
+    ap.add_argument("--takeover-rate", type=int, default=1000, help="offered orders/s during the takeover")
+    ap.add_argument("--takeover-before", type=int, default=10, help="seconds of load before the kill")
+    ap.add_argument("--takeover-after", type=int, default=20, help="seconds of load after the kill")
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in chosen:

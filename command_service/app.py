@@ -44,7 +44,7 @@ from command_service.nats_bridge import NatsBridge
 from command_service.nodes import Membership
 from command_service.openapi import complete
 from command_service.order_entry import OrderEntry
-from command_service.sequencer import Sequencer
+from command_service.sequencer import Sequencer, lock_session_settings
 from command_service.settings import CommandSettings
 from command_service.settlement import settle
 from contracts.api import (
@@ -383,6 +383,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         if settings.nats_enabled:  # several nodes: commands for instruments owned elsewhere go there
             st.entry.set_forwarder(Forwarder(settings.node_id, st.bridge, settings.forward_timeout_s, st.metrics))
             st.nodes.forwarder = st.entry.forwarder
+            st.entry.forwarder.on_no_owner = st.nodes.nudge
         st.entry.nodes = st.nodes
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
@@ -428,8 +429,10 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
 async def _connect_pool(settings: CommandSettings) -> asyncpg.Pool:
     # Start even when PostgreSQL is not up yet: the sequencers keep retrying recovery and
     # answer 503 meanwhile. The pool itself connects lazily (min_size=0).
+    # Named after the node like its lock sessions: a node with no session left is gone (nodes.py).
     return await asyncpg.create_pool(settings.pg_dsn, min_size=0, max_size=settings.pg_pool_size,
-                                     command_timeout=10, connection_class=NoResetConnection)
+                                     command_timeout=10, connection_class=NoResetConnection,
+                                     server_settings=lock_session_settings(settings.node_id))
 
 
 async def _probe_kafka(st, bootstrap: str) -> None:

@@ -70,6 +70,7 @@ class Forwarder:
         self.entry: Any = None  # set by OrderEntry (it serves what arrives)
         self._subs: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.on_no_owner: Callable[[], None] | None = None  # Membership.nudge
 
     # ------------------------------------------------------------------ sending
     async def forward(self, instrument: str, op: str, principal: Principal, args: dict,
@@ -98,6 +99,8 @@ class Forwarder:
                 try:
                     msg = await nc.request(subject, data, timeout=left)
                 except NoRespondersError:
+                    if self.on_no_owner is not None:
+                        self.on_no_owner()  # the node layer looks for a dead owner now (nodes.py)
                     await asyncio.sleep(min(NO_OWNER_RETRY_S, max(0.0, deadline - time.monotonic())))
                     continue
                 except (NatsTimeout, asyncio.TimeoutError):

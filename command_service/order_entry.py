@@ -87,6 +87,7 @@ class OrderEntry:
         # Dead man's switches: client_id -> timer. In memory: a restart forgets them (the
         # client's next refresh arms it again); documented in the README.
         self._switches: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task] = set()  # forwarded cancel-on-disconnect requests
         # Several nodes (issue 14): commands for an instrument this node does not own go to the
         # owner (command_service/forwarding.py); None = one node, nothing is forwarded.
         self.forwarder = None
@@ -119,7 +120,9 @@ class OrderEntry:
         return self.sequencers[spec.symbol].submit(cmd, self._render_place(spec, order_id, with_book))
 
     async def place(self, principal: Principal, req: OrderRequest, *, with_book: bool = True,
-                    track=None, forwarded: bool = False) -> Reply:
+                    track=None, forwarded: bool = False, track_remote: dict | None = None) -> Reply:
+        """`track_remote`: a dict that gets {order id: instrument} of an order placed on another node
+        (forwarded; the owner chose its id): cancel-on-disconnect cancels it there (cancel_remote)."""
         if not forwarded:
             fut = self.place_nowait(principal, req, with_book=with_book, track=track)
             if fut is not None:
@@ -128,9 +131,14 @@ class OrderEntry:
         principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
         if not forwarded and self._remote(spec.symbol):
-            return await self.forwarder.forward(
+            reply = await self.forwarder.forward(
                 spec.symbol, "place", principal, {"body": msgspec.to_builtins(req), "with_book": with_book},
                 local=lambda: self.place(principal, req, with_book=with_book, track=track, forwarded=True))
+            if track_remote is not None and 200 <= reply[0] < 300:
+                order_id = _placed_id(reply[1])
+                if order_id is not None:
+                    track_remote[order_id] = spec.symbol
+            return reply
         client_id = self._client_for(principal, req.client_id)
         coid = client_order_id_of(req)
         order_id = self._new_id()  # always the server's: unguessable, never chosen by a client
@@ -467,6 +475,55 @@ class OrderEntry:
                                  lambda result, book: (200, b""))
                 fut.add_done_callback(_consume)
 
+    def cancel_remote(self, principal: Principal, orders: dict[str, str], reason: CancelReason) -> None:
+        """Cancel-on-disconnect of orders placed through this node on instruments another node owns
+        (forwarded places, {order id: instrument}): the owner cancels those that still rest and are
+        the principal's, one forwarded request per instrument and chunk (fire and forget). An
+        instrument this node owns by now is cancelled here."""
+        by: dict[str, list[str]] = {}
+        for order_id, sym in orders.items():
+            by.setdefault(sym, []).append(order_id)
+        for sym, ids in by.items():
+            for k in range(0, len(ids), CANCEL_CHUNK):
+                chunk = ids[k:k + CANCEL_CHUNK]
+                if self.forwarder is None or not self._remote(sym):
+                    self.cancel_orders(principal, chunk, reason)
+                    continue
+                t = asyncio.create_task(self._forward_cancel_orders(sym, principal, chunk, reason))
+                self._background.add(t)
+                t.add_done_callback(self._background.discard)
+
+    async def _forward_cancel_orders(self, sym: str, principal: Principal, ids: list[str],
+                                     reason: CancelReason) -> None:
+        async def here() -> Reply:
+            self.cancel_orders(principal, ids, reason)
+            return 200, b"{}", {}
+
+        # The client is gone: nobody can retry for it, so a takeover in progress (503 after the
+        # forward timeout) is retried here a few times before the orders are given up (logged).
+        for attempt in range(3):
+            try:
+                status, _, _ = await self.forwarder.forward(
+                    sym, "cancel_orders", principal, {"order_ids": ids, "reason": reason.value}, local=here)
+                if status < 500:
+                    return
+            except ApiError as exc:
+                if exc.status < 500:
+                    return
+            except Exception as exc:  # NATS trouble: as a 503
+                log.warning("%s: forwarding cancel-on-disconnect failed: %r", sym, exc, extra={"instrument": sym})
+            await asyncio.sleep(0.5 * (attempt + 1))
+        log.warning("%s: %d orders of a closed session could not be cancelled (no owner answered)", sym, len(ids),
+                    extra={"instrument": sym})
+
+    async def still_open(self, order_ids) -> set[str]:
+        """Which of these ids are open in the orders table (committed state)."""
+        async with self.journal.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT order_id FROM orders WHERE order_id = ANY($1::text[]) "
+                                    "AND NOT (status = ANY($2::text[]))", list(order_ids),
+                                    [st.value for st in CLOSED_STATUSES])
+        return {r["order_id"] for r in rows}
+
     # ------------------------------------------------------------------ forwarded (several nodes)
     async def serve_forwarded(self, op: str, principal: Principal, args: dict) -> Reply:
         """A command another node forwarded to this one, the instrument's owner (forwarding.py):
@@ -492,6 +549,9 @@ class OrderEntry:
             return await self.cancel_all(principal, req, forwarded=True)
         if op == "handover":
             return await self.handover(principal, args["instrument"], forwarded=True)
+        if op == "cancel_orders":  # cancel-on-disconnect of a session on another node (cancel_remote)
+            self.cancel_orders(principal, [str(i) for i in args["order_ids"]], CancelReason(args["reason"]))
+            return 200, b"{}", {}
         raise ApiError(400, "invalid_request", f"unknown forwarded operation {op!r}")
 
     async def handover(self, principal: Principal, instrument: str, forwarded: bool = False) -> Reply:
@@ -545,6 +605,16 @@ async def _await(fut):
         return await fut
     except Unavailable as exc:
         raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from None
+
+
+CANCEL_CHUNK = 1000  # order ids per forwarded cancel_orders request (well inside NATS's 1 MB payload)
+
+
+def _placed_id(body: bytes) -> str | None:
+    try:
+        return msgspec.json.decode(body)["order"]["order_id"]
+    except Exception:  # not an order answer (cannot happen for a 2xx place): nothing to track
+        return None
 
 
 def _consume(fut: asyncio.Future) -> None:

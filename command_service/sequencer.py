@@ -54,6 +54,38 @@ class LockHeld(Unavailable):
 APP_NAME_PREFIX = "exchange-command/"  # + node id: how pg_stat_activity names a lock session's node
 
 
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out.rjust(9, "0")
+
+
+# This process's incarnation: its start time (ms, base 36, fixed width so names compare as numbers). A
+# node id can be reused by a new process while the old one is frozen (SIGSTOP, a stalled VM) and still
+# holds its sessions and locks: the incarnation tells the two apart, and the newer one wins
+# (command_service/nodes.py).
+INCARNATION = _base36(time.time_ns() // 1_000_000)
+
+
+def session_name(node_id: str, incarnation: str = INCARNATION) -> str:
+    """application_name of every session of this process: prefix + node id + '@' + incarnation
+    (<= 17 + 36 + 1 + 9 = 63 bytes, PostgreSQL's limit; settings bound the node id)."""
+    return f"{APP_NAME_PREFIX}{node_id}@{incarnation}"
+
+
+def parse_session_name(name: str | None) -> tuple[str | None, str]:
+    """(node id, incarnation) of a session name; (None, "") for a session that is not a node's."""
+    if not name or not name.startswith(APP_NAME_PREFIX):
+        return None, ""
+    node, _, incarnation = name[len(APP_NAME_PREFIX):].rpartition("@")
+    if not node:  # a node of a version before incarnations: no '@'
+        return name[len(APP_NAME_PREFIX):], ""
+    return node, incarnation
+
+
 def lock_session_settings(node_id: str) -> dict[str, str]:
     """Session settings of a lock connection. application_name says which node holds a lock
     (pg_locks -> pg_stat_activity: command_service/nodes.py). TCP keepalives on the server's
@@ -66,13 +98,20 @@ def lock_session_settings(node_id: str) -> dict[str, str]:
     every batch while it compares custom with generic plans (issue 19, with the relay's data
     connection: PostgreSQL CPU per acked order 170 -> 150 us over HTTP, 166 -> 150 us over WS)."""
     return {
-        "application_name": (APP_NAME_PREFIX + node_id)[:63],
+        "application_name": session_name(node_id)[:63],
         "plan_cache_mode": "force_generic_plan",
         "tcp_keepalives_idle": "5",
         "tcp_keepalives_interval": "2",
         "tcp_keepalives_count": "3",
         "tcp_user_timeout": "10000",
     }
+
+
+# Is there a session of a newer process with this node id (prefix + node id + '@', this incarnation)?
+NEWER_INCARNATION_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+               WHERE left(application_name, length($1)) = $1 AND substr(application_name, length($1) + 1) > $2)
+"""
 
 
 # A render turns the engine's result into the caller's (status, body) while the book is
@@ -381,6 +420,12 @@ class Sequencer:
         conn = await asyncpg.connect(self.dsn, connection_class=NoResetConnection,
                                      server_settings=lock_session_settings(self.node_id))
         got = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, self.instrument)
+        if got and self.node_id and await conn.fetchval(NEWER_INCARNATION_SQL, APP_NAME_PREFIX + self.node_id + "@",
+                                                        INCARNATION):
+            # A newer process runs under this node id: this one was replaced while it was frozen
+            # (nodes.py terminated its sessions). Its sequencer loop retried the lock in the gap
+            # before the new process took it: it must not own anything again.
+            got = False
         if not got:
             await conn.close()
             self.lost_to_other = True

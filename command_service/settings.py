@@ -21,10 +21,12 @@ def _float(name: str, default: float) -> float:
 
 def _node_id(value: str) -> str:
     value = value.strip()
+    # 36: the node id and its process's incarnation must fit PostgreSQL's application_name (63 bytes;
+    # command_service/sequencer.session_name), which is how every node's sessions are told apart.
     if not value:
-        return f"{socket.gethostname()}-{os.getpid()}"
-    if len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
-        raise SettingError("EXCHANGE_NODE_ID", value, "up to 64 letters, digits, '-', '_' or '.'")
+        return f"{socket.gethostname()[:28]}-{os.getpid()}"[:36]
+    if len(value) > 36 or not all(c.isalnum() or c in "-_." for c in value):
+        raise SettingError("EXCHANGE_NODE_ID", value, "up to 36 letters, digits, '-', '_' or '.'")
     return value
 
 

@@ -161,6 +161,12 @@ class OrderSocket:
         # on its way to the engine is never forgotten.
         self.placed: set[str] = set()
         self.earlier: set[str] = set()
+        # Orders placed over this socket on instruments another node owns (forwarded; several nodes,
+        # issue 14): order id -> instrument, so that cancel-on-disconnect reaches their owner. Pruned
+        # like `earlier`, from the orders table (this node's books do not hold them).
+        self.remote: dict[str, str] = {}
+        self._pruning_remote = False
+        self.closed = False
         self.cancel_on_disconnect = False
 
     # ---------------------------------------------------------------- answers
@@ -278,14 +284,44 @@ class OrderSocket:
 
     async def _place_slow(self, rid, req: OrderRequest, lim: bytes = b"") -> None:
         try:
+            if len(self.remote) >= PRUNE_PLACED and not self._pruning_remote:
+                self._pruning_remote = True
+                self._spawn_quiet(self._prune_remote())
             status, payload, headers = await self.entry.place(self.principal, req, with_book=False,
-                                                              track=self.placed)
+                                                              track=self.placed, track_remote=self.remote)
+            if self.closed and self.cancel_on_disconnect and self.remote:
+                # The socket dropped while this forwarded place was on its way: its order is
+                # cancelled now, like the ones already placed (an order placed locally is in the
+                # book at disconnect time and needs nothing more).
+                self._cancel_remote()
             self._reply(b"order_accepted", rid, status, payload, replayed=bool(headers) and status < 400,
                         limits=lim)
         except Exception as exc:
             self._failed(rid, exc, lim)
         finally:
             self.done()
+
+    def _spawn_quiet(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _prune_remote(self) -> None:
+        """Forget forwarded orders that are no longer open (the owner's committed rows say so)."""
+        try:
+            ids = list(self.remote)
+            still = await self.entry.still_open(ids)
+            for oid in ids:
+                if oid not in still:
+                    self.remote.pop(oid, None)
+        except Exception as exc:  # PostgreSQL away: tried again at the next PRUNE_PLACED
+            log.warning("ws: forwarded orders not pruned: %r", exc)
+        finally:
+            self._pruning_remote = False
+
+    def _cancel_remote(self) -> None:
+        orders, self.remote = self.remote, {}
+        self.entry.cancel_remote(self.principal, orders, CancelReason.DISCONNECT)
 
     async def _cancel_slow(self, rid, order_id: str, answer, lim: bytes = b"") -> None:
         try:
@@ -372,6 +408,9 @@ class OrderSocket:
             writer.cancel()
             if watcher is not None:
                 watcher.cancel()
+            self.closed = True
+            if self.cancel_on_disconnect and self.remote:
+                self._cancel_remote()
             if self.cancel_on_disconnect and (self.placed or self.earlier):
                 # cancel_on_disconnect: only this socket's orders, those still resting. An
                 # order whose place is still in flight is in the book by now (the engine

@@ -6,6 +6,8 @@ more for them. Real command-service processes on the test PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import time
@@ -13,6 +15,7 @@ import time
 import asyncpg
 import httpx
 import pytest
+import websockets
 
 from command_service.nodes import spread
 from tests.support.nodes import FORWARD_TIMEOUT_S, LEASE_S, Nodes, max_seq, place
@@ -291,3 +294,145 @@ async def test_sigterm_hands_every_instrument_over_under_load_and_loses_nothing(
         await conn.close()
     assert found == set(acked)  # every acknowledged order is committed
     assert handed < 10, handed
+
+
+async def _ask(ws, msg: dict) -> dict:
+    await ws.send(json.dumps(msg))
+    while True:
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if reply.get("request_id") == msg.get("request_id"):
+            return reply
+
+
+async def _cancel_reason(oid: str) -> str | None:
+    conn = await asyncpg.connect(DSN)
+    try:
+        raw = await conn.fetchval("SELECT payload FROM events WHERE type = 'order_cancelled' "
+                                  "AND convert_from(payload, 'UTF8') LIKE $1", f'%"order_id":"{oid}"%')
+    finally:
+        await conn.close()
+    return json.loads(bytes(raw))["reason"] if raw else None
+
+
+async def test_cancel_on_disconnect_reaches_orders_placed_on_another_node(nodes):
+    """A /ws session with cancel_on_disconnect on node A: the orders it placed on instruments node B
+    owns (forwarded, B chose their ids) are cancelled by B when the socket drops; another socket's
+    order on B stays."""
+    a, b = nodes.ids
+    want = expected(nodes)
+    await nodes.wait_owners(lambda o: o == want, via=a)
+    remote = next(s for s, o in want.items() if o == b)
+    local = next(s for s, o in want.items() if o == a)
+    ws_a = nodes.procs[a].url.replace("http://", "ws://") + "/ws"
+
+    def order(sym: str, rid, **extra) -> dict:
+        return {"type": "order", "order_type": "limit", "side": "buy", "price": "90", "quantity": "1",
+                "instrument": sym, "client_id": "cod-nodes", "request_id": rid, **extra}
+
+    async with websockets.connect(ws_a) as keep:
+        kept = await _ask(keep, order(remote, "k"))
+        assert kept["type"] == "order_accepted", kept
+        async with websockets.connect(ws_a) as ws:
+            before = await _ask(ws, order(remote, 1))  # placed before the session message: counts too
+            s = await _ask(ws, {"type": "session", "cancel_on_disconnect": True, "request_id": "s"})
+            assert s["cancel_on_disconnect"] is True
+            with_id = await _ask(ws, order(remote, 2, order_id=f"cod-{time.time_ns()}"))  # client order id
+            here = await _ask(ws, order(local, 3))
+            for r in (before, with_id, here):
+                assert r["type"] == "order_accepted", r
+    gone = [before["order"]["order_id"], with_id["order"]["order_id"], here["order"]["order_id"]]
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            states = {oid: (await http.get(f"{nodes.procs[b].url}/orders/{oid}")).json()["order"]["status"]
+                      for oid in gone}
+            if all(v == "cancelled" for v in states.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert all(v == "cancelled" for v in states.values()), states
+        for oid in gone:
+            assert await _cancel_reason(oid) == "cancel_on_disconnect"
+        r = await http.get(f"{nodes.procs[a].url}/orders/{kept['order']['order_id']}")
+        assert r.json()["order"]["status"] == "open", r.text
+
+
+async def test_a_restarted_node_reusing_a_frozen_node_s_id_takes_over_and_the_old_process_commits_nothing():
+    """A node frozen (SIGSTOP) holding its locks is restarted as a new process with the SAME node id
+    before the others' lease runs out: the new process's heartbeat is the node's now, so the lease
+    would never expire for the frozen one; the new process must not take the old sessions for its
+    own, it ends them and serves at once. The old one, woken, finds its locks gone, commits nothing
+    and stands down (the journal has no gap and no second writer)."""
+    lease = 10.0  # longer than a process start: the other node must not rescue the instruments first
+    nodes = Nodes(env={"EXCHANGE_NODE_LEASE_S": str(lease)})
+    new = None
+    old_pid = None
+    try:
+        for p in nodes.procs.values():
+            p.start()
+        for p in nodes.procs.values():
+            await p.wait_ready()
+        a, b = nodes.ids
+        want = expected(nodes)
+        await nodes.wait_owners(lambda o: o == want, via=b)
+        mine = sorted(s for s, o in want.items() if o == a)
+        sym = mine[0]
+        old = nodes.procs[a]
+        assert (await place(old.url, sym)).status_code == 201
+        old_pid = old.proc.pid
+        os.kill(old_pid, signal.SIGSTOP)
+        stuck = asyncio.create_task(place(old.url, sym, "99", timeout=60))
+        t0 = time.monotonic()
+        new = nodes._proc(a)  # same EXCHANGE_NODE_ID, its own port
+        new.start()
+        await new.wait_ready()
+        async with httpx.AsyncClient(timeout=5) as http:
+            for s in mine:  # retryable 503s while it takes over (requests may reach the frozen one's subscription)
+                while True:
+                    r = await place(new.url, s, "98")
+                    if r.status_code == 201 or time.monotonic() - t0 > lease:
+                        break
+                    assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+                    await asyncio.sleep(0.1)
+                assert r.status_code == 201, r.text
+            took = time.monotonic() - t0
+            assert took < lease, took  # it did not wait for a lease that could never run out
+            health = (await http.get(new.url + "/healthz")).json()
+            assert all(health["sequencers"][s] == "ready" for s in mine), health
+            seq_new = await max_seq(sym)
+            os.kill(old_pid, signal.SIGCONT)
+            answer = await stuck
+            # Never a 201 the old process could not back: its commit on the ended session fails (503),
+            # or it saw the loss first and forwarded the order to the new process (whose commit it is).
+            assert answer.status_code in (201, 503), answer.text
+            if answer.status_code == 201:
+                oid = answer.json()["order"]["order_id"]
+                assert (await http.get(f"{new.url}/orders/{oid}")).status_code == 200
+                seq_new = await max_seq(sym)
+            await asyncio.sleep(1.0)
+            assert await max_seq(sym) == seq_new  # the woken process wrote nothing
+            # It stood down: it owns nothing, and what still reaches it is served by the new process.
+            old_health = (await http.get(old.url + "/healthz")).json()
+            assert not any(v == "ready" for v in old_health["sequencers"].values()), old_health
+            r = await place(old.url, sym, "97")
+            assert r.status_code == 201, r.text
+            assert (await http.get(f"{new.url}/orders/{r.json()['order']['order_id']}")).status_code == 200
+            health = (await http.get(new.url + "/healthz")).json()
+            assert all(health["sequencers"][s] == "ready" for s in mine), health
+        conn = await asyncpg.connect(DSN)
+        try:
+            seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM events WHERE instrument = $1 ORDER BY seq",
+                                                       sym)]
+            names = {r["application_name"] for r in await conn.fetch(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE $1", f"%/{a}@%")}
+        finally:
+            await conn.close()
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(names) == 1, names  # every lock of node a is held by one process: the new one
+    finally:
+        if old_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old_pid, signal.SIGCONT)
+        if new is not None:
+            new.stop()
+        nodes.stop()

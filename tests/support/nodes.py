@@ -34,7 +34,8 @@ def spread_symbols(nodes: list[str], n: int = 4) -> list[str]:
 
 
 class Nodes:
-    def __init__(self, count: int = 2):
+    def __init__(self, count: int = 2, env: dict[str, str] | None = None):
+        self.env = {**NODE_ENV, **(env or {})}
         tag = uuid.uuid4().hex[:6]
         self.ids = [f"t{tag}-{k + 1}" for k in range(count)]
         self.symbols = spread_symbols(self.ids)
@@ -42,7 +43,7 @@ class Nodes:
         self.procs = {nid: self._proc(nid) for nid in self.ids}
 
     def _proc(self, nid: str) -> ServiceProcess:
-        return ServiceProcess("command_service", free_port(), {**NODE_ENV, "EXCHANGE_NODE_ID": nid,
+        return ServiceProcess("command_service", free_port(), {**self.env, "EXCHANGE_NODE_ID": nid,
                                                                "EXCHANGE_INSTRUMENTS_FILE": self.file},
                               log_name=f"command-{nid}")
 
