@@ -8,7 +8,7 @@ import json
 import pytest
 import websockets
 
-from tests.support.services import ROOT, command_with_keys, event_count, reset_db
+from tests.support.services import ROOT, auth, command_with_keys, error_of, event_count, place, reset_db
 
 CLIENTS = ("alice", "bob", "carol", "dave", "erin")
 
@@ -29,20 +29,6 @@ async def svc(tmp_path_factory):
         "EXCHANGE_INSTRUMENTS_FILE": str(instruments),
     }) as proc:
         yield proc
-
-
-def auth(svc, who):
-    return {"Authorization": f"Bearer {svc.keys[who]}"}
-
-
-async def place(svc, who, **body):
-    body = {"instrument": "BTC-USD", "side": "buy", "type": "limit", "price": "100", "quantity": "1", **body}
-    return await svc.http.post("/orders", json=body, headers=auth(svc, who))
-
-
-def error_of(r) -> tuple[int, str, str | None]:
-    e = r.json()["error"]
-    return r.status_code, e["code"], e.get("field")
 
 
 # ------------------------------------------------------------------ order ids

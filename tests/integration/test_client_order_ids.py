@@ -12,7 +12,7 @@ import json
 import pytest
 import websockets
 
-from tests.support.services import command_with_keys, event_count, reset_db
+from tests.support.services import auth, command_with_keys, error_of, event_count, place, reset_db
 
 CLIENTS = ("alice", "bob", "carol")
 
@@ -22,20 +22,6 @@ async def svc():
     await reset_db()
     async with command_with_keys(CLIENTS, {"EXCHANGE_RATE_LIMIT_PER_SECOND": "0"}) as proc:
         yield proc
-
-
-def auth(svc, who):
-    return {"Authorization": f"Bearer {svc.keys[who]}"}
-
-
-async def place(svc, who, **body):
-    body = {"instrument": "BTC-USD", "side": "buy", "type": "limit", "price": "100", "quantity": "1", **body}
-    return await svc.http.post("/orders", json=body, headers=auth(svc, who))
-
-
-def error_of(r) -> tuple[int, str, str | None]:
-    e = r.json()["error"]
-    return r.status_code, e["code"], e.get("field")
 
 
 async def test_two_clients_may_use_the_same_client_order_id_and_each_sees_only_its_own(svc):

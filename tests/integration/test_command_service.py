@@ -11,7 +11,7 @@ import websockets
 
 from contracts.messages import TradeExecuted, decode_event
 from engine import OrderBook
-from tests.support.services import DSN, ServiceProcess, create_key, event_count, free_port, reset_db
+from tests.support.services import DSN, ServiceProcess, auth, create_key, event_count, free_port, reset_db
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,6 @@ async def svc():
 async def http(svc):
     async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
         yield client
-
-
-def auth(svc, who):
-    return {"Authorization": f"Bearer {svc.keys[who]}"}
 
 
 async def post_order(http, svc, who, **body):

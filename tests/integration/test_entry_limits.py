@@ -11,17 +11,7 @@ import pytest
 import websockets
 
 from contracts.topics import ORDER_REQUEST_SUBJECT
-from tests.support.services import command_with_keys, nats_login, reset_db
-
-
-def auth(svc, who):
-    return {"Authorization": f"Bearer {svc.keys[who]}"}
-
-
-def error_of(r) -> tuple[int, str, str | None]:
-    e = r.json()["error"]
-    return r.status_code, e["code"], e.get("field")
-
+from tests.support.services import auth, command_with_keys, error_of, nats_login, reset_db
 
 # ------------------------------------------------------------------ rate limits on every entry point
 

@@ -115,3 +115,20 @@ class InProcessServer:
             except asyncio.TimeoutError:
                 self.server.force_exit = True
                 await self.task
+
+
+def auth(svc, who: str) -> dict[str, str]:
+    """The Authorization header of `who`'s key on a `command_with_keys` service."""
+    return {"Authorization": f"Bearer {svc.keys[who]}"}
+
+
+async def place(svc, who: str, **body):
+    """POST /orders as `who`: a 1-lot BTC-USD limit buy at 100 unless `body` says otherwise."""
+    body = {"instrument": "BTC-USD", "side": "buy", "type": "limit", "price": "100", "quantity": "1", **body}
+    return await svc.http.post("/orders", json=body, headers=auth(svc, who))
+
+
+def error_of(r) -> tuple[int, str, str | None]:
+    """(status, code, field) of an error answer."""
+    e = r.json()["error"]
+    return r.status_code, e["code"], e.get("field")
