@@ -436,3 +436,30 @@ async def test_a_restarted_node_reusing_a_frozen_node_s_id_takes_over_and_the_ol
         if new is not None:
             new.stop()
         nodes.stop()
+
+
+async def test_a_killed_node_is_taken_over_without_waiting_for_its_lease():
+    """kill -9 ends every PostgreSQL session of the node at once while its heartbeat still looks fresh
+    for up to a lease: a node with no session left is gone, and the other node takes its instruments
+    within about a round, not after the lease (bench `takeover`: 5.8 s -> 1.3 s with the 5 s lease)."""
+    lease = 10.0
+    nodes = Nodes(env={"EXCHANGE_NODE_LEASE_S": str(lease)})
+    try:
+        for p in nodes.procs.values():
+            p.start()
+        for p in nodes.procs.values():
+            await p.wait_ready()
+        a, b = nodes.ids
+        want = expected(nodes)
+        await nodes.wait_owners(lambda o: o == want, via=b)
+        lost = [s for s, o in want.items() if o == a]
+        t0 = time.monotonic()
+        nodes.procs[a].kill9()
+        await nodes.wait_owners(lambda o: all(v == b for v in o.values()), via=b, timeout=lease + 5)
+        took = time.monotonic() - t0
+        assert took < lease / 2, took
+        for sym in lost:
+            r = await place(nodes.procs[b].url, sym)
+            assert r.status_code == 201, r.text
+    finally:
+        nodes.stop()
