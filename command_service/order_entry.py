@@ -100,12 +100,16 @@ class OrderEntry:
     def _remote(self, instrument: str) -> bool:
         return self.forwarder is not None and not self.sequencers[instrument].ready
 
+    def owned_elsewhere(self, instrument: str) -> bool:
+        """Another node serves this instrument now (several nodes): its orders rest in that node's book."""
+        return self._remote(instrument)
+
     # ------------------------------------------------------------------ place
     def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True, track=None):
         """The common case without an await before the sequencer: no idempotency key and no
         client order id to look up. Returns the sequencer's future of (status, body), or
         None when the request needs `place` (it raises ApiError for a bad request).
-        `track`: a set that gets the new order's id (cancel-on-disconnect)."""
+        `track`: a dict that gets {the new order's id: its instrument} (cancel-on-disconnect)."""
         if req.idempotency_key is not None or req.client_order_id is not None or req.order_id is not None:
             return None
         if principal.scope == "read":
@@ -115,7 +119,7 @@ class OrderEntry:
             return None  # `place` forwards it to the owner
         order_id = self._new_id()
         if track is not None:
-            track.add(order_id)
+            track[order_id] = spec.symbol
         cmd = to_place(req, self._client_for(principal, req.client_id), order_id, spec)
         return self.sequencers[spec.symbol].submit(cmd, self._render_place(spec, order_id, with_book))
 
@@ -180,7 +184,7 @@ class OrderEntry:
                                      or await self.journal.client_order_id_taken(client_id, coid)):
                 raise _duplicate_coid(coid)
             if track is not None:
-                track.add(order_id)
+                track[order_id] = spec.symbol
             status, body = await _await(seq.submit(cmd, self._render_place(spec, order_id, with_book), idem))
             if ckey is not None and status == 201:  # committed (also a rejected order: the id is used)
                 known = self._known_coids

@@ -159,8 +159,10 @@ class OrderSocket:
         # PRUNE_PLACED of them move to `earlier`, whose ids that no longer rest are dropped
         # then. An id is only dropped a generation after it was placed, so an order still
         # on its way to the engine is never forgotten.
-        self.placed: set[str] = set()
-        self.earlier: set[str] = set()
+        # Both map order id -> instrument: an order whose instrument moved to another node since
+        # (handover, takeover) is cancelled by that node (cancel_remote), not looked for here.
+        self.placed: dict[str, str] = {}
+        self.earlier: dict[str, str] = {}
         # Orders placed over this socket on instruments another node owns (forwarded; several nodes,
         # issue 14): order id -> instrument, so that cancel-on-disconnect reaches their owner. Pruned
         # like `earlier`, from the orders table (this node's books do not hold them).
@@ -263,10 +265,16 @@ class OrderSocket:
         """Forget ids of earlier orders that no longer rest (filled, cancelled): amortised
         O(1) per order; memory ~ the socket's open orders + one generation."""
         entry = self.entry
-        earlier = {oid for oid in self.earlier if entry.is_resting(oid)}
-        earlier |= self.placed
+        earlier = {}
+        for oid, sym in self.earlier.items():
+            if entry.is_resting(oid):
+                earlier[oid] = sym
+            elif entry.owned_elsewhere(sym):
+                # Its instrument moved to another node: tracked (and pruned) like a forwarded order.
+                self.remote[oid] = sym
+        earlier.update(self.placed)
         self.earlier = earlier
-        self.placed.clear()  # the same set: slow-path places in flight still add to it
+        self.placed.clear()  # the same dict: slow-path places in flight still add to it
 
     def _cancel_done(self, rid, order_id: str, fut: asyncio.Future, lim: bytes = b"") -> None:
         if not fut.cancelled() and fut.exception() is None and fut.result()[0] == 0:
@@ -409,13 +417,19 @@ class OrderSocket:
             if watcher is not None:
                 watcher.cancel()
             self.closed = True
-            if self.cancel_on_disconnect and self.remote:
-                self._cancel_remote()
-            if self.cancel_on_disconnect and (self.placed or self.earlier):
+            if self.cancel_on_disconnect:
                 # cancel_on_disconnect: only this socket's orders, those still resting. An
                 # order whose place is still in flight is in the book by now (the engine
-                # runs before the commit), so it is found here too.
-                self.entry.cancel_orders(self.principal, list(self.earlier | self.placed), CancelReason.DISCONNECT)
+                # runs before the commit), so it is found here too. Orders on instruments
+                # another node serves now (placed there, or moved there since) go to that node.
+                mine = {**self.earlier, **self.placed}
+                moved = {oid: sym for oid, sym in mine.items() if self.entry.owned_elsewhere(sym)}
+                self.remote.update(moved)
+                if self.remote:
+                    self._cancel_remote()
+                here = [oid for oid in mine if oid not in moved]
+                if here:
+                    self.entry.cancel_orders(self.principal, here, CancelReason.DISCONNECT)
 
 
 def _given(raw, field: str):

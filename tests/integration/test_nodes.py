@@ -463,3 +463,33 @@ async def test_a_killed_node_is_taken_over_without_waiting_for_its_lease():
             assert r.status_code == 201, r.text
     finally:
         nodes.stop()
+
+
+async def test_cancel_on_disconnect_follows_an_instrument_handed_over_to_another_node(nodes):
+    """An order placed over a /ws session on node A for an instrument A owned; the instrument is then
+    handed over to node B (its book, with the order, moves there); the socket drops: B cancels it."""
+    a, b = nodes.ids
+    want = expected(nodes)
+    await nodes.wait_owners(lambda o: o == want, via=a)
+    sym = next(s for s, o in want.items() if o == a)
+    ws_a = nodes.procs[a].url.replace("http://", "ws://") + "/ws"
+    async with websockets.connect(ws_a) as ws:
+        s = await _ask(ws, {"type": "session", "cancel_on_disconnect": True, "request_id": "s"})
+        assert s["cancel_on_disconnect"] is True
+        placed = await _ask(ws, {"type": "order", "order_type": "limit", "side": "buy", "price": "90",
+                                 "quantity": "1", "instrument": sym, "client_id": "cod-moved", "request_id": 1})
+        assert placed["type"] == "order_accepted", placed
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(f"{nodes.procs[a].url}/admin/handover", params={"instrument": sym})
+            assert r.status_code == 200, r.text
+        await nodes.wait_owners(lambda o: o[sym] == b, via=a)
+    oid = placed["order"]["order_id"]
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            status = (await http.get(f"{nodes.procs[b].url}/orders/{oid}")).json()["order"]["status"]
+            if status == "cancelled" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    assert status == "cancelled"
+    assert await _cancel_reason(oid) == "cancel_on_disconnect"
