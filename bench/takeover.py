@@ -411,8 +411,11 @@ What the time until an instrument accepts again is made of, and what was changed
 - **The round period.** The survivor noticed at its next heartbeat round (up to 1 s later). A forwarded
   command that finds no node serving its instrument now runs a round at once (`Membership.nudge`): the
   gateway sends the dead node's traffic to the survivor within milliseconds of the kill, so this is ~0.1 s.
-- **Recovery** (snapshot + replay of the events since it, three books in one process): 0.85-0.9 s of the
-  remaining ~1.1-1.3 s on a quiet machine, ~1.9 s on a loaded one (load average 6.5: 2.2 s to accept again).
+- **Recovery** (snapshot + replay of the ~3,700 events since it, three books in one process): 0.7-0.9 s of
+  the remaining 0.9-1.3 s on a quiet machine (this run: recovered in 0.68 s, taken over 0.72 s after the
+  nudged round began, accepting again 0.90-0.93 s after the kill), ~1.9 s on a loaded one (load average 6.5:
+  2.2 s to accept again). Detection (kill -> round) is now ~0.1-0.2 s; the rest is recovery, which is CPU
+  (restoring 100,000-order books in Python, one process for the three).
 - **The gateway.** nginx kept idle connections to a node longer than uvicorn (5 s), so it sometimes sent a
   request on a connection the node was closing: 502, and with max_fails=1 the only live node was skipped
   for 2 s ("no live upstreams": 2,777 502s in one run). The upstream keepalive_timeout is now 4 s. On a
