@@ -66,10 +66,7 @@ async def test_two_nodes_under_load_through_kill_freeze_and_rolling_restart():
     load = Load(nodes, workers=int(os.environ.get("EXCHANGE_CHAOS_WORKERS", "8")))
     tasks: list[asyncio.Task] = []
     try:
-        for p in nodes.procs.values():
-            p.start()
-        for p in nodes.procs.values():
-            await p.wait_ready()
+        await nodes.start()
         a, b = nodes.ids
         await nodes.wait_owners(lambda o: set(o.values()) == {a, b}, via=a)
         tasks = load.start()

@@ -26,10 +26,7 @@ from tests.support.services import DSN
 async def nodes():
     n = Nodes()
     try:
-        for p in n.procs.values():
-            p.start()
-        for p in n.procs.values():
-            await p.wait_ready()
+        await n.start()
         yield n
     finally:
         n.stop()
@@ -367,10 +364,7 @@ async def test_a_restarted_node_reusing_a_frozen_node_s_id_takes_over_and_the_ol
     new = None
     old_pid = None
     try:
-        for p in nodes.procs.values():
-            p.start()
-        for p in nodes.procs.values():
-            await p.wait_ready()
+        await nodes.start()
         a, b = nodes.ids
         want = expected(nodes)
         await nodes.wait_owners(lambda o: o == want, via=b)
@@ -445,10 +439,7 @@ async def test_a_killed_node_is_taken_over_without_waiting_for_its_lease():
     lease = 10.0
     nodes = Nodes(env={"EXCHANGE_NODE_LEASE_S": str(lease)})
     try:
-        for p in nodes.procs.values():
-            p.start()
-        for p in nodes.procs.values():
-            await p.wait_ready()
+        await nodes.start()
         a, b = nodes.ids
         want = expected(nodes)
         await nodes.wait_owners(lambda o: o == want, via=b)

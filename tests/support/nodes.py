@@ -47,6 +47,14 @@ class Nodes:
                                                                "EXCHANGE_INSTRUMENTS_FILE": self.file},
                               log_name=f"command-{nid}")
 
+    async def start(self) -> None:
+        """Start every node together (they race for their shares, as in a deployment), then wait until
+        each answers its health check."""
+        for p in self.procs.values():
+            p.start()
+        for p in self.procs.values():
+            await p.wait_ready()
+
     async def health(self, nid: str) -> dict:
         async with httpx.AsyncClient(timeout=3) as http:
             return (await http.get(self.procs[nid].url + "/healthz")).json()
