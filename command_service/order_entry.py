@@ -97,12 +97,9 @@ class OrderEntry:
         self.forwarder = forwarder
         forwarder.entry = self
 
-    def _remote(self, instrument: str) -> bool:
-        return self.forwarder is not None and not self.sequencers[instrument].ready
-
     def owned_elsewhere(self, instrument: str) -> bool:
         """Another node serves this instrument now (several nodes): its orders rest in that node's book."""
-        return self._remote(instrument)
+        return self.forwarder is not None and not self.sequencers[instrument].ready
 
     # ------------------------------------------------------------------ place
     def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True, track=None):
@@ -115,7 +112,7 @@ class OrderEntry:
         if principal.scope == "read":
             principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
-        if self._remote(spec.symbol):
+        if self.owned_elsewhere(spec.symbol):
             return None  # `place` forwards it to the owner
         order_id = self._new_id()
         if track is not None:
@@ -134,7 +131,7 @@ class OrderEntry:
                 return status, body, {}
         principal.require_trade()
         spec = spec_for(self.instruments, req.instrument)
-        if not forwarded and self._remote(spec.symbol):
+        if not forwarded and self.owned_elsewhere(spec.symbol):
             reply = await self.forwarder.forward(
                 spec.symbol, "place", principal, {"body": msgspec.to_builtins(req), "with_book": with_book},
                 local=lambda: self.place(principal, req, with_book=with_book, track=track, forwarded=True))
@@ -291,7 +288,7 @@ class OrderEntry:
             if seq is None:
                 raise _not_found(order_id)
             oid = row["order_id"]  # the server's id (order_id may have been a client order id)
-            if not forwarded and self._remote(seq.instrument):
+            if not forwarded and self.owned_elsewhere(seq.instrument):
                 # Owned by another node (its book holds the order): that node decides.
                 return await self.forwarder.forward(
                     seq.instrument, "cancel", principal, {"order_id": oid},
@@ -351,7 +348,7 @@ class OrderEntry:
                 raise Unavailable(sym)
             return msgspec.json.decode(body)["cancelled"]
 
-        futures = [asyncio.ensure_future(remote(s)) if not forwarded and self._remote(s)
+        futures = [asyncio.ensure_future(remote(s)) if not forwarded and self.owned_elsewhere(s)
                    else self.sequencers[s].submit(CancelAll(client_id, s, 0, req.side), render) for s in symbols]
         cancelled, failed = [], []
         for sym, fut in zip(symbols, futures):
@@ -411,7 +408,7 @@ class OrderEntry:
             return answer[0], answer[1], {}
         row = await self._order_row(principal, order_id)
         oid = row["order_id"]  # the server's id (order_id may have been a client order id)
-        if not forwarded and fut is None and row["instrument"] in self.sequencers and self._remote(row["instrument"]):
+        if not forwarded and fut is None and row["instrument"] in self.sequencers and self.owned_elsewhere(row["instrument"]):
             return await self.forwarder.forward(
                 row["instrument"], "amend", principal,
                 {"order_id": oid, "body": msgspec.to_builtins(req), "with_book": with_book},
@@ -450,7 +447,7 @@ class OrderEntry:
             if status != 200:
                 raise Unavailable(sym)
 
-        futures = [asyncio.ensure_future(remote(s)) if self._remote(s)
+        futures = [asyncio.ensure_future(remote(s)) if self.owned_elsewhere(s)
                    else self.sequencers[s].submit(CancelAll(client_id, s, 0, None, CancelReason.CANCEL_AFTER),
                                                   lambda result, book: (200, b"")) for s in symbols]
         failed = []
@@ -490,7 +487,7 @@ class OrderEntry:
         for sym, ids in by.items():
             for k in range(0, len(ids), CANCEL_CHUNK):
                 chunk = ids[k:k + CANCEL_CHUNK]
-                if self.forwarder is None or not self._remote(sym):
+                if self.forwarder is None or not self.owned_elsewhere(sym):
                     self.cancel_orders(principal, chunk, reason)
                     continue
                 t = asyncio.create_task(self._forward_cancel_orders(sym, principal, chunk, reason))
@@ -563,7 +560,7 @@ class OrderEntry:
         if not principal.is_admin:
             raise ApiError(403, "forbidden", "an admin key is required")
         sym = spec_for(self.instruments, instrument).symbol
-        if not forwarded and self._remote(sym):
+        if not forwarded and self.owned_elsewhere(sym):
             return await self.forwarder.forward(sym, "handover", principal, {"instrument": sym})
         if self.nodes is None or not self.sequencers[sym].ready:
             raise ApiError(503, "unavailable", f"{sym} is not owned by a node right now; retry",
