@@ -6,6 +6,7 @@ orders and heals after its socket is dropped; the examples run without error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -211,6 +212,23 @@ async def _move_the_market(system, maker_key: str) -> int:
             await mover.place_order("buy", asks[0]["quantity"], price=asks[0]["price"], instrument=SYM,
                                     time_in_force="IOC")
             taken += 1
+        # C's random orders can refill those levels between two of the maker's checks (it once saw
+        # the same reference all run): a bid two ticks above the others' best, held for a while,
+        # moves their mid by a tick until it is cancelled.
+        book = await mover.orderbook(SYM, levels=100)
+        bids = [Decimal(str(lv["price"])) for lv in book["bids"] if lv["price"] not in quotes]
+        asks = [Decimal(str(lv["price"])) for lv in book["asks"] if lv["price"] not in quotes]
+        if bids and asks:
+            price = max(bids) + 2 * Decimal("0.001")
+            while price in {Decimal(str(q)) for q in quotes}:
+                price += Decimal("0.001")
+            if price < min(asks):
+                bid = (await mover.place_order("buy", Decimal("0.01"), price=price, instrument=SYM,
+                                               post_only=True))["order"]
+                await asyncio.sleep(1.5)
+                if bid["status"] == "open":
+                    with contextlib.suppress(Conflict, NotFound):  # traded meanwhile: nothing to cancel
+                        await mover.cancel_order(bid["order_id"])
         return taken
 
 
