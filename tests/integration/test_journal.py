@@ -175,3 +175,29 @@ async def test_client_order_ids_are_stored_and_a_cross_node_duplicate_never_fail
     assert [r["order_id"] for r in await journal.find_orders_named("dup", "c1")] == ["n2-o"]
     assert [r["order_id"] for r in await journal.find_orders_named("n1-o", "c1")] == ["n1-o"]
     assert await journal.find_orders_named("dup", "c2") == []
+
+
+async def test_concurrent_lookups_are_answered_each_by_its_own_row(journal):
+    """Lookups that arrive together go to PostgreSQL as one statement: each caller still gets
+    exactly its own answer - stored, absent, another client's, expired (deleted, then None)."""
+    b = batch("BTC-USD", [1])
+    b.idempotency.extend([("c1", f"k{i}", b"h%d" % i, 201, b'{"n":%d}' % i) for i in range(0, 40, 2)])
+    b.idempotency.append(("c2", "k1", b"other", 201, b"{}"))
+    b.add_orders([msgspec.structs.replace(state("with-coid"), client_order_id="o1")], 1)
+    await journal.append(b)
+    async with journal.pool.acquire() as c:
+        await c.execute("INSERT INTO idempotency (client_id, key, request_hash, status_code, response, created_at)"
+                        " VALUES ('c1', 'old', 'h', 201, '{}', now() - interval '2 days')")
+    rows = await asyncio.gather(*[journal.find_idempotent("c1", f"k{i}") for i in range(40)],
+                                journal.find_idempotent("c1", "old"), journal.find_idempotent("c3", "k2"))
+    for i, row in enumerate(rows[:40]):
+        if i % 2:
+            assert row is None, i  # c1 never used an odd key (c2's k1 is not c1's)
+        else:
+            assert (bytes(row["request_hash"]), bytes(row["response"])) == (b"h%d" % i, b'{"n":%d}' % i)
+    assert rows[40] is None and rows[41] is None
+    async with journal.pool.acquire() as c:
+        assert await c.fetchval("SELECT count(*) FROM idempotency WHERE key = 'old'") == 0  # expired: deleted
+    taken = await asyncio.gather(*[journal.client_order_id_taken(c, coid) for c in ("c1", "c2")
+                                   for coid in ("o1", "nope")])
+    assert taken == [True, False, False, False]
