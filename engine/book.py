@@ -248,18 +248,110 @@ class OrderBook:
     # ------------------------------------------------------------------ commands
 
     def execute(self, cmd: Any) -> Result:
-        t = cmd.__class__
-        if t is PlaceOrder:
-            return self.place(cmd)
-        if t is CancelOrder:
-            return self.cancel(cmd)
-        if t is AmendOrder:
-            return self.amend(cmd)
-        if t is CancelAll:
-            return self.cancel_all(cmd)
-        if t is ExpireOrders:
-            return self.expire(cmd)
-        raise TypeError(f"not an engine command: {t.__name__}")
+        # Place orders (75% of the benchmark's commands) are handled here, not in a method of
+        # their own: a Python call costs ~0.1 us, 3% of a command (bench.engine, 2026-12-07).
+        if cmd.__class__ is not PlaceOrder:
+            t = cmd.__class__
+            if t is CancelOrder:
+                return self.cancel(cmd)
+            if t is AmendOrder:
+                return self.amend(cmd)
+            if t is CancelAll:
+                return self.cancel_all(cmd)
+            if t is ExpireOrders:
+                return self.expire(cmd)
+            raise TypeError(f"not an engine command: {t.__name__}")
+        oid = cmd.order_id
+        orders = self._orders
+        if oid in orders:
+            return Result(DUPLICATE_ORDER_ID, [], [])
+        price = cmd.price
+        qty = cmd.quantity
+        post_only = cmd.post_only
+        stp = cmd.stp
+        if (
+            cmd.order_type is LIMIT
+            and cmd.tif is GTC
+            and type(price) is int
+            and 0 < price <= MAX_VALUE
+            and type(qty) is int
+            and 0 < qty <= MAX_VALUE
+            and cmd.stop_price is None
+            and cmd.display_quantity is None
+            and cmd.expire_ts is None
+            and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
+            and (post_only is False or post_only is True)
+            and cmd.instrument == self.instrument
+        ):
+            # Fast path (60% of the traffic): a valid plain GTC limit order, checked with the
+            # rules that apply to it only (the same checks as place(), in one pass). One that
+            # does not cross rests directly, everything inlined.
+            side = cmd.side
+            if side is BUY:
+                keys = self._asks.keys
+                crosses = keys and -keys[-1] <= price
+            elif side is SELL:
+                keys = self._bids.keys
+                crosses = keys and keys[-1] >= price
+            else:
+                return self.place(cmd)  # not a side: rejected there
+            if self.risk is not None:
+                refused = self._risk_check(cmd)
+                if refused is not None:
+                    return Result(refused, [], [])
+            if crosses:
+                if post_only:
+                    return self._reject_new(cmd, R_POST_ONLY)
+                return self._place_slow(cmd, 0, None)
+            seq = self.seq + 1
+            self.seq = seq
+            ts = cmd.ts
+            cid = cmd.client_id
+            coid = cmd.client_order_id
+            o = Order(
+                oid, cid, side, LIMIT, price, qty, 0, qty, GTC, post_only, stp, None,
+                ts, ts, seq, seq, 0, OPEN, None, 0, 0, None, coid,
+            )
+            if side is BUY:
+                book_side = self._bids
+                k = price
+            else:
+                book_side = self._asks
+                k = -price
+            lvl = book_side.levels.get(k)
+            if lvl is None:
+                lvl = book_side.levels[k] = Level(price)
+                keys = book_side.keys
+                if not keys or k > keys[-1]:
+                    keys.append(k)
+                else:
+                    insort(keys, k)
+            lvl.queue.append(o)
+            lvl.qty += qty
+            lvl.count += 1
+            orders[oid] = o
+            mine = self._clients.get(cid)
+            if mine is None:
+                self._clients[cid] = {oid: o}
+            else:
+                mine[oid] = o
+            instrument = self.instrument
+            return Result(
+                OK,
+                [
+                    OrderAccepted(
+                        instrument, seq, ts, oid, cid, side, LIMIT, price, qty, GTC, post_only, stp,
+                        None, None, None, coid,
+                    )
+                ],
+                [
+                    OrderState(
+                        oid, cid, instrument, side, LIMIT, price, qty, 0, OPEN, GTC, post_only,
+                        ts, ts, None, None, 0, None, 0, None, coid,
+                    )
+                ],
+            )
+        return self.place(cmd)
 
     def place(self, cmd: PlaceOrder) -> Result:
         oid = cmd.order_id
@@ -331,67 +423,7 @@ class OrderBook:
                 return self._reject_new(cmd, R_INVALID)
             return self._place_slow(cmd, display or 0, expire_ts)
 
-        if otype is LIMIT:
-            assert price is not None  # validated above (a compare and a jump: no measurable cost)
-            if side is BUY:
-                keys = self._asks.keys
-                crosses = keys and -keys[-1] <= price
-            else:
-                keys = self._bids.keys
-                crosses = keys and keys[-1] >= price
-            if not crosses and tif is GTC and cmd.client_order_id is None:
-                # Fast path (most of the traffic): a GTC limit that does not cross rests
-                # directly, everything inlined. An order with a client order id takes the
-                # general path below, so this one builds its records without the field.
-                seq = self.seq + 1
-                self.seq = seq
-                ts = cmd.ts
-                cid = cmd.client_id
-                o = Order(
-                    oid, cid, side, LIMIT, price, qty, 0, qty, GTC, post_only, stp, None,
-                    ts, ts, seq, seq, 0, OPEN,
-                )
-                if side is BUY:
-                    book_side = self._bids
-                    k = price
-                else:
-                    book_side = self._asks
-                    k = -price
-                lvl = book_side.levels.get(k)
-                if lvl is None:
-                    lvl = book_side.levels[k] = Level(price)
-                    keys = book_side.keys
-                    if not keys or k > keys[-1]:
-                        keys.append(k)
-                    else:
-                        insort(keys, k)
-                lvl.queue.append(o)
-                lvl.qty += qty
-                lvl.count += 1
-                orders[oid] = o
-                mine = self._clients.get(cid)
-                if mine is None:
-                    self._clients[cid] = {oid: o}
-                else:
-                    mine[oid] = o
-                instrument = self.instrument
-                return Result(
-                    OK,
-                    [
-                        OrderAccepted(
-                            instrument, seq, ts, oid, cid, side, LIMIT, price, qty, GTC, post_only, stp, None
-                        )
-                    ],
-                    [
-                        OrderState(
-                            oid, cid, instrument, side, LIMIT, price, qty, 0, OPEN, GTC, post_only,
-                            ts, ts, None, None, 0,
-                        )
-                    ],
-                )
-            if crosses and post_only:
-                return self._reject_new(cmd, R_POST_ONLY)
-        return self._place_slow(cmd, 0, None)
+        return self._place_slow(cmd, 0, None)  # post_only crossing: rejected there
 
     def _place_slow(self, cmd: PlaceOrder, display: int, expire_ts: Optional[int]) -> Result:
         """Everything but a plain GTC limit that does not cross (cmd already validated)."""
@@ -844,11 +876,10 @@ class OrderBook:
                     last = price
                     notional = price * fill
                     m_cid = m.client_id
+                    # the taker's position moves once, after the loop (by filled - o.filled)
                     if taker_side is BUY:
-                        positions[taker_cid] = positions.get(taker_cid, 0) + fill
                         positions[m_cid] = positions.get(m_cid, 0) - fill
                     else:
-                        positions[taker_cid] = positions.get(taker_cid, 0) - fill
                         positions[m_cid] = positions.get(m_cid, 0) + fill
                     filled += fill
                     cost += notional
@@ -886,6 +917,10 @@ class OrderBook:
             self.seq = seq
             if last is not None:
                 self.last_price = last
+                # One update for all the taker's fills of this command instead of one per
+                # fill (a maker never belongs to the taker: self-trade prevention).
+                moved = filled - o.filled
+                positions[taker_cid] = positions.get(taker_cid, 0) + (moved if taker_side is BUY else -moved)
             o.remaining = rem
             o.filled = filled
             o.cost = cost
