@@ -483,7 +483,20 @@ class OrderBook:
         self._process(o, events, touched, ts)
         if self._stops and self.last_price is not None:
             self._run_stops(events, touched, ts)
-        return Result(OK, events, _states(touched, instrument))
+        # _states(touched, instrument) inlined: one call less per taking order
+        return Result(
+            OK,
+            events,
+            [
+                OrderState(
+                    o.order_id, o.client_id, instrument, o.side, o.order_type, o.price, o.quantity, o.filled,
+                    PARTIALLY_FILLED if o.status is OPEN and o.filled else o.status, o.tif, o.post_only,
+                    o.created_ts, o.updated_ts, o.reject_reason, o.stop_price, o.cost,
+                    o.display or None, o.shown if o.remaining else 0, o.expire_ts, o.client_order_id,
+                )
+                for o in touched.values()
+            ],
+        )
 
     def cancel(self, cmd: CancelOrder) -> Result:
         o = self._orders.get(cmd.order_id)
@@ -823,7 +836,8 @@ class OrderBook:
                         lvl.dead -= 1
                         continue
                     m_id = m.order_id
-                    if m.client_id == taker_cid:
+                    m_cid = m.client_id
+                    if m_cid == taker_cid:
                         mode = o.stp
                         if mode is not CANCEL_NEWEST:  # cancel_oldest / cancel_both: the maker goes
                             seq += 1
@@ -870,12 +884,11 @@ class OrderBook:
                     append(
                         TradeExecuted(
                             instrument, seq, ts, f"{instrument}:{seq}", price, fill, taker_side,
-                            m_id, m.client_id, taker_id, taker_cid, m_rem, rem,
+                            m_id, m_cid, taker_id, taker_cid, m_rem, rem,
                         )
                     )
                     last = price
                     notional = price * fill
-                    m_cid = m.client_id
                     # the taker's position moves once, after the loop (by filled - o.filled)
                     if taker_side is BUY:
                         positions[m_cid] = positions.get(m_cid, 0) - fill
@@ -902,7 +915,8 @@ class OrderBook:
                         m.shown = shown
                     elif not m_rem:
                         m.status = FILLED
-                        m.shown = 0
+                        if m_disp:
+                            m.shown = 0
                         queue.popleft()
                         del orders[m_id]
                         mine = clients[m_cid]
