@@ -50,7 +50,7 @@ import httpx
 
 from bench.cpu import CpuMeter, per_order_table
 from bench.doc import machine_line, today, write_section
-from bench.sustained import LagSampler, per_minute, plot_run, seed_resting
+from bench.sustained import CpuSampler, LagSampler, cpu_per_minute, per_minute, plot_run, seed_resting
 from ops import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ class Services:
             if f"query-{i}" in names:
                 urls.append(url)
         for url in urls:
-            await wait_ok(url + "/healthz", 60)
+            await wait_ok(url + "/healthz", 300)  # a seeded journal of 600,000 events replays in > 60 s
         if "gateway" in names:
             stack.start_gateway(self.cfg)
             self.gateway = True
@@ -416,17 +416,30 @@ async def bench_sustained(args) -> None:
     # to 3,000-4,000 events and p99 <= 2.5 s by minute 10; rolling: bounded, p99 <= 500 ms).
     await svc.start("command", "relay", "query-1", "query-2", "gateway", EXCHANGE_TOPIC_ROLL_S="30")
     seconds = str(args.sustained_minutes * 60)
+    roots = {name: proc.pid for name, proc in svc.procs.items()}
+    roots["nginx"] = stack.gateway_pid(svc.cfg)
+    for server in stack.SERVERS:
+        roots[{"postgres": "PostgreSQL", "kafka": "broker"}.get(server, server)] = stack.server_pid(svc.cfg, server)
+    cpu = CpuSampler(roots)
     try:
         await projectors_ready(svc.cfg.query_urls)
         await drained(svc.cfg.query_urls[0], timeout=600)  # the seeded book is in the views
+        cpu.start()
         r, lag, lag_p99 = await _gateway_run(
             svc, "sustained", "--mode", "http", "--url", svc.cfg.gateway_url, "-c", "64", "--mid", "BTC-USD=60000",
             "-d", seconds, "--warmup", "5", "--quiet")
+        await cpu.stop()
     finally:
         svc.stop()
     minutes = per_minute(r["series"])
     rows = "\n".join(f"| {m['minute']} | {m['acked_per_s']:,.0f} | {m['p99_ms']:.1f} |" for m in minutes
                      if m["p99_ms"] is not None)
+    per_proc = cpu_per_minute(r, cpu, minutes)
+    names = sorted(per_proc[0], key=lambda n: -sum(row[n] for row in per_proc)) if per_proc else []
+    cpu_rows = "\n".join(
+        f"| {m['minute']} | " + " | ".join(f"{row[n]:,.0f}" for n in names) + f" | {sum(row.values()):,.0f} |"
+        for m, row in zip(minutes, per_proc))
+    say("CPU us per acked order, per minute:\n| minute | " + " | ".join(names) + " | total |\n" + cpu_rows)
     first, last = minutes[0]["acked_per_s"], minutes[-1]["acked_per_s"]
     body = f"""Measured {today()} on {machine_line()}.
 Command: `make bench` (`python -m bench --only sustained --sustained-minutes {args.sustained_minutes}
@@ -441,6 +454,14 @@ every 30 s as in `make run`. A cost that grows with time or state shows as a fal
 
 Last minute / first minute throughput: {last / first * 100 if first else float('nan'):.0f} %. Projection lag p99 over
 the run {_lag_text(lag_p99)}. Plot: `docs/bench/sustained-lag.png` (throughput, latency and lag over time).
+
+CPU µs per acknowledged order, per process and minute (/proc, each process with its children; the load
+generator from its own per-second share). A process whose cost grows with the book or with time shows as a
+rising column.
+
+| minute | {" | ".join(names)} | total |
+| ---: | {" | ".join("---:" for _ in names)} | ---: |
+{cpu_rows}
 ```
 {r['_command']}
 ```"""

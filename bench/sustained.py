@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import asyncpg
 import httpx
 
+from bench.cpu import tree_cpu
 from contracts.enums import OrderType, Side, StpMode, TimeInForce
 from contracts.messages import OrderAccepted, encode_event
 
@@ -123,3 +125,65 @@ def plot_run(result: dict, lag: list[tuple[float, float]], path: Path, title: st
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+class CpuSampler:
+    """CPU seconds of every named process tree (bench.cpu.tree_cpu), sampled every `every`
+    seconds with the wall-clock time, so that a run's CPU can be cut per minute: a process whose
+    cost per order grows with the book or with time shows itself as a rising row."""
+
+    def __init__(self, roots: dict[str, int], every: float = 5.0):
+        self.roots = {name: pid for name, pid in roots.items() if pid}
+        self.every = every
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (time.time(), CPU s per root)
+        self._task: asyncio.Task | None = None
+
+    def sample(self) -> None:
+        self.samples.append((time.time(), {n: tree_cpu(p) for n, p in self.roots.items()}))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> list[tuple[float, dict[str, float]]]:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.sample()
+        return self.samples
+
+    def at(self, t: float) -> dict[str, float]:
+        """CPU seconds per root at wall time t, linear between the two samples around it."""
+        s = self.samples
+        if t <= s[0][0]:
+            return s[0][1]
+        for (t0, a), (t1, b) in zip(s, s[1:]):
+            if t0 <= t <= t1:
+                f = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
+                return {n: a[n] + (b[n] - a[n]) * f for n in a}
+        return s[-1][1]
+
+
+def cpu_per_minute(result: dict, sampler: CpuSampler, minutes: list[dict]) -> list[dict[str, float]]:
+    """CPU us per acked order of every process for each minute of `minutes` (per_minute's output),
+    the load generator's own from its per-second CPU share. The measured window starts `warmup`
+    seconds after the generator's start (`started_at`)."""
+    t0 = datetime.strptime(result["started_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=timezone.utc).timestamp() + result["config"]["warmup"]
+    out = []
+    for m in minutes:
+        lo, hi = (m["minute"] - 1) * 60, m["minute"] * 60
+        pts = [p for p in result["series"] if lo < p["t"] <= hi]
+        acked = sum(p["acked"] for p in pts)
+        a, b = sampler.at(t0 + lo), sampler.at(t0 + hi)
+        row = {n: (b[n] - a[n]) * 1e6 / acked if acked else float("nan") for n in a}
+        row["load generator"] = sum(p.get("client_cpu_pct") or 0.0 for p in pts) / 100 * 1e6 / acked if acked else 0.0
+        out.append(row)
+    return out

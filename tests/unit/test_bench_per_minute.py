@@ -1,7 +1,9 @@
-"""The sustained benchmark's per-minute table: a partial last minute (the run's end) is left out, since
+"""The sustained benchmark's per-minute tables: a partial last minute (the run's end) is left out, since
 its few seconds would read as a drop in throughput; full minutes keep their mean and p99."""
 
-from bench.sustained import per_minute
+from datetime import datetime, timezone
+
+from bench.sustained import CpuSampler, cpu_per_minute, per_minute
 
 
 def _series(seconds: int, acked=lambda t: 100.0):
@@ -21,3 +23,21 @@ def test_minute_mean_and_p99():
     minutes = per_minute(_series(120, acked=lambda t: 100.0 if t <= 60 else 50.0))
     assert [m["acked_per_s"] for m in minutes] == [100.0, 50.0]
     assert minutes[0]["p99_ms"] == 59.0
+
+
+def test_cpu_per_order_per_process_and_minute():
+    # a process whose CPU per second doubles in the second minute at the same order rate shows a
+    # doubled column there; the load generator's own share comes from its per-second CPU %
+    t0 = 1_800_000_000.0
+    sampler = CpuSampler({"command": 1})
+    cpu = 0.0
+    for s in range(0, 126, 5):  # the window starts at t0 + warmup (5 s)
+        sampler.samples.append((t0 + s, {"command": cpu}))
+        cpu += 5 * (0.1 if s < 65 else 0.2)
+    series = [{"t": t, "acked": 100, "acked_per_s": 100.0, "p99_ms": 1.0, "client_cpu_pct": 2.0}
+              for t in range(1, 121)]
+    started = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    result = {"started_at": started, "config": {"warmup": 5}, "series": series}
+    rows = cpu_per_minute(result, sampler, per_minute(series))
+    assert [round(r["command"]) for r in rows] == [1000, 2000]  # 0.1 s / 100 orders, then 0.2 s
+    assert [round(r["load generator"]) for r in rows] == [200, 200]  # 2 % of a second / 100 orders
