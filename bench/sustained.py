@@ -44,20 +44,26 @@ async def seed_resting(dsn: str, n: int, say) -> None:
 
 
 class LagSampler:
-    """Samples the projection lag (max of projection_lag_events over the replicas and instruments,
-    and the age of the newest applied event) every `every` seconds while a run goes on."""
+    """Samples the projection lag every `every` seconds while a run goes on: the events behind
+    (max of projection_lag_events over the replicas and instruments) and the p99 of the lag in
+    time (projection_lag_seconds: event ts to its view update, both replicas' histograms summed)
+    over the interval since the previous sample - None when no event was projected in it."""
 
-    def __init__(self, query_urls: list[str], every: float = 1.0):
+    def __init__(self, query_urls: list[str], every: float = 0.5):
         self.urls = query_urls
         self.every = every
         self.samples: list[tuple[float, float]] = []  # (seconds since start, lag in events)
+        self.p99_ms: list[tuple[float, float | None]] = []  # (seconds since start, interval lag p99, ms)
+        self.t0 = time.monotonic()
+        self.wall_t0 = time.time()
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
-        t0 = time.monotonic()
+        previous: dict[float, float] | None = None
         async with httpx.AsyncClient(timeout=2) as client:
             while True:
                 worst = 0.0
+                buckets: dict[float, float] = {}
                 for url in self.urls:
                     try:
                         text = (await client.get(url + "/metrics")).text
@@ -65,11 +71,30 @@ class LagSampler:
                         continue
                     for v in re.findall(r"^projection_lag_events\{[^}]*\}\s+(\S+)", text, re.M):
                         worst = max(worst, float(v))
-                self.samples.append((time.monotonic() - t0, worst))
+                    for le, v in re.findall(r'^projection_lag_seconds_bucket\{[^}]*le="([^"]+)"\}\s+(\S+)', text, re.M):
+                        bound = float("inf") if le == "+Inf" else float(le)
+                        buckets[bound] = buckets.get(bound, 0.0) + float(v)
+                t = time.monotonic() - self.t0
+                self.samples.append((t, worst))
+                if previous is not None:
+                    self.p99_ms.append((t, interval_p99_ms(previous, buckets)))
+                previous = buckets
                 await asyncio.sleep(self.every)
 
     def start(self) -> None:
+        self.t0, self.wall_t0 = time.monotonic(), time.time()
         self._task = asyncio.create_task(self._run())
+
+    def on_run_clock(self, result: dict) -> tuple[list[tuple[float, float]], list[tuple[float, float | None]]]:
+        """The samples shifted onto the load generator's clock (its series: seconds since the
+        measured window began, i.e. its start plus the warm-up)."""
+        started = datetime.fromisoformat(result["started_at"].replace("Z", "+00:00")).timestamp()
+        shift = started + float(result["config"].get("warmup") or 0.0) - self.wall_t0
+        return ([(t - shift, v) for t, v in self.samples], [(t - shift, v) for t, v in self.p99_ms])
+
+    def now(self) -> float:
+        """Seconds since start(), on the samples' clock."""
+        return time.monotonic() - self.t0
 
     async def stop(self) -> list[tuple[float, float]]:
         if self._task is not None:
@@ -79,6 +104,28 @@ class LagSampler:
             except asyncio.CancelledError:
                 pass
         return self.samples
+
+
+def interval_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """p99 (a bucket bound, ms) of the observations between two cumulative histogram scrapes."""
+    diff = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = diff.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for le in sorted(diff):
+        if diff[le] >= 0.99 * total:
+            return le * 1000
+    return None
+
+
+def settle_s(p99_ms: list[tuple[float, float | None]], load_end: float, bound_ms: float = 50.0) -> float | None:
+    """Seconds from the end of the load until the projection lag is back under `bound_ms`: the
+    end of the first interval after it whose lag p99 is under the bound (or that projected
+    nothing: caught up). None if that never happened while sampling."""
+    for t, p in p99_ms:
+        if t > load_end and (p is None or p <= bound_ms):
+            return t - load_end
+    return None
 
 
 def per_minute(series: list[dict]) -> list[dict]:
@@ -101,8 +148,10 @@ def per_minute(series: list[dict]) -> list[dict]:
     return out
 
 
-def plot_run(result: dict, lag: list[tuple[float, float]], path: Path, title: str) -> None:
-    """Throughput, latency p99 and projection lag over the run, one panel each."""
+def plot_run(result: dict, lag: list[tuple[float, float]], path: Path, title: str,
+             lag_ms: list[tuple[float, float | None]] | None = None, load_end: float | None = None) -> None:
+    """Throughput, latency and projection lag over the run, one panel each (lag in events and,
+    when sampled, its p99 in ms per interval on the right axis; the end of the load marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,9 +167,19 @@ def plot_run(result: dict, lag: list[tuple[float, float]], path: Path, title: st
     axes[1].set_yscale("log")
     axes[1].set_ylabel("order latency, ms")
     axes[1].legend()
-    axes[2].plot([s for s, _ in lag], [v for _, v in lag], lw=0.8, color="tab:red")
+    axes[2].plot([s for s, _ in lag], [v for _, v in lag], lw=0.8, color="tab:red", label="events behind")
     axes[2].set_ylabel("projection lag, events")
-    axes[2].set_xlabel("seconds")
+    if lag_ms:
+        right = axes[2].twinx()
+        right.step([s for s, _ in lag_ms], [v if v is not None else float("nan") for _, v in lag_ms],
+                   where="post", lw=0.8, color="tab:purple", label="lag p99 per interval, ms")
+        right.axhline(50, color="tab:purple", lw=0.5, ls=":")
+        right.set_ylabel("projection lag p99, ms")
+        right.legend(loc="upper right")
+    if load_end is not None:
+        for ax in axes:
+            ax.axvline(load_end, color="grey", lw=0.6, ls="--")
+    axes[2].set_xlabel("seconds of the measured window (its end dashed)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

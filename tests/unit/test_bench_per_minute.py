@@ -41,3 +41,18 @@ def test_cpu_per_order_per_process_and_minute():
     rows = cpu_per_minute(result, sampler, per_minute(series))
     assert [round(r["command"]) for r in rows] == [1000, 2000]  # 0.1 s / 100 orders, then 0.2 s
     assert [round(r["load generator"]) for r in rows] == [200, 200]  # 2 % of a second / 100 orders
+
+
+def test_interval_lag_p99_and_the_time_to_settle_after_the_load():
+    from bench.sustained import interval_p99_ms, settle_s
+
+    inf = float("inf")
+    before = {0.01: 10, 0.05: 10, 0.25: 10, inf: 10}
+    # 100 projected in the interval: 90 within 10 ms, 9 more within 50 ms, 1 within 250 ms
+    after = {0.01: 100, 0.05: 109, 0.25: 110, inf: 110}
+    assert interval_p99_ms(before, after) == 50.0
+    assert interval_p99_ms(after, after) is None  # nothing projected: no lag to speak of
+    series = [(1.0, 250.0), (2.0, 250.0), (3.0, 100.0), (3.5, 25.0), (4.0, None)]
+    assert settle_s(series, load_end=2.5) == 1.0  # the interval ending at 3.5 s is back under 50 ms
+    assert settle_s(series[:3], load_end=2.5) is None  # never back under 50 ms while sampled
+    assert settle_s([(3.0, 50.0)], load_end=2.5) == 0.5  # a bucket bound of 50 ms: all within 50 ms
