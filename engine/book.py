@@ -454,12 +454,13 @@ class OrderBook:
         ts = cmd.ts
         cid = cmd.client_id
         instrument = self.instrument
-        events = [
+        events: list[Any] = [
             OrderAccepted(
                 instrument, seq, ts, oid, cid, side, otype, price, qty, tif, post_only, stp, stop_price,
                 display or None, expire_ts, cmd.client_order_id,
             )
         ]
+        touched: dict[str, Order]
         if expire_ts is not None:
             self._push_expiry((expire_ts, seq, oid))
         if stop_price is not None:
@@ -475,19 +476,50 @@ class OrderBook:
                 self._run_stops(events, touched, ts)
             return Result(OK, events, _states(touched, instrument))
 
-        o = Order(
-            oid, cid, side, otype, price, qty, 0, qty, tif, post_only, stp, None,
-            ts, ts, seq, seq, 0, OPEN, None, display, 0, expire_ts, cmd.client_order_id,
-        )
-        touched = {oid: o}
-        self._process(o, events, touched, ts)
+        # _process inlined for a new order, which needs an Order record only if it rests: most
+        # taking orders fill or end (market, IOC, FOK) and their state is built from the values.
+        touched = {}
+        if side is BUY:
+            lim = NO_LIMIT if price is None else -price
+        else:
+            lim = NO_LIMIT if price is None else price
+        rem, filled, cost, alive = self._match(side, lim, stp, oid, cid, qty, 0, 0, events, touched, ts)
+        coid = cmd.client_order_id
+        if not alive:
+            status = CANCELLED
+        elif not rem:
+            status = FILLED
+        elif price is None or (tif is not GTC and tif is not GTD):
+            # Market orders never rest (whatever the tif); IOC remainders are cancelled. A
+            # FOK never gets here with a remainder: it was checked to be fillable.
+            cseq = self.seq + 1
+            self.seq = cseq
+            events.append(
+                OrderCancelled(instrument, cseq, ts, oid, cid, C_MARKET if price is None else C_IOC, rem, filled)
+            )
+            status = CANCELLED
+        else:
+            o = Order(
+                oid, cid, side, otype, price, qty, filled, rem, tif, post_only, stp, None,
+                ts, ts, seq, seq, cost, OPEN, None, display, 0, expire_ts, coid,
+            )
+            self._rest(o)
+            touched = {oid: o, **touched}  # the command's own order first
+            if self._stops and self.last_price is not None:
+                self._run_stops(events, touched, ts)
+            return Result(OK, events, _states(touched, instrument))
+        # The order is done: its state from the values (what _states would make of its record).
+        states = [
+            OrderState(
+                oid, cid, instrument, side, otype, price, qty, filled, status, tif, post_only, ts, ts, None,
+                None, cost, display or None, 0, expire_ts, coid,
+            )
+        ]
         if self._stops and self.last_price is not None:
-            self._run_stops(events, touched, ts)
-        # _states(touched, instrument) inlined: one call less per taking order
-        return Result(
-            OK,
-            events,
-            [
+            self._run_stops(events, touched, ts)  # cannot touch this order: it is not in the book
+        if touched:
+            # _states(touched, instrument) inlined: the makers, in first-touched order
+            states += [
                 OrderState(
                     o.order_id, o.client_id, instrument, o.side, o.order_type, o.price, o.quantity, o.filled,
                     PARTIALLY_FILLED if o.status is OPEN and o.filled else o.status, o.tif, o.post_only,
@@ -495,8 +527,8 @@ class OrderBook:
                     o.display or None, o.shown if o.remaining else 0, o.expire_ts, o.client_order_id,
                 )
                 for o in touched.values()
-            ],
-        )
+            ]
+        return Result(OK, events, states)
 
     def cancel(self, cmd: CancelOrder) -> Result:
         o = self._orders.get(cmd.order_id)
@@ -797,156 +829,26 @@ class OrderBook:
         """An incoming order (new, triggered or re-priced by an amend): match it against the
         opposite side (best price first, FIFO within a level, at the maker's price, with
         self-trade prevention), then cancel or rest the remainder."""
+        price = o.price
         if o.side is BUY:
-            opp = self._asks
-            lim = NO_LIMIT if o.price is None else -o.price
+            lim = NO_LIMIT if price is None else -price
         else:
-            opp = self._bids
-            lim = NO_LIMIT if o.price is None else o.price
-        keys = opp.keys
-        rem = o.remaining
-        # Matching: a level is acceptable while its key >= lim (see BookSide).
-        if keys and keys[-1] >= lim:
-            levels = opp.levels
-            orders = self._orders
-            clients = self._clients
-            positions = self.positions
-            instrument = self.instrument
-            append = events.append
-            seq = self.seq
-            taker_id = o.order_id
-            taker_cid = o.client_id
-            taker_side = o.side
-            filled = o.filled
-            cost = o.cost
-            last = None
-            alive = True
-            while rem and keys:
-                k = keys[-1]
-                if k < lim:
-                    break
-                lvl = levels[k]
-                queue = lvl.queue
-                price = lvl.price
-                while rem:
-                    m = queue[0]
-                    m_rem = m.remaining
-                    if not m_rem:  # dead entry (cancelled or amended away)
-                        queue.popleft()
-                        lvl.dead -= 1
-                        continue
-                    m_id = m.order_id
-                    m_cid = m.client_id
-                    if m_cid == taker_cid:
-                        mode = o.stp
-                        if mode is not CANCEL_NEWEST:  # cancel_oldest / cancel_both: the maker goes
-                            seq += 1
-                            append(
-                                OrderCancelled(
-                                    instrument, seq, ts, m_id, taker_cid, C_SELF_TRADE, m_rem, m.filled
-                                )
-                            )
-                            queue.popleft()
-                            m.remaining = 0
-                            m.status = CANCELLED
-                            m.updated_ts = ts
-                            touched[m_id] = m
-                            del orders[m_id]
-                            mine = clients[taker_cid]
-                            del mine[m_id]
-                            if not mine:
-                                del clients[taker_cid]
-                            lvl.qty -= m_rem
-                            if m.display:
-                                lvl.hidden -= m_rem - m.shown
-                            lvl.count -= 1
-                            if not lvl.count:
-                                del levels[k]
-                                keys.pop()
-                            if mode is CANCEL_OLDEST:
-                                if not lvl.count:
-                                    break
-                                continue
-                        # cancel_newest / cancel_both: the taker's remainder goes
-                        seq += 1
-                        append(
-                            OrderCancelled(instrument, seq, ts, taker_id, taker_cid, C_SELF_TRADE, rem, filled)
-                        )
-                        rem = 0
-                        alive = False
-                        break
-                    m_disp = m.display
-                    avail = m.shown if m_disp else m_rem  # an iceberg trades its shown part
-                    fill = rem if rem < avail else avail
-                    rem -= fill
-                    m_rem -= fill
-                    seq += 1
-                    append(
-                        TradeExecuted(
-                            instrument, seq, ts, f"{instrument}:{seq}", price, fill, taker_side,
-                            m_id, m_cid, taker_id, taker_cid, m_rem, rem,
-                        )
-                    )
-                    last = price
-                    notional = price * fill
-                    # the taker's position moves once, after the loop (by filled - o.filled)
-                    if taker_side is BUY:
-                        positions[m_cid] = positions.get(m_cid, 0) - fill
-                    else:
-                        positions[m_cid] = positions.get(m_cid, 0) + fill
-                    filled += fill
-                    cost += notional
-                    m.remaining = m_rem
-                    m.filled += fill
-                    m.cost += notional
-                    m.updated_ts = ts
-                    touched[m_id] = m
-                    lvl.qty -= fill
-                    if m_disp and m_rem:
-                        shown = m.shown - fill
-                        if not shown:
-                            # Shown part gone: a fresh one joins the back of the level with
-                            # the priority of this trade; matching goes on at this level.
-                            shown = m_disp if m_disp < m_rem else m_rem
-                            lvl.hidden -= shown
-                            queue.popleft()
-                            m.prio = seq
-                            queue.append(m)
-                        m.shown = shown
-                    elif not m_rem:
-                        m.status = FILLED
-                        if m_disp:
-                            m.shown = 0
-                        queue.popleft()
-                        del orders[m_id]
-                        mine = clients[m_cid]
-                        del mine[m_id]
-                        if not mine:
-                            del clients[m_cid]
-                        lvl.count -= 1
-                        if not lvl.count:
-                            del levels[k]
-                            keys.pop()
-                            break
-            self.seq = seq
-            if last is not None:
-                self.last_price = last
-                # One update for all the taker's fills of this command instead of one per
-                # fill (a maker never belongs to the taker: self-trade prevention).
-                moved = filled - o.filled
-                positions[taker_cid] = positions.get(taker_cid, 0) + (moved if taker_side is BUY else -moved)
-            o.remaining = rem
-            o.filled = filled
-            o.cost = cost
-            o.updated_ts = ts
-            if not alive:
-                o.status = CANCELLED
-                return
+            lim = NO_LIMIT if price is None else price
+        rem, filled, cost, alive = self._match(
+            o.side, lim, o.stp, o.order_id, o.client_id, o.remaining, o.filled, o.cost, events, touched, ts
+        )
+        o.remaining = rem
+        o.filled = filled
+        o.cost = cost
+        o.updated_ts = ts
+        if not alive:
+            o.status = CANCELLED
+            return
         if not rem:
             o.status = FILLED
             return
         tif = o.tif
-        if o.price is None or (tif is not GTC and tif is not GTD):
+        if price is None or (tif is not GTC and tif is not GTD):
             # Market orders never rest (whatever the tif); IOC remainders are cancelled. A
             # FOK never gets here with a remainder: it was checked to be fillable.
             seq = self.seq + 1
@@ -954,13 +856,153 @@ class OrderBook:
             events.append(
                 OrderCancelled(
                     self.instrument, seq, ts, o.order_id, o.client_id,
-                    C_MARKET if o.price is None else C_IOC, rem, o.filled,
+                    C_MARKET if price is None else C_IOC, rem, filled,
                 )
             )
             o.remaining = 0
             o.status = CANCELLED
             return
         self._rest(o)
+
+    def _match(
+        self, taker_side: Side, lim: int, stp: StpMode, taker_id: str, taker_cid: str, rem: int, filled: int,
+        cost: int, events: list[Any], touched: dict[str, Order], ts: int,
+    ) -> tuple[int, int, int, bool]:
+        """Match a taker against the opposite side while levels are acceptable (key >= lim, see
+        BookSide): best price first, FIFO within a level, at the maker's price, with self-trade
+        prevention. Appends the events, records the touched makers, moves the positions.
+        Returns the taker's (remaining, filled, cost, alive); alive is False when self-trade
+        prevention cancelled the taker. The taker's fields come in as values, so a new order that
+        does not rest never needs an Order record (see _place_slow)."""
+        opp = self._asks if taker_side is BUY else self._bids
+        keys = opp.keys
+        if not keys or keys[-1] < lim:
+            return rem, filled, cost, True
+        levels = opp.levels
+        orders = self._orders
+        clients = self._clients
+        positions = self.positions
+        instrument = self.instrument
+        append = events.append
+        seq = self.seq
+        filled0 = filled
+        last = None
+        alive = True
+        while rem and keys:
+            k = keys[-1]
+            if k < lim:
+                break
+            lvl = levels[k]
+            queue = lvl.queue
+            price = lvl.price
+            while rem:
+                m = queue[0]
+                m_rem = m.remaining
+                if not m_rem:  # dead entry (cancelled or amended away)
+                    queue.popleft()
+                    lvl.dead -= 1
+                    continue
+                m_id = m.order_id
+                m_cid = m.client_id
+                if m_cid == taker_cid:
+                    mode = stp
+                    if mode is not CANCEL_NEWEST:  # cancel_oldest / cancel_both: the maker goes
+                        seq += 1
+                        append(
+                            OrderCancelled(
+                                instrument, seq, ts, m_id, taker_cid, C_SELF_TRADE, m_rem, m.filled
+                            )
+                        )
+                        queue.popleft()
+                        m.remaining = 0
+                        m.status = CANCELLED
+                        m.updated_ts = ts
+                        touched[m_id] = m
+                        del orders[m_id]
+                        mine = clients[taker_cid]
+                        del mine[m_id]
+                        if not mine:
+                            del clients[taker_cid]
+                        lvl.qty -= m_rem
+                        if m.display:
+                            lvl.hidden -= m_rem - m.shown
+                        lvl.count -= 1
+                        if not lvl.count:
+                            del levels[k]
+                            keys.pop()
+                        if mode is CANCEL_OLDEST:
+                            if not lvl.count:
+                                break
+                            continue
+                    # cancel_newest / cancel_both: the taker's remainder goes
+                    seq += 1
+                    append(
+                        OrderCancelled(instrument, seq, ts, taker_id, taker_cid, C_SELF_TRADE, rem, filled)
+                    )
+                    rem = 0
+                    alive = False
+                    break
+                m_disp = m.display
+                avail = m.shown if m_disp else m_rem  # an iceberg trades its shown part
+                fill = rem if rem < avail else avail
+                rem -= fill
+                m_rem -= fill
+                seq += 1
+                append(
+                    TradeExecuted(
+                        instrument, seq, ts, f"{instrument}:{seq}", price, fill, taker_side,
+                        m_id, m_cid, taker_id, taker_cid, m_rem, rem,
+                    )
+                )
+                last = price
+                notional = price * fill
+                # the taker's position moves once, after the loop (by filled - o.filled)
+                if taker_side is BUY:
+                    positions[m_cid] = positions.get(m_cid, 0) - fill
+                else:
+                    positions[m_cid] = positions.get(m_cid, 0) + fill
+                filled += fill
+                cost += notional
+                m.remaining = m_rem
+                m.filled += fill
+                m.cost += notional
+                m.updated_ts = ts
+                touched[m_id] = m
+                lvl.qty -= fill
+                if m_disp and m_rem:
+                    shown = m.shown - fill
+                    if not shown:
+                        # Shown part gone: a fresh one joins the back of the level with
+                        # the priority of this trade; matching goes on at this level.
+                        shown = m_disp if m_disp < m_rem else m_rem
+                        lvl.hidden -= shown
+                        queue.popleft()
+                        m.prio = seq
+                        queue.append(m)
+                    m.shown = shown
+                elif not m_rem:
+                    m.status = FILLED
+                    if m_disp:
+                        m.shown = 0
+                    queue.popleft()
+                    del orders[m_id]
+                    mine = clients[m_cid]
+                    del mine[m_id]
+                    if not mine:
+                        del clients[m_cid]
+                    lvl.count -= 1
+                    if not lvl.count:
+                        del levels[k]
+                        keys.pop()
+                        break
+        self.seq = seq
+        if last is not None:
+            self.last_price = last
+            # One update for all the taker's fills of this command instead of one per
+            # fill (a maker never belongs to the taker: self-trade prevention).
+            moved = filled - filled0
+            positions[taker_cid] = positions.get(taker_cid, 0) + (moved if taker_side is BUY else -moved)
+        return rem, filled, cost, alive
 
     def _run_stops(self, events: list[Any], touched: dict[str, Order], ts: int) -> None:
         """Trigger pending stops one at a time, lowest acceptance seq first among those whose
