@@ -264,8 +264,10 @@ def delta_commands(
             cmds.append(("ZADD", k, *add))
     if delta.orders:
         flat = []
+        packed = delta.rendered["orders_packed"] = {}  # the feed sends the same bytes (feed.py)
         for oid, o in delta.orders.items():
-            flat += (oid, pack(o))
+            packed[oid] = rec = pack(o)
+            flat += (oid, rec)
         cmds.append(("HSET", keys.orders(i), *flat))
     zadd: dict[str, list] = {}
     zrem: dict[str, list] = {}
@@ -296,7 +298,8 @@ def delta_commands(
     for client, pos in delta.positions.items():
         cmds.append(("HSET", keys.pos(i), client, pack(pos)))
     if delta.trades:
-        cmds.append(("LPUSH", keys.trades(i), *(json_encoder.encode(tv) for tv in trade_views(spec, delta))))
+        trades_json = delta.rendered["trades_json"] = [json_encoder.encode(tv) for tv in trade_views(spec, delta)]
+        cmds.append(("LPUSH", keys.trades(i), *trades_json))
         cmds.append(("LTRIM", keys.trades(i), 0, recent_trades - 1))
     if delta.fills:
         by_key: dict[str, list] = {}

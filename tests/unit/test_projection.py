@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from decimal import Decimal
 
@@ -399,7 +400,13 @@ def test_delta_commands_write_levels_records_and_last_seq_last():
 
 
 def test_feed_messages_round_trip():
-    from query_service.feed import build_feed, decode_feed
+    from contracts.api import json_encoder
+    from query_service.feed import book_changes_text, build_feed, decode_feed, order_update_text
+    from query_service.render import order_view, trade_views
+
+    def book_changes(levels):  # the rendering build_feed did before issue 19's change
+        return [{"side": side, "price": SPEC.price_json(price), "quantity": SPEC.quantity_json(levels[(side, price)])}
+                for side, price in sorted(levels, key=lambda k: (k[0], -k[1] if k[0] == "buy" else k[1]))]
 
     events = OrderFlow(seed=11).run(300)
     s = DictStore()
@@ -410,8 +417,18 @@ def test_feed_messages_round_trip():
         s.apply(chunk)
         m = decode_feed(build_feed(SPEC, delta, None))
         assert (m.prev_seq, m.seq) == (delta.prev_seq, delta.seq)
-        assert bool(m.book) == bool(delta.levels) and not m.ticker
+        assert bool(m.bids or m.asks) == bool(delta.levels) and not m.ticker
         assert len(m.trades) == len(delta.trades) and len(m.orders) == len(delta.orders)
+        # what a replica relays: the same texts the projector used to render for every batch
+        changes = book_changes_text(SPEC, m)
+        assert (json.loads(changes) if changes else []) == json.loads(json_encoder.encode(book_changes(delta.levels)))
+        for (client, raw), o in zip(m.orders, delta.orders.values()):
+            assert client == o.client_id
+            assert json.loads(order_update_text(SPEC, m, raw)) == json.loads(json_encoder.encode(
+                {"type": "order_update", "instrument": delta.instrument, "seq": delta.seq,
+                 "order": order_view(SPEC, o, o.seq)}))
+        assert [json.loads(bytes(t)) for t in m.trades] == [{"type": "trade", **json.loads(json_encoder.encode(tv))}
+                                                            for tv in trade_views(SPEC, delta)]
 
 
 def test_parse_levels_accepts_resp2_and_resp3_replies():
