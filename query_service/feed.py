@@ -7,10 +7,12 @@ chain, and a replica that sees prev_seq != the seq it holds knows it missed one.
 
 What the projector sends is what it has already encoded for Redis, in integers: book levels as
 (ticks, lots), orders as their packed records (the HSET value), trades as the API JSON of the
-recent-trades list. The API text of a book update or an order update is rendered by the
-replica that relays it, only when it has a subscriber for it (`book_changes_text`,
-`order_update_text`): rendering every level and order of every batch in the projector, for
-subscribers that mostly do not exist, was ~12 % of a projecting replica's CPU (issue 19).
+recent-trades list, the ticker as the integer figures it is rendered from. The API text of a
+book update, an order update or a ticker is rendered by the replica that relays it, only when it
+has a subscriber for it (`book_changes_text`, `order_update_text`, `ticker_text`): rendering
+every level and order of every batch in the projector, for subscribers that mostly do not exist,
+was ~12 % of a projecting replica's CPU (issue 19), the ticker (Decimal ratios) another ~8 % of
+the projector's instructions per event.
 """
 
 from __future__ import annotations
@@ -20,10 +22,41 @@ import msgspec
 from contracts.api import json_encoder
 from contracts.instruments import InstrumentSpec
 from query_service.projection import ViewDelta
-from query_service.records import pack, unpack_order
-from query_service.render import order_view, trade_views
+from query_service.records import Bucket, LastTrade, pack, unpack_order
+from query_service.render import order_view, ticker_view, trade_views
 
 EMPTY = msgspec.Raw()  # omit_defaults compares by identity: always use this instance
+
+
+class TickerFigures(msgspec.Struct, array_like=True, frozen=True):
+    """What the WS ticker of a batch with trades is rendered from (render.ticker_view), in
+    integers: the 24 h window's buckets folded into one (count, qty, notional, low, high, open,
+    close), the last trade, the best prices, the seq and time of the batch."""
+
+    window: tuple[int, int, int, int, int, int, int] | None
+    last: LastTrade | None
+    best_bid: int | None
+    best_ask: int | None
+    seq: int
+    ts: int
+
+    @classmethod
+    def of(cls, buckets: list[Bucket], last: LastTrade | None, best_bid: int | None, best_ask: int | None,
+           seq: int, ts: int) -> "TickerFigures":
+        """buckets: the window's minute then hour buckets, oldest first."""
+        window = None
+        if buckets:
+            window = (sum(b.count for b in buckets), sum(b.qty for b in buckets), sum(b.notional for b in buckets),
+                      min(b.low for b in buckets), max(b.high for b in buckets), buckets[0].open, buckets[-1].close)
+        return cls(window, last, best_bid, best_ask, seq, ts)
+
+
+def ticker_text(spec: InstrumentSpec, instrument: str, t: TickerFigures) -> str:
+    """The WS ticker message: the same as ticker_view over the window's buckets (one bucket
+    holding their sums, extremes, first open and last close renders the same)."""
+    window = [] if t.window is None else [Bucket(0, t.window[0], t.window[1], t.window[2], 0, *t.window[3:])]
+    view = ticker_view(spec, instrument, window, [], t.last, t.best_bid, t.best_ask, t.seq, t.ts)
+    return json_encoder.encode({"type": "ticker", **view}).decode()
 
 
 class FeedMessage(msgspec.Struct, omit_defaults=True):
@@ -36,8 +69,7 @@ class FeedMessage(msgspec.Struct, omit_defaults=True):
     asks: list[tuple[int, int]] = []
     trades: list[msgspec.Raw] = []  # WS "trade" messages, in seq order
     orders: list[tuple[str, msgspec.Raw]] = []  # (client_id, packed OrderRec: records.pack)
-    # Raw fields cannot be optional in msgspec: an empty Raw (len 0) means "absent".
-    ticker: msgspec.Raw = EMPTY  # WS "ticker" message
+    ticker: TickerFigures | None = None  # batches with trades: rendered by ticker_text
     reset: bool = False  # the instrument's views were rebuilt from scratch: resnapshot
 
 
@@ -71,7 +103,7 @@ def order_update_text(spec: InstrumentSpec, m: FeedMessage, raw: msgspec.Raw) ->
     ).decode()
 
 
-def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: dict | None, reset: bool = False) -> bytes:
+def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: TickerFigures | None, reset: bool = False) -> bytes:
     enc = json_encoder.encode
     bids, asks = split_levels(delta.levels) if delta.levels else ([], [])
     # the recent-trades list's JSON (store.delta_commands) with the WS message's type in front
@@ -89,7 +121,7 @@ def build_feed(spec: InstrumentSpec, delta: ViewDelta, ticker: dict | None, rese
         asks=asks,
         trades=[msgspec.Raw(_TRADE_PREFIX + j[1:]) for j in trades_json],
         orders=orders,
-        ticker=msgspec.Raw(enc({"type": "ticker", **ticker})) if ticker is not None else EMPTY,
+        ticker=ticker,
         reset=reset,
     )
     return _feed_encoder.encode(msg)

@@ -34,7 +34,7 @@ from contracts.ratelimit import rate_limit_fields
 from contracts.topics import ORDER_REQUEST_SUBJECT
 from query_service import views
 from query_service.bus import Bus
-from query_service.feed import FeedMessage, book_changes_text, decode_feed, order_update_text
+from query_service.feed import FeedMessage, book_changes_text, decode_feed, order_update_text, ticker_text
 from query_service.metrics import QueryMetrics
 from query_service.params import DEFAULT_INSTRUMENT
 from query_service.redis_keys import Keys
@@ -261,10 +261,10 @@ class Hub:
                     text = order_update_text(spec, m, raw)
                     for c in list(subs):
                         c.send(text)
-        if m.ticker:
+        if m.ticker is not None:
             subs = self.subs.get((inst, "ticker"))
             if subs:
-                text = bytes(m.ticker).decode()
+                text = ticker_text(spec, inst, m.ticker)
                 for c in list(subs):
                     c.send(text)
 
