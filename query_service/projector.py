@@ -49,9 +49,10 @@ from query_service.metrics import QueryMetrics, observe_many
 from query_service.projection import GapError, project
 from query_service.redis_cluster import get_many, is_cluster
 from query_service.redis_keys import Keys
+from query_service.render import ticker_window
 from query_service.settings import QuerySettings
 from query_service.store import (
-    BookCache,
+    StateCache,
     WatchedTx,
     delta_commands,
     merge_window,
@@ -102,7 +103,7 @@ class Projector:
         self.metrics = metrics
         self.keys = Keys(settings.redis_prefix)
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._books: dict[str, BookCache] = {}
+        self._books: dict[str, StateCache] = {}  # instrument -> what its last batch left (store.StateCache)
         self._inst_metrics: dict[str, tuple] = {}  # instrument -> its labelled metric children
         self._tasks: list[asyncio.Task] = []
         self._running = False
@@ -210,16 +211,16 @@ class Projector:
     async def _apply_locked(self, spec, instrument: str, events: list[Event], mark_ready: bool | None = None) -> int:
         seq_key = self.keys.seq(instrument)
         for _attempt in range(100):
-            # The cached book is handed over to this batch (project() changes it in place)
-            # and comes back only with the batch's EXEC: after a failure of any kind the
-            # next batch reads the levels from Redis instead.
+            # The cached state is handed over to this batch (project() changes its book in
+            # place) and comes back only with the batch's EXEC: after a failure of any kind
+            # the next batch reads everything from Redis instead.
             cache = self._books.pop(instrument, None)
             async with WatchedTx(self.redis, seq_key) as tx:
                 read = await read_state(tx, self.keys, instrument, events, cache)
                 state = read.state
                 new = [e for e in events if e.seq > state.last_seq]
                 if not new:
-                    self._books[instrument] = BookCache(state.last_seq, state.bids, state.asks)
+                    self._books[instrument] = read.known
                     self.metrics.events_skipped.labels("duplicate").inc(len(events))
                     return 0
                 if new[0].seq != state.last_seq + 1:
@@ -233,12 +234,15 @@ class Projector:
                     cmds += await purge_commands(tx, self.keys, instrument)
                     state = type(state)(instrument=instrument)
                     read.window_minutes, read.window_hours = [], []
+                    read.known = StateCache(0, state.bids, state.asks, [])
                 # The state was read for this batch only: its book and records are handed over.
                 new_state, delta = project(state, new, consume_book=True, consume_records=True)
                 ticker = None
+                window = None
                 if delta.trades:
                     now_s = delta.last_ts // 1_000_000_000
                     minutes, hours = merge_window(read, delta, now_s)
+                    window = (*ticker_window(now_s), minutes, hours)
                     ticker = TickerFigures.of(
                         minutes + hours,
                         new_state.last_trade,
@@ -257,7 +261,8 @@ class Projector:
                     # last_seq between our read and EXEC: nothing was applied; retry.
                     self.metrics.batch_conflicts.inc()
                     continue
-            self._books[instrument] = BookCache(new_state.last_seq, new_state.bids, new_state.asks)
+            read.known.advance(new_state, delta, window)
+            self._books[instrument] = read.known
             await self.bus.publish(feed_subject(instrument), build_feed(spec, delta, ticker, reset))
             self._observe(instrument, new, delta, new_state)
             return len(new)
