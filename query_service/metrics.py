@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,6 +14,21 @@ from prometheus_client import (
 )
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def observe_many(child, values: list[float]) -> None:
+    """child.observe(v) for every v (a labelled Histogram child), with one increment per bucket
+    touched instead of one bucket scan and lock per value: the projector observes the lag of
+    every event it applies, which was ~4 % of its instructions per event (issue 19). Uses the
+    pinned prometheus_client's internals (per-bucket counts, non-cumulative; a value goes to the
+    first bound >= it); tests/unit/test_projection.py compares it with observe()."""
+    if not values:
+        return
+    for i, n in Tally(bisect_left(child._upper_bounds, v) for v in values).items():
+        child._buckets[i].inc(n)
+    child._sum.inc(sum(values))
+
+
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 

@@ -34,7 +34,7 @@ from contracts.ratelimit import rate_limit_fields
 from contracts.topics import ORDER_REQUEST_SUBJECT
 from query_service import views
 from query_service.bus import Bus
-from query_service.feed import FeedMessage, decode_feed
+from query_service.feed import FeedMessage, book_changes_text, decode_feed, order_update_text, ticker_text
 from query_service.metrics import QueryMetrics
 from query_service.params import DEFAULT_INSTRUMENT
 from query_service.redis_keys import Keys
@@ -231,9 +231,12 @@ class Hub:
         self.feed_seq[inst] = m.seq
         if self.books.feed_seq.get(inst, 0) < m.seq or m.reset:
             self.books.feed_seq[inst] = m.seq
+        spec = self.instruments.get(inst)
+        if spec is None:
+            return
         subs = self.subs.get((inst, "orderbook"))
         if subs:
-            changes = bytes(m.book).decode() if m.book else None
+            changes = book_changes_text(spec, m)
             shared: dict[int, str] = {}
             for c in list(subs):
                 b = c.books.get(inst)
@@ -250,17 +253,18 @@ class Hub:
                 for c in list(subs):
                     for t in texts:
                         c.send(t)
-        if m.orders:
+        if m.orders and self.order_subs:
             for client, raw in m.orders:
                 subs = self.order_subs.get((inst, client))
                 if subs:
-                    text = bytes(raw).decode()
+                    # rendered here, for the subscribers this replica has (feed.py)
+                    text = order_update_text(spec, m, raw)
                     for c in list(subs):
                         c.send(text)
-        if m.ticker:
+        if m.ticker is not None:
             subs = self.subs.get((inst, "ticker"))
             if subs:
-                text = bytes(m.ticker).decode()
+                text = ticker_text(spec, inst, m.ticker)
                 for c in list(subs):
                     c.send(text)
 
@@ -367,7 +371,7 @@ class Hub:
             buffered, b.buffer = b.buffer, []
             shared: dict[int, str] = {}
             for m in buffered:
-                changes = bytes(m.book).decode() if m.book else None
+                changes = book_changes_text(spec, m)
                 if not self._book_feed(c, b, inst, m, changes, shared):
                     b.live = False
                     b.buffer = []

@@ -222,7 +222,7 @@ def _forged(sym: str, prev_seq: int, seq: int) -> bytes:
     trade = {"type": "trade", "instrument": sym, "seq": seq, "trade_id": "forged", "price": "1", "quantity": "1000",
              "side": "buy", "ts": 0}
     return encode_feed(FeedMessage(instrument=sym, prev_seq=prev_seq, seq=seq,
-                                   book=msgspec.Raw(b'[{"side":"buy","price":"1","quantity":"1000"}]'),
+                                   bids=[(1, 1000)],
                                    trades=[msgspec.Raw(json.dumps(trade).encode())]))
 
 

@@ -5,11 +5,16 @@ consumer group with takeover."""
 from __future__ import annotations
 
 import asyncio
+import random
 
+import nats
 import pytest
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
+from contracts.topics import feed_subject
+from query_service.app import Services
+from query_service.feed import decode_feed
 from query_service.projector import Projector
 from tests.support.order_flow import OrderFlow
 from tests.support.query import (
@@ -26,6 +31,7 @@ from tests.support.query import (
     wait_for_seq,
     wipe,
 )
+from tests.support.services import nats_login
 
 
 def flows(symbols, commands=300, seed=1):
@@ -68,8 +74,6 @@ async def env(views_redis_url):
 async def reference_views(settings, symbols):
     """The views built by catching up from the journal alone, under another prefix."""
     ref = settings.replace(redis_prefix=settings.redis_prefix + "ref:")
-    from query_service.app import Services
-
     s = Services(ref)
     await s.journal.start()
     p = Projector(ref, s.instruments, s.redis, s.bus, s.journal, s.metrics)
@@ -302,3 +306,64 @@ async def test_the_group_keeps_forming_across_graceful_restarts(env):
             assert pa and pb and pa | pb == set(range(6)) and not pa & pb, f"cycle {cycle}: {pa} {pb}"
         finally:
             await asyncio.gather(a.stop(), b.stop())
+
+
+async def test_the_cached_state_gives_the_views_and_feed_of_reading_everything(env):
+    """The projector keeps what its batches read besides order records (store.StateCache) and
+    trusts it while last_seq is the one its last batch wrote. Two projectors taking turns at
+    random (each one's cache goes stale when the other one writes) and one that reads
+    everything for every batch build the same views and publish the same feed, tickers
+    included, over a flow that spans more than a day (the ticker window's hour boundary moves
+    and buckets leave it)."""
+    settings, symbols, _ = env
+    sym = symbols[0]
+    events = OrderFlow(instrument=sym, seed=9, max_step_ns=130 * 10**9).run(1600)
+    assert events[-1].ts - events[0].ts > 25 * 3600 * 10**9  # buckets leave the 24 h window too
+    rng = random.Random(5)
+    chunks, i = [], 0
+    while i < len(events):
+        n = rng.randint(1, 12)
+        chunks.append(events[i : i + n])
+        i += n
+    fresh_prefix = settings.redis_prefix[:-1] + "f:"  # not under the other prefix
+    nc = await nats.connect(settings.nats_url, **nats_login("query"))
+    feeds: dict[str, list[bytes]] = {}
+    views = {}
+    try:
+        for label, prefix in (("turns", settings.redis_prefix), ("fresh", fresh_prefix)):
+            got: list[bytes] = []
+
+            async def on_feed(msg, got=got):
+                got.append(msg.data)
+
+            sub = await nc.subscribe(feed_subject(sym), cb=on_feed)
+            s = Services(settings.replace(redis_prefix=prefix))
+            await s.bus.start()
+            try:
+                ps = [Projector(s.settings, s.instruments, s.redis, s.bus, s.journal, s.metrics) for _ in range(2)]
+                k = 0
+                for chunk in chunks:
+                    if label == "turns":
+                        k = k if rng.random() < 0.7 else 1 - k
+                    else:
+                        ps[0]._books.clear()  # nothing cached: every batch reads everything
+                    assert await ps[k].apply(sym, chunk) == len(chunk)
+                await nc.flush()
+                for _ in range(100):
+                    if len(got) >= len(chunks):
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await sub.unsubscribe()
+                await s.bus.stop()
+                await s.redis.aclose()
+                await s.projector_redis.aclose()
+            feeds[label] = got
+            views[label] = await dump(settings.redis_url, prefix)
+    finally:
+        await nc.close()
+        await wipe(settings.redis_url, fresh_prefix)
+    assert views["turns"] == views["fresh"] and len(views["fresh"]) > 10
+    assert feeds["turns"] == feeds["fresh"] and len(feeds["fresh"]) == len(chunks)
+    tickers = [m.ticker for m in map(decode_feed, feeds["fresh"]) if m.ticker is not None]
+    assert len({t.window[0] for t in tickers if t.window}) > 10  # the window's content moved

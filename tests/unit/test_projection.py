@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from decimal import Decimal
 
@@ -399,7 +400,13 @@ def test_delta_commands_write_levels_records_and_last_seq_last():
 
 
 def test_feed_messages_round_trip():
-    from query_service.feed import build_feed, decode_feed
+    from contracts.api import json_encoder
+    from query_service.feed import book_changes_text, build_feed, decode_feed, order_update_text
+    from query_service.render import order_view, trade_views
+
+    def book_changes(levels):  # the rendering build_feed did before issue 19's change
+        return [{"side": side, "price": SPEC.price_json(price), "quantity": SPEC.quantity_json(levels[(side, price)])}
+                for side, price in sorted(levels, key=lambda k: (k[0], -k[1] if k[0] == "buy" else k[1]))]
 
     events = OrderFlow(seed=11).run(300)
     s = DictStore()
@@ -410,8 +417,74 @@ def test_feed_messages_round_trip():
         s.apply(chunk)
         m = decode_feed(build_feed(SPEC, delta, None))
         assert (m.prev_seq, m.seq) == (delta.prev_seq, delta.seq)
-        assert bool(m.book) == bool(delta.levels) and not m.ticker
+        assert bool(m.bids or m.asks) == bool(delta.levels) and m.ticker is None
         assert len(m.trades) == len(delta.trades) and len(m.orders) == len(delta.orders)
+        # what a replica relays: the same texts the projector used to render for every batch
+        changes = book_changes_text(SPEC, m)
+        assert (json.loads(changes) if changes else []) == json.loads(json_encoder.encode(book_changes(delta.levels)))
+        for (client, raw), o in zip(m.orders, delta.orders.values()):
+            assert client == o.client_id
+            assert json.loads(order_update_text(SPEC, m, raw)) == json.loads(json_encoder.encode(
+                {"type": "order_update", "instrument": delta.instrument, "seq": delta.seq,
+                 "order": order_view(SPEC, o, o.seq)}))
+        assert [json.loads(bytes(t)) for t in m.trades] == [{"type": "trade", **json.loads(json_encoder.encode(tv))}
+                                                            for tv in trade_views(SPEC, delta)]
+
+
+def test_feed_ticker_figures_render_the_ticker_of_the_window():
+    """The feed carries the ticker as integers folded over the window; the replica's rendering
+    equals the ticker of the window's buckets themselves."""
+    from contracts.api import json_encoder
+    from query_service.feed import TickerFigures, ticker_text
+    from query_service.records import Bucket, LastTrade
+    from query_service.render import ticker_view
+
+    rng = random.Random(4)
+    for n in (0, 1, 2, 7, 30):
+        buckets = []
+        for k in range(n):
+            prices = [rng.randint(9_000, 11_000) for _ in range(rng.randint(1, 5))]
+            qtys = [rng.randint(1, 10**9) for _ in prices]
+            buckets.append(Bucket(k * 60, len(prices), sum(qtys), sum(p * q for p, q in zip(prices, qtys)), sum(prices),
+                                  min(prices), max(prices), prices[0], prices[-1]))
+        last = LastTrade(10_100, 3, 1_700_000_000_000_000_000, 9, "buy") if n else None
+        split = n // 2
+        want = ticker_view(SPEC, "BTC-USD", buckets[:split], buckets[split:], last, 9_990, None, 9, 1_700_000_001_000_000_000)
+        t = TickerFigures.of(buckets, last, 9_990, None, 9, 1_700_000_001_000_000_000)
+        got = ticker_text(SPEC, "BTC-USD", msgspec.json.decode(msgspec.json.encode(t), type=TickerFigures))
+        assert json.loads(got) == {"type": "ticker", **json.loads(json_encoder.encode(want))}
+
+
+def test_fill_members_equal_fill_views_byte_for_byte():
+    from query_service.store import fill_member, fill_members
+
+    events = OrderFlow(seed=21).run(400)
+    s = DictStore()
+    fills = 0
+    for i in range(0, len(events), 9):
+        chunk = events[i : i + 9]
+        _, delta = project(s.state_for(chunk), chunk)
+        s.apply(chunk)
+        assert fill_members(SPEC, delta) == [(f.client_id, fill_member(SPEC, f)) for f in delta.fills]
+        fills += len(delta.fills)
+    assert fills > 50
+
+
+def test_observe_many_equals_observe():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from query_service.metrics import LAG_BUCKETS, observe_many
+
+    r = CollectorRegistry()
+    a = Histogram("a", "a", ["i"], buckets=LAG_BUCKETS, registry=r).labels("x")
+    b = Histogram("b", "b", ["i"], buckets=LAG_BUCKETS, registry=r).labels("x")
+    values = [0.0, 0.001, 0.0011, 0.05, 0.05000001, 10, 11, 0.3] + [random.Random(3).random() for _ in range(50)]
+    for v in values:
+        a.observe(v)
+    observe_many(b, values)
+    observe_many(b, [])
+    assert [(s.name, s.value) for s in a._child_samples() if s.name != "_created"] == [
+        (s.name, s.value) for s in b._child_samples() if s.name != "_created"]
 
 
 def test_parse_levels_accepts_resp2_and_resp3_replies():
