@@ -158,5 +158,57 @@ def test_relay_roll_settings_are_read_from_env(monkeypatch):
     assert (s.topic_roll_s, s.topic_keep_s, s.topic_retention_ms) == (30.0, 120.0, 604800000)
 
 
+async def test_a_generation_whose_group_switched_before_its_end_is_past_once_the_next_group_commits():
+    # The projector's groups are per generation (<group>@<topic>). A replica that switches to
+    # the next generation before reading the old one to its end (GEN_DRAIN_S; the journal fills
+    # the rest) leaves the old group behind its end for good: the old generation must still be
+    # collectable (it once stayed for EXCHANGE_TOPIC_KEEP_S, and every later one with it).
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from contracts.topics import generation_group, generation_topic
+    from relay.generations import groups_past
+    from relay.topic import ensure_topic
+
+    bootstrap = os.environ["EXCHANGE_KAFKA_BOOTSTRAP"]
+    base, group = f"gen-past-{unique('T')}", f"gen-past-{unique('G')}"
+    g1, g2 = generation_topic(base, 1), generation_topic(base, 2)
+    for t in (g1, g2):
+        await ensure_topic(bootstrap, t, 2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(g1, b"x%d" % i, partition=0)
+        await producer.send_and_wait(g2, b"y", partition=0)
+    finally:
+        await producer.stop()
+
+    async def commit(topic: str, offset: int) -> None:
+        tp = TopicPartition(topic, 0)
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=generation_group(group, topic),
+                             enable_auto_commit=False)
+        await c.start()
+        try:
+            c.assign([tp])
+            await c.commit({tp: offset})
+        finally:
+            await c.stop()
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await commit(g1, 3)  # read 3 of 10, then switched
+        ok, reason = await groups_past(bootstrap, g1, [g2])
+        assert not ok and "3/10" in reason, reason  # nobody has read on: generation 1 is kept
+        await commit(g2, 1)  # the group of generation 2 reads and commits
+        ok, reason = await groups_past(bootstrap, g1, [g2])
+        assert ok, reason
+    finally:
+        await admin.start()
+        try:
+            await admin.delete_topics([g1, g2])
+        finally:
+            await admin.close()
+
+
 if os.environ.get("EXCHANGE_KAFKA_BOOTSTRAP") is None:  # pragma: no cover - run under make test
     pytest.skip("needs the test servers (make test)", allow_module_level=True)
