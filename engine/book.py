@@ -271,9 +271,10 @@ class OrderBook:
         qty = cmd.quantity
         post_only = cmd.post_only
         stp = cmd.stp
+        tif = cmd.tif
         if (
             cmd.order_type is LIMIT
-            and cmd.tif is GTC
+            and tif is GTC
             and type(price) is int
             and 0 < price <= MAX_VALUE
             and type(qty) is int
@@ -353,6 +354,30 @@ class OrderBook:
                     )
                 ],
             )
+        if (
+            post_only is False
+            and (
+                (cmd.order_type is MARKET and price is None and (tif is GTC or tif is IOC or tif is FOK))
+                or (cmd.order_type is LIMIT and (tif is IOC or tif is FOK) and type(price) is int
+                    and 0 < price <= MAX_VALUE)
+            )
+            and type(qty) is int
+            and 0 < qty <= MAX_VALUE
+            and cmd.stop_price is None
+            and cmd.display_quantity is None
+            and cmd.expire_ts is None
+            and (stp is CANCEL_NEWEST or stp is CANCEL_OLDEST or stp is CANCEL_BOTH)
+            and (cmd.side is BUY or cmd.side is SELL)
+            and cmd.instrument == self.instrument
+        ):
+            # A valid plain taking order (market; IOC or FOK limit: 15% of bench.engine's commands)
+            # goes straight to the taking path: place() would check it again for every order type
+            # (~110 bytecodes of its ~850). 21,137 -> 20,832 instructions per command (callgrind).
+            if self.risk is not None:
+                refused = self._risk_check(cmd)
+                if refused is not None:
+                    return Result(refused, [], [])
+            return self._place_slow(cmd, 0, None)
         return self.place(cmd)
 
     def place(self, cmd: PlaceOrder) -> Result:
