@@ -1,7 +1,7 @@
-"""execute() checks and rests a plain GTC limit order inline (the hot path); place() takes the
-general path for the same command. Both must give the same result and leave the same book,
-for valid, crossing, post-only, risk-refused and malformed orders, with and without a client
-order id."""
+"""execute() checks and rests a plain GTC limit order inline and sends a plain taking order
+(market, IOC or FOK limit) straight to matching (the hot paths); place() takes the general path
+for the same command. Both must give the same result and leave the same book, for valid,
+crossing, post-only, risk-refused and malformed orders, with and without a client order id."""
 
 from __future__ import annotations
 
@@ -48,11 +48,31 @@ CASES = [
     order("n16", "alice", Side.BUY, 2, 100, display_quantity=1),  # iceberg: general path
     order("n17", "alice", Side.BUY, 2, 100, tif=TimeInForce.GTD, expire_ts=TS + 1),  # GTD: general path
     order("b1", "alice", Side.BUY, 2, 100),  # duplicate id
+    # taking orders: market (GTC/IOC/FOK), IOC and FOK limits go from execute() straight to matching
+    order("m1", "alice", Side.BUY, 6, None, otype=OrderType.MARKET),  # two levels
+    order("m2", "alice", Side.SELL, 9, None, otype=OrderType.MARKET, tif=TimeInForce.IOC),  # remainder cancelled
+    order("m3", "alice", Side.BUY, 9, None, otype=OrderType.MARKET, tif=TimeInForce.FOK),  # not fillable
+    order("m4", "alice", Side.BUY, 8, None, otype=OrderType.MARKET, tif=TimeInForce.FOK, client_order_id="m"),
+    order("m5", "maker", Side.BUY, 2, None, otype=OrderType.MARKET),  # self-trade
+    order("m6", "alice", Side.BUY, 2, None, otype=OrderType.MARKET, tif=TimeInForce.GTD, expire_ts=TS + 1),
+    order("m7", "alice", Side.BUY, 2, 101, otype=OrderType.MARKET),  # a market order has no price
+    order("m8", "alice", Side.BUY, 2, None, otype=OrderType.MARKET, post_only=True),
+    order("m9", "alice", "sell", 2, None, otype=OrderType.MARKET),
+    order("m10", "alice", Side.BUY, 2, None, otype=OrderType.MARKET, stop_price=90),
+    order("i1", "alice", Side.BUY, 7, 101, tif=TimeInForce.IOC),  # fills 5, cancels 2
+    order("i2", "alice", Side.BUY, 2, 100, tif=TimeInForce.IOC),  # does not cross: cancelled
+    order("i3", "alice", Side.BUY, 6, 101, tif=TimeInForce.FOK),  # not fillable at 101
+    order("i4", "alice", Side.BUY, 6, 102, tif=TimeInForce.FOK),
+    order("i5", "alice", Side.BUY, 2, 101, tif=TimeInForce.IOC, post_only=True),
+    order("i6", "alice", Side.BUY, 2, 0, tif=TimeInForce.IOC),
+    order("i7", "alice", Side.BUY, 0, 101, tif=TimeInForce.IOC),
+    order("i8", "alice", Side.BUY, 2, 101, tif=TimeInForce.IOC, display_quantity=1),
+    order("i9", "alice", Side.BUY, 2, 101, tif="IOC"),
     PlaceOrder("n18", "alice", "ETH-USD", Side.BUY, OrderType.LIMIT, 2, TS, 100),  # another instrument
 ]
 
 
-def test_execute_and_place_agree_on_every_limit_order():
+def test_execute_and_place_agree_on_every_order():
     for cmd in CASES:
         fast, general = seeded(), seeded()
         assert fast.execute(cmd) == general.place(cmd), cmd
