@@ -19,7 +19,8 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1
 def observe_many(child, values: list[float]) -> None:
     """child.observe(v) for every v (a labelled Histogram child), with one increment per bucket
     touched instead of one bucket scan and lock per value: the projector observes the lag of
-    every event it applies, which was ~4 % of its instructions per event (issue 19). Uses the
+    every event it applies (this, its metric children looked up once and store.fill_members took
+    its batch path from 219k to 194k instructions per event, callgrind, issue 19). Uses the
     pinned prometheus_client's internals (per-bucket counts, non-cumulative; a value goes to the
     first bound >= it); tests/unit/test_projection.py compares it with observe()."""
     if not values:

@@ -347,8 +347,8 @@ def fill_members(spec: InstrumentSpec, delta: ViewDelta) -> list[tuple[str, byte
     """(client_id, fill_member(spec, f)) of every fill of the delta, byte for byte. A trade's
     two fills share price, quantity, notional, time and seq: that part of the JSON is encoded
     once per trade, from its trade view (rendered for the recent-trades list anyway), and only
-    the fill's own fields per fill. Rendering each fill whole was ~5 % of the projector's
-    instructions per event (issue 19)."""
+    the fill's own fields per fill (with metrics.observe_many: 219k -> 194k instructions per
+    event of the projector's batch path, issue 19)."""
     out = []
     enc = json_encoder.encode
     by_trade = {id(t): tv for t, tv in zip(delta.trades, trade_views(spec, delta))}
