@@ -356,6 +356,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         st.metrics = CommandMetrics(instruments.symbols, instruments)
         st.sequencers = {
             sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
+                           commit_linger_s=settings.commit_linger_us / 1e6,
                            snapshot_every=settings.snapshot_every_events, metrics=st.metrics,
                            event_log=EventLog(sym, instruments.get(sym), settings.log_order_events),
                            recently_closed_keep=settings.recently_closed_keep,

@@ -130,7 +130,7 @@ class Submission:
 
 class Sequencer:
     def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
-                 snapshot_every: int, metrics=None, event_log=None,
+                 snapshot_every: int, commit_linger_s: float = 0.0, metrics=None, event_log=None,
                  recently_closed_keep: int = RecentlyClosed.DEFAULT_KEEP, node_id: str = ""):
         self.instrument = instrument
         self.node_id = node_id
@@ -145,6 +145,11 @@ class Sequencer:
         self.journal = JournalWriter(pool)
         self.dsn = dsn
         self.max_batch = max_batch
+        self.commit_linger_s = commit_linger_s
+        self._arrivals_per_s = 0.0  # moving average, measured at each wake of an idle sequencer
+        self._last_wake = 0.0
+        self._arrived = 0  # commands submitted, ever
+        self._arrived_at_wake = 0
         self.snapshot_every = snapshot_every
         self.metrics = metrics
         self.book = OrderBook(instrument)
@@ -206,6 +211,7 @@ class Sequencer:
             fut.set_exception(Unavailable(f"{self.instrument} is not accepting orders right now"))
             return fut
         self._pending.append(Submission(command, render, fut, idempotency, time.perf_counter_ns()))
+        self._arrived += 1
         self._wake.set()
         return fut
 
@@ -304,12 +310,31 @@ class Sequencer:
                     continue
             await self._wake.wait()
             self._wake.clear()
+            if self.commit_linger_s and self._pending and self._handover is None:
+                await self._linger()
             while self._pending and self.ready and self._handover is None:
                 items = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 await self._process(items)
             if self._snapshot_waiters and self.ready:
                 await self._snapshot()
+
+    async def _linger(self) -> None:
+        """Let a commit of an idle sequencer wait commit_linger_s for more commands when they
+        arrive fast enough that one more is expected meanwhile. Why: below saturation nearly
+        every order was a commit of its own (~1.3 orders per commit at 500 orders/s per
+        instrument), and a commit costs PostgreSQL ~200 us of CPU whatever it holds (+ the
+        relay's wake-up and the command service's round trip); under saturation batches fill
+        while the previous commit runs and this never waits. Rare orders never wait: at a few
+        per second the expected count stays below one. Latency cost: at most the linger."""
+        now = time.perf_counter()
+        dt = now - self._last_wake
+        arrived = self._arrived - self._arrived_at_wake
+        self._last_wake, self._arrived_at_wake = now, self._arrived
+        rate = arrived / dt if dt > 0 else 0.0
+        self._arrivals_per_s = 0.8 * self._arrivals_per_s + 0.2 * min(rate, 1e6)
+        if self._arrivals_per_s * self.commit_linger_s >= 0.5 and len(self._pending) < self.max_batch:
+            await asyncio.sleep(self.commit_linger_s)
 
     async def _process(self, items: list[Submission]) -> None:
         book = self.book

@@ -56,6 +56,10 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # Order and trade event lines (logger exchange.orders, INFO): 1 = every event, N = the events
     # of every Nth committed batch, 0 = none. Measured cost in README (operations).
     log_order_events: int = 10
+    # Group commit linger (issue 19): an idle sequencer woken by a command waits this long for
+    # more before committing, but only while commands arrive fast enough that at least one more
+    # is expected in that time (0 = never wait). See Sequencer._linger.
+    commit_linger_us: int = 2000
     # Growth bounds (issue 18): idempotency keys answer replays this long; snapshots kept per
     # instrument; how often the housekeeping task deletes expired idempotency rows.
     idempotency_ttl_s: float = 86400.0
@@ -103,6 +107,7 @@ class CommandSettings(msgspec.Struct, frozen=True):
             rate_limit_burst=_int("EXCHANGE_RATE_LIMIT_BURST", 400),
             max_body_bytes=_int("EXCHANGE_MAX_BODY_BYTES", 16 * 1024),
             max_batch=env_int("EXCHANGE_MAX_BATCH", 512, minimum=1),
+            commit_linger_us=env_int("EXCHANGE_COMMIT_LINGER_US", 2000, minimum=0),
             snapshot_every_events=_int("EXCHANGE_SNAPSHOT_EVERY_EVENTS", 100_000),
             pg_pool_size=env_int("EXCHANGE_PG_POOL_SIZE", 8, minimum=1),
             book_levels_in_response=_int("EXCHANGE_BOOK_LEVELS_IN_RESPONSE", 10),
