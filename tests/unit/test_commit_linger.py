@@ -1,0 +1,18 @@
+"""The group commit's linger policy (command_service/sequencer.py linger_s): a commit waits for
+more commands only when more are expected within the wait; rare orders and full batches never wait."""
+
+from command_service.sequencer import linger_s
+
+
+def test_busy_instrument_waits_the_linger():
+    assert linger_s(arrivals_per_s=500, linger=0.002, pending=1, max_batch=512) == 0.002
+
+
+def test_rare_orders_never_wait():
+    assert linger_s(arrivals_per_s=5, linger=0.002, pending=1, max_batch=512) == 0.0
+    assert linger_s(arrivals_per_s=249, linger=0.002, pending=1, max_batch=512) == 0.0  # < half an order expected
+
+
+def test_full_batch_and_disabled_linger_never_wait():
+    assert linger_s(arrivals_per_s=50_000, linger=0.002, pending=512, max_batch=512) == 0.0
+    assert linger_s(arrivals_per_s=50_000, linger=0.0, pending=1, max_batch=512) == 0.0
