@@ -43,6 +43,16 @@ async def seed_resting(dsn: str, n: int, say) -> None:
         await conn.close()
 
 
+async def _cancel(task: asyncio.Task | None) -> None:
+    """Stop a sampler's loop and wait for it."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 class LagSampler:
     """Samples the projection lag every `every` seconds while a run goes on: the events behind
     (max of projection_lag_events over the replicas and instruments) and the p99 of the lag in
@@ -97,12 +107,7 @@ class LagSampler:
         return time.monotonic() - self.t0
 
     async def stop(self) -> list[tuple[float, float]]:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await _cancel(self._task)
         return self.samples
 
 
@@ -209,12 +214,7 @@ class CpuSampler:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> list[tuple[float, dict[str, float]]]:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await _cancel(self._task)
         self.sample()
         return self.samples
 
