@@ -8,7 +8,6 @@ relay is notified only when the rows are committed, since NOTIFY is delivered at
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -94,56 +93,9 @@ class NoResetConnection(asyncpg.Connection):
         return ""
 
 
-class BatchedLookup:
-    """Point lookups that arrive while one is in flight go to the database together: one
-    statement for all of them, like the group commit. Issue 19: one round trip per order with
-    an idempotency key was 20 % of the command service's CPU in the hot-instrument run (asyncpg's
-    bind/execute and the pool, once per order). `fetch(keys)` returns {key: value} for the keys
-    found; a key not in it is answered None."""
-
-    def __init__(self, fetch):
-        self._fetch = fetch
-        self._pending: dict = {}
-        self._running = False
-        self._task: asyncio.Task | None = None
-
-    async def get(self, key):
-        fut = self._pending.get(key)
-        if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = self._pending[key] = loop.create_future()
-            if not self._running:
-                self._running = True
-                # after this loop turn: the lookups the same turn wakes up join this statement
-                loop.call_soon(self._start)
-        return await fut
-
-    def _start(self) -> None:
-        self._task = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, {}
-                try:
-                    found = await self._fetch(list(batch))
-                except Exception as exc:
-                    for fut in batch.values():
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for key, fut in batch.items():
-                    if not fut.done():  # a caller that went away cancelled its future
-                        fut.set_result(found.get(key))
-        finally:
-            self._running = False
-
-
 class JournalWriter:
     def __init__(self, pool: asyncpg.Pool, idempotency_ttl_s: float = 86400.0, snapshots_keep: int = 3):
         self.pool = pool
-        self._idempotent = BatchedLookup(self._find_idempotent_many)
-        self._coids_taken = BatchedLookup(self._client_order_ids_taken)
         # Growth bounds (issue 18): an idempotency key answers replays for this long (a
         # replay after that is a new order); this many snapshots are kept per instrument.
         self.idempotency_ttl_s = idempotency_ttl_s
@@ -243,40 +195,32 @@ class JournalWriter:
         return sorted(rows, key=lambda r: r["rank"])
 
     async def client_order_id_taken(self, client_id: str, client_order_id: str) -> bool:
-        return bool(await self._coids_taken.get((client_id, client_order_id)))
-
-    async def _client_order_ids_taken(self, pairs: list[tuple[str, str]]) -> dict:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT k.client_id, k.coid FROM unnest($1::text[], $2::text[]) AS k(client_id, coid)"
-                " WHERE EXISTS (SELECT 1 FROM orders o WHERE o.client_order_id = k.coid AND o.client_id = k.client_id)",
-                [p[0] for p in pairs], [p[1] for p in pairs])
-        return {(r[0], r[1]): True for r in rows}
+            return bool(await conn.fetchval(
+                "SELECT 1 FROM orders WHERE client_order_id = $1 AND client_id = $2", client_order_id, client_id))
 
     async def find_idempotent(self, client_id: str, key: str) -> asyncpg.Record | None:
         """The stored answer for a key, or None - also when it is older than the TTL: then
-        the row is deleted (the caller holds the key's in-flight reservation, so no other
-        request of this process races it) and the request counts as a new order, whose own
-        row the batch inserts."""
-        return await self._idempotent.get((client_id, key))
-
-    async def _find_idempotent_many(self, keys: list[tuple[str, str]]) -> dict:
-        ttl = float(self.idempotency_ttl_s)
+        the row is deleted here (the caller holds the key's in-flight reservation, so no
+        other request of this process races it) and the request counts as a new order,
+        whose own row the batch inserts."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT i.client_id, i.key, i.request_hash, i.status_code, i.response,"
-                " i.created_at < now() - make_interval(secs => $3) AS expired"
-                " FROM unnest($1::text[], $2::text[]) AS k(client_id, key)"
-                " JOIN idempotency i ON i.client_id = k.client_id AND i.key = k.key",
-                [k[0] for k in keys], [k[1] for k in keys], ttl)
-            expired = [r for r in rows if r["expired"]]
-            if expired:
+            row = await conn.fetchrow(
+                "SELECT request_hash, status_code, response,"
+                " created_at < now() - make_interval(secs => $3) AS expired"
+                " FROM idempotency WHERE client_id = $1 AND key = $2",
+                client_id,
+                key,
+                float(self.idempotency_ttl_s),
+            )
+            if row is not None and row["expired"]:
                 await conn.execute(
-                    "DELETE FROM idempotency i USING unnest($1::text[], $2::text[]) AS k(client_id, key)"
-                    " WHERE i.client_id = k.client_id AND i.key = k.key"
-                    " AND i.created_at < now() - make_interval(secs => $3)",
-                    [r[0] for r in expired], [r[1] for r in expired], ttl)
-        return {(r[0], r[1]): r for r in rows if not r["expired"]}
+                    "DELETE FROM idempotency WHERE client_id = $1 AND key = $2"
+                    " AND created_at < now() - make_interval(secs => $3)",
+                    client_id, key, float(self.idempotency_ttl_s),
+                )
+                return None
+            return row
 
     async def expire_idempotency(self, batch: int = 5000, max_batches: int = 100) -> int:
         """Delete expired idempotency rows in small transactions (never one long delete that

@@ -178,8 +178,8 @@ async def test_client_order_ids_are_stored_and_a_cross_node_duplicate_never_fail
 
 
 async def test_concurrent_lookups_are_answered_each_by_its_own_row(journal):
-    """Lookups that arrive together go to PostgreSQL as one statement: each caller still gets
-    exactly its own answer - stored, absent, another client's, expired (deleted, then None)."""
+    """Concurrent lookups each get exactly their own answer - stored, absent, another client's,
+    expired (deleted, then None) - and client order ids are per client."""
     b = batch("BTC-USD", [1])
     b.idempotency.extend([("c1", f"k{i}", b"h%d" % i, 201, b'{"n":%d}' % i) for i in range(0, 40, 2)])
     b.idempotency.append(("c2", "k1", b"other", 201, b"{}"))
