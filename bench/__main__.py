@@ -50,7 +50,16 @@ import httpx
 
 from bench.cpu import CpuMeter, per_order_table
 from bench.doc import machine_line, today, write_section
-from bench.sustained import CpuSampler, LagSampler, cpu_per_minute, per_minute, plot_run, seed_resting, settle_s
+from bench.sustained import (
+    CpuSampler,
+    LagSampler,
+    SpeedProbe,
+    cpu_per_minute,
+    per_minute,
+    plot_run,
+    seed_resting,
+    settle_s,
+)
 from ops import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -433,37 +442,50 @@ async def bench_sustained(args) -> None:
     roots["nginx"] = stack.gateway_pid(svc.cfg)
     for server in stack.SERVERS:
         roots[{"postgres": "PostgreSQL", "kafka": "broker"}.get(server, server)] = stack.server_pid(svc.cfg, server)
-    cpu = CpuSampler(roots)
+    cpu = CpuSampler(roots, metrics_url=svc.cfg.command_url + "/metrics")
     try:
         await projectors_ready(svc.cfg.query_urls)
         await drained(svc.cfg.query_urls[0], timeout=600)  # the seeded book is in the views
+        probe = SpeedProbe()
+        idle_probe_ms = min(SpeedProbe.measure() for _ in range(3))  # before the load: the machine at rest
         cpu.start()
+        probe.start()
         r, lag, lag_p99 = await _lag_sampled_run(
             svc, "sustained", "--mode", "http", "--url", svc.cfg.gateway_url, "-c", "64", "--mid", "BTC-USD=60000",
-            "-d", seconds, "--warmup", "5", "--quiet")
+            "--mix", args.sustained_mix, "-d", seconds, "--warmup", "5", "--quiet")
         await cpu.stop()
+        await probe.stop()
     finally:
         svc.stop()
     minutes = per_minute(r["series"])
-    rows = "\n".join(f"| {m['minute']} | {m['acked_per_s']:,.0f} | {m['p99_ms']:.1f} |" for m in minutes
-                     if m["p99_ms"] is not None)
-    per_proc = cpu_per_minute(r, cpu, minutes)
+    per_proc = cpu_per_minute(r, cpu, minutes, probe)  # also sets each minute's "resting" and "probe_ms"
+    book0 = cpu.resting[0][1] if cpu.resting else None
+    rows = "\n".join(f"| {m['minute']} | {m['acked_per_s']:,.0f} | {m['p99_ms']:.1f} | {_count(m.get('resting'))} | "
+                      f"{_ms(m.get('probe_ms'))} |" for m in minutes if m["p99_ms"] is not None)
     names = sorted(per_proc[0], key=lambda n: -sum(row[n] for row in per_proc)) if per_proc else []
     cpu_rows = "\n".join(
         f"| {m['minute']} | " + " | ".join(f"{row[n]:,.0f}" for n in names) + f" | {sum(row.values()):,.0f} |"
         for m, row in zip(minutes, per_proc))
     say("CPU us per acked order, per minute:\n| minute | " + " | ".join(names) + " | total |\n" + cpu_rows)
+    say("acked/s (resting orders, probe ms) per minute: " + ", ".join(
+        f"{m['acked_per_s']:,.0f} ({_count(m.get('resting'))}, {_ms(m.get('probe_ms'))})" for m in minutes)
+        + f"; probe at rest {idle_probe_ms:.2f} ms")
     first, last = minutes[0]["acked_per_s"], minutes[-1]["acked_per_s"]
     body = f"""Measured {today()} on {machine_line()}.
 Command: `make bench` (`python -m bench --only sustained --sustained-minutes {args.sustained_minutes}
---sustained-resting {args.sustained_resting}`). The whole pipeline behind the gateway, on a BTC-USD book that
+--sustained-resting {args.sustained_resting} --sustained-mix {args.sustained_mix}`). The whole pipeline behind the gateway, on a BTC-USD book that
 already holds {args.sustained_resting:,} resting orders (5,000 levels a side, seeded in the journal and projected
 before the run), HTTP closed loop with 64 connections for {args.sustained_minutes} minutes, topic generations rolling
 every 30 s as in `make run`. A cost that grows with time or state shows as a falling throughput or a rising p99.
 
-| minute | acked orders/s | p99 ms (per-second p99s, 99th percentile) |
-| ---: | ---: | ---: |
+| minute | acked orders/s | p99 ms (per-second p99s, 99th percentile) | resting orders at the minute's end | machine probe, CPU ms |
+| ---: | ---: | ---: | ---: | ---: |
 {rows}
+
+Resting orders in the books when the load started: {_count(book0)}. Machine probe: the CPU time (not wall time) of
+a fixed pure-Python workload, median per minute of samples every 10 s (best of 3 each); {idle_probe_ms:.2f} ms on
+the machine at rest just before the load. It does not depend on our code: when it rises with the CPU per order of
+every process at once, the machine got slower (this VM's neighbours, memory traffic), not the exchange.
 
 Last minute / first minute throughput: {last / first * 100 if first else float('nan'):.0f} %. Projection lag p99 over
 the run {_lag_text(lag_p99)}. Plot: `docs/bench/sustained-lag.png` (throughput, latency and lag over time).
@@ -479,6 +501,14 @@ rising column.
 {r['_command']}
 ```"""
     write_section("Sustained run", body)
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 async def scrape(urls) -> str:
@@ -793,6 +823,8 @@ async def main(argv=None) -> int:
     ap.add_argument("--cpu-rate", type=int, default=1500, help="offered orders/s of the cpu scenario")
     ap.add_argument("--sustained-minutes", type=int, default=10)
     ap.add_argument("--sustained-resting", type=int, default=200_000)
+    ap.add_argument("--sustained-mix", default="limit=60,cancel=25,market=10,ioc=5",
+                    help="the sustained run's order mix (bench.loadgen --mix)")
     ap.add_argument("--takeover-resting", type=int, default=100_000, help="resting orders per instrument")
     ap.add_argument("--takeover-rate", type=int, default=1000, help="offered orders/s during the takeover")
     ap.add_argument("--takeover-before", type=int, default=10, help="seconds of load before the kill")

@@ -196,14 +196,30 @@ class CpuSampler:
     seconds with the wall-clock time, so that a run's CPU can be cut per minute: a process whose
     cost per order grows with the book or with time shows itself as a rising row."""
 
-    def __init__(self, roots: dict[str, int], every: float = 5.0):
+    def __init__(self, roots: dict[str, int], every: float = 5.0, metrics_url: str | None = None):
         self.roots = {name: pid for name, pid in roots.items() if pid}
         self.every = every
+        self.metrics_url = metrics_url  # the command service's /metrics: resting orders per sample
         self.samples: list[tuple[float, dict[str, float]]] = []  # (time.time(), CPU s per root)
+        self.resting: list[tuple[float, int]] = []  # (time.time(), resting orders of every book)
         self._task: asyncio.Task | None = None
 
     def sample(self) -> None:
-        self.samples.append((time.time(), {n: tree_cpu(p) for n, p in self.roots.items()}))
+        now = time.time()
+        self.samples.append((now, {n: tree_cpu(p) for n, p in self.roots.items()}))
+        if self.metrics_url:
+            try:
+                text = httpx.get(self.metrics_url, timeout=2).text
+            except httpx.HTTPError:
+                return
+            found = re.findall(r"^resting_orders\{[^}]*\}\s+(\S+)", text, re.M)
+            if found:
+                self.resting.append((now, int(sum(float(v) for v in found))))
+
+    def resting_at(self, t: float) -> int | None:
+        """Resting orders in the books at the last sample at or before wall time t."""
+        before = [n for ts, n in self.resting if ts <= t]
+        return before[-1] if before else (self.resting[0][1] if self.resting else None)
 
     async def _run(self) -> None:
         while True:
@@ -230,10 +246,61 @@ class CpuSampler:
         return s[-1][1]
 
 
-def cpu_per_minute(result: dict, sampler: CpuSampler, minutes: list[dict]) -> list[dict[str, float]]:
+def probe_work() -> int:
+    """A fixed pure-Python workload (dict stores and integer arithmetic, ~9 ms on this VM idle)."""
+    d: dict[int, int] = {}
+    for i in range(60_000):
+        d[i * 7 % 1009] = i
+    s = 0
+    for i in range(100_000):
+        s += i * i % 13
+    return s + len(d)
+
+
+class SpeedProbe:
+    """The machine's own speed during a run: the CPU time (not wall time) that `probe_work` takes,
+    best of 3, every `every` seconds. On a VM whose neighbours or memory traffic slow every process
+    alike, this rises with every process's CPU per order; a cost that grows in our code does not
+    move it."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+        self.samples: list[tuple[float, float]] = []  # (time.time(), CPU ms of probe_work)
+        self._task: asyncio.Task | None = None
+
+    @staticmethod
+    def measure() -> float:
+        best = float("inf")
+        for _ in range(3):
+            c0 = time.thread_time()
+            probe_work()
+            best = min(best, time.thread_time() - c0)
+        return best * 1000
+
+    async def _run(self) -> None:
+        while True:
+            ms = await asyncio.to_thread(self.measure)
+            self.samples.append((time.time(), ms))
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        await _cancel(self._task)
+
+    def between(self, lo: float, hi: float) -> float | None:
+        """Median probe CPU ms of the samples taken in [lo, hi) (wall time)."""
+        inside = sorted(ms for t, ms in self.samples if lo <= t < hi)
+        return inside[len(inside) // 2] if inside else None
+
+
+def cpu_per_minute(result: dict, sampler: CpuSampler, minutes: list[dict],
+                   probe: SpeedProbe | None = None) -> list[dict[str, float]]:
     """CPU us per acked order of every process for each minute of `minutes` (per_minute's output),
     the load generator's own from its per-second CPU share. The measured window starts `warmup`
-    seconds after the generator's start (`started_at`)."""
+    seconds after the generator's start (`started_at`). Each minute also gets `resting` (orders in
+    the books at its end) and, with a probe, `probe_ms` (the machine's speed in that minute)."""
     t0 = datetime.strptime(result["started_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=timezone.utc).timestamp() + result["config"]["warmup"]
     out = []
@@ -245,4 +312,7 @@ def cpu_per_minute(result: dict, sampler: CpuSampler, minutes: list[dict]) -> li
         row = {n: (b[n] - a[n]) * 1e6 / acked if acked else float("nan") for n in a}
         row["load generator"] = sum(p.get("client_cpu_pct") or 0.0 for p in pts) / 100 * 1e6 / acked if acked else 0.0
         out.append(row)
+        m["resting"] = sampler.resting_at(t0 + hi)
+        if probe is not None:
+            m["probe_ms"] = probe.between(t0 + lo, t0 + hi)
     return out

@@ -56,3 +56,19 @@ def test_interval_lag_p99_and_the_time_to_settle_after_the_load():
     assert settle_s(series, load_end=2.5) == 1.0  # the interval ending at 3.5 s is back under 50 ms
     assert settle_s(series[:3], load_end=2.5) is None  # never back under 50 ms while sampled
     assert settle_s([(3.0, 50.0)], load_end=2.5) == 0.5  # a bucket bound of 50 ms: all within 50 ms
+
+
+def test_each_minute_carries_the_book_size_at_its_end():
+    # the sustained run reports how many orders rest at each minute's end, so that a cost growing
+    # with the book is told apart from one growing with time
+    t0 = 1_800_000_000.0
+    sampler = CpuSampler({"command": 1})
+    for s in range(0, 131, 5):
+        sampler.samples.append((t0 + s, {"command": s * 0.1}))
+        sampler.resting.append((t0 + s, 200_000 + 1_000 * s))
+    series = [{"t": t, "acked": 100, "acked_per_s": 100.0, "p99_ms": 1.0} for t in range(1, 121)]
+    started = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    minutes = per_minute(series)
+    cpu_per_minute({"started_at": started, "config": {"warmup": 5}, "series": series}, sampler, minutes)
+    assert [m["resting"] for m in minutes] == [265_000, 325_000]  # samples at t0 + 65 s and t0 + 125 s
+    assert sampler.resting_at(t0 - 1) == 200_000  # before the first sample: the first one
