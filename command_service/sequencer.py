@@ -96,10 +96,14 @@ def lock_session_settings(node_id: str) -> dict[str, str]:
     plan_cache_mode: the group commit is one prepared statement (data-modifying CTEs over arrays
     and JSON) whose plan does not depend on its values; PostgreSQL otherwise plans it anew for
     every batch while it compares custom with generic plans (issue 19, with the relay's data
-    connection: PostgreSQL CPU per acked order 170 -> 150 us over HTTP, 166 -> 150 us over WS)."""
+    connection: PostgreSQL CPU per acked order 170 -> 150 us over HTTP, 166 -> 150 us over WS).
+    jit off: a generic plan's cost estimate grows with the tables, and past jit_above_cost every
+    execution is JIT-compiled (11-20 ms of CPU each; the relay's fetch crossed it at minute 7 of
+    the sustained run: PostgreSQL 118 -> 356 us per order). Short statements never gain from JIT."""
     return {
         "application_name": session_name(node_id)[:63],
         "plan_cache_mode": "force_generic_plan",
+        "jit": "off",
         "tcp_keepalives_idle": "5",
         "tcp_keepalives_interval": "2",
         "tcp_keepalives_count": "3",

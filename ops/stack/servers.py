@@ -357,8 +357,12 @@ def _launch_postgres(cfg: StackConfig) -> None:
         # ~30 s of load, and the full-page images after each one slowed commits for seconds
         # (WS bench: 11-12k orders/s for ~4 s, stalls of ~140 ms). Fewer checkpoints cost only a
         # longer WAL replay if PostgreSQL itself crashes; durability is the same.
+        # jit=off: every statement here is short OLTP work, and JIT compilation (11-20 ms of CPU per
+        # execution) starts once a plan's estimated cost passes jit_above_cost, which the relay's
+        # generic fetch plan did as the journal grew: PostgreSQL CPU per order 118 -> 356 us from
+        # minute 7 of the sustained run (issue 19). The services also turn it off per session.
         opts = (f"-p {cfg.pg_port} -c listen_addresses={cfg.host} -k {sock} -c max_connections=300 "
-                f"-c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=15min")
+                f"-c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=15min -c jit=off")
         try:
             r = subprocess.run(
                 _as_postgres([str(bindir / "pg_ctl"), "-D", str(cfg.pg_data), "-l", str(log), "-w",
