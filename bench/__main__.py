@@ -483,8 +483,8 @@ every 30 s as in `make run`. A cost that grows with time or state shows as a fal
 {rows}
 
 Resting orders in the books when the load started: {_count(book0)}. Machine probe: the CPU time (not wall time) of
-a fixed pure-Python workload, median per minute of samples every 10 s (best of 3 each); {idle_probe_ms:.2f} ms on
-the machine at rest just before the load. It does not depend on our code: when it rises with the CPU per order of
+a fixed pure-Python workload, median per minute of samples every 10 s (best of 3 each); {idle_probe_ms:.2f} ms just
+before the load (the stack idle after the seed, though PostgreSQL may still be vacuuming it). It does not depend on our code: when it rises with the CPU per order of
 every process at once, the machine got slower (this VM's neighbours, memory traffic), not the exchange.
 
 Last minute / first minute throughput: {last / first * 100 if first else float('nan'):.0f} %. Projection lag p99 over
