@@ -243,8 +243,10 @@ async def test_examples_run_without_error(system):
         await b.cancel_all(instrument=SYM)  # B's open orders on SYM are then the maker's quotes only
     watcher = asyncio.to_thread(_run_example, ["examples/watch_book.py", "--instrument", SYM, "--every", "0.5"], 4,
                                 system.keys["client-A"])
+    # 7 s: the mover needs the maker's first quotes before it moves the market, and on a loaded
+    # machine (CI) the maker's start took long enough that 4 s left it no check after the move.
     maker = asyncio.to_thread(_run_example, ["examples/market_maker.py", "--instrument", SYM, "--interval", "0.3",
-                                             "--spread-ticks", "60", "--price", "100"], 4, system.keys["client-B"])
+                                             "--spread-ticks", "60", "--price", "100"], 7, system.keys["client-B"])
     watched, made, _, _ = await asyncio.gather(watcher, maker, trade_a_little(),
                                                _move_the_market(system, system.keys["client-B"]))
     assert watched.returncode == 0, watched.stderr[-2000:]
