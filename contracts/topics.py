@@ -46,3 +46,29 @@ def inbox_prefix(user: str) -> str:
 # PostgreSQL NOTIFY channel: the journal writer notifies it in each batch's transaction (delivered at
 # commit) with the instrument as payload; the relay leader LISTENs on it.
 JOURNAL_NOTIFY_CHANNEL = "exchange_events"
+
+# NATS: after the broker acknowledged a round, the relay announces what the topic's partitions now end
+# at; the projectors fetch only then (issue 19: Tansu answers an empty fetch only when its wait
+# expires, so fetching without news was the idle cost of the read side). Not a PostgreSQL NOTIFY:
+# PostgreSQL wakes every listening session of the database at every commit's notify (~20 us of its
+# CPU per listener and commit, measured), whichever channel it listens to.
+RELAYED_SUBJECT = "exchange.relayed"
+
+
+def relayed_notice(topic: str, ends: dict[int, int]) -> str:
+    """`<topic> <partition>:<end offset> ...`: the end offset is the next offset to be written."""
+    return " ".join([topic, *(f"{p}:{end}" for p, end in sorted(ends.items()))])
+
+
+def parse_relayed_notice(payload: str | bytes) -> tuple[str, dict[int, int]]:
+    """The inverse of relayed_notice; ValueError on anything else."""
+    if isinstance(payload, bytes):
+        payload = payload.decode()
+    topic, *parts = payload.split(" ")
+    if not topic:
+        raise ValueError(f"no topic in relayed notice {payload!r}")
+    ends = {}
+    for part in parts:
+        p, _, end = part.partition(":")
+        ends[int(p)] = int(end)
+    return topic, ends

@@ -36,12 +36,13 @@ from collections import defaultdict
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.instruments import Instruments
 from contracts.messages import Event, decode_event
-from contracts.topics import CURRENT_TOPIC_SQL, feed_subject, generation_group
+from contracts.topics import CURRENT_TOPIC_SQL, RELAYED_SUBJECT, feed_subject, generation_group, parse_relayed_notice
 from query_service.bus import Bus
 from query_service.feed import TickerFigures, build_feed
 from query_service.journal import JournalReader
@@ -70,6 +71,10 @@ GEN_CHECK_S = 0.25  # how often the projector looks for a newer topic generation
 GEN_DRAIN_S = 5.0  # longest wait for the old generation's end before switching anyway
 GEN_TAIL_POLL_S = 0.05  # journal reads per second and instrument while tailing
 GEN_SWITCH_TAIL_S = 20.0  # longest journal tail while moving to a new generation
+# With the relay's notices (relay/notices.py) a partition read to its end is paused; it is fetched
+# again on a notice that it grew, and in any case after this long (a probe: one fetch, so that no
+# lost notice or lost broker log can leave a partition unread for longer).
+FETCH_PROBE_S = 1.0
 # A store out of reach: the views are as they were (stale, not wrong), and the reads of every
 # instrument fail the same way meanwhile. Anything else that keeps an instrument from being
 # applied (a value the views cannot hold, a key of the wrong type, a gap the journal does not
@@ -122,6 +127,12 @@ class Projector:
         self._tail_until = 0.0
         self._tail_task: asyncio.Task | None = None
         self._last_gen_check = 0.0
+        # Fetching on the relay's notices (issue 19): what the relay said each partition ends at,
+        # and when the paused partitions were last fetched.
+        self._announced: dict[TopicPartition, int] = {}
+        self._last_resume = 0.0
+        if settings.kafka_fetch_on_notice:
+            bus.subscribe_on_connect(RELAYED_SUBJECT, self._on_relayed_msg)
 
         # instrument -> why its views cannot be brought up to date (health reports it until an
         # apply or catch-up of that instrument succeeds again): never silently healthy.
@@ -420,7 +431,14 @@ class Projector:
         while self._running:
             if await self._follow_generation(consumer):
                 return
-            batches = await consumer.getmany(timeout_ms=200, max_records=s.kafka_max_poll_records)
+            # Fetching on notices, a partition not paused is either announced (its fetch answers at
+            # once) or probed: give up on it after one empty fetch and pause it again.
+            wait_ms = 200
+            if self.notices_heard and consumer.paused() != consumer.assignment():
+                wait_ms = s.kafka_fetch_max_wait_ms + 10
+            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=s.kafka_max_poll_records)
+            # Before any await: the fetcher sends its next fetch on the loop's next turn.
+            self._pause_read_to_end(consumer)
             self.last_poll = polled = time.monotonic()
             received_ns = time.time_ns()
             self.kafka_failed = False
@@ -450,6 +468,65 @@ class Projector:
             # Only now - the views hold every event up to these offsets - may they be
             # committed. The commit runs in the background so the next poll need not wait.
             self._schedule_commit(consumer, offsets)
+
+    # ------------------------------------------------------------------ fetching on notices
+
+    @property
+    def notices_heard(self) -> bool:
+        """Whether silence means something: only while the relay's notices can reach us."""
+        return self.settings.kafka_fetch_on_notice and self.bus.connected
+
+    async def _on_relayed_msg(self, msg) -> None:
+        try:
+            topic, ends = parse_relayed_notice(msg.data)
+        except ValueError:
+            log.warning("projector: unreadable relay notice %r", bytes(msg.data[:200]))
+            return
+        self._on_relayed(topic, ends)
+
+    def _on_relayed(self, topic: str, ends: dict[int, int]) -> None:
+        announced = self._announced
+        if len(announced) > 1000:  # entries of old generations: keep the current topic's only
+            for tp in [tp for tp in announced if tp.topic != self.topic]:
+                del announced[tp]
+        for p, end in ends.items():
+            tp = TopicPartition(topic, p)
+            if end > announced.get(tp, -1):
+                announced[tp] = end
+        consumer = self.consumer
+        if consumer is not None and topic == self.topic:
+            self._resume(consumer, probe=False)
+
+    def _resume(self, consumer: AIOKafkaConsumer, probe: bool) -> None:
+        """Resume the paused partitions the relay announced more for (all of them if `probe`)."""
+        paused = consumer.paused()
+        if not paused:
+            return
+        again = [tp for tp in paused if probe or self._announced.get(tp, -1) > _position(consumer, tp, -1)]
+        if again:
+            self._last_resume = time.monotonic()
+            consumer.resume(*again)
+
+    def _pause_read_to_end(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause every partition read to its end (the last fetch's high watermark and whatever the
+        relay announced): a fetch of it now would be an empty one that Tansu holds for the whole
+        fetch wait and still costs its ~0.4 ms. Only while the notices are heard: without them
+        (NATS away) every partition is fetched as if there were no notices."""
+        if not self.notices_heard:
+            if consumer.paused():
+                self._resume(consumer, probe=True)
+            return
+        if consumer.paused() and time.monotonic() - self._last_resume >= FETCH_PROBE_S:
+            self._resume(consumer, probe=True)
+            return
+        done = []
+        for tp in consumer.assignment():
+            pos = _position(consumer, tp, None)
+            hw = consumer.highwater(tp)
+            if pos is not None and hw is not None and pos >= hw and pos >= self._announced.get(tp, 0):
+                done.append(tp)
+        if done:
+            consumer.pause(*done)
 
     async def _current_topic(self) -> str:
         base = self.settings.kafka_topic
@@ -603,6 +680,15 @@ def _leave_without_leavegroup(consumer: AIOKafkaConsumer) -> None:
         coordinator.reset_generation()
 
     coordinator._maybe_leave_group = forget_generation
+
+
+def _position(consumer: AIOKafkaConsumer, tp: TopicPartition, unknown):
+    """The consumer's next offset of `tp` without waiting (consumer.position() awaits a reset)."""
+    sub = consumer._subscription.subscription
+    if sub is None or sub.assignment is None or tp not in sub.assignment.tps:
+        return unknown
+    state = sub.assignment.state_value(tp)
+    return state.position if state.has_valid_position else unknown
 
 
 def _seq(e: Event) -> int:

@@ -62,6 +62,9 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
     # broker CPU per acked order 170/142 -> 108/100 us, replicas 333/291 -> 264/240 us, relay
     # 73/72 -> 57/49 us (two runs each, 1,500/s offered), projection lag p50 still <= 50 ms.
     kafka_fetch_max_wait_ms: int = 20
+    # Fetch on the relay's notices (relay/notices.py, on NATS) instead of asking the broker every
+    # fetch wait; off = fetch continuously as before.
+    kafka_fetch_on_notice: bool = True
     journal_chunk: int = 1000  # events per MULTI/EXEC when catching up from the journal
     watchdog_interval_s: float = 1.0  # journal-vs-views check (lag gauge, stalled/empty views)
 
@@ -135,6 +138,7 @@ class QuerySettings(msgspec.Struct, frozen=True, kw_only=True):
             kafka_rebalance_timeout_ms=i("EXCHANGE_KAFKA_REBALANCE_TIMEOUT_MS", d.kafka_rebalance_timeout_ms),
             kafka_max_poll_records=i("EXCHANGE_QUERY_MAX_POLL_RECORDS", d.kafka_max_poll_records),
             kafka_fetch_max_wait_ms=i("EXCHANGE_QUERY_FETCH_MAX_WAIT_MS", d.kafka_fetch_max_wait_ms),
+            kafka_fetch_on_notice=b("EXCHANGE_QUERY_FETCH_ON_NOTICE", d.kafka_fetch_on_notice),
             journal_chunk=i("EXCHANGE_QUERY_JOURNAL_CHUNK", d.journal_chunk),
             watchdog_interval_s=f("EXCHANGE_QUERY_WATCHDOG_S", d.watchdog_interval_s),
             redis_prefix=s("EXCHANGE_QUERY_REDIS_PREFIX", d.redis_prefix),

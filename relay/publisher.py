@@ -20,6 +20,7 @@ from relay.generations import collect_old, current_generation, record_generation
 from relay.lag import relay_lag
 from relay.leader import open_lock_session, wait_for_leadership
 from relay.metrics import RelayMetrics
+from relay.notices import Notices
 from relay.settings import RelaySettings
 from relay.topic import ensure_topic
 
@@ -128,6 +129,7 @@ class Relay:
         self.gen = 0  # 0 = not rolling: the fixed topic
         self._gen_age_at = (0.0, 0.0)  # (monotonic time, age of the generation then)
         self._gc_task: asyncio.Task | None = None
+        self.notices = Notices(settings.nats_url, settings.nats_login, settings.name)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -137,6 +139,7 @@ class Relay:
             lambda: asyncpg.create_pool(self.s.pg_dsn, min_size=1, max_size=2)
         )
         lag_task = asyncio.create_task(self._lag_loop(), name="relay-lag")
+        self.notices.start()
         try:
             while True:
                 try:
@@ -158,6 +161,7 @@ class Relay:
             lag_task.cancel()
             with contextlib.suppress(BaseException):
                 await lag_task
+            await self.notices.stop()
             await self.pool.close()
 
     async def _retry_pg(self, connect):
@@ -469,6 +473,7 @@ class Relay:
         nxt = await prefetch if prefetch is not None else None
 
         advanced_names, advanced_seqs, published, failures = [], [], 0, []
+        ends: dict[int, int] = {}
         for p, result in zip(rnd.batches, results):
             if isinstance(result, BaseException):
                 failures.append(f"{p.name}: {result!r}")
@@ -482,6 +487,7 @@ class Relay:
                 failures.append(f"{p.name}: partition {p.partition} offset went back {prev} -> {result.offset}")
                 continue
             self._last_offset[p.partition] = result.offset + p.count - 1
+            ends[p.partition] = result.offset + p.count
             self._cursors[p.name] = p.last
             advanced_names.append(p.name)
             advanced_seqs.append(p.last)
@@ -489,6 +495,8 @@ class Relay:
         if advanced_names:
             # After the acks, never before: a crash before this line only causes duplicates.
             await data_conn.execute(UPSERT_CURSORS_SQL, advanced_names, advanced_seqs)
+            # The projectors fetch on this (never before the broker holds the records).
+            await self.notices.announce(self.topic, ends)
             self.metrics.published.inc(published)
             self.metrics.batch_size.observe(published)
             self.metrics.publish_seconds.observe(acked - started)

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from contracts.env import env_int, env_port
+from contracts.env import Login, env_int, env_login, env_port
 from contracts.topics import EVENTS_TOPIC, EVENTS_TOPIC_PARTITIONS
 from relay.leader import RELAY_LOCK_KEY
 
@@ -47,6 +47,10 @@ class RelaySettings:
     topic_keep_s: float = 300.0  # a sealed generation is deleted after this even if a group lags
     topic_retention_ms: int = 0  # > 0: retention.ms of the topic the relay creates (Kafka)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Where the relay announces each acknowledged round (contracts.topics.RELAYED_SUBJECT); "" = no
+    # notices (the projectors then fetch continuously).
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_login: Login = field(default_factory=lambda: Login("", ""))
 
     @classmethod
     def from_env(cls) -> "RelaySettings":
@@ -72,5 +76,7 @@ class RelaySettings:
             topic_roll_s=_env_float("EXCHANGE_TOPIC_ROLL_S", d.topic_roll_s),
             topic_keep_s=_env_float("EXCHANGE_TOPIC_KEEP_S", d.topic_keep_s),
             topic_retention_ms=_env_int("EXCHANGE_KAFKA_TOPIC_RETENTION_MS", d.topic_retention_ms),
+            nats_url=e.get("EXCHANGE_NATS_URL", d.nats_url),
+            nats_login=env_login("EXCHANGE_NATS_RELAY_USER", "EXCHANGE_NATS_RELAY_PASSWORD", "relay"),
         )
 

@@ -17,7 +17,8 @@ def _stack_defaults() -> None:
     env = stack.exchange_env(stack.config("test"))
     for key in ("EXCHANGE_PG_DSN", "EXCHANGE_REDIS_URL", "EXCHANGE_NATS_URL", "EXCHANGE_KAFKA_BOOTSTRAP",
                 "EXCHANGE_NATS_COMMAND_USER", "EXCHANGE_NATS_COMMAND_PASSWORD",
-                "EXCHANGE_NATS_QUERY_USER", "EXCHANGE_NATS_QUERY_PASSWORD"):
+                "EXCHANGE_NATS_QUERY_USER", "EXCHANGE_NATS_QUERY_PASSWORD",
+                "EXCHANGE_NATS_RELAY_USER", "EXCHANGE_NATS_RELAY_PASSWORD"):
         os.environ.setdefault(key, env[key])
 
 

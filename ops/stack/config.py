@@ -69,7 +69,11 @@ CREDENTIALS_FILE = "credentials.json"
 # NATS users (ops/stack/servers.py nats_conf: what each may publish and subscribe).
 NATS_COMMAND_USER = "command"
 NATS_QUERY_USER = "query"
-_CREDENTIAL_KEYS = ("pg_password", "redis_password", "nats_command_password", "nats_query_password")
+NATS_RELAY_USER = "relay"
+_CREDENTIAL_KEYS = ("pg_password", "redis_password", "nats_command_password", "nats_query_password",
+                    "nats_relay_password")
+# Added after state folders with credentials existed: generated into such a file when missing.
+_LATER_CREDENTIAL_KEYS = ("nats_relay_password",)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Credentials:
     redis_password: str
     nats_command_password: str
     nats_query_password: str
+    nats_relay_password: str
 
 
 def credentials_path(state_dir: Path) -> Path:
@@ -112,6 +117,15 @@ def credentials(state_dir: Path) -> Credentials:
 
 def _read_credentials(path: Path) -> Credentials:
     data = json.loads(path.read_text())
+    later = [k for k in _LATER_CREDENTIAL_KEYS if not data.get(k)]
+    if later:
+        data.update({k: secrets.token_urlsafe(24) for k in later})
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
     missing = [k for k in _CREDENTIAL_KEYS if not isinstance(data.get(k), str) or not data[k]]
     if missing:
         raise StackError(f"{path}: missing {', '.join(missing)}; remove the file to generate new credentials "
@@ -304,6 +318,8 @@ def exchange_env(profile: str | StackConfig = "test") -> dict[str, str]:
         "EXCHANGE_NATS_COMMAND_PASSWORD": cfg.credentials.nats_command_password,
         "EXCHANGE_NATS_QUERY_USER": NATS_QUERY_USER,
         "EXCHANGE_NATS_QUERY_PASSWORD": cfg.credentials.nats_query_password,
+        "EXCHANGE_NATS_RELAY_USER": NATS_RELAY_USER,
+        "EXCHANGE_NATS_RELAY_PASSWORD": cfg.credentials.nats_relay_password,
         "EXCHANGE_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
         "EXCHANGE_KAFKA_TOPIC": env.get("EXCHANGE_KAFKA_TOPIC") or _events_topic()[0],
         "EXCHANGE_INSTRUMENTS_FILE": env.get("EXCHANGE_INSTRUMENTS_FILE") or str(REPO / "config" / "instruments.json"),

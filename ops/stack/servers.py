@@ -22,6 +22,7 @@ from ops.stack.config import (
     ALL_SERVICES,
     NATS_COMMAND_USER,
     NATS_QUERY_USER,
+    NATS_RELAY_USER,
     REPO,
     SERVER_MARKER,
     SERVER_PORT_KEY,
@@ -139,7 +140,8 @@ def ensure_state_dir(cfg: StackConfig) -> None:
     creds = cfg.credentials
     shown = json.dumps({"profile": cfg.profile, "repo": str(REPO), "ports": exchange_env(cfg),
                         "credentials": str(credentials_path(cfg.state_dir))}, indent=2) + "\n"
-    for secret in (creds.pg_password, creds.redis_password, creds.nats_command_password, creds.nats_query_password):
+    for secret in (creds.pg_password, creds.redis_password, creds.nats_command_password, creds.nats_query_password,
+                   creds.nats_relay_password):
         shown = shown.replace(secret, "***")
     (cfg.state_dir / "config.json").write_text(shown)
 
@@ -159,11 +161,13 @@ def nats_conf(cfg: StackConfig) -> str:
     /stream client and a forged seq silenced an instrument on all replicas). Only the query user
     (the projector, which publishes the feed, and /stream's order forwarder) publishes the feed
     subjects and sends orders; only the command user answers them (allow_responses: a reply to a
-    request it received) and uses the node-to-node command subjects. Anyone else is refused at
-    CONNECT. compose.yaml's ops/nats.compose.conf grants the same (tests/unit/test_compose.py)."""
+    request it received) and uses the node-to-node command subjects; only the relay announces what it
+    put in the topic. Anyone else is refused at CONNECT. compose.yaml's ops/nats.compose.conf grants
+    the same (tests/unit/test_compose.py)."""
     creds = cfg.credentials
     return render_nats_users({NATS_COMMAND_USER: creds.nats_command_password,
-                              NATS_QUERY_USER: creds.nats_query_password},
+                              NATS_QUERY_USER: creds.nats_query_password,
+                              NATS_RELAY_USER: creds.nats_relay_password},
                              f"Written by ops/stack for {cfg.state_dir} on every start (mode 600)")
 
 
@@ -173,7 +177,8 @@ COMPOSE_NATS_CONF = REPO / "ops" / "nats.compose.conf"
 def render_compose_nats_conf() -> str:
     """ops/nats.compose.conf: the same users and permissions, passwords from the nats container's
     environment (compose.yaml). Regenerate: python -m ops.stack nats-compose-conf"""
-    return render_nats_users({NATS_COMMAND_USER: "$NATS_COMMAND_PASSWORD", NATS_QUERY_USER: "$NATS_QUERY_PASSWORD"},
+    return render_nats_users({NATS_COMMAND_USER: "$NATS_COMMAND_PASSWORD", NATS_QUERY_USER: "$NATS_QUERY_PASSWORD",
+                              NATS_RELAY_USER: "$NATS_RELAY_PASSWORD"},
                              "compose.yaml's NATS config: python -m ops.stack nats-compose-conf (do not edit)")
 
 
@@ -183,7 +188,13 @@ def nats_permissions() -> dict[str, dict[str, list[str]]]:
     subject is an _INBOX the requester chose; nothing else of _INBOX.> may be published). Each user
     subscribes only to its own inbox prefix (contracts/topics.py inbox_prefix): the query user cannot
     read the replies of node-to-node forwarding, nor the command user those of /stream orders."""
-    from contracts.topics import FEED_SUBJECT_PREFIX, NODE_COMMAND_SUBJECT_PREFIX, ORDER_REQUEST_SUBJECT, inbox_prefix
+    from contracts.topics import (
+        FEED_SUBJECT_PREFIX,
+        NODE_COMMAND_SUBJECT_PREFIX,
+        ORDER_REQUEST_SUBJECT,
+        RELAYED_SUBJECT,
+        inbox_prefix,
+    )
 
     return {
         NATS_COMMAND_USER: {"publish": [f"{NODE_COMMAND_SUBJECT_PREFIX}.>"],
@@ -191,7 +202,10 @@ def nats_permissions() -> dict[str, dict[str, list[str]]]:
                                           f"{inbox_prefix(NATS_COMMAND_USER)}.>"],
                             "responses": ["allow"]},
         NATS_QUERY_USER: {"publish": [f"{FEED_SUBJECT_PREFIX}.>", ORDER_REQUEST_SUBJECT],
-                          "subscribe": [f"{FEED_SUBJECT_PREFIX}.>", f"{inbox_prefix(NATS_QUERY_USER)}.>"],
+                          "subscribe": [f"{FEED_SUBJECT_PREFIX}.>", RELAYED_SUBJECT, f"{inbox_prefix(NATS_QUERY_USER)}.>"],
+                          "responses": []},
+        NATS_RELAY_USER: {"publish": [RELAYED_SUBJECT],
+                          "subscribe": [f"{inbox_prefix(NATS_RELAY_USER)}.>"],
                           "responses": []},
     }
 

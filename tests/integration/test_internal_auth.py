@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 from websockets.asyncio.client import connect
 
-from contracts.topics import ORDER_REQUEST_SUBJECT, feed_subject, node_command_subject
+from contracts.topics import ORDER_REQUEST_SUBJECT, RELAYED_SUBJECT, feed_subject, node_command_subject
 from ops import stack
 from query_service.feed import FeedMessage, encode_feed
 from tests.support.order_flow import OrderFlow
@@ -77,10 +77,46 @@ async def test_nats_refuses_clients_without_a_user_or_with_a_wrong_password():
     assert "authorization violation" in await _nats_refused(user="query", password="not-the-password")
     assert "authorization violation" in await _nats_refused(user="intruder", password="x")
     # the stack's users log in
-    for identity in ("command", "query"):
+    for identity in ("command", "query", "relay"):
         nc = await nats.connect(NATS_URL, connect_timeout=3, **nats_login(identity))
         assert nc.is_connected
         await nc.close()
+
+
+@ours
+async def test_only_the_relay_announces_what_it_put_in_the_topic():
+    """A notice makes every projector fetch: only the relay's identity may publish one (others are
+    refused by the server and nobody hears them), and the query identity may hear it."""
+    heard: list[bytes] = []
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    async def on_notice(msg) -> None:
+        heard.append(msg.data)
+
+    query = await nats.connect(NATS_URL, connect_timeout=3, error_cb=on_error, **nats_login("query"))
+    relay = await nats.connect(NATS_URL, connect_timeout=3, **nats_login("relay"))
+    command = await nats.connect(NATS_URL, connect_timeout=3, error_cb=on_error, **nats_login("command"))
+    try:
+        await query.subscribe(RELAYED_SUBJECT, cb=on_notice)
+        await query.flush()
+        for forger in (command, query):
+            await forger.publish(RELAYED_SUBJECT, b"exchange.events 0:999999")
+            await forger.flush()
+        await relay.publish(RELAYED_SUBJECT, b"exchange.events 0:1")
+        await relay.flush()
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert heard == [b"exchange.events 0:1"]
+        assert sum("permissions violation" in e and "publish" in e for e in errors) == 2, errors
+    finally:
+        for nc in (query, relay, command):
+            await nc.close()
 
 
 @ours
@@ -171,7 +207,7 @@ def test_credentials_are_in_one_private_file_reused_across_restarts():
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     before = path.read_text()
     creds = json.loads(before)
-    assert len(set(creds.values())) == 4 and all(len(v) >= 32 for v in creds.values())  # random, one per purpose
+    assert len(set(creds.values())) == 5 and all(len(v) >= 32 for v in creds.values())  # random, one per purpose
     # nowhere else in the state folder's readable files, and not on any server's command line
     config_json = (CFG.state_dir / "config.json").read_text()
     secrets_ = list(creds.values())

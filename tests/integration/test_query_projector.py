@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
+import query_service.projector as projector_module
 from contracts.topics import feed_subject
 from query_service.app import Services
 from query_service.feed import decode_feed
@@ -367,3 +368,55 @@ async def test_the_cached_state_gives_the_views_and_feed_of_reading_everything(e
     assert feeds["turns"] == feeds["fresh"] and len(feeds["fresh"]) == len(chunks)
     tickers = [m.ticker for m in map(decode_feed, feeds["fresh"]) if m.ticker is not None]
     assert len({t.window[0] for t in tickers if t.window}) > 10  # the window's content moved
+
+
+async def _until(check, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.02)
+
+
+async def test_the_projector_fetches_on_the_relays_notices_and_without_them(env, monkeypatch):
+    """A replica with nothing to read leaves the broker alone (its partitions are paused, no fetch is
+    held open) and reads as soon as the relay announces more; a lost notice is found by the probe; a
+    replica that cannot hear the notices (NATS away) fetches as before. The journal watchdog is slowed
+    so that only the Kafka path can move the views here."""
+    settings, symbols, journal = env
+    sym = symbols[0]
+    events = flows([sym], 240, seed=11)[sym]
+    await journal.append(events)
+    settings = settings.replace(watchdog_interval_s=60.0)
+    monkeypatch.setattr(projector_module, "FETCH_PROBE_S", 60.0)  # no probe until the lost-notice step
+    replica = await Replica(settings).start()
+    try:
+        p = replica.services.projector
+        async with Publisher(settings) as pub, Publisher(settings, notify=False) as silent:
+            await pub.publish(events[:60])
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[59].seq})
+
+            def idle():
+                c = p.consumer
+                return c is not None and bool(c.assignment()) and c.paused() == c.assignment()
+
+            await _until(idle, 10, "a replica read to the end still fetches")
+            # announced: read at once (no probe, no watchdog could do it)
+            await pub.publish(events[60:120])
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[119].seq}, timeout=10)
+            await _until(idle, 10, "paused again after reading the announced records")
+            # not announced (a lost notice): not read while the partitions rest ...
+            await silent.publish(events[120:180])
+            await asyncio.sleep(1.5)
+            assert int(await replica.services.redis.get(p.keys.seq(sym))) == events[119].seq
+            # ... until the probe fetches them
+            monkeypatch.setattr(projector_module, "FETCH_PROBE_S", 0.2)
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[179].seq}, timeout=10)
+            # NATS gone: silence means nothing now; every partition is fetched (no probe needed)
+            monkeypatch.setattr(projector_module, "FETCH_PROBE_S", 60.0)
+            await replica.services.bus.nc.close()
+            await silent.publish(events[180:])
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[-1].seq}, timeout=10)
+            assert not p.consumer.paused()
+    finally:
+        await replica.stop()

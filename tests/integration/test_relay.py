@@ -23,13 +23,15 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import nats
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.enums import OrderType, Side, StpMode, TimeInForce
+from contracts.env import env_login, nats_login_kwargs
 from contracts.messages import OrderAccepted, decode_event, encode_event
-from contracts.topics import EVENTS_TOPIC_PARTITIONS
+from contracts.topics import EVENTS_TOPIC_PARTITIONS, RELAYED_SUBJECT, parse_relayed_notice
 from ops.stack import ServiceProcess, free_port
 from relay.lag import relay_lag
 from relay.settings import RelaySettings
@@ -410,6 +412,45 @@ async def test_notify_wakes_the_relay_and_polling_is_the_fallback(pg, relays, co
     await coll.wait_for({"ETH-USD": 2}, timeout=15)
     check_stream(coll.seqs["BTC-USD"], 3)
     check_stream(coll.seqs["ETH-USD"], 2)
+
+
+async def test_the_relay_announces_where_the_partitions_end_after_each_acknowledged_round(
+        pg, relays, collectors, lock_key):
+    """The projectors fetch on these notices: each must name the relay's topic and, per partition it
+    wrote, the next offset, and come only once the broker holds the records."""
+    topic = unique_topic("relayed")
+    notices: list[tuple[str, dict[int, int]]] = []
+
+    async def heard(msg) -> None:
+        notices.append(parse_relayed_notice(msg.data))
+
+    login = env_login("EXCHANGE_NATS_QUERY_USER", "EXCHANGE_NATS_QUERY_PASSWORD", "query")  # as a replica
+    listen = await nats.connect(os.environ["EXCHANGE_NATS_URL"], **nats_login_kwargs(login))
+    await listen.subscribe(RELAYED_SUBJECT, cb=heard)
+    await listen.flush()
+    try:
+        relay = relays("a", topic, lock_key)
+        await relay.wait_role("leader")
+        coll = await collectors(topic)
+        await append(pg, "BTC-USD", list(range(1, 41)))
+        await append(pg, "ETH-USD", list(range(1, 11)))
+        await coll.wait_for({"BTC-USD": 40, "ETH-USD": 10}, timeout=15)
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + 5
+        want = {next(iter(coll.partitions[i])): n for i, n in (("BTC-USD", 40), ("ETH-USD", 10))}
+        while time.monotonic() < deadline:
+            for t, announced in notices:
+                assert t == topic, "a notice names another topic"
+                for p, end in announced.items():
+                    ends[p] = max(ends.get(p, 0), end)
+            if all(ends.get(p, 0) >= n for p, n in want.items()):
+                break
+            await asyncio.sleep(0.05)
+        # each instrument alone in its partition here: the partition ends at its event count
+        assert {p: ends.get(p) for p in want} == want
+        assert set(ends) == set(want), "a partition announced that nothing was written to"
+    finally:
+        await listen.close()
 
 
 async def test_relay_holds_at_a_hole_and_never_skips_it(pg, relays, collectors, lock_key):

@@ -16,19 +16,21 @@ import time
 import uuid
 
 import asyncpg
+import nats
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from command_service.journal import Batch, JournalWriter
 from contracts.auth import hash_api_key
 from contracts.messages import Event, encode_event
+from contracts.topics import RELAYED_SUBJECT, relayed_notice
 from ops.stack import free_port
 from query_service.app import create_asgi
 from query_service.redis_cluster import connect as redis_connect
 from query_service.redis_cluster import delete_prefix
 from query_service.redis_keys import Keys
 from query_service.settings import QuerySettings
-from tests.support.services import InProcessServer
+from tests.support.services import InProcessServer, nats_login
 
 BTC_LIKE = {"tick_size": "0.01", "lot_size": "0.00000001", "min_quantity": "0.00000001",
             "max_quantity": "1000", "max_price": "10000000"}
@@ -131,27 +133,38 @@ class JournalSeeder:
 
 
 class Publisher:
-    """Publishes events like the relay: key = instrument, value = the journal payload."""
+    """Publishes events like the relay: key = instrument, value = the journal payload, and after the
+    broker's acknowledgement the relay's notice of where the partitions now end (`notify=False`: a
+    relay whose notices are lost)."""
 
-    def __init__(self, settings: QuerySettings):
+    def __init__(self, settings: QuerySettings, notify: bool = True):
         self.settings = settings
+        self.notify = notify
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
+        self.nc = None
 
     async def __aenter__(self) -> "Publisher":
         await self.producer.start()
+        if self.notify:  # as the relay: its own NATS login
+            self.nc = await nats.connect(self.settings.nats_url, **nats_login("relay"))
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.producer.stop()
+        if self.nc is not None:
+            await self.nc.close()
 
     async def publish(self, events: list[Event]) -> None:
-        futs = [
-            await self.producer.send(self.settings.kafka_topic, key=e.instrument.encode(), value=encode_event(e))
-            for e in events
-        ]
+        topic = self.settings.kafka_topic
+        futs = [await self.producer.send(topic, key=e.instrument.encode(), value=encode_event(e)) for e in events]
         await self.producer.flush()
+        ends: dict[int, int] = {}
         for f in futs:
-            await f
+            md = await f
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+        if self.nc is not None and ends:
+            await self.nc.publish(RELAYED_SUBJECT, relayed_notice(topic, ends).encode())
+            await self.nc.flush()
 
 
 class Replica(InProcessServer):

@@ -26,10 +26,11 @@ DSN = os.environ.get("EXCHANGE_PG_DSN") or stack_config("test").pg_dsn
 
 def nats_login(identity: str) -> dict[str, str]:
     """nats.connect keywords to log in as one of the stack's NATS users, "command" (the command
-    nodes) or "query" (the projector and /stream), from the env `make test` exports (issue 20)."""
+    nodes), "query" (the projector and /stream) or "relay" (its notices), from the env `make test`
+    exports (issue 20)."""
     from contracts.env import env_login, nats_login_kwargs
 
-    var = {"command": "COMMAND", "query": "QUERY"}[identity]
+    var = {"command": "COMMAND", "query": "QUERY", "relay": "RELAY"}[identity]
     return nats_login_kwargs(env_login(f"EXCHANGE_NATS_{var}_USER", f"EXCHANGE_NATS_{var}_PASSWORD", identity))
 
 

@@ -95,8 +95,12 @@ def test_services_log_in_to_postgres_redis_and_nats_with_their_own_credentials(s
             assert env["EXCHANGE_NATS_QUERY_USER"] == "query"
             assert _required_var(env["EXCHANGE_NATS_QUERY_PASSWORD"]) == "NATS_QUERY_PASSWORD"
             assert _required_var(env["EXCHANGE_REDIS_URL"].split("://:", 1)[1].split("@", 1)[0]) == "REDIS_PASSWORD"
+        elif name == "relay":  # its notices to the projectors
+            assert nats_vars == {"EXCHANGE_NATS_RELAY_USER", "EXCHANGE_NATS_RELAY_PASSWORD"}, name
+            assert env["EXCHANGE_NATS_RELAY_USER"] == "relay"
+            assert _required_var(env["EXCHANGE_NATS_RELAY_PASSWORD"]) == "NATS_RELAY_PASSWORD"
         else:
-            assert not nats_vars, name  # the relay and the migration do not use NATS
+            assert not nats_vars, name  # the migration does not use NATS
         assert ("EXCHANGE_REDIS_URL" in env) == name.startswith("query-"), name  # only the views' users
 
 
@@ -114,11 +118,16 @@ def test_postgres_redis_and_nats_require_their_passwords(services):
     nats = services["nats"]
     assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
     assert "./ops/nats.compose.conf:/etc/nats/nats.conf:ro" in nats["volumes"]
-    assert {_required_var(v) for v in nats["environment"].values()} == {"NATS_COMMAND_PASSWORD", "NATS_QUERY_PASSWORD"}
+    assert {_required_var(v) for v in nats["environment"].values()} == {
+        "NATS_COMMAND_PASSWORD", "NATS_QUERY_PASSWORD", "NATS_RELAY_PASSWORD"}
     conf = COMPOSE_NATS_CONF.read_text()
     assert conf == render_compose_nats_conf(), "ops/nats.compose.conf is stale: python -m ops.stack nats-compose-conf"
     # only the query user publishes the feed; only the command user answers requests
-    query_block = conf.split('user: "query"', 1)[1]
+    query_block = conf.split('user: "query"', 1)[1].split('user: "relay"', 1)[0]
+    relay_block = conf.split('user: "relay"', 1)[1]
+    assert '"exchange.relayed"' in relay_block.split("subscribe", 1)[0] and "exchange.feed" not in relay_block
+    assert '"exchange.relayed"' in query_block.split("subscribe", 1)[1]
+    assert '"exchange.relayed"' not in query_block.split("subscribe", 1)[0]
     command_block = conf.split('user: "command"', 1)[1].split('user: "query"', 1)[0]
     assert '"exchange.feed.>"' in query_block.split("subscribe", 1)[0]
     assert "exchange.feed" not in command_block and "allow_responses: true" in command_block
