@@ -493,10 +493,11 @@ class Relay:
             advanced_seqs.append(p.last)
             published += p.count
         if advanced_names:
+            # The projectors fetch on this: the broker holds the records now (acked). Before the
+            # cursor write, whose commit under load would only delay the views.
+            await self.notices.announce(self.topic, ends)
             # After the acks, never before: a crash before this line only causes duplicates.
             await data_conn.execute(UPSERT_CURSORS_SQL, advanced_names, advanced_seqs)
-            # The projectors fetch on this (never before the broker holds the records).
-            await self.notices.announce(self.topic, ends)
             self.metrics.published.inc(published)
             self.metrics.batch_size.observe(published)
             self.metrics.publish_seconds.observe(acked - started)
