@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from contracts.env import Login, nats_login_kwargs
 
 log = logging.getLogger("query_service.bus")
+START_WAIT_S = 3.0  # how long a replica's start waits for NATS before serving without it
 
 
 class Bus:
@@ -33,10 +34,12 @@ class Bus:
         self._on_reconnect.append(cb)
 
     async def start(self) -> None:
+        # Bounded: with max_reconnect_attempts=-1, nats.connect retries a server that refuses
+        # forever instead of raising, and the replica's start (its REST API) waited with it.
         try:
-            await self._connect()
+            await asyncio.wait_for(self._connect(), START_WAIT_S)
         except Exception as exc:  # NATS down at start: serve REST, connect when it is back
-            log.warning("bus: nats unavailable (%s); retrying in background", exc)
+            log.warning("bus: nats unavailable (%r); retrying in background", exc)
             self._task = asyncio.create_task(self._retry())
 
     async def _connect(self) -> None:

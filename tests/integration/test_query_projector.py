@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import httpx
 import nats
 import pytest
 import redis.asyncio as aioredis
@@ -418,5 +419,26 @@ async def test_the_projector_fetches_on_the_relays_notices_and_without_them(env,
             await silent.publish(events[180:])
             await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[-1].seq}, timeout=10)
             assert not p.consumer.paused()
+    finally:
+        await replica.stop()
+
+
+async def test_a_replica_starts_and_serves_with_nats_unreachable(env):
+    """NATS is the live feed and the relay's notices, not a condition of serving: a replica whose NATS
+    refuses connections starts (it used to wait for NATS forever), projects and answers reads."""
+    settings, symbols, journal = env
+    sym = symbols[0]
+    events = flows([sym], 60, seed=3)[sym]
+    await journal.append(events)
+    replica = await Replica(settings.replace(nats_url="nats://127.0.0.1:1")).start()
+    try:
+        assert not replica.services.bus.connected
+        async with Publisher(settings, notify=False) as pub:
+            await pub.publish(events)
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, {sym: events[-1].seq})
+        async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+            r = await http.get("/market/orderbook", params={"instrument": sym})
+        assert r.status_code == 200, r.text
+        assert r.json()["seq"] == events[-1].seq
     finally:
         await replica.stop()
