@@ -482,9 +482,6 @@ class Projector:
         except ValueError:
             log.warning("projector: unreadable relay notice %r", bytes(msg.data[:200]))
             return
-        self._on_relayed(topic, ends)
-
-    def _on_relayed(self, topic: str, ends: dict[int, int]) -> None:
         announced = self._announced
         if len(announced) > 1000:  # entries of old generations: keep the current topic's only
             for tp in [tp for tp in announced if tp.topic != self.topic]:

@@ -100,12 +100,7 @@ def credentials(state_dir: Path) -> Credentials:
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o711)
     # token_urlsafe: letters, digits, '-' and '_' only - safe inside URLs, DSNs and config files.
-    values = {k: secrets.token_urlsafe(24) for k in _CREDENTIAL_KEYS}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(values, f, indent=2)
-        f.write("\n")
+    tmp = _private_json(path, {k: secrets.token_urlsafe(24) for k in _CREDENTIAL_KEYS})
     try:
         os.link(tmp, path)  # fails if another process created it first: theirs wins
     except FileExistsError:
@@ -115,17 +110,22 @@ def credentials(state_dir: Path) -> Credentials:
     return _read_credentials(path)
 
 
+def _private_json(path: Path, values: dict) -> Path:
+    """`values` written to a mode-600 temporary file beside `path`, for the caller to move in place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(values, f, indent=2)
+        f.write("\n")
+    return tmp
+
+
 def _read_credentials(path: Path) -> Credentials:
     data = json.loads(path.read_text())
     later = [k for k in _LATER_CREDENTIAL_KEYS if not data.get(k)]
     if later:
         data.update({k: secrets.token_urlsafe(24) for k in later})
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        os.replace(_private_json(path, data), path)
     missing = [k for k in _CREDENTIAL_KEYS if not isinstance(data.get(k), str) or not data[k]]
     if missing:
         raise StackError(f"{path}: missing {', '.join(missing)}; remove the file to generate new credentials "
