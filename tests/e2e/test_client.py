@@ -247,8 +247,13 @@ async def test_examples_run_without_error(system):
     # machine (CI) the maker's start took long enough that 4 s left it no check after the move.
     maker = asyncio.to_thread(_run_example, ["examples/market_maker.py", "--instrument", SYM, "--interval", "0.3",
                                              "--spread-ticks", "60", "--price", "100"], 7, system.keys["client-B"])
-    watched, made, _, _ = await asyncio.gather(watcher, maker, trade_a_little(),
-                                               _move_the_market(system, system.keys["client-B"]))
+    async def move_twice():
+        # Twice: C's random orders can refill the taken levels before the maker's next check (one
+        # full-suite run in four saw the same reference all run with a single move).
+        await _move_the_market(system, system.keys["client-B"])
+        await _move_the_market(system, system.keys["client-B"])
+
+    watched, made, _, _ = await asyncio.gather(watcher, maker, trade_a_little(), move_twice())
     assert watched.returncode == 0, watched.stderr[-2000:]
     assert f"--- {SYM} seq" in watched.stdout and "done: seq" in watched.stdout, watched.stdout[-1000:]
     assert made.returncode == 0, made.stderr[-2000:]
