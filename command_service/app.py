@@ -39,12 +39,13 @@ from command_service.event_log import EventLog
 from command_service.fastpath import RATE_LIMIT_SCOPE_KEY, OrderFastPath, authorize_limited, order_route
 from command_service.forwarding import Forwarder
 from command_service.journal import JournalWriter, NoResetConnection
+from command_service.lock_session import LockSession, lock_session_settings
 from command_service.metrics import CommandMetrics
 from command_service.nats_bridge import NatsBridge
 from command_service.nodes import Membership
 from command_service.openapi import complete
 from command_service.order_entry import OrderEntry
-from command_service.sequencer import Sequencer, lock_session_settings
+from command_service.sequencer import Sequencer
 from command_service.settings import CommandSettings
 from command_service.settlement import settle
 from contracts.api import (
@@ -354,13 +355,14 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         await _ensure_partitions(st.pool)
         journal = JournalWriter(st.pool, settings.idempotency_ttl_s, settings.snapshots_keep)
         st.metrics = CommandMetrics(instruments.symbols, instruments)
+        st.lock_session = LockSession(settings.pg_dsn, settings.node_id, linger_s=settings.commit_linger_us / 1e6,
+                                      max_commands=settings.max_batch)
+        st.lock_session.start()
         st.sequencers = {
-            sym: Sequencer(sym, st.pool, settings.pg_dsn, max_batch=settings.max_batch,
-                           commit_linger_s=settings.commit_linger_us / 1e6,
+            sym: Sequencer(sym, st.pool, st.lock_session, max_batch=settings.max_batch,
                            snapshot_every=settings.snapshot_every_events, metrics=st.metrics,
                            event_log=EventLog(sym, instruments.get(sym), settings.log_order_events),
-                           recently_closed_keep=settings.recently_closed_keep,
-                           node_id=settings.node_id)
+                           recently_closed_keep=settings.recently_closed_keep)
             for sym in instruments.symbols
         }
         for sym, s in st.sequencers.items():
@@ -404,6 +406,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
             await st.bridge.stop()
             for s in st.sequencers.values():
                 await s.stop()
+            await st.lock_session.close()
             await st.pool.close()
 
     return Litestar(

@@ -1,9 +1,10 @@
 """PostgreSQL adapter of the write side: the journal (events = outbox), order rows,
 idempotency rows and snapshots.
 
-A batch is written by ONE statement (data-modifying CTEs over unnest arrays and a JSON document, plus the
-pg_notify that wakes the relay): one round trip, one implicit transaction, one fsync. The
-relay is notified only when the rows are committed, since NOTIFY is delivered at commit.
+Batches are written by ONE statement (data-modifying CTEs over unnest arrays and JSON documents, plus the
+pg_notify that wakes the relay): one round trip, one implicit transaction, one fsync, whether it carries
+one instrument's batch or the batches of every instrument of the node (command_service/lock_session.py).
+The relay is notified only when the rows are committed, since NOTIFY is delivered at commit.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ _encode = msgspec.json.Encoder().encode
 _APPEND_BATCH = """
 WITH ev AS (
     INSERT INTO events (instrument, seq, type, ts, payload)
-    SELECT $1, x.seq, x.type, x.ts, x.payload
-    FROM unnest($2::bigint[], $4::text[], $5::bigint[], $6::bytea[]) AS x(seq, type, ts, payload)
+    SELECT x.instrument, x.seq, x.type, x.ts, x.payload
+    FROM unnest($1::text[], $2::bigint[], $4::text[], $5::bigint[], $6::bytea[]) AS x(instrument, seq, type, ts, payload)
 ), od AS (
     INSERT INTO orders (order_id, client_id, instrument, side, order_type, price, stop_price, quantity,
                         filled_quantity, cost, status, tif, post_only, reject_reason, created_ts,
                         updated_ts, last_seq, display_quantity, expire_ts, client_order_id)
-    SELECT o.order_id, o.client_id, $1, o.side, o.order_type, o.price, o.stop_price, o.quantity,
+    SELECT o.order_id, o.client_id, o.instrument, o.side, o.order_type, o.price, o.stop_price, o.quantity,
            o.filled_quantity, o.cost, o.status, o.tif, o.post_only, o.reject_reason, o.created_ts,
            o.updated_ts, o.last_seq, o.display_quantity, o.expire_ts, o.client_order_id
-    FROM json_to_recordset($3::json) AS o(order_id text, client_id text, side text, order_type text,
+    FROM json_to_recordset($3::json) AS o(order_id text, client_id text, instrument text, side text, order_type text,
          price bigint, stop_price bigint, quantity bigint, filled_quantity bigint, cost numeric,
          status text, tif text, post_only bool, reject_reason text, created_ts bigint, updated_ts bigint,
          last_seq bigint, display_quantity bigint, expire_ts bigint, client_order_id text)
@@ -46,12 +47,12 @@ WITH ev AS (
     ON CONFLICT DO NOTHING
 ), fl AS (
     INSERT INTO fills (client_id, ts, trade_id, role, order_id, side, instrument, seq, price, quantity)
-    SELECT f.client_id, f.ts, f.trade_id, f.role, f.order_id, f.side, $1, f.seq, f.price, f.quantity
-    FROM json_to_recordset($12::json) AS f(client_id text, ts bigint, trade_id text, role text,
+    SELECT f.client_id, f.ts, f.trade_id, f.role, f.order_id, f.side, f.instrument, f.seq, f.price, f.quantity
+    FROM json_to_recordset($12::json) AS f(client_id text, instrument text, ts bigint, trade_id text, role text,
          order_id text, side text, seq bigint, price bigint, quantity bigint)
     ON CONFLICT DO NOTHING
 )
-SELECT pg_notify('""" + JOURNAL_NOTIFY_CHANNEL + """', $1)
+SELECT pg_notify('""" + JOURNAL_NOTIFY_CHANNEL + """', $13)
 """
 
 
@@ -62,10 +63,10 @@ def _fills_json(events) -> str:
         if e.__class__ is TradeExecuted:
             taker = e.taker_side.value
             maker = "sell" if taker == "buy" else "buy"
-            rows.append({"client_id": e.maker_client_id, "ts": e.ts, "trade_id": e.trade_id, "role": "maker",
+            rows.append({"client_id": e.maker_client_id, "instrument": e.instrument, "ts": e.ts, "trade_id": e.trade_id, "role": "maker",
                          "order_id": e.maker_order_id, "side": maker, "seq": e.seq, "price": e.price,
                          "quantity": e.quantity})
-            rows.append({"client_id": e.taker_client_id, "ts": e.ts, "trade_id": e.trade_id, "role": "taker",
+            rows.append({"client_id": e.taker_client_id, "instrument": e.instrument, "ts": e.ts, "trade_id": e.trade_id, "role": "taker",
                          "order_id": e.taker_order_id, "side": taker, "seq": e.seq, "price": e.price,
                          "quantity": e.quantity})
     return _encode(rows).decode() if rows else "[]"
@@ -83,6 +84,43 @@ class Batch:
     def add_orders(self, states: Iterable[OrderState], seq: int) -> None:
         for s in states:
             self.orders[s.order_id] = (s, seq)
+
+
+def append_args(batches: list[Batch]) -> tuple:
+    """The statement's arguments for these batches (one instrument each)."""
+    # Order rows travel as one JSON document that PostgreSQL unpacks with
+    # json_to_recordset: msgspec encodes them in one call, where 16 typed arrays cost
+    # asyncpg ~5 us of CPU per order to encode, on the service's single busiest core
+    # (measured per 64-command batch: client 736 -> 439 us, PostgreSQL unchanged).
+    # Events stay typed arrays: as JSON they cost PostgreSQL +400 us per batch.
+    enc = _encode
+    if len(batches) == 1:
+        batch = batches[0]
+        evs, idem, states = batch.events, batch.idempotency, batch.orders.values()
+        instruments = batch.instrument
+    else:
+        evs, idem, states = [], [], []
+        for b in batches:
+            evs += b.events
+            idem += b.idempotency
+            states += b.orders.values()
+        instruments = ",".join(sorted({b.instrument for b in batches}))
+    orders = b"[" + b",".join([enc(s)[:-1] + b',"last_seq":%d}' % seq for s, seq in states]) + b"]"
+    return (
+        [e.instrument for e in evs],
+        [e.seq for e in evs],
+        orders.decode(),
+        [type(e).__struct_config__.tag for e in evs],
+        [e.ts for e in evs],
+        [encode_event(e) for e in evs],
+        [i[0] for i in idem],
+        [i[1] for i in idem],
+        [i[2] for i in idem],
+        [i[3] for i in idem],
+        [i[4] for i in idem],
+        _fills_json(evs),
+        instruments,  # the relay's notice: which instruments have new events (comma-separated)
+    )
 
 
 class NoResetConnection(asyncpg.Connection):
@@ -104,29 +142,11 @@ class JournalWriter:
     async def append(self, batch: Batch, conn: asyncpg.Connection | None = None) -> None:
         """Commit one batch atomically. The (instrument, seq) primary key is the last line
         of defence against a second writer: a duplicate seq fails the whole batch."""
-        # Order rows travel as one JSON document that PostgreSQL unpacks with
-        # json_to_recordset: msgspec encodes them in one call, where 16 typed arrays cost
-        # asyncpg ~5 us of CPU per order to encode, on the service's single busiest core
-        # (measured per 64-command batch: client 736 -> 439 us, PostgreSQL unchanged).
-        # Events stay typed arrays: as JSON they cost PostgreSQL +400 us per batch.
-        evs = batch.events
-        enc = _encode
-        orders = b"[" + b",".join([enc(s)[:-1] + b',"last_seq":%d}' % seq for s, seq in batch.orders.values()]) + b"]"
-        idem = batch.idempotency
-        args = (
-            batch.instrument,
-            [e.seq for e in evs],
-            orders.decode(),
-            [type(e).__struct_config__.tag for e in evs],
-            [e.ts for e in evs],
-            [encode_event(e) for e in evs],
-            [i[0] for i in idem],
-            [i[1] for i in idem],
-            [i[2] for i in idem],
-            [i[3] for i in idem],
-            [i[4] for i in idem],
-            _fills_json(evs),
-        )
+        await self.append_many([batch], conn)
+
+    async def append_many(self, batches: list[Batch], conn: asyncpg.Connection | None = None) -> None:
+        """Commit the batches of several instruments atomically, in one statement."""
+        args = append_args(batches)
         if conn is not None:
             await conn.execute(_APPEND_BATCH, *args)
             return

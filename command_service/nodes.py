@@ -18,7 +18,7 @@ which locks a node TRIES to take:
   instrument stayed without a live holder for a whole lease (the owner it should have had is
   not taking it). A holder whose node's heartbeat is older than the lease (frozen, cut off) has
   its session ended with pg_terminate_backend, which releases the lock; the node that wakes up
-  finds its lock connection gone and accepts nothing more for that instrument (its writes went
+  finds its lock session gone and accepts nothing more for that instrument (its writes went
   through that very connection).
 """
 
@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from command_service.sequencer import (
+from command_service.lock_session import (
     APP_NAME_PREFIX,
     INCARNATION,
     LOCK_CLASS,
     NEWER_INCARNATION_SQL,
-    Sequencer,
     parse_session_name,
 )
+from command_service.sequencer import Sequencer
 
 log = logging.getLogger("command.nodes")
 
@@ -65,7 +65,7 @@ ON CONFLICT (node_id) DO UPDATE SET instruments = $2, url = $3, heartbeat_at = n
 
 # Live nodes (and how old every heartbeat is): rows of nodes gone for a day are removed.
 # `connected`: the node has a session in PostgreSQL at all (every session of a node, its pool's and
-# its lock connections, is named after it: sequencer.lock_session_settings). A process killed on
+# its lock session, is named after it: lock_session.lock_session_settings). A process killed on
 # this machine or on a machine whose connections were reset loses every session at once, while its
 # heartbeat stays "fresh" for up to a lease: waiting that lease was the larger part of a kill -9
 # takeover (bench `takeover`: 4.3 s of 5.8 s with the 5 s lease). A node with no session can
@@ -122,7 +122,7 @@ class View:
     """What the last round saw: live nodes and the holder of every instrument."""
 
     nodes: dict[str, dict] = field(default_factory=dict)  # live node -> {instruments, url, draining}
-    # instrument -> (pid, node, incarnation: which process of that node; sequencer.session_name)
+    # instrument -> (pid, node, incarnation: which process of that node; lock_session.session_name)
     holders: dict[str, tuple[int, str | None, str]] = field(default_factory=dict)
     plan: dict[str, str] = field(default_factory=dict)  # instrument -> the node it should be on (spread)
     at: float = 0.0

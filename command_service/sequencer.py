@@ -7,10 +7,11 @@ idempotency rows in ONE statement, and only then resolves the callers. So a succ
 never sent for something that is not durable, batches grow with load and stay size 1
 when idle.
 
-Exclusivity: a PostgreSQL advisory lock per instrument, held on a dedicated connection
-that is also the one every batch is written on (so a write can only succeed while the
-lock is held by the very session that writes).
-If that connection dies the lock is gone, so we stop accepting until we hold it again and
+Exclusivity: a PostgreSQL advisory lock per instrument, held by the node's lock session
+(command_service/lock_session.py), which is also the session every batch is written on (so a
+write can only succeed while the lock is held by the very session that writes); the batches of
+the node's instruments that wait while a commit is in flight go out together in the next one.
+If that session dies the lock is gone, so we stop accepting until we hold it again and
 have rebuilt the book from the database (another writer may have written meanwhile). The
 (instrument, seq) primary key catches the remaining window: a second writer's batch
 fails as a whole.
@@ -33,14 +34,13 @@ import asyncpg
 import msgspec
 
 from command_service.closed_orders import RecentlyClosed
-from command_service.journal import Batch, JournalWriter, NoResetConnection
+from command_service.journal import Batch, JournalWriter
+from command_service.lock_session import LockSession
 from contracts.enums import CLOSED_STATUSES as _CLOSED
 from contracts.messages import ExpireOrders, decode_event
 from engine import OrderBook
 
 log = logging.getLogger("command.sequencer")
-
-LOCK_CLASS = 7420  # first key of pg_advisory_lock(int, int); second = hashtext(instrument)
 
 
 class Unavailable(Exception):
@@ -49,73 +49,6 @@ class Unavailable(Exception):
 
 class LockHeld(Unavailable):
     """Another session (another node) holds the instrument's lock."""
-
-
-APP_NAME_PREFIX = "exchange-command/"  # + node id: how pg_stat_activity names a lock session's node
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while n:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-    return out.rjust(9, "0")
-
-
-# This process's incarnation: its start time (ms, base 36, fixed width so names compare as numbers). A
-# node id can be reused by a new process while the old one is frozen (SIGSTOP, a stalled VM) and still
-# holds its sessions and locks: the incarnation tells the two apart, and the newer one wins
-# (command_service/nodes.py).
-INCARNATION = _base36(time.time_ns() // 1_000_000)
-
-
-def session_name(node_id: str, incarnation: str = INCARNATION) -> str:
-    """application_name of every session of this process: prefix + node id + '@' + incarnation
-    (<= 17 + 36 + 1 + 9 = 63 bytes, PostgreSQL's limit; settings bound the node id)."""
-    return f"{APP_NAME_PREFIX}{node_id}@{incarnation}"
-
-
-def parse_session_name(name: str | None) -> tuple[str | None, str]:
-    """(node id, incarnation) of a session name; (None, "") for a session that is not a node's."""
-    if not name or not name.startswith(APP_NAME_PREFIX):
-        return None, ""
-    node, _, incarnation = name[len(APP_NAME_PREFIX):].rpartition("@")
-    if not node:  # a node of a version before incarnations: no '@'
-        return name[len(APP_NAME_PREFIX):], ""
-    return node, incarnation
-
-
-def lock_session_settings(node_id: str) -> dict[str, str]:
-    """Session settings of a lock connection. application_name says which node holds a lock
-    (pg_locks -> pg_stat_activity: command_service/nodes.py). TCP keepalives on the server's
-    side of the socket: a machine that vanished (power, cable) without closing its connections
-    is noticed by PostgreSQL within ~5 + 3 x 2 s and its session ends, releasing its locks
-    (the default, 2 h of idle before the first probe, would hold the instruments that long);
-    tcp_user_timeout bounds unacknowledged writes the same way.
-    plan_cache_mode: the group commit is one prepared statement (data-modifying CTEs over arrays
-    and JSON) whose plan does not depend on its values; PostgreSQL otherwise plans it anew for
-    every batch while it compares custom with generic plans (issue 19, with the relay's data
-    connection: PostgreSQL CPU per acked order 170 -> 150 us over HTTP, 166 -> 150 us over WS).
-    jit off: a generic plan's cost estimate grows with the tables, and past jit_above_cost every
-    execution is JIT-compiled (11-20 ms of CPU each; the relay's fetch crossed it at minute 7 of
-    the sustained run: PostgreSQL 118 -> 356 us per order). Short statements never gain from JIT."""
-    return {
-        "application_name": session_name(node_id)[:63],
-        "plan_cache_mode": "force_generic_plan",
-        "jit": "off",
-        "tcp_keepalives_idle": "5",
-        "tcp_keepalives_interval": "2",
-        "tcp_keepalives_count": "3",
-        "tcp_user_timeout": "10000",
-    }
-
-
-# Is there a session of a newer process with this node id (prefix + node id + '@', this incarnation)?
-NEWER_INCARNATION_SQL = """
-SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-               WHERE left(application_name, length($1)) = $1 AND substr(application_name, length($1) + 1) > $2)
-"""
 
 
 # A render turns the engine's result into the caller's (status, body) while the book is
@@ -132,28 +65,11 @@ class Submission:
     received_ns: int = 0
 
 
-def linger_s(arrivals_per_s: float, linger: float, pending: int, max_batch: int) -> float:
-    """How long an idle sequencer woken by a command waits for more before committing.
-
-    Why wait at all: below saturation nearly every order was a commit of its own (1.4-1.75
-    commands per commit at 500 orders/s per instrument), and a commit costs PostgreSQL ~290 us of
-    CPU whatever it holds (measured: one-order commits ~190 us user + ~100 us system in the
-    backend, of which the event row ~80 us user) plus the relay's wake-up and the command
-    service's round trip. Measured with 2 ms at 1,500 orders/s: 1.9-2.25 commands per commit,
-    PostgreSQL 271 -> 244 and 243 -> 197 us per order, order p50 +1.1 ms. Under saturation batches fill while the previous commit runs and the loop is never
-    idle, so this never waits. Rare orders never wait: the wait is taken only when at least half
-    an order more is expected meanwhile. Latency cost: at most `linger` per order."""
-    if linger <= 0 or pending >= max_batch or arrivals_per_s * linger < 0.5:
-        return 0.0
-    return linger
-
-
 class Sequencer:
-    def __init__(self, instrument: str, pool: asyncpg.Pool, dsn: str, *, max_batch: int,
-                 snapshot_every: int, commit_linger_s: float = 0.0, metrics=None, event_log=None,
-                 recently_closed_keep: int = RecentlyClosed.DEFAULT_KEEP, node_id: str = ""):
+    def __init__(self, instrument: str, pool: asyncpg.Pool, session: LockSession, *, max_batch: int,
+                 snapshot_every: int, metrics=None, event_log=None,
+                 recently_closed_keep: int = RecentlyClosed.DEFAULT_KEEP):
         self.instrument = instrument
-        self.node_id = node_id
         # Whether this node means to own the instrument (command_service/nodes.py decides; a
         # sequencer built without a node layer wants its instrument from the start). While not
         # wanted the loop does not try the lock; a try that finds the lock held by another
@@ -163,13 +79,8 @@ class Sequencer:
         self._handover: asyncio.Future | None = None  # release() in progress
         self.event_log = event_log  # command_service.event_log.EventLog, or None
         self.journal = JournalWriter(pool)
-        self.dsn = dsn
+        self.session = session
         self.max_batch = max_batch
-        self.commit_linger_s = commit_linger_s
-        self._arrivals_per_s = 0.0  # moving average, measured at each wake of an idle sequencer
-        self._last_wake = 0.0
-        self._arrived = 0  # commands submitted, ever
-        self._arrived_at_wake = 0
         self.snapshot_every = snapshot_every
         self.metrics = metrics
         self.book = OrderBook(instrument)
@@ -177,7 +88,6 @@ class Sequencer:
         self.ready = False
         self._pending: list[Submission] = []
         self._wake = asyncio.Event()
-        self._lock_conn: asyncpg.Connection | None = None
         self._task: asyncio.Task | None = None
         self._last_ts = 0
         self._events_since_snapshot = 0
@@ -216,8 +126,6 @@ class Sequencer:
                 await asyncio.wait_for(t, 5)
         self._fail(self._pending, Unavailable("shutting down"))
         self._pending = []
-        if self._lock_conn is not None and not self._lock_conn.is_closed():
-            await self._lock_conn.close()
 
     @property
     def queue_depth(self) -> int:
@@ -231,7 +139,6 @@ class Sequencer:
             fut.set_exception(Unavailable(f"{self.instrument} is not accepting orders right now"))
             return fut
         self._pending.append(Submission(command, render, fut, idempotency, time.perf_counter_ns()))
-        self._arrived += 1
         self._wake.set()
         return fut
 
@@ -270,7 +177,7 @@ class Sequencer:
         fut = self._handover
         seq = self.book.seq
         try:
-            while self._pending and self._lock_conn is not None:
+            while self._pending and self.session.holds(self.instrument):
                 items = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 await self._process(items)  # still the lock holder; submit() refuses new ones meanwhile
@@ -278,7 +185,7 @@ class Sequencer:
             for t in list(self._background):
                 with contextlib.suppress(Exception):  # a snapshot in flight that fails is replaced below
                     await asyncio.wait_for(t, 10)
-            if self._events_since_snapshot and self._lock_conn is not None and not self._lock_conn.is_closed():
+            if self._events_since_snapshot and self.session.holds(self.instrument):
                 # Inline, not forked: the instrument accepts nothing here anyway, and the next
                 # owner's recovery is then a snapshot load plus nothing to replay.
                 await self.journal.save_snapshot(self.instrument, seq, self.book.snapshot())
@@ -289,10 +196,8 @@ class Sequencer:
         finally:
             self._fail(self._pending, Unavailable(f"{self.instrument} is moving to another node; retry"))
             self._pending = []
-            conn, self._lock_conn = self._lock_conn, None  # not ours any more: no "lock lost" alarm
-            if conn is not None and not conn.is_closed():
-                with contextlib.suppress(Exception):  # closing ends the session, which releases the lock
-                    await conn.close(timeout=5)
+            with contextlib.suppress(Exception):  # a failed unlock ends the session, which releases the lock
+                await self.session.unlock(self.instrument)
             self.ready = False
             self._handover = None
             if not fut.done():
@@ -330,26 +235,12 @@ class Sequencer:
                     continue
             await self._wake.wait()
             self._wake.clear()
-            if self.commit_linger_s and self._pending and self._handover is None:
-                await self._linger()
             while self._pending and self.ready and self._handover is None:
                 items = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 await self._process(items)
             if self._snapshot_waiters and self.ready:
                 await self._snapshot()
-
-    async def _linger(self) -> None:
-        """Measure the arrival rate at each wake of the idle loop; wait as linger_s() says."""
-        now = time.perf_counter()
-        dt = now - self._last_wake
-        arrived = self._arrived - self._arrived_at_wake
-        self._last_wake, self._arrived_at_wake = now, self._arrived
-        rate = arrived / dt if dt > 0 else 0.0
-        self._arrivals_per_s = 0.8 * self._arrivals_per_s + 0.2 * min(rate, 1e6)
-        wait = linger_s(self._arrivals_per_s, self.commit_linger_s, len(self._pending), self.max_batch)
-        if wait:
-            await asyncio.sleep(wait)
 
     async def _process(self, items: list[Submission]) -> None:
         book = self.book
@@ -378,7 +269,7 @@ class Sequencer:
         if batch.events or batch.idempotency:
             t0 = time.perf_counter()
             try:
-                await self.journal.append(batch, self._lock_conn)
+                await self.session.commit(batch, len(items))
             except Exception as exc:
                 # The engine ran ahead of the database: it must be rebuilt from what was
                 # committed before anything else is accepted. Callers get 503, never a
@@ -447,36 +338,14 @@ class Sequencer:
 
     # ------------------------------------------------------------------ recovery
     async def _ensure_lock(self) -> None:
-        # A session-level advisory lock lives exactly as long as its connection: an open
-        # connection that took it still holds it.
-        conn = self._lock_conn
-        if conn is not None and not conn.is_closed():
-            try:
-                await conn.fetchval("SELECT 1")
-                return
-            except Exception:
-                with contextlib.suppress(Exception):  # the connection is being thrown away after an error already handled
-                    conn.terminate()
-        conn = await asyncpg.connect(self.dsn, connection_class=NoResetConnection,
-                                     server_settings=lock_session_settings(self.node_id))
-        got = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, self.instrument)
-        if got and self.node_id and await conn.fetchval(NEWER_INCARNATION_SQL, APP_NAME_PREFIX + self.node_id + "@",
-                                                        INCARNATION):
-            # A newer process runs under this node id: this one was replaced while it was frozen
-            # (nodes.py terminated its sessions). Its sequencer loop retried the lock in the gap
-            # before the new process took it: it must not own anything again.
-            got = False
-        if not got:
-            await conn.close()
+        if not await self.session.lock(self.instrument, self._on_lock_lost):
             self.lost_to_other = True
             raise LockHeld(f"another sequencer holds the lock for {self.instrument}")
         self.lost_to_other = False
-        conn.add_termination_listener(self._on_lock_lost)
-        self._lock_conn = conn
 
-    def _on_lock_lost(self, conn) -> None:
-        if conn is self._lock_conn and not self._stopping:
-            log.error("%s: lock connection lost; stop accepting until recovered", self.instrument, extra={"instrument": self.instrument})
+    def _on_lock_lost(self) -> None:
+        if not self._stopping:
+            log.error("%s: lock lost; stop accepting until recovered", self.instrument, extra={"instrument": self.instrument})
             self.ready = False
             # Queued, never committed: answered now (503, retryable), not left waiting for a
             # recovery that may never come here (another node may own the instrument now).

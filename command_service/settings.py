@@ -22,7 +22,7 @@ def _float(name: str, default: float) -> float:
 def _node_id(value: str) -> str:
     value = value.strip()
     # 36: the node id and its process's incarnation must fit PostgreSQL's application_name (63 bytes;
-    # command_service/sequencer.session_name), which is how every node's sessions are told apart.
+    # command_service/lock_session.session_name), which is how every node's sessions are told apart.
     if not value:
         return f"{socket.gethostname()[:28]}-{os.getpid()}"[:36]
     if len(value) > 36 or not all(c.isalnum() or c in "-_." for c in value):
@@ -56,9 +56,9 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # Order and trade event lines (logger exchange.orders, INFO): 1 = every event, N = the events
     # of every Nth committed batch, 0 = none. Measured cost in README (operations).
     log_order_events: int = 10
-    # Group commit linger (issue 19): an idle sequencer woken by a command waits this long for
-    # more before committing, but only while commands arrive fast enough that at least one more
-    # is expected in that time (0 = never wait). See Sequencer._linger.
+    # Group commit linger (issue 19): the idle lock session woken by a batch waits this long for
+    # more (of any instrument) before committing, but only while commands arrive fast enough that
+    # at least half a command more is expected in that time (0 = never wait). See LockSession._linger.
     commit_linger_us: int = 2000
     # Growth bounds (issue 18): idempotency keys answer replays this long; snapshots kept per
     # instrument; how often the housekeeping task deletes expired idempotency rows.

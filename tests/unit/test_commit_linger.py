@@ -1,7 +1,7 @@
 """The group commit's linger policy (command_service/sequencer.py linger_s): a commit waits for
 more commands only when more are expected within the wait; rare orders and full batches never wait."""
 
-from command_service.sequencer import linger_s
+from command_service.lock_session import linger_s
 
 
 def test_busy_instrument_waits_the_linger():

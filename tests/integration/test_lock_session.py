@@ -1,0 +1,127 @@
+"""Contract tests of the node's lock session (command_service/lock_session.py) against the real
+PostgreSQL: it holds the locks of the instruments its node owns, writes a batch only while it holds
+that batch's instrument lock, commits the batches that wait together in one transaction, and tells
+every holder when the session (and so every lock) is gone."""
+
+import asyncio
+import os
+import uuid
+
+import asyncpg
+import pytest
+
+from command_service.lock_session import LOCK_CLASS, LockLost, LockSession
+from contracts.topics import JOURNAL_NOTIFY_CHANNEL
+from tests.support.journal_rows import batch
+
+DSN = os.environ["EXCHANGE_PG_DSN"]
+
+
+@pytest.fixture
+def symbols():
+    tag = uuid.uuid4().hex[:6].upper()
+    return [f"LS{tag}{i}-USD" for i in range(3)]
+
+
+@pytest.fixture
+async def db(symbols):
+    conn = await asyncpg.connect(DSN)
+    yield conn
+    for sym in symbols:
+        await conn.execute("DELETE FROM events WHERE instrument = $1", sym)
+        await conn.execute("DELETE FROM orders WHERE instrument = $1", sym)
+    await conn.close()
+
+
+@pytest.fixture
+async def session():
+    s = LockSession(DSN, "ls-test")
+    s.start()
+    yield s
+    await s.close()
+
+
+async def other_session_can_lock(db, sym) -> bool:
+    got = await db.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, sym)
+    if got:
+        await db.fetchval("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, sym)
+    return got
+
+
+async def test_locks_are_held_until_unlocked_one_by_one(session, db, symbols):
+    a, b, _ = symbols
+    assert await session.lock(a, lambda: None)
+    assert await session.lock(b, lambda: None)
+    assert not await other_session_can_lock(db, a)
+    await session.unlock(a)
+    assert await other_session_can_lock(db, a)  # released for the next owner
+    assert not await other_session_can_lock(db, b)  # the other instrument stays owned
+    assert session.holds(b) and not session.holds(a)
+
+
+async def test_an_instrument_held_elsewhere_is_refused(session, db, symbols):
+    a = symbols[0]
+    assert await db.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, a)
+    try:
+        assert not await session.lock(a, lambda: None)
+        with pytest.raises(LockLost):
+            await session.commit(batch(a, [1]), 1)
+        assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 0
+    finally:
+        await db.fetchval("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, a)
+
+
+async def test_batches_waiting_together_commit_in_one_transaction_and_notify_once(session, db, symbols):
+    for sym in symbols:
+        assert await session.lock(sym, lambda: None)
+    heard = []
+    await db.add_listener(JOURNAL_NOTIFY_CHANNEL, lambda *args: heard.append(args[3]))
+    # Queued in the same turn of the loop: the committer takes all three at once.
+    await asyncio.gather(*(session.commit(batch(sym, [1, 2]), 2) for sym in symbols))
+    rows = await db.fetch("SELECT instrument, seq, xmin::text AS tx FROM events WHERE instrument = ANY($1::text[])",
+                          symbols)
+    assert sorted((r["instrument"], r["seq"]) for r in rows) == sorted((s, q) for s in symbols for q in (1, 2))
+    assert len({r["tx"] for r in rows}) == 1  # one transaction (one commit, one WAL flush)
+    orders = await db.fetch("SELECT instrument, order_id FROM orders WHERE instrument = ANY($1::text[])", symbols)
+    assert {(r["instrument"], r["order_id"]) for r in orders} == {(s, f"{s}-o{q}") for s in symbols for q in (1, 2)}
+    for _ in range(50):
+        if heard:
+            break
+        await asyncio.sleep(0.02)
+    assert [set(p.split(",")) for p in heard] == [set(symbols)]  # the relay hears every instrument at once
+
+
+async def test_a_failing_batch_fails_every_batch_committed_with_it(session, db, symbols):
+    a, b, _ = symbols
+    assert await session.lock(a, lambda: None)
+    assert await session.lock(b, lambda: None)
+    await session.commit(batch(a, [1]), 1)
+    results = await asyncio.gather(session.commit(batch(a, [1]), 1),  # seq 1 again: the primary key refuses it
+                                   session.commit(batch(b, [1]), 1), return_exceptions=True)
+    assert all(isinstance(r, asyncpg.UniqueViolationError) for r in results), results
+    assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", b) == 0  # nothing of it written
+    await session.commit(batch(b, [1]), 1)  # the session itself is still usable
+    assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", b) == 1
+
+
+async def test_a_lost_session_tells_every_holder_and_writes_nothing_more(session, db, symbols):
+    a, b, _ = symbols
+    lost = []
+    assert await session.lock(a, lambda: lost.append(a))
+    assert await session.lock(b, lambda: lost.append(b))
+    pid = session.conn.get_server_pid()
+    await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+    for _ in range(100):
+        if len(lost) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(lost) == sorted([a, b])
+    assert not session.holds(a) and not session.holds(b)
+    with pytest.raises(LockLost):
+        await session.commit(batch(a, [1]), 1)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 0
+    # Recovery: a new session takes the lock again and writes.
+    assert await session.lock(a, lambda: None)
+    assert session.conn.get_server_pid() != pid
+    await session.commit(batch(a, [1]), 1)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 1
