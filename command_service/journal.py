@@ -80,6 +80,8 @@ class Batch:
     events: list = field(default_factory=list)
     orders: dict = field(default_factory=dict)  # order_id -> (OrderState, last_seq): last state wins
     idempotency: list = field(default_factory=list)  # (client_id, key, request_hash, status, body)
+    commands: int = 0  # commands whose results it holds
+    sealed: float = 0.0  # perf_counter() when its commit started (the lock session's); 0 = still open
 
     def add_orders(self, states: Iterable[OrderState], seq: int) -> None:
         for s in states:

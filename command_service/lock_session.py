@@ -105,43 +105,40 @@ class LockLost(Exception):
 
 
 def linger_s(arrivals_per_s: float, linger: float, pending: int, max_batch: int) -> float:
-    """How long an idle committer woken by a batch waits for more before committing.
+    """How long the lock session waits for more commands before a commit.
 
     Why wait at all: below saturation nearly every order was a commit of its own (1.4-1.75
     commands per commit at 500 orders/s per instrument), and a commit costs PostgreSQL ~290 us of
     CPU whatever it holds (measured: one-order commits ~190 us user + ~100 us system in the
-    backend, of which the event row ~80 us user) plus the relay's wake-up and the command
-    service's round trip. Measured with 2 ms at 1,500 orders/s: 1.9-2.25 commands per commit,
-    PostgreSQL 271 -> 244 and 243 -> 197 us per order, order p50 +1.1 ms. Under saturation
-    batches fill while the previous commit runs and the committer is never idle, so this never
-    waits. Rare orders never wait: the wait is taken only when at least half an order more is
-    expected meanwhile. Latency cost: at most `linger` per order."""
+    backend, of which the event row ~80 us user) plus the command service's round trip and the
+    relay's wake-up. Once `max_batch` commands wait it never waits. Rare orders never wait: the wait is taken only when at least half an
+    order more is expected meanwhile. Latency cost: at most `linger` per command (the sequencers
+    keep filling the queued batches while it waits)."""
     if linger <= 0 or pending >= max_batch or arrivals_per_s * linger < 0.5:
         return 0.0
     return linger
 
 
 class LockSession:
-    def __init__(self, dsn: str, node_id: str = "", *, linger_s: float = 0.0, max_commands: int = 1000):
+    def __init__(self, dsn: str, node_id: str = "", *, linger_s: float = 0.0, max_commands: int = 512):
         self.dsn = dsn
         self.node_id = node_id
         self.linger_s = linger_s
-        self.max_commands = max_commands  # no linger once this many commands wait
+        self.max_commands = max_commands  # no linger once this many commands wait (EXCHANGE_MAX_BATCH)
         self.journal = JournalWriter(None)
         self.conn: asyncpg.Connection | None = None
         # One statement at a time on the connection; the lock checks and the commits that rely
         # on them are ordered by it.
         self._use = asyncio.Lock()
         self._held: dict[str, Callable[[], None]] = {}  # instrument -> told when the lock is lost
-        self._queue: list[tuple[Batch, int, asyncio.Future]] = []  # (batch, commands in it, future)
-        self._queued_commands = 0
-        self._in_flight: list[tuple[Batch, int, asyncio.Future]] = []
+        self._queue: list[tuple[Batch, asyncio.Future]] = []
+        self._in_flight: list[tuple[Batch, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
         self._arrivals_per_s = 0.0  # commands per second, moving average at each wake from idle
         self._last_wake = 0.0
-        self._arrived = 0
+        self._arrived = 0  # commands committed, ever
         self._arrived_at_wake = 0
 
     # ------------------------------------------------------------------ locks
@@ -219,63 +216,75 @@ class LockSession:
     def start(self) -> None:
         self._task = asyncio.create_task(self._committer(), name="lock-session-committer")
 
-    async def commit(self, batch: Batch, commands: int) -> None:
-        """Durably commit one instrument's batch (with whatever other instruments' batches wait
-        with it). Raises LockLost when the session does not hold the instrument's lock."""
+    def submit(self, batch: Batch) -> asyncio.Future:
+        """Queue one instrument's batch for the next commit; the future resolves once it is
+        durable (with whatever other batches were queued with it) or fails with the commit's
+        error (LockLost when the session does not hold the instrument's lock). Until the commit
+        starts (batch.sealed) its sequencer may still add commands to it."""
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, commands, fut))
-        self._queued_commands += commands
-        self._arrived += commands
+        self._queue.append((batch, fut))
         self._wake.set()
-        await fut
+        return fut
 
     async def _committer(self) -> None:
         while True:
-            idle = not self._queue
-            if idle:
+            if not self._queue:
                 await self._wake.wait()
                 self._wake.clear()
-            if self.linger_s and idle:
+            if self.linger_s:
                 await self._linger()
-            items, self._queue, self._queued_commands = self._queue, [], 0
+            items, self._queue = self._queue, []
             if items:
                 self._in_flight = items
                 await self._commit(items)
                 self._in_flight = []
             # One turn of the loop: the sequencers whose batches just committed answer their
-            # callers and queue their next batches, which then go out together.
+            # callers before the next commit goes out.
             await asyncio.sleep(0)
 
     async def _linger(self) -> None:
-        """Measure the arrival rate at each wake from idle; wait as linger_s() says."""
+        """Measure the arrival rate at each commit; wait as linger_s() says. The sequencers go on
+        filling their queued batches meanwhile, so a wait delays a command by at most `linger_s`
+        (about half of it on average), not by a commit round of its own."""
         now = time.perf_counter()
+        queued = sum(b.commands for b, _ in self._queue)
         dt = now - self._last_wake
-        arrived = self._arrived - self._arrived_at_wake
-        self._last_wake, self._arrived_at_wake = now, self._arrived
-        rate = arrived / dt if dt > 0 else 0.0
+        rate = (self._arrived + queued - self._arrived_at_wake) / dt if dt > 0 else 0.0
+        self._last_wake, self._arrived_at_wake = now, self._arrived + queued
         self._arrivals_per_s = 0.8 * self._arrivals_per_s + 0.2 * min(rate, 1e6)
-        wait = linger_s(self._arrivals_per_s, self.linger_s, self._queued_commands, self.max_commands)
+        wait = linger_s(self._arrivals_per_s, self.linger_s, queued, self.max_commands)
         if wait:
             await asyncio.sleep(wait)
 
-    async def _commit(self, items: list[tuple[Batch, int, asyncio.Future]]) -> None:
+    async def _commit(self, items: list[tuple[Batch, asyncio.Future]]) -> None:
+        sealed = time.perf_counter()
+        for b, _ in items:
+            b.sealed = sealed
+            self._arrived += b.commands
+        ok: list[tuple[Batch, asyncio.Future]] = []
         try:
             async with self._use:
                 conn = self.conn
-                ok = []
                 for item in items:
                     if item[0].instrument in self._held and conn is not None and not conn.is_closed():
                         ok.append(item)
-                    elif not item[2].done():
-                        item[2].set_exception(LockLost(f"{item[0].instrument}: the lock is not held"))
-                if ok:
-                    await self.journal.append_many([b for b, _, _ in ok], conn)
+                    elif not item[1].done():
+                        item[1].set_exception(LockLost(f"{item[0].instrument}: the lock is not held"))
+                rows = [b for b, _ in ok if b.events or b.idempotency]
+                if rows:
+                    await self.journal.append_many(rows, conn)
         except Exception as exc:
-            for _, _, fut in items:
+            failed = {b.instrument for b, _ in items}
+            # A queued batch of a failed instrument holds the engine's results after the failed
+            # one: it must not be committed without it (its sequencer rebuilds from the journal).
+            later = [item for item in self._queue if item[0].instrument in failed]
+            self._queue = [item for item in self._queue if item[0].instrument not in failed]
+            for b, fut in items + later:
+                b.sealed = b.sealed or sealed
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for _, _, fut in ok:
+        for _, fut in ok:
             if not fut.done():
                 fut.set_result(None)
 
@@ -286,7 +295,7 @@ class LockSession:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping
                 await self._task
-        for _, _, fut in self._in_flight + self._queue:
+        for _, fut in self._in_flight + self._queue:
             if not fut.done():  # not known to be committed: the callers get 503, never a success
                 fut.set_exception(LockLost("shutting down"))
         self._queue, self._in_flight = [], []

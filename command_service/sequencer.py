@@ -1,11 +1,14 @@
 
 """One sequencer per instrument: the only writer of that instrument's journal.
 
-Commands queue up while the previous batch is being committed; the next batch takes all
-of them (group commit), runs them through the engine, writes events + order rows +
-idempotency rows in ONE statement, and only then resolves the callers. So a success is
-never sent for something that is not durable, batches grow with load and stay size 1
-when idle.
+Each command runs through the engine as it arrives and its result joins the instrument's
+open batch, queued in the node's lock session; when the lock session's commit starts, the
+batch is sealed and later commands start the next one (pipelining: the engine works on the
+next batch while the previous one commits). Events + order rows + idempotency rows are written
+in ONE statement, and only then are the callers answered. So a success is never sent for
+something that is not durable, batches grow with load and stay size 1 when idle. A failed
+commit fails its batch and every later one of the instrument (they build on it), and the book
+is rebuilt from the journal.
 
 Exclusivity: a PostgreSQL advisory lock per instrument, held by the node's lock session
 (command_service/lock_session.py), which is also the session every batch is written on (so a
@@ -26,7 +29,8 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +58,15 @@ class LockHeld(Unavailable):
 # A render turns the engine's result into the caller's (status, body) while the book is
 # exactly in the state right after that command (the response shows the book after it).
 Render = Callable[[Any, OrderBook], tuple[int, bytes]]
+
+
+@dataclass(slots=True)
+class OpenBatch:
+    """A batch and the callers it answers once it is committed."""
+
+    batch: Batch
+    items: list = field(default_factory=list)  # Submission, in order
+    responses: list = field(default_factory=list)  # (status, body) of each
 
 
 @dataclass(slots=True)
@@ -87,6 +100,12 @@ class Sequencer:
         self.risk: tuple[int, int, int] | None = None  # OrderBook.risk of every book this sequencer holds
         self.ready = False
         self._pending: list[Submission] = []
+        self._open: OpenBatch | None = None  # filling; queued in the lock session
+        self._in_flight = 0  # batches handed to the lock session and not yet answered
+        self._drained = asyncio.Event()  # set while _in_flight == 0: the book's seq is committed
+        self._drained.set()
+        self._broken = False  # a commit failed: the book ran ahead of the journal until rebuilt
+        self._snapshot_wanted = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._last_ts = 0
@@ -177,15 +196,16 @@ class Sequencer:
         fut = self._handover
         seq = self.book.seq
         try:
-            while self._pending and self.session.holds(self.instrument):
+            while self._pending and self.session.holds(self.instrument) and not self._broken:
                 items = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
-                await self._process(items)  # still the lock holder; submit() refuses new ones meanwhile
+                self._execute(items)  # still the lock holder; submit() refuses new ones meanwhile
+            await self._drained.wait()
             seq = self.book.seq
             for t in list(self._background):
                 with contextlib.suppress(Exception):  # a snapshot in flight that fails is replaced below
                     await asyncio.wait_for(t, 10)
-            if self._events_since_snapshot and self.session.holds(self.instrument):
+            if self._events_since_snapshot and self.session.holds(self.instrument) and not self._broken:
                 # Inline, not forked: the instrument accepts nothing here anyway, and the next
                 # owner's recovery is then a snapshot load plus nothing to replay.
                 await self.journal.save_snapshot(self.instrument, seq, self.book.snapshot())
@@ -222,6 +242,7 @@ class Sequencer:
                     self._wake.clear()
                     continue
                 try:
+                    await self._drained.wait()  # what is still in flight fails or commits first
                     await self._recover()
                     backoff = 0.1
                 except LockHeld as exc:
@@ -235,18 +256,31 @@ class Sequencer:
                     continue
             await self._wake.wait()
             self._wake.clear()
-            while self._pending and self.ready and self._handover is None:
+            while self._pending and self.ready and self._handover is None and not self._snapshot_wanted:
                 items = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
-                await self._process(items)
-            if self._snapshot_waiters and self.ready:
-                await self._snapshot()
+                self._execute(items)
+            if (self._snapshot_wanted or self._snapshot_waiters) and self.ready:
+                # A snapshot is of a committed seq: commands wait (queued) until what is in
+                # flight is committed; then the fork copies the book at once.
+                await self._drained.wait()
+                if self.ready and not self._broken:
+                    self._snapshot_wanted = False
+                    await self._snapshot()
+                self._wake.set()  # the commands that waited
 
-    async def _process(self, items: list[Submission]) -> None:
+    def _execute(self, items: list[Submission]) -> None:
+        """Run commands through the engine into the open batch (no await: nothing else sees the
+        book between two commands)."""
         book = self.book
-        batch = Batch(self.instrument)
         replace = msgspec.structs.replace
-        responses = []
+        ob = self._open
+        if ob is None or ob.batch.sealed or ob.batch.commands >= self.max_batch:
+            ob = self._open = OpenBatch(Batch(self.instrument))
+            self._in_flight += 1
+            self._drained.clear()
+            self.session.submit(ob.batch).add_done_callback(partial(self._committed, ob))
+        batch, responses = ob.batch, ob.responses
         for item in items:
             ts = time.time_ns()
             if ts <= self._last_ts:
@@ -265,50 +299,62 @@ class Sequencer:
                 client_id, key, request_hash = item.idempotency
                 batch.idempotency.append((client_id, key, request_hash, status, body))
             responses.append((status, body))
+        ob.items += items
+        batch.commands += len(items)
 
-        if batch.events or batch.idempotency:
-            t0 = time.perf_counter()
-            try:
-                await self.session.commit(batch, len(items))
-            except Exception as exc:
-                # The engine ran ahead of the database: it must be rebuilt from what was
-                # committed before anything else is accepted. Callers get 503, never a
-                # false success (a commit whose ack was lost is found again on rebuild and
-                # answered by idempotency on retry).
-                log.error("%s: batch of %d failed to commit: %r", self.instrument, len(items), exc, extra={"instrument": self.instrument})
-                self.ready = False
-                self._fail(items, Unavailable("the journal is unavailable; retry"))
-                self._fail(self._pending, Unavailable("the journal is unavailable; retry"))
-                self._pending = []
+    def _committed(self, ob: OpenBatch, fut: asyncio.Future) -> None:
+        """The lock session's answer for one batch: answer its callers (after the commit only)."""
+        if ob is self._open:
+            self._open = None
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._drained.set()
+        batch, items = ob.batch, ob.items
+        exc = fut.exception() if not fut.cancelled() else Unavailable("shutting down")
+        if exc is not None:
+            # The engine ran ahead of the database: it must be rebuilt from what was
+            # committed before anything else is accepted. Callers get 503, never a
+            # false success (a commit whose ack was lost is found again on rebuild and
+            # answered by idempotency on retry).
+            if not self._broken:
+                log.error("%s: batch of %d failed to commit: %r", self.instrument, len(items), exc,
+                          extra={"instrument": self.instrument})
                 if self.metrics:
                     self.metrics.commit_failures.labels(self.instrument).inc()
-                return
-            if self.metrics:
-                self.metrics.observe_batch(self.instrument, len(items), time.perf_counter() - t0)
+            self._broken = True
+            self.ready = False
+            self._fail(items, Unavailable("the journal is unavailable; retry"))
+            self._fail(self._pending, Unavailable("the journal is unavailable; retry"))
+            self._pending = []
+            self._wake.set()
+            return
+        if self.metrics:
+            self.metrics.observe_batch(self.instrument, len(items), time.perf_counter() - batch.sealed)
+        if batch.events:
             self._events_since_snapshot += len(batch.events)
             add_closed = self.recently_closed.add
             for state, _ in batch.orders.values():
                 if state.status in _CLOSED:
                     add_closed(state.order_id, state.client_id, state.status.value)
-
         now = time.perf_counter_ns()
         observe = self.metrics.order_latency.observe_ns if self.metrics else None
-        for item, resp in zip(items, responses):
+        for item, resp in zip(items, ob.responses):
             if not item.future.done():
                 item.future.set_result(resp)
             if observe:
                 observe(now - item.received_ns)
         if self.metrics:
-            self.metrics.after_batch(self.instrument, batch.events, book)
+            self.metrics.after_batch(self.instrument, batch.events, self.book)
         if batch.events:
             self._expiry_wake.set()  # a GTD order may have arrived (or the earliest left)
             if self.event_log is not None:
                 self.event_log.batch(batch.events)
         if snapshot_due(self._events_since_snapshot, len(self.book), self.snapshot_every):
-            await self._snapshot()
+            self._snapshot_wanted = True
+            self._wake.set()
 
     async def _snapshot(self) -> None:
-        # Taken between batches, so book.seq is a committed seq. Serialising a large book
+        # Taken with nothing in flight (_run waits for _drained), so book.seq is a committed seq. Serialising a large book
         # blocks for a long time (200k resting orders: ~140 ms, a p99 spike for every order
         # in flight), so the book is serialised by a forked child that sees it, copy-on-
         # write, exactly as it is now; the sequencer goes on at once. Storing the bytes runs
@@ -380,6 +426,9 @@ class Sequencer:
             replayed += len(rows)
         book.risk = self.risk
         self.book = book
+        self._open = None
+        self._broken = False
+        self._snapshot_wanted = False
         self.recently_closed.clear()
         self._events_since_snapshot = replayed
         self.ready = True

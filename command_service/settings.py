@@ -56,9 +56,10 @@ class CommandSettings(msgspec.Struct, frozen=True):
     # Order and trade event lines (logger exchange.orders, INFO): 1 = every event, N = the events
     # of every Nth committed batch, 0 = none. Measured cost in README (operations).
     log_order_events: int = 10
-    # Group commit linger (issue 19): the idle lock session woken by a batch waits this long for
-    # more (of any instrument) before committing, but only while commands arrive fast enough that
-    # at least half a command more is expected in that time (0 = never wait). See LockSession._linger.
+    # Group commit linger (issue 19): before each commit the node's lock session waits this long
+    # for more commands (of any instrument; the sequencers keep filling the queued batches), but
+    # only while fewer than EXCHANGE_MAX_BATCH commands wait and at least half a command more is
+    # expected in that time (0 = never wait). See LockSession._linger.
     commit_linger_us: int = 2000
     # Growth bounds (issue 18): idempotency keys answer replays this long; snapshots kept per
     # instrument; how often the housekeeping task deletes expired idempotency rows.

@@ -65,7 +65,7 @@ async def test_an_instrument_held_elsewhere_is_refused(session, db, symbols):
     try:
         assert not await session.lock(a, lambda: None)
         with pytest.raises(LockLost):
-            await session.commit(batch(a, [1]), 1)
+            await session.submit(batch(a, [1]))
         assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 0
     finally:
         await db.fetchval("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, a)
@@ -77,7 +77,7 @@ async def test_batches_waiting_together_commit_in_one_transaction_and_notify_onc
     heard = []
     await db.add_listener(JOURNAL_NOTIFY_CHANNEL, lambda *args: heard.append(args[3]))
     # Queued in the same turn of the loop: the committer takes all three at once.
-    await asyncio.gather(*(session.commit(batch(sym, [1, 2]), 2) for sym in symbols))
+    await asyncio.gather(*(session.submit(batch(sym, [1, 2])) for sym in symbols))
     rows = await db.fetch("SELECT instrument, seq, xmin::text AS tx FROM events WHERE instrument = ANY($1::text[])",
                           symbols)
     assert sorted((r["instrument"], r["seq"]) for r in rows) == sorted((s, q) for s in symbols for q in (1, 2))
@@ -95,12 +95,33 @@ async def test_a_failing_batch_fails_every_batch_committed_with_it(session, db, 
     a, b, _ = symbols
     assert await session.lock(a, lambda: None)
     assert await session.lock(b, lambda: None)
-    await session.commit(batch(a, [1]), 1)
-    results = await asyncio.gather(session.commit(batch(a, [1]), 1),  # seq 1 again: the primary key refuses it
-                                   session.commit(batch(b, [1]), 1), return_exceptions=True)
+    await session.submit(batch(a, [1]))
+    results = await asyncio.gather(session.submit(batch(a, [1])),  # seq 1 again: the primary key refuses it
+                                   session.submit(batch(b, [1])), return_exceptions=True)
     assert all(isinstance(r, asyncpg.UniqueViolationError) for r in results), results
     assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", b) == 0  # nothing of it written
-    await session.commit(batch(b, [1]), 1)  # the session itself is still usable
+    await session.submit(batch(b, [1]))  # the session itself is still usable
+    assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", b) == 1
+
+
+async def test_a_failed_commit_also_fails_the_instruments_later_batches_but_not_the_others(session, db, symbols):
+    a, b, _ = symbols
+    assert await session.lock(a, lambda: None)
+    assert await session.lock(b, lambda: None)
+    await session.submit(batch(a, [1]))
+    dup = batch(a, [1])  # refused by the primary key
+    first = session.submit(dup)
+    for _ in range(100):  # until its commit is on the wire
+        if dup.sealed:
+            break
+        await asyncio.sleep(0)
+    assert dup.sealed
+    after = session.submit(batch(a, [2]))  # built on the failed one: must not be written without it
+    other = session.submit(batch(b, [1]))
+    results = await asyncio.gather(first, after, other, return_exceptions=True)
+    assert isinstance(results[0], asyncpg.UniqueViolationError) and isinstance(results[1], asyncpg.UniqueViolationError)
+    assert results[2] is None
+    assert [r["seq"] for r in await db.fetch("SELECT seq FROM events WHERE instrument = $1", a)] == [1]
     assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", b) == 1
 
 
@@ -118,10 +139,10 @@ async def test_a_lost_session_tells_every_holder_and_writes_nothing_more(session
     assert sorted(lost) == sorted([a, b])
     assert not session.holds(a) and not session.holds(b)
     with pytest.raises(LockLost):
-        await session.commit(batch(a, [1]), 1)
+        await session.submit(batch(a, [1]))
     assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 0
     # Recovery: a new session takes the lock again and writes.
     assert await session.lock(a, lambda: None)
     assert session.conn.get_server_pid() != pid
-    await session.commit(batch(a, [1]), 1)
+    await session.submit(batch(a, [1]))
     assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 1

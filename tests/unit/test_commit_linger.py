@@ -1,4 +1,4 @@
-"""The group commit's linger policy (command_service/sequencer.py linger_s): a commit waits for
+"""The group commit's linger policy (command_service/lock_session.py linger_s): a commit waits for
 more commands only when more are expected within the wait; rare orders and full batches never wait."""
 
 from command_service.lock_session import linger_s
