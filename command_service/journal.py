@@ -101,11 +101,14 @@ def append_args(batches: list[Batch]) -> tuple:
         evs, idem, states = batch.events, batch.idempotency, batch.orders.values()
         instruments = batch.instrument
     else:
-        evs, idem, states = [], [], []
+        evs, idem, orders_by_id = [], [], {}
         for b in batches:
             evs += b.events
             idem += b.idempotency
-            states += b.orders.values()
+            # One row per order: two batches of one instrument can hold the same order (placed, then
+            # filled), and an upsert may not touch a row twice in one statement. The later state wins.
+            orders_by_id.update(b.orders)
+        states = orders_by_id.values()
         instruments = ",".join(sorted({b.instrument for b in batches}))
     orders = b"[" + b",".join([enc(s)[:-1] + b',"last_seq":%d}' % seq for s, seq in states]) + b"]"
     return (

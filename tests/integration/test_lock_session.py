@@ -10,9 +10,11 @@ import uuid
 import asyncpg
 import pytest
 
+from command_service.journal import Batch
 from command_service.lock_session import LOCK_CLASS, LockLost, LockSession
+from contracts.enums import OrderStatus
 from contracts.topics import JOURNAL_NOTIFY_CHANNEL
-from tests.support.journal_rows import batch
+from tests.support.journal_rows import accepted, batch, state
 
 DSN = os.environ["EXCHANGE_PG_DSN"]
 
@@ -89,6 +91,20 @@ async def test_batches_waiting_together_commit_in_one_transaction_and_notify_onc
             break
         await asyncio.sleep(0.02)
     assert [set(p.split(",")) for p in heard] == [set(symbols)]  # the relay hears every instrument at once
+
+
+async def test_two_batches_of_one_order_in_one_commit_leave_its_later_state(session, db, symbols):
+    a = symbols[0]
+    assert await session.lock(a, lambda: None)
+    placed, filled = batch(a, [1], ids=["o-1"]), Batch(a)
+    filled.events.append(accepted(a, 2, "o-2"))
+    filled.add_orders([state("o-1", filled=5, status=OrderStatus.FILLED, instrument=a),
+                       state("o-2", instrument=a)], 2)
+    await asyncio.gather(session.submit(placed), session.submit(filled))  # one statement
+    rows = {r["order_id"]: r for r in await db.fetch(
+        "SELECT order_id, status, filled_quantity, last_seq, xmin::text AS tx FROM orders WHERE instrument = $1", a)}
+    assert (rows["o-1"]["status"], rows["o-1"]["filled_quantity"], rows["o-1"]["last_seq"]) == ("filled", 5, 2)
+    assert rows["o-1"]["tx"] == rows["o-2"]["tx"]
 
 
 async def test_a_failing_batch_fails_every_batch_committed_with_it(session, db, symbols):
