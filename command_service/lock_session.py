@@ -136,8 +136,8 @@ class LockSession:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._arrivals_per_s = 0.0  # commands per second, moving average at each wake from idle
-        self._last_wake = 0.0
+        self._arrivals_per_s = 0.0  # commands per second, moving average at each commit
+        self._last_wake = 0.0  # when the last commit's linger was decided
         self._arrived = 0  # commands committed, ever
         self._arrived_at_wake = 0
 
