@@ -26,7 +26,7 @@ from typing import Callable
 
 import asyncpg
 
-from command_service.journal import Batch, JournalWriter, NoResetConnection
+from command_service.journal import Batch, NoResetConnection, write_batches
 
 log = logging.getLogger("command.lock_session")
 
@@ -125,7 +125,6 @@ class LockSession:
         self.node_id = node_id
         self.linger_s = linger_s
         self.max_commands = max_commands  # no linger once this many commands wait (EXCHANGE_MAX_BATCH)
-        self.journal = JournalWriter(None)
         self.conn: asyncpg.Connection | None = None
         # One statement at a time on the connection; the lock checks and the commits that rely
         # on them are ordered by it.
@@ -206,11 +205,11 @@ class LockSession:
             with contextlib.suppress(Exception):  # it may be gone already
                 conn.terminate()
         held, self._held = self._held, {}
-        if held and not self._closing:
-            log.error("lock session lost: %s stop accepting until recovered", ",".join(sorted(held)))
+        if not held or self._closing:
+            return
+        log.error("lock session lost: %s stop accepting until recovered", ",".join(sorted(held)))
         for on_lost in held.values():
-            if not self._closing:
-                on_lost()
+            on_lost()
 
     # ------------------------------------------------------------------ commits
     def start(self) -> None:
@@ -272,7 +271,7 @@ class LockSession:
                         item[1].set_exception(LockLost(f"{item[0].instrument}: the lock is not held"))
                 rows = [b for b, _ in ok if b.events or b.idempotency]
                 if rows:
-                    await self.journal.append_many(rows, conn)
+                    await write_batches(conn, rows)
         except Exception as exc:
             failed = {b.instrument for b, _ in items}
             # A queued batch of a failed instrument holds the engine's results after the failed
