@@ -57,6 +57,8 @@ class CommandMetrics:
         self.forward_latency = Histogram("forward_latency_seconds", "Round trip of a forwarded command",
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self._batch_children = {}
+        self._children: dict = {}  # (type, side) -> orders_received child
+        self._instrument_children: dict = {}
         for sym in instruments:
             self._batch_children[sym] = (self.batch_size.labels(sym), self.commit_latency.labels(sym))
 
@@ -66,7 +68,8 @@ class CommandMetrics:
         c.observe(seconds)
 
     def after_batch(self, instrument: str, events, book) -> None:
-        # Counted per batch, not per event: one labels() lookup per kind instead of per order.
+        # Counted per batch, not per event, through children looked up once: labels() is a locked
+        # dict lookup, and seven of them per batch were 4 % of the service's profile (issue 19).
         trades = volume = 0
         received: dict[tuple[str, str], int] = {}
         rejected: dict[str, int] = {}
@@ -84,19 +87,31 @@ class CommandMetrics:
                 k = (e.order_type.value, e.side.value)
                 received[k] = received.get(k, 0) + 1
                 rejected[e.reason.value] = rejected.get(e.reason.value, 0) + 1
-        for (kind, side), n in received.items():
-            self.orders_received.labels(kind, side).inc(n)
+        children = self._children
+        for key, n in received.items():
+            c = children.get(key)
+            if c is None:
+                c = children[key] = self.orders_received.labels(*key)
+            c.inc(n)
         for reason, n in rejected.items():
             self.orders_rejected.labels(reason).inc(n)
+        per = self._instrument_children.get(instrument)
+        if per is None:
+            per = self._instrument_children[instrument] = (
+                self.trades.labels(instrument), self.trade_volume.labels(instrument),
+                self.orders_matched.labels(instrument), self.book_depth.labels(instrument, "buy"),
+                self.book_depth.labels(instrument, "sell"), self.resting_orders.labels(instrument),
+                self.journal_seq.labels(instrument))
+        trades_c, volume_c, matched_c, depth_buy, depth_sell, resting, journal_seq = per
         if trades:
-            self.trades.labels(instrument).inc(trades)
-            self.trade_volume.labels(instrument).inc(float(self.specs.get(instrument).lots_to_quantity(volume)))
-            self.orders_matched.labels(instrument).inc(len(takers))
+            trades_c.inc(trades)
+            volume_c.inc(float(self.specs.get(instrument).lots_to_quantity(volume)))
+            matched_c.inc(len(takers))
         bids, asks = book.depth()
-        self.book_depth.labels(instrument, "buy").set(bids)
-        self.book_depth.labels(instrument, "sell").set(asks)
-        self.resting_orders.labels(instrument).set(len(book))
-        self.journal_seq.labels(instrument).set(book.seq)
+        depth_buy.set(bids)
+        depth_sell.set(asks)
+        resting.set(len(book))
+        journal_seq.set(book.seq)
 
 
 class LatencyHistogram:
