@@ -336,6 +336,8 @@ async def bench_cpu(args) -> None:
             await projectors_ready(cfg.query_urls)
             target = (["--url", cfg.command_url, "-c", "64"] if mode == "http"
                       else ["--ws-url", cfg.command_url.replace("http", "ws") + "/ws", "-c", "4", "--inflight", "64"])
+            # This VM's speed drifts by +-30 % within an hour: the probe says which phase a table is from.
+            probe_ms = min(SpeedProbe.measure() for _ in range(3))
             meter = CpuMeter(roots)
             meter.start()
             # no warm-up: the generator's counts then cover the same window as the meter
@@ -344,15 +346,15 @@ async def bench_cpu(args) -> None:
             await drained(cfg.query_urls[0])  # the projection of every order is in the window
             cpu = meter.stop()
             cpu["load generator"] = r["client"]["cpu_s"]
-            results[mode] = (r, cpu)
+            results[mode] = (r, cpu, probe_ms)
         finally:
             svc.stop()
     parts = []
-    for mode, (r, cpu) in results.items():
+    for mode, (r, cpu, probe_ms) in results.items():
         acked = r["summary"]["acked"]
         rows, total = per_order_table(cpu, acked)
         parts.append(f"""**{mode.upper()}**, {rate}/s offered, {r['summary']['acked_per_s']:,.0f} acked/s achieved,
-{acked:,} acked orders in {d} s (p99 {lat(r)['p99']:.1f} ms):
+{acked:,} acked orders in {d} s (p99 {lat(r)['p99']:.1f} ms); machine probe just before the load {probe_ms:.2f} ms:
 
 | process | CPU s | CPU us per acked order |
 | --- | ---: | ---: |
@@ -365,7 +367,8 @@ Command: `make bench` (`python -m bench --only cpu --cpu-rate {rate} --duration 
 service, PostgreSQL, relay, broker, two query replicas, Redis, NATS) at a fixed offered rate; CPU seconds of each
 process tree from /proc (user + system, reaped children included) from before the load until the views caught up,
 divided by the acknowledged orders. The load generator's figure is its own measured CPU. Each mode runs on a
-freshly started stack with an empty journal, views and topic.
+freshly started stack with an empty journal, views and topic. Machine probe: the CPU time of a fixed pure-Python
+workload (as in "Sustained run"; about 9-10 ms on this VM at its fastest): every process's figure grows with it.
 
 """ + "\n\n".join(parts)
     write_section("CPU per order", body)

@@ -57,6 +57,7 @@ from contracts.api import (
     parse_iso,
 )
 from contracts.instruments import load_instruments
+from contracts.logs import watch_loop_stalls
 from relay.lag import relay_lag
 
 log = logging.getLogger("command.app")
@@ -391,6 +392,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
         st.kafka_status = "unknown"
         probe = asyncio.create_task(_probe_kafka(st, settings.kafka_bootstrap))
         housekeeping = asyncio.create_task(_housekeeping(journal, settings.housekeeping_s))
+        stalls = asyncio.create_task(watch_loop_stalls(log))
         log.info("command service started: node %s, instruments %s, owned and ready %s", settings.node_id, ",".join(instruments.symbols),
                  ",".join(sym for sym, s in st.sequencers.items() if s.ready) or "none")
         try:
@@ -399,6 +401,7 @@ def create_app(settings: CommandSettings | None = None) -> Litestar:
             log.info("command service stopping")
             housekeeping.cancel()
             probe.cancel()
+            stalls.cancel()
             # Graceful: every instrument is handed over (drained, snapshotted, released) while
             # NATS still forwards what arrives meanwhile to the next owners.
             await st.nodes.drain()

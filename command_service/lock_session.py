@@ -30,6 +30,9 @@ from command_service.journal import Batch, NoResetConnection, write_batches
 
 log = logging.getLogger("command.lock_session")
 
+# A commit slower than this is logged (warning): under load commits take 2-10 ms.
+SLOW_COMMIT_S = 0.5
+
 LOCK_CLASS = 7420  # first key of pg_advisory_lock(int, int); second = hashtext(instrument)
 
 APP_NAME_PREFIX = "exchange-command/"  # + node id: how pg_stat_activity names a lock session's node
@@ -120,8 +123,10 @@ def linger_s(arrivals_per_s: float, linger: float, pending: int, max_batch: int)
 
 
 class LockSession:
-    def __init__(self, dsn: str, node_id: str = "", *, linger_s: float = 0.0, max_commands: int = 512):
+    def __init__(self, dsn: str, node_id: str = "", *, linger_s: float = 0.0, max_commands: int = 512,
+                 slow_commit_s: float = SLOW_COMMIT_S):
         self.dsn = dsn
+        self.slow_commit_s = slow_commit_s
         self.node_id = node_id
         self.linger_s = linger_s
         self.max_commands = max_commands  # no linger once this many commands wait (EXCHANGE_MAX_BATCH)
@@ -271,7 +276,15 @@ class LockSession:
                         item[1].set_exception(LockLost(f"{item[0].instrument}: the lock is not held"))
                 rows = [b for b, _ in ok if b.events or b.idempotency]
                 if rows:
+                    started = time.perf_counter()
                     await write_batches(conn, rows)
+                    took = time.perf_counter() - started
+                    if took >= self.slow_commit_s:
+                        # Every caller of every instrument of the node waited this long: say so, with
+                        # what was written, so that a pause of the venue can be told from one of the
+                        # service itself (the loop watcher, contracts/logs.py) or of the network.
+                        log.warning("slow commit: %.2f s (events %d, instruments %s)", took,
+                                    sum(len(b.events) for b in rows), ",".join(sorted({b.instrument for b in rows})))
         except Exception as exc:
             failed = {b.instrument for b, _ in items}
             # A queued batch of a failed instrument holds the engine's results after the failed

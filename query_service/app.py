@@ -6,6 +6,7 @@ HTTP client for the system health check) in one Services object on app.state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from contracts.api import (
     json_encoder,
 )
 from contracts.instruments import load_instruments
+from contracts.logs import watch_loop_stalls
 from contracts.ratelimit import TokenBuckets
 from query_service import openapi, params, views
 from query_service.auth import authenticator
@@ -416,11 +418,13 @@ def create_app(settings: QuerySettings | None = None) -> Litestar:
         services = Services(settings)
         app.state.services = services
         await services.start()
+        stalls = asyncio.create_task(watch_loop_stalls(log))
         log.info("query service started (projector %s)", "on" if settings.projector_enabled else "off")
         try:
             yield
         finally:
             log.info("query service stopping")
+            stalls.cancel()
             await services.stop()
 
     return Litestar(

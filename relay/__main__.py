@@ -10,7 +10,7 @@ import signal
 from aiokafka.errors import KafkaError
 
 from contracts.env import load_or_exit
-from contracts.logs import node_name, setup_logging
+from contracts.logs import node_name, setup_logging, watch_loop_stalls
 from relay.http import start_http
 from relay.publisher import Relay
 from relay.settings import RelaySettings
@@ -51,8 +51,10 @@ def main() -> None:
         loop.set_exception_handler(on_loop_error)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        stalls = asyncio.create_task(watch_loop_stalls(log))
         with contextlib.suppress(asyncio.CancelledError):
             await serve(settings)
+        stalls.cancel()
         log.info("relay %s stopped", settings.name)
 
     try:

@@ -4,6 +4,7 @@ that batch's instrument lock, commits the batches that wait together in one tran
 every holder when the session (and so every lock) is gone."""
 
 import asyncio
+import logging
 import os
 import uuid
 
@@ -162,3 +163,32 @@ async def test_a_lost_session_tells_every_holder_and_writes_nothing_more(session
     assert session.conn.get_server_pid() != pid
     await session.submit(batch(a, [1]))
     assert await db.fetchval("SELECT count(*) FROM events WHERE instrument = $1", a) == 1
+
+
+async def test_a_commit_that_waits_is_logged_with_what_it_held(db, symbols, caplog):
+    a = symbols[0]
+    session = LockSession(DSN, "ls-slow", slow_commit_s=0.2)
+    session.start()
+    try:
+        assert await session.lock(a, lambda: None)
+        await session.submit(batch(a, [1]))  # a quick commit: nothing logged
+        blocker = await asyncpg.connect(DSN)
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # inserts wait for it
+            with caplog.at_level(logging.WARNING, logger="command.lock_session"):
+                pending = asyncio.ensure_future(session.submit(batch(a, [2])))
+                await asyncio.sleep(0.4)
+                assert not pending.done()  # not acknowledged before its commit
+                await tx.rollback()
+                await pending
+        finally:
+            await blocker.close()
+        slow = [r.getMessage() for r in caplog.records if r.name == "command.lock_session"]
+        assert len(slow) == 1 and slow[0].startswith("slow commit: ") and f"(events 1, instruments {a})" in slow[0], slow
+        took = float(slow[0].split()[2])
+        assert took >= 0.35
+        assert await db.fetchval("SELECT max(seq) FROM events WHERE instrument = $1", a) == 2
+    finally:
+        await session.close()
