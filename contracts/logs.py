@@ -12,6 +12,7 @@ the call, and request_id from the request being served (RequestIdMiddleware).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -318,18 +319,15 @@ turn takes well under 10 ms; longer means the process did not run (a long comput
 the machine itself stopped) and every connection of the service waited."""
 
 
-async def watch_loop_stalls(logger: logging.Logger, threshold_s: float = LOOP_STALL_S, tick_s: float = 0.1,
-                            clock: Callable[[], float] = time.monotonic) -> None:
+async def watch_loop_stalls(logger: logging.Logger, threshold_s: float = LOOP_STALL_S, tick_s: float = 0.1) -> None:
     """Sleep `tick_s` at a time, forever; a wake-up later than `threshold_s` beyond the tick is
     logged with how long the loop stood still and how much CPU the process used meanwhile (about
     none: the process was not running, so the machine or a lock outside it; about all of it: the
     service's own work held the loop)."""
-    import asyncio
-
     while True:
-        before, cpu_before = clock(), time.process_time()
+        before, cpu_before = time.monotonic(), time.process_time()
         await asyncio.sleep(tick_s)
-        late = clock() - before - tick_s
+        late = time.monotonic() - before - tick_s
         if late >= threshold_s:
             cpu = time.process_time() - cpu_before
             logger.warning("event loop stalled for %.2f s (process CPU meanwhile %.2f s)", late, cpu)
