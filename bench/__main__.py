@@ -338,6 +338,7 @@ async def bench_cpu(args) -> None:
                       else ["--ws-url", cfg.command_url.replace("http", "ws") + "/ws", "-c", "4", "--inflight", "64"])
             # This VM's speed drifts by +-30 % within an hour: the probe says which phase a table is from.
             probe_ms = min(SpeedProbe.measure() for _ in range(3))
+            counts0 = await _work_counts(cfg)
             meter = CpuMeter(roots)
             meter.start()
             # no warm-up: the generator's counts then cover the same window as the meter
@@ -345,14 +346,17 @@ async def bench_cpu(args) -> None:
                         "--quiet")
             await drained(cfg.query_urls[0])  # the projection of every order is in the window
             cpu = meter.stop()
+            await asyncio.sleep(1.0)  # PostgreSQL's backends report their counts at most once a second
+            counts = {k: v - counts0[k] for k, v in (await _work_counts(cfg)).items()}
             cpu["load generator"] = r["client"]["cpu_s"]
-            results[mode] = (r, cpu, probe_ms)
+            results[mode] = (r, cpu, probe_ms, counts)
         finally:
             svc.stop()
     parts = []
-    for mode, (r, cpu, probe_ms) in results.items():
+    for mode, (r, cpu, probe_ms, counts) in results.items():
         acked = r["summary"]["acked"]
         rows, total = per_order_table(cpu, acked)
+        per = {k: v / acked for k, v in counts.items()} if acked else {}
         parts.append(f"""**{mode.upper()}**, {rate}/s offered, {r['summary']['acked_per_s']:,.0f} acked/s achieved,
 {acked:,} acked orders in {d} s (p99 {lat(r)['p99']:.1f} ms); machine probe just before the load {probe_ms:.2f} ms:
 
@@ -360,6 +364,9 @@ async def bench_cpu(args) -> None:
 | --- | ---: | ---: |
 {chr(10).join(rows)}
 | **all processes** | | **{total:,.0f}** |
+
+Work per acked order: {per.get('pg_xacts', 0):.2f} PostgreSQL transactions, {per.get('relay_rounds', 0):.3f} relay
+rounds ({counts.get('relay_rounds', 0):,.0f} in all), {per.get('projector_batches', 0):.3f} projector batches.
 
 `{r['_command']}`""")
     body = f"""Measured {today()} on {machine_line()}.
@@ -372,6 +379,25 @@ workload (as in "Sustained run"; about 9-10 ms on this VM at its fastest): every
 
 """ + "\n\n".join(parts)
     write_section("CPU per order", body)
+
+
+async def _work_counts(cfg) -> dict[str, float]:
+    """Counters of the fixed-cost units of work: PostgreSQL transactions (commits of the lock session,
+    relay rounds' reads and cursor writes, everything else), relay rounds (one produce and one
+    fetch per replica each: "Issue 19, sixth round"), projector batches (one per instrument and poll)."""
+    conn = await asyncpg.connect(os.environ["EXCHANGE_PG_DSN"])
+    try:
+        xacts = await conn.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                    "WHERE datname = current_database()")
+    finally:
+        await conn.close()
+    relay = await scrape([f"http://{cfg.host}:{cfg.relay_metrics_port}"])
+    query = await scrape(cfg.query_urls)
+    return {
+        "pg_xacts": float(xacts),
+        "relay_rounds": sum(float(v) for v in re.findall(r"^relay_batch_size_count(?:\{[^}]*\})? (\S+)", relay, re.M)),
+        "projector_batches": sum(float(v) for v in re.findall(r"^projector_batches_total\{[^}]*\} (\S+)", query, re.M)),
+    }
 
 
 async def _lag_sampled_run(svc: "Services", name: str, *args: str) -> tuple[dict, list, float | None]:
