@@ -5,7 +5,7 @@ projector writing the real views into the test profile's Redis:
 
 N GTC limit orders from C clients rest in the book (spread over L price levels): used_memory
 grows by "per open order". Then every one of them is cancelled: it stays in Redis as a retained
-closed order (record, the client's all/closed indexes, the retention index) while the book
+closed order (record, the client's closed index, the retention index) while the book
 levels and open indexes are gone: used_memory relative to the empty views is "per retained
 closed order". A retention sweep then removes them all (what is left is the per-client residue).
 Views under their own key prefix; the prefix is deleted at the end.

@@ -156,6 +156,7 @@ class Projector:
     async def start(self, kafka: bool = True) -> None:
         self._running = True
         self._tasks.append(asyncio.create_task(self._drop_legacy_layout(), name="projector-legacy-layout"))
+        self._tasks.append(asyncio.create_task(self._drop_all_indexes(), name="projector-all-indexes"))
         try:
             await asyncio.wait_for(self.mark_complete_views(), 5.0)
         except Exception as exc:  # PostgreSQL or Redis not there yet: the watchdog marks them later
@@ -163,6 +164,24 @@ class Projector:
         if kafka:
             self._tasks.append(asyncio.create_task(self._consume_forever(), name="projector-kafka"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="projector-watchdog"))
+
+    async def _drop_all_indexes(self) -> None:
+        """Views written before issue 19's seventh round kept a third index per client and
+        instrument, `co:{C}:all` (= open + closed, now merged on read): nothing reads or updates
+        it any more, so it is dropped here, per instrument through its clients set (every key of
+        an instrument is in its slot: the same on a Redis Cluster). Idempotent; a replica that
+        starts later finds nothing to drop. Runs concurrently with projection: the keys are dead."""
+        dropped = 0
+        try:
+            for inst in self.instruments.symbols:
+                clients = await self.redis.smembers(self.keys.clients(inst))
+                names = [self.keys.client_orders(c.decode(), "all", inst) for c in sorted(clients)]
+                for n in range(0, len(names), 500):
+                    dropped += await self.redis.unlink(*names[n:n + 500])
+            if dropped:
+                log.info("projector: dropped %d client order indexes of the old layout (co:*:all)", dropped)
+        except Exception as exc:  # noqa: BLE001 - leftovers only cost memory; the next start tries again
+            log.warning("projector: dropping the old client order indexes failed: %r", exc)
 
     async def _drop_legacy_layout(self) -> None:
         """Views of the layout before issue 14 (global record hash "{p}orders", keys without a hash

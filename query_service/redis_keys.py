@@ -23,7 +23,8 @@ Per instrument I (T = "{p}{I}", e.g. "q:{BTC-USD}"):
   T:clients              set      clients with orders in I (to purge I's part of per-client views)
   T:orders               hash     order_id -> JSON array OrderRec (ticks/lots, remaining, book state)
   T:pos                  hash     client -> JSON array Position (avg-cost, ticks*lots)
-  T:co:{C}:{W}           zset     C's orders in I, W in all|open|closed, score 0, member "created_ts(19)|order_id"
+  T:co:{C}:{W}           zset     C's orders in I, W in open|closed, score 0, member "created_ts(19)|order_id"
+                                  (a listing of all of C's orders merges the two on read)
   T:cf:{C}               zset     C's fills in I, score 0, member "ts(19)|trade_id|role|<fill JSON>", capped
   T:closed               zset     I's orders by closing time (s), member "C\\n<co member>" (retention.py)
 Members sort lexicographically by time, so ZRANGE ... BYLEX REV gives newest first and an
@@ -32,7 +33,9 @@ exclusive lex bound is a stable pagination cursor.
 Layout history: before issue 14 records, positions and the cross-instrument client indexes
 were global keys ("{p}orders", "{p}co:{C}:all", ...). Views of that layout are not read: the
 new seq keys do not exist, so the projector rebuilds every instrument from the journal, and
-drops the old keys once (`LEGACY_MARKER`, see projector.py).
+drops the old keys once (`LEGACY_MARKER`, see projector.py). Until issue 19 a third client index
+T:co:{C}:all held open and closed orders together; it is no longer written, and a replica drops
+what is left of it at start (projector.py `_drop_all_indexes`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ to its instrument's sorted set `{p}{I}:closed`, scored by the closing event's ti
 member "client\ncreated_ts(19)|order_id" - everything needed to remove it from the client's
 order indexes of that instrument. The sweeper (every replica runs one; the script is
 idempotent and atomic, so two at once only share the work) removes up to BATCH of the oldest
-entries per call: the order record, its two index entries and the closed entry itself.
+entries per call: the order record, its client index entry and the closed entry itself.
 Every key a script touches is the instrument's (one hash tag, one slot: redis_keys.py), so the
 scripts run unchanged on a Redis Cluster.
 
@@ -45,7 +45,6 @@ for _, e in ipairs(entries) do
     local client, member = string.match(e, '^(.-)\\n(.*)$')
     if member then
         local oid = string.match(member, '^[^|]*|(.*)$')
-        redis.call('ZREM', base .. 'co:' .. client .. ':all', member)
         redis.call('ZREM', base .. 'co:' .. client .. ':closed', member)
         if oid then redis.call('HDEL', KEYS[2], oid) end
     end

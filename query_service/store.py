@@ -332,7 +332,7 @@ async def purge_commands(tx: WatchedTx, keys: Keys, instrument: str) -> list[tup
     cmds: list[tuple] = [("DEL", *keys.instrument_keys(instrument))]
     (members,) = await tx.read([("SMEMBERS", keys.clients(instrument))])
     for c in sorted(m.decode() for m in members):
-        cmds.append(("DEL", *(keys.client_orders(c, w, instrument) for w in ("all", "open", "closed")),
+        cmds.append(("DEL", *(keys.client_orders(c, w, instrument) for w in ("all", "open", "closed")),  # "all": old layout
                      keys.client_fills(c, instrument)))
     return cmds
 
@@ -416,9 +416,10 @@ def delta_commands(
         return (rec.updated_ts if rec is not None else delta.last_ts) / 1e9
 
     for client, member, is_open in delta.index_add:
-        which = "open" if is_open else "closed"
-        for k in (keys.client_orders(client, "all", i), keys.client_orders(client, which, i)):
-            zadd.setdefault(k, []).extend((0, member))
+        # One index per order and state: a client's "all" listing is open + closed merged on read
+        # (views.orders). A third index of every order cost a skiplist insert per order and ~140 B
+        # per retained order (issue 19, docs/BENCHMARKS.md "seventh round").
+        zadd.setdefault(keys.client_orders(client, "open" if is_open else "closed", i), []).extend((0, member))
         if not is_open:
             closed += (closed_at(member), closed_entry(client, member))
     for client, member in delta.index_close:

@@ -261,6 +261,23 @@ async def _newest(redis, keys: Keys, symbols: list[str], index_keys: list[str], 
     return merged
 
 
+def union_newest(per_key: list[tuple[bytes, int]], ways: int, n: int) -> list[tuple[bytes, int]]:
+    """`per_key` (newest first) came from `ways` consecutive index keys per symbol: the newest n
+    members of each symbol's union, once each (an order the projector moved from one index to the
+    other between the two reads is in both), newest first, as (member, symbol index)."""
+    by_symbol: dict[int, list[bytes]] = {}
+    seen: set[bytes] = set()
+    for m, k in per_key:
+        i = k // ways
+        kept = by_symbol.setdefault(i, [])
+        if m not in seen and len(kept) < n:
+            seen.add(m)
+            kept.append(m)
+    out = [(m, i) for i, ms in by_symbol.items() for m in ms]
+    out.sort(key=lambda e: e[0], reverse=True)
+    return out
+
+
 async def orders(
     redis, keys: Keys, instruments: Instruments, client_id: str, status: str | None,
     spec: InstrumentSpec | None, limit: int, cursor: bytes | None,
@@ -273,10 +290,16 @@ async def orders(
     Without an instrument the client's per-instrument indexes are merged; PostgreSQL is asked
     when any of them runs out or reaches below the horizon (its rows of every instrument then
     fill what Redis no longer has; rows Redis has are taken from Redis)."""
-    which = status or "all"
     symbols = [spec.symbol] if spec else instruments.symbols
-    per_key = await _newest(redis, keys, symbols, [keys.client_orders(client_id, which, s) for s in symbols],
-                            cursor, limit + 1)
+    # Without a status a symbol's orders are its open and its closed index together (there is no
+    # third index of both). Open before closed in the pipeline: a batch that closes an order moves
+    # it from one to the other in one MULTI/EXEC, which can land between the two reads; read in
+    # this order, the order is then seen twice (dropped below), never missed.
+    which = (status,) if status else ("open", "closed")
+    index_keys = [keys.client_orders(client_id, w, s) for s in symbols for w in which]
+    per_key = await _newest(redis, keys, symbols, index_keys, cursor, limit + 1)
+    if len(which) > 1:
+        per_key = union_newest(per_key, len(which), limit + 1)
     entries: list[tuple[bytes, object]] = [(m, symbols[i]) for m, i in per_key]
     if journal is not None and horizon_ns is not None:
         counts = [0] * len(symbols)

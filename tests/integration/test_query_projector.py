@@ -18,6 +18,8 @@ from contracts.topics import feed_subject
 from query_service.app import Services
 from query_service.feed import decode_feed
 from query_service.projector import Projector
+from query_service.redis_cluster import connect
+from query_service.redis_keys import Keys
 from tests.support.order_flow import OrderFlow
 from tests.support.query import (
     JournalSeeder,
@@ -211,6 +213,47 @@ async def test_views_of_the_old_key_layout_are_dropped_and_rebuilt(env):
         await r.aclose()
     got = await dump(settings.redis_url, settings.redis_prefix)
     assert got == await reference_views(settings, symbols)
+
+
+async def test_client_all_indexes_of_the_previous_layout_are_dropped_at_start(env):
+    """Until issue 19's seventh round every client had a third order index per instrument,
+    co:{C}:all (open + closed); a listing now merges the other two. A replica starting on views
+    that still hold those indexes drops them (they would never be updated or swept again) and
+    leaves every other key as the projection of the journal makes it."""
+    settings, symbols, journal = env
+    journals = flows(symbols, 120, seed=21)
+    await journal.append(interleave(journals))
+    keys = Keys(settings.redis_prefix)
+    r = connect(settings.redis_url)
+
+    async def present(names):  # one key at a time: on a cluster they are in several slots
+        return sum([await r.exists(k) for k in names])
+
+    try:
+        replica = await Replica(settings).start()
+        try:
+            await wait_for_seq(settings.redis_url, settings.redis_prefix, last_seqs(journals))
+        finally:
+            await replica.stop()
+        old = []
+        for inst in symbols:
+            for c in sorted(await r.smembers(keys.clients(inst))):
+                k = keys.client_orders(c.decode(), "all", inst)
+                await r.zadd(k, {"0000000000000000001|stale": 0})
+                old.append(k)
+        assert len(old) >= len(symbols) and await present(old) == len(old)
+        replica = await Replica(settings).start()
+        try:
+            for _ in range(100):
+                if not await present(old):
+                    break
+                await asyncio.sleep(0.05)
+            assert await present(old) == 0
+        finally:
+            await replica.stop()
+    finally:
+        await r.aclose()
+    assert await dump(settings.redis_url, settings.redis_prefix) == await reference_views(settings, symbols)
 
 
 async def test_views_catch_up_from_the_journal_when_the_broker_has_nothing(env):
