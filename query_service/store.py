@@ -417,7 +417,7 @@ def delta_commands(
 
     for client, member, is_open in delta.index_add:
         # One index per order and state: a client's "all" listing is open + closed merged on read
-        # (views.orders). A third index of every order cost a skiplist insert per order and ~140 B
+        # (views.orders). A third index of every order cost a skiplist insert per order and ~160 B
         # per retained order (issue 19, docs/BENCHMARKS.md "seventh round").
         zadd.setdefault(keys.client_orders(client, "open" if is_open else "closed", i), []).extend((0, member))
         if not is_open:
