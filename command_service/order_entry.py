@@ -50,18 +50,24 @@ log = logging.getLogger("command.entry")
 KNOWN_CLIENT_ORDER_IDS = 65_536
 
 
-def _order_ids():
-    """Random UUID-v4 ids: 122 random bits each, so nobody can guess another client's next id
-    (the earlier per-process prefix + counter let a trader who saw one id claim the next ones
-    and make another client's orders fail). One os.urandom call per 512 ids: measured 3.0 us
-    per id, the same as the counter (2.9 us) and a seventh of uuid.uuid4() (21 us, which was
-    4% of the WebSocket path)."""
+def _order_ids(clock_ms=lambda: time.time_ns() // 1_000_000):
+    """UUID-v7 ids (RFC 9562): the creation millisecond, then 74 random bits. Random enough
+    that nobody can guess another client's next id (the earlier per-process prefix + counter
+    let a trader who saw one id claim the next ones and make another client's orders fail),
+    and ordered by time so that every new order lands at the right edge of the orders table's
+    primary key instead of on a random page of it (PostgreSQL keeps every order). With random
+    (v4) ids, after each checkpoint nearly every upsert dirtied a page of its own: measured on a
+    3,000,000-order table, 0.40 full page images and 2.7 KB of WAL per order against none and
+    0.35-0.38 KB with these, statements 17 % slower, the index 31 % larger. The price: an id
+    tells when its order was placed (public trades carry both orders' ids). One
+    os.urandom call per 512 ids: 1.4 us per id, a fifteenth of uuid.uuid4() (21 us)."""
     variant = "89ab"
     while True:
-        h = os.urandom(16 * 512).hex()
-        for i in range(0, len(h), 32):
-            yield (f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{variant[int(h[i + 16], 16) & 3]}"
-                   f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}")
+        h = os.urandom(10 * 512).hex()
+        for i in range(0, len(h), 20):
+            t = f"{clock_ms() & 0xFFFFFFFFFFFF:012x}"
+            yield (f"{t[:8]}-{t[8:]}-7{h[i:i + 3]}-{variant[int(h[i + 3], 16) & 3]}{h[i + 4:i + 7]}"
+                   f"-{h[i + 7:i + 19]}")
 
 
 Reply = tuple[int, bytes, dict]
