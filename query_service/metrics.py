@@ -45,6 +45,10 @@ class QueryMetrics:
         self.projector_received_lag_seconds = Histogram(
             "projector_received_lag_seconds", "now - event ts when the projector received the event from Kafka",
             buckets=LAG_BUCKETS, registry=r)
+        self.projector_records_received = Counter(
+            "projector_records_received_total",
+            "event records the projector received: carried by the relay's notices, or fetched from Kafka",
+            ["source"], registry=r)
         self.projection_lag_events = Gauge(
             "projection_lag_events", "journal max seq - views last_seq (sampled)", ["instrument"], registry=r)
         self.projection_last_seq = Gauge(

@@ -131,8 +131,12 @@ class Projector:
         # and when the paused partitions were last fetched.
         self._announced: dict[TopicPartition, int] = {}
         self._last_resume = 0.0
+        self._applying: set[TopicPartition] = set()  # partitions whose fetched records are being applied
         if settings.kafka_fetch_on_notice:
             bus.subscribe_on_connect(RELAYED_SUBJECT, self._on_relayed_msg)
+        received = metrics.projector_records_received
+        self._received_notice = received.labels("notice")
+        self._received_fetched = received.labels("fetch")
 
         # instrument -> why its views cannot be brought up to date (health reports it until an
         # apply or catch-up of that instrument succeeds again): never silently healthy.
@@ -463,30 +467,44 @@ class Projector:
             self.kafka_failed = False
             if not batches:
                 continue
-            by_instrument: dict[str, list[Event]] = defaultdict(list)
             offsets = {}
+            values = []
             for tp, records in batches.items():
-                for r in records:
-                    try:
-                        e = decode_event(r.value)
-                    except Exception:
-                        self.metrics.events_skipped.labels("undecodable").inc()
-                        log.error("projector: undecodable event at %s offset %d", tp, r.offset)
-                        continue
-                    by_instrument[e.instrument].append(e)
                 if records:
+                    values.append((tp, [r.value for r in records], records[0].offset))
                     offsets[tp] = records[-1].offset + 1
-            received = self.metrics.projector_received_lag_seconds
-            for events in by_instrument.values():
-                events.sort(key=_seq)
-                received.observe(max(0, received_ns - events[0].ts) / 1e9)
-            # Instruments are independent (own last_seq, own connection): apply them
-            # concurrently so one poll costs the slowest instrument's round trips, not the sum.
-            await asyncio.gather(*(self.apply_with_recovery(i, evs) for i, evs in by_instrument.items()))
+            self._received_fetched.inc(sum(len(v) for _, v, _ in values))
+            # Until these are applied a notice must not apply what follows them (that would be a gap
+            # in the views, filled from the journal): set before the first await after getmany.
+            self._applying = set(offsets)
+            try:
+                await self._apply_values(values, received_ns)
+            finally:
+                self._applying = set()
             self.metrics.projector_poll_seconds.observe(time.monotonic() - polled)
             # Only now - the views hold every event up to these offsets - may they be
             # committed. The commit runs in the background so the next poll need not wait.
             self._schedule_commit(consumer, offsets)
+
+    async def _apply_values(self, values: list[tuple[TopicPartition, list[bytes], int]], received_ns: int) -> None:
+        """Decode record values (per partition, from `first` offset on) and apply them per instrument."""
+        by_instrument: dict[str, list[Event]] = defaultdict(list)
+        for tp, vals, first in values:
+            for k, v in enumerate(vals):
+                try:
+                    e = decode_event(v)
+                except Exception:
+                    self.metrics.events_skipped.labels("undecodable").inc()
+                    log.error("projector: undecodable event at %s offset %d", tp, first + k)
+                    continue
+                by_instrument[e.instrument].append(e)
+        received = self.metrics.projector_received_lag_seconds
+        for events in by_instrument.values():
+            events.sort(key=_seq)
+            received.observe(max(0, received_ns - events[0].ts) / 1e9)
+        # Instruments are independent (own last_seq, own connection): apply them
+        # concurrently so one poll costs the slowest instrument's round trips, not the sum.
+        await asyncio.gather(*(self.apply_with_recovery(i, evs) for i, evs in by_instrument.items()))
 
     # ------------------------------------------------------------------ fetching on notices
 
@@ -497,21 +515,69 @@ class Projector:
 
     async def _on_relayed_msg(self, msg) -> None:
         try:
-            topic, ends = parse_relayed_notice(msg.data)
+            notice = parse_relayed_notice(msg.data)
         except ValueError:
             log.warning("projector: unreadable relay notice %r", bytes(msg.data[:200]))
             return
+        topic = notice.topic
         announced = self._announced
         if len(announced) > 1000:  # entries of old generations: keep the current topic's only
             for tp in [tp for tp in announced if tp.topic != self.topic]:
                 del announced[tp]
-        for p, end in ends.items():
+        for p, end in notice.ends.items():
             tp = TopicPartition(topic, p)
             if end > announced.get(tp, -1):
                 announced[tp] = end
         consumer = self.consumer
         if consumer is not None and topic == self.topic:
+            if notice.records:
+                await self._apply_relayed(consumer, topic, notice.records)
             self._resume(consumer, probe=False)
+
+    async def _apply_relayed(self, consumer: AIOKafkaConsumer, topic: str, records) -> None:
+        """Apply the records a notice carries, for each partition of ours that is paused exactly
+        where they begin (read to its end, nothing in flight for it), and move its position past
+        them: no fetch for them. Anything else (a partition being fetched, a notice lost before
+        this one) is left to the fetch that `_resume` starts. The broker acknowledged these
+        records before the relay sent them, so the position never passes the topic's end."""
+        paused = consumer.paused()
+        if not paused:
+            return
+        runs: dict[TopicPartition, list] = {}
+        for r in records:
+            runs.setdefault(TopicPartition(topic, r.partition), []).append(r)
+        values, moved = [], {}
+        for tp, batches in runs.items():
+            if tp not in paused or tp in self._applying:
+                continue
+            start = pos = _position(consumer, tp, None)
+            if pos is None:
+                continue
+            # Two instruments can share a partition: their batches follow each other by offset.
+            for b in sorted(batches, key=_base):
+                if b.base > pos:
+                    break  # a gap (an earlier notice was lost): the fetch fills it
+                skip = pos - b.base
+                if skip < len(b.values):
+                    values.append((tp, b.values[skip:] if skip else b.values, pos))
+                    pos = b.base + len(b.values)
+            if pos > start:
+                moved[tp] = (start, pos)
+        if not moved:
+            return
+        self._received_notice.inc(sum(len(v) for _, v, _ in values))
+        await self._apply_values(values, time.time_ns())
+        if self.consumer is not consumer:
+            return  # replaced meanwhile (failure, new generation): its group re-reads from its commits
+        offsets = {}
+        for tp, (start, end) in moved.items():
+            # Only where nothing moved the position meanwhile (a probe's fetch of the same
+            # records: applied twice, skipped by seq, and the fetch's position stands).
+            if tp in consumer.assignment() and _position(consumer, tp, None) == start:
+                consumer.seek(tp, end)
+                offsets[tp] = end
+        if offsets:
+            self._schedule_commit(consumer, offsets)
 
     def _resume(self, consumer: AIOKafkaConsumer, probe: bool) -> None:
         """Resume the paused partitions the relay announced more for (all of them if `probe`)."""
@@ -709,6 +775,10 @@ def _position(consumer: AIOKafkaConsumer, tp: TopicPartition, unknown):
 
 def _seq(e: Event) -> int:
     return e.seq
+
+
+def _base(r) -> int:
+    return r.base
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -15,7 +15,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from contracts.topics import JOURNAL_NOTIFY_CHANNEL, generation_topic
+from contracts.topics import JOURNAL_NOTIFY_CHANNEL, RelayedRecords, generation_topic
 from relay.generations import collect_old, current_generation, record_generation
 from relay.lag import relay_lag
 from relay.leader import open_lock_session, wait_for_leadership
@@ -91,6 +91,7 @@ class Pending:
     count: int
     batch: object  # aiokafka BatchBuilder
     partition: int = -1
+    values: list = field(default_factory=list)  # the records' values, for the round's notice
 
 
 @dataclass
@@ -421,6 +422,7 @@ class Relay:
             expected = positions.get(name, 0) + 1
             key = name.encode()
             batch = producer.create_batch()
+            values: list[bytes] = []
             last = None
             count = 0
             hole = False
@@ -436,6 +438,7 @@ class Relay:
                 if batch.append(timestamp=None, key=key, value=payload) is None:
                     more = True  # batch full; the rest goes next round
                     break
+                values.append(payload)
                 last = seq
                 count += 1
                 expected += 1
@@ -443,7 +446,7 @@ class Relay:
                 self._clear_gap(name)
             if count:
                 batch.close()
-                rnd.batches.append(Pending(name, key, last, count, batch))
+                rnd.batches.append(Pending(name, key, last, count, batch, values=values))
                 rnd.backlog = rnd.backlog or more
         return rnd if rnd.batches else None
 
@@ -485,6 +488,7 @@ class Relay:
 
         advanced_names, advanced_seqs, published, failures = [], [], 0, []
         ends: dict[int, int] = {}
+        relayed: list[RelayedRecords] = []
         for p, result in zip(rnd.batches, results):
             if isinstance(result, BaseException):
                 failures.append(f"{p.name}: {result!r}")
@@ -499,14 +503,16 @@ class Relay:
                 continue
             self._last_offset[p.partition] = result.offset + p.count - 1
             ends[p.partition] = result.offset + p.count
+            relayed.append(RelayedRecords(p.partition, result.offset, p.values))
             self._cursors[p.name] = p.last
             advanced_names.append(p.name)
             advanced_seqs.append(p.last)
             published += p.count
         if advanced_names:
-            # The projectors fetch on this: the broker holds the records now (acked). Before the
-            # cursor write, whose commit under load would only delay the views.
-            await self.notices.announce(self.topic, ends)
+            # The projectors apply the records of this notice (or fetch on it): the broker holds
+            # them now (acked), so a projector never gets ahead of the topic. Before the cursor
+            # write, whose commit under load would only delay the views.
+            await self.notices.announce(self.topic, ends, relayed)
             # After the acks, never before: a crash before this line only causes duplicates.
             await data_conn.execute(UPSERT_CURSORS_SQL, advanced_names, advanced_seqs)
             self.metrics.published.inc(published)

@@ -416,10 +416,11 @@ async def test_notify_wakes_the_relay_and_polling_is_the_fallback(pg, relays, co
 
 async def test_the_relay_announces_where_the_partitions_end_after_each_acknowledged_round(
         pg, relays, collectors, lock_key):
-    """The projectors fetch on these notices: each must name the relay's topic and, per partition it
-    wrote, the next offset, and come only once the broker holds the records."""
+    """The projectors apply the records these notices carry, and fetch on them: each must name the
+    relay's topic, per partition it wrote the next offset, and carry exactly the records the broker
+    holds at those offsets; and come only once the broker holds them."""
     topic = unique_topic("relayed")
-    notices: list[tuple[str, dict[int, int]]] = []
+    notices = []
 
     async def heard(msg) -> None:
         notices.append(parse_relayed_notice(msg.data))
@@ -439,9 +440,9 @@ async def test_the_relay_announces_where_the_partitions_end_after_each_acknowled
         deadline = time.monotonic() + 5
         want = {next(iter(coll.partitions[i])): n for i, n in (("BTC-USD", 40), ("ETH-USD", 10))}
         while time.monotonic() < deadline:
-            for t, announced in notices:
-                assert t == topic, "a notice names another topic"
-                for p, end in announced.items():
+            for n in notices:
+                assert n.topic == topic, "a notice names another topic"
+                for p, end in n.ends.items():
                     ends[p] = max(ends.get(p, 0), end)
             if all(ends.get(p, 0) >= n for p, n in want.items()):
                 break
@@ -449,6 +450,16 @@ async def test_the_relay_announces_where_the_partitions_end_after_each_acknowled
         # each instrument alone in its partition here: the partition ends at its event count
         assert {p: ends.get(p) for p in want} == want
         assert set(ends) == set(want), "a partition announced that nothing was written to"
+        # The records carried, by partition and offset, are the journal's rows in seq order.
+        carried: dict[int, dict[int, bytes]] = defaultdict(dict)
+        for n in notices:
+            for r in n.records:
+                assert r.base + len(r.values) <= n.ends[r.partition], "records past the announced end"
+                for k, v in enumerate(r.values):
+                    carried[r.partition][r.base + k] = v
+        for inst, count in (("BTC-USD", 40), ("ETH-USD", 10)):
+            p = next(iter(coll.partitions[inst]))
+            assert carried[p] == {s - 1: payload(inst, s) for s in range(1, count + 1)}
     finally:
         await listen.close()
 

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from command_service.journal import Batch, JournalWriter
 from contracts.auth import hash_api_key
 from contracts.messages import Event, encode_event
-from contracts.topics import RELAYED_SUBJECT, relayed_notice
+from contracts.topics import RELAYED_SUBJECT, RelayedRecords, relayed_notice
 from ops.stack import free_port
 from query_service.app import create_asgi
 from query_service.redis_cluster import connect as redis_connect
@@ -135,11 +135,12 @@ class JournalSeeder:
 class Publisher:
     """Publishes events like the relay: key = instrument, value = the journal payload, and after the
     broker's acknowledgement the relay's notice of where the partitions now end (`notify=False`: a
-    relay whose notices are lost)."""
+    relay whose notices are lost; `carry=True`: the notice carries the records, as the relay's do)."""
 
-    def __init__(self, settings: QuerySettings, notify: bool = True):
+    def __init__(self, settings: QuerySettings, notify: bool = True, carry: bool = False):
         self.settings = settings
         self.notify = notify
+        self.carry = carry
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
         self.nc = None
 
@@ -159,11 +160,18 @@ class Publisher:
         futs = [await self.producer.send(topic, key=e.instrument.encode(), value=encode_event(e)) for e in events]
         await self.producer.flush()
         ends: dict[int, int] = {}
-        for f in futs:
+        carried: dict[int, list[tuple[int, bytes]]] = {}
+        for f, e in zip(futs, events):
             md = await f
             ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+            carried.setdefault(md.partition, []).append((md.offset, encode_event(e)))
+        records = []
+        if self.carry:
+            for p, recs in carried.items():
+                recs.sort()
+                records.append(RelayedRecords(p, recs[0][0], [v for _, v in recs]))
         if self.nc is not None and ends:
-            await self.nc.publish(RELAYED_SUBJECT, relayed_notice(topic, ends).encode())
+            await self.nc.publish(RELAYED_SUBJECT, relayed_notice(topic, ends, records))
             await self.nc.flush()
 
 
