@@ -24,6 +24,9 @@ class RelayMetrics:
         )
         self.is_leader = Gauge("relay_is_leader", "1 while this relay holds the lock", registry=r)
         self.kafka_up = Gauge("relay_kafka_up", "1 while the broker answers", registry=r)
+        self.listening = Gauge(
+            "relay_listening", "1 while the leader LISTENs for commits (0: rounds follow each other, busy)",
+            registry=r)
         self.topic_partitions = Gauge(
             "relay_topic_partitions", "Partition count of the events topic", registry=r
         )

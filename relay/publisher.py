@@ -66,6 +66,12 @@ ON CONFLICT (instrument) DO UPDATE
 SET seq = GREATEST(relay_cursors.seq, EXCLUDED.seq), updated_at = now()
 """
 
+# While every round finds rows the relay does not LISTEN: it reads again after each linger anyway,
+# and a notification per commit (~500/s at 1,500 orders/s) woke a PostgreSQL backend and the relay
+# for nothing. It stops listening after this many rounds in a row found rows, and listens again
+# (then reads once more: a commit in between sent no notification) when a round finds none.
+UNLISTEN_AFTER_ROUNDS = 3
+
 # A sealed generation is deleted at most this long after every group is past it (it holds the
 # broker's memory meanwhile; generations roll every 30 s in `make run`).
 GEN_COLLECT_S = 5.0
@@ -242,6 +248,9 @@ class Relay:
         producer: AIOKafkaProducer | None = None
         prepared: Round | None = None
         last_housekeeping = time.monotonic()
+        listening = True  # _campaign LISTENs before calling us
+        self.metrics.listening.set(1)
+        busy_rounds = 0  # rounds in a row that found rows
         try:
             backlog = True  # read at once after taking over
             while True:
@@ -284,14 +293,28 @@ class Relay:
                     await self._discover(data_conn)  # instruments that were never notified
                 if prepared is None:
                     if not backlog:
+                        if not listening:
+                            if self.s.linger_ms > 0:
+                                await asyncio.sleep(self.s.linger_ms / 1000)
                         # Poll fallback on timeout: read anyway, a notification may have
                         # been missed (or a writer does not notify).
-                        if await self._wait_for_work() and self.s.linger_ms > 0:
+                        elif await self._wait_for_work() and self.s.linger_ms > 0:
                             await asyncio.sleep(self.s.linger_ms / 1000)
                     prepared = await self._prepare(producer, data_conn, self._cursors)
                     if prepared is None:
+                        busy_rounds = 0
                         backlog = False
+                        if not listening:
+                            await lock_conn.add_listener(JOURNAL_NOTIFY_CHANNEL, self._on_notify)
+                            listening = True
+                            self.metrics.listening.set(1)
+                            backlog = True  # read once more before waiting for a notification
                         continue
+                    busy_rounds += 1
+                    if listening and busy_rounds >= UNLISTEN_AFTER_ROUNDS:
+                        await lock_conn.remove_listener(JOURNAL_NOTIFY_CHANNEL, self._on_notify)
+                        listening = False
+                        self.metrics.listening.set(0)
                 if self._lock_conn_lost.is_set():  # may have woken us: do not send as ex-leader
                     raise LeadershipLost("lock connection closed")
                 try:

@@ -464,6 +464,33 @@ async def test_the_relay_announces_where_the_partitions_end_after_each_acknowled
         await listen.close()
 
 
+async def test_a_busy_relay_stops_listening_and_listens_again_when_idle(pg, relays, collectors, lock_key):
+    """Commits that follow each other: the relay reads after every linger anyway, so it stops taking
+    a notification per commit; idle again, it listens (a commit right then is not missed)."""
+    topic = unique_topic("unlisten")
+    relay = relays("a", topic, lock_key, EXCHANGE_RELAY_POLL_MS=3000)
+    await relay.wait_role("leader")
+    coll = await collectors(topic)
+    assert (await relay.metrics())["relay_listening"] == 1
+    stream = asyncio.create_task(write_stream(pg, ["BTC-USD", "ETH-USD"], 400, max_batch=3, pause=0.004))
+    seen_busy = False
+    while not stream.done():
+        seen_busy = seen_busy or (await relay.metrics())["relay_listening"] == 0
+        await asyncio.sleep(0.05)
+    await stream
+    assert seen_busy, "the relay kept listening through a steady stream of commits"
+    await coll.wait_for({"BTC-USD": 400, "ETH-USD": 400}, timeout=15)
+    await asyncio.sleep(0.3)
+    assert (await relay.metrics())["relay_listening"] == 1
+    # idle and listening: a notification wakes it well before the 3 s poll
+    t0 = time.monotonic()
+    await append(pg, "BTC-USD", [401])
+    await coll.wait_for({"BTC-USD": 401}, timeout=10)
+    assert time.monotonic() - t0 < 1.0
+    check_stream(coll.seqs["BTC-USD"], 401)
+    check_stream(coll.seqs["ETH-USD"], 400)
+
+
 async def test_relay_holds_at_a_hole_and_never_skips_it(pg, relays, collectors, lock_key):
     topic = unique_topic("hole")
     relay = relays("a", topic, lock_key, EXCHANGE_RELAY_POLL_MS=100)
