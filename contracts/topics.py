@@ -81,7 +81,7 @@ _notice_encoder = msgspec.msgpack.Encoder()
 _notice_decoder = msgspec.msgpack.Decoder(RelayedNotice)
 
 
-def relayed_notice(topic: str, ends: dict[int, int], records: list[RelayedRecords] | tuple = ()) -> bytes:
+def relayed_notice(topic: str, ends: dict[int, int], records: list[RelayedRecords] | tuple[RelayedRecords, ...] = ()) -> bytes:
     return _notice_encoder.encode(RelayedNotice(topic, dict(sorted(ends.items())), list(records)))
 
 
