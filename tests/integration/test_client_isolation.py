@@ -4,6 +4,7 @@ cancel-all, strict numbers/times/media types, pre-trade risk limits and rate lim
 entry point. A real `python -m command_service` against the real PostgreSQL, auth on."""
 
 import json
+import uuid
 
 import pytest
 import websockets
@@ -41,10 +42,13 @@ async def test_server_order_ids_are_unguessable(svc):
         assert r.status_code == 201, r.text
         ids.append(r.json()["order"]["order_id"])
         await svc.http.post(f"/orders/{ids[-1]}/cancel", headers=auth(svc, "alice"))
-    # Random, not prefix + counter: consecutive ids share no long common prefix.
+    # UUID v7: the creation millisecond, then 74 random bits. Not prefix + counter: past the time and
+    # the version, consecutive ids share no long common prefix.
     for a, b in zip(ids, ids[1:]):
-        common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-        assert common < 8, (a, b)
+        assert uuid.UUID(a).version == 7, a
+        ra, rb = a.replace("-", "")[13:], b.replace("-", "")[13:]
+        common = next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), len(ra))
+        assert common < 6, (a, b)
 
 
 async def test_another_clients_order_answers_exactly_like_an_unknown_one(svc):
