@@ -29,7 +29,11 @@ How it keeps the stream gap-free and in order (at-least-once, duplicates allowed
 - Commit order == seq order per instrument (one writer per instrument), so a row with a
   lower seq never becomes visible after a higher one; the hole check is a second guard.
 - Woken by NOTIFY exchange_events (sent in the writer's transaction, so it arrives after
-  the commit); polls every poll_ms as a fallback.
+  the commit) while idle; polls every poll_ms as a fallback. While every round finds rows it
+  does not LISTEN (it reads again after each linger anyway); a round that finds none LISTENs
+  and reads once more before it waits, so no commit falls between the two.
+- After each acknowledged round it announces on NATS where the partitions end, with the
+  round's records (notices.py): the projectors apply them without fetching.
 - The topic is created explicitly (relay.topic.ensure_topic) before a producer is made,
   at start and after every Kafka error: the memory-only broker comes back empty after a
   restart and would otherwise auto-create the topic with the wrong partition count. The
