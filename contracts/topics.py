@@ -1,5 +1,7 @@
 """Names of the Kafka topic and the NATS subjects, defined once for both services."""
 
+from collections.abc import Sequence
+
 import msgspec
 
 EVENTS_TOPIC = "exchange.events"  # key = instrument, so one partition keeps its order
@@ -81,7 +83,7 @@ _notice_encoder = msgspec.msgpack.Encoder()
 _notice_decoder = msgspec.msgpack.Decoder(RelayedNotice)
 
 
-def relayed_notice(topic: str, ends: dict[int, int], records: list[RelayedRecords] | tuple[RelayedRecords, ...] = ()) -> bytes:
+def relayed_notice(topic: str, ends: dict[int, int], records: Sequence[RelayedRecords] = ()) -> bytes:
     return _notice_encoder.encode(RelayedNotice(topic, dict(sorted(ends.items())), list(records)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import nats
 
@@ -52,7 +53,7 @@ class Notices:
                 log.info("notices: NATS unavailable (%r); projectors fetch without notices meanwhile", exc)
                 await asyncio.sleep(CONNECT_RETRY_S)
 
-    async def announce(self, topic: str, ends: dict[int, int], records: list[RelayedRecords] = ()) -> None:
+    async def announce(self, topic: str, ends: dict[int, int], records: Sequence[RelayedRecords] = ()) -> None:
         nc = self.nc
         if nc is None or not nc.is_connected or not ends:
             return

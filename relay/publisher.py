@@ -94,10 +94,9 @@ class Pending:
     name: str
     key: bytes
     last: int
-    count: int
     batch: object  # aiokafka BatchBuilder
+    values: list  # the records' values (their count is the batch's), for the round's notice
     partition: int = -1
-    values: list = field(default_factory=list)  # the records' values, for the round's notice
 
 
 @dataclass
@@ -447,7 +446,6 @@ class Relay:
             batch = producer.create_batch()
             values: list[bytes] = []
             last = None
-            count = 0
             hole = False
             for _, seq, payload in inst_rows:
                 if seq != expected:
@@ -463,13 +461,12 @@ class Relay:
                     break
                 values.append(payload)
                 last = seq
-                count += 1
                 expected += 1
             if not hole:
                 self._clear_gap(name)
-            if count:
+            if values:
                 batch.close()
-                rnd.batches.append(Pending(name, key, last, count, batch, values=values))
+                rnd.batches.append(Pending(name, key, last, batch, values))
                 rnd.backlog = rnd.backlog or more
         return rnd if rnd.batches else None
 
@@ -524,13 +521,14 @@ class Relay:
                 self._last_offset.clear()
                 failures.append(f"{p.name}: partition {p.partition} offset went back {prev} -> {result.offset}")
                 continue
-            self._last_offset[p.partition] = result.offset + p.count - 1
-            ends[p.partition] = result.offset + p.count
+            count = len(p.values)
+            self._last_offset[p.partition] = result.offset + count - 1
+            ends[p.partition] = result.offset + count
             relayed.append(RelayedRecords(p.partition, result.offset, p.values))
             self._cursors[p.name] = p.last
             advanced_names.append(p.name)
             advanced_seqs.append(p.last)
-            published += p.count
+            published += count
         if advanced_names:
             # The projectors apply the records of this notice (or fetch on it): the broker holds
             # them now (acked), so a projector never gets ahead of the topic. Before the cursor
