@@ -11,8 +11,11 @@ receive loop; the sequencer's future carries a callback that queues the answer. 
 requests with an idempotency key, a client order id or a cancel of an order not in the
 book run as a task.
 
-One writer task per connection drains the queued answers, so a batch commit that
-resolves hundreds of requests wakes the writer once.
+On the command service's own WebSocket protocol (command_service/ws_transport.py) the
+messages come to `on_message` straight from the protocol, and answers are written from the
+future's callback (no receive() per message, no writer task). Elsewhere one writer task per
+connection drains the queued answers, so a batch commit that resolves hundreds of requests
+wakes the writer once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from decimal import Decimal
 from typing import Any, Optional
 
 import msgspec
+from uvicorn.protocols.utils import ClientDisconnected
 
 from command_service.auth import authenticate_guarded
 from command_service.edge import (
@@ -37,6 +41,7 @@ from command_service.edge import (
     validation_error,
 )
 from command_service.sequencer import Unavailable
+from command_service.ws_transport import CoalescingWebSocketProtocol
 from contracts.api import ApiError, error, json_encoder
 from contracts.auth import REVOKED_CLOSE_CODE, SESSION_RECHECK_S, bearer_token
 from contracts.enums import CancelReason, OrderType, Side
@@ -170,9 +175,20 @@ class OrderSocket:
         self._pruning_remote = False
         self.closed = False
         self.cancel_on_disconnect = False
+        # The protocol when it delivers messages and takes answers directly (see the module doc);
+        # `paused`: reading stopped while MAX_IN_FLIGHT requests are unanswered.
+        self.direct: CoalescingWebSocketProtocol | None = None
+        self.paused = False
 
     # ---------------------------------------------------------------- answers
     def push(self, data: bytes) -> None:
+        direct = self.direct
+        if direct is not None:
+            try:
+                direct.send_text_now(data)
+            except ClientDisconnected:  # closing or gone: receive() reports the disconnect
+                pass
+            return
         self.out.append(data)
         self.wake.set()
 
@@ -180,6 +196,19 @@ class OrderSocket:
         self.in_flight -= 1
         if self.in_flight < MAX_IN_FLIGHT:
             self.room.set()
+            if self.paused:
+                self.paused = False
+                if not self.direct.transport.is_closing():
+                    self.direct.transport.resume_reading()
+
+    def on_direct_message(self, raw) -> None:
+        """A message from the protocol (direct mode); stops reading at MAX_IN_FLIGHT."""
+        if self.revoked or self.closed:
+            return
+        self.on_message(raw)
+        if self.in_flight >= MAX_IN_FLIGHT and not self.paused:
+            self.paused = True
+            self.direct.transport.pause_reading()
 
     def _answer(self, kind: bytes, request_id, fut: asyncio.Future, limits: bytes = b"") -> None:
         self.done()
@@ -395,7 +424,29 @@ class OrderSocket:
             return
 
     async def run(self, receive, send) -> None:
-        writer = asyncio.create_task(self.writer(send))
+        protocol = getattr(receive, "__self__", None)
+        writer = None
+        if isinstance(protocol, CoalescingWebSocketProtocol):
+            self.direct = protocol
+            # Anything uvicorn queued before this point is handled first, in order (nothing yields
+            # between the accept and here, so normally nothing is; uvicorn stops reading while its
+            # queue holds a message). From then on the protocol calls on_direct_message itself.
+            early = []
+            while not protocol.queue.empty():
+                early.append(protocol.queue.get_nowait())
+            protocol.on_message = self.on_direct_message
+            for message in early:
+                if message["type"] == "websocket.receive":
+                    text = message.get("text")
+                    self.on_direct_message(text if text is not None else message.get("bytes") or b"")
+                else:
+                    protocol.queue.put_nowait(message)  # a disconnect: seen by the loop below
+            if protocol.read_paused:
+                protocol.read_paused = False
+                if not self.paused:
+                    protocol.transport.resume_reading()
+        else:
+            writer = asyncio.create_task(self.writer(send))
         watcher = asyncio.create_task(self.watch_key(send)) if self.key else None
         try:
             while True:
@@ -413,7 +464,10 @@ class OrderSocket:
                     return
         finally:
             # Requests already handed to a sequencer still commit; their answers are dropped.
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
+            if self.direct is not None:
+                self.direct.on_message = None
             if watcher is not None:
                 watcher.cancel()
             self.closed = True
