@@ -24,11 +24,8 @@ def main() -> None:
     load_or_exit("command service", lambda: setup_logging("command", node_name(settings.port)))
     log.info("command service starting on %s:%d", settings.host, settings.port)
     # log_config=None: uvicorn's own lines go through our handler (JSON) instead of its text config.
-    asgi = create_asgi(settings)
-    # New orders are answered below ASGI (command_service/fastpath.py order_route_nowait).
-    http = type("OrderHttpProtocol", (BoundedHttpToolsProtocol,), {"direct_routes": staticmethod(asgi.direct_routes)})
-    uvicorn.run(RequestIdMiddleware(asgi), host=settings.host, port=settings.port, loop="uvloop",
-                http=http, ws=CoalescingWebSocketProtocol, log_level="warning", log_config=None,
+    uvicorn.run(RequestIdMiddleware(create_asgi(settings)), host=settings.host, port=settings.port, loop="uvloop",
+                http=BoundedHttpToolsProtocol, ws=CoalescingWebSocketProtocol, log_level="warning", log_config=None,
                 access_log=False, lifespan="on", backlog=2048, proxy_headers=False, server_header=False,
                 date_header=False, ws_max_size=64 * 1024)
     log.info("command service stopped")

@@ -6,19 +6,11 @@ Measured here, Litestar's request/response machinery costs ~60 us of CPU per req
 at 4,000 orders/s that is a quarter of a core. These two routes call the same use cases,
 authentication, rate limit and error shapes as the Litestar handlers (which stay, for the
 OpenAPI schema and every other route); everything else passes through to Litestar.
-
-Below the ASGI layer (contracts/http_transport.py `direct_routes`, wired in
-command_service/__main__.py) a new order by a key already authenticated, without an
-idempotency key or client order id, is answered without any ASGI machinery at all
-(`order_route_nowait`): the request is checked and submitted as soon as its body is in, and
-the sequencer's future answers it. Everything else on these routes runs `order_route` in a task.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from functools import partial
 
 from command_service import ws
 from command_service.auth import authenticate_guarded
@@ -30,10 +22,7 @@ from command_service.edge import (
     decode_amend,
     decode_order_request,
 )
-from command_service.sequencer import Unavailable
 from contracts.api import ApiError, body_too_large
-from contracts.auth import OPEN
-from contracts.logs import new_request_id, request_id, sane_request_id
 
 log = logging.getLogger("command.fastpath")
 _JSON = (b"content-type", b"application/json")
@@ -43,13 +32,20 @@ class OrderFastPath:
     def __init__(self, app, max_body_bytes: int):
         self.app = app
         self.max_body = max_body_bytes
-        self._tasks: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST":
-            route = fast_route(scope["path"])
-            if route is not None:
-                return await self._handle(scope, receive, send, *route)
+            path = scope["path"]
+            if path == "/orders":
+                return await self._handle(scope, receive, send, None)
+            if path.startswith("/orders/") and path.endswith("/cancel"):
+                order_id = path[8:-7]
+                if order_id and "/" not in order_id and order_id != "cancel-all":
+                    return await self._handle(scope, receive, send, order_id)
+            if path.startswith("/orders/") and path.endswith("/amend"):
+                order_id = path[8:-6]
+                if order_id and "/" not in order_id:
+                    return await self._handle(scope, receive, send, order_id, amend=True)
         elif scope["type"] == "websocket" and scope["path"] == "/ws":
             return await ws.serve(self.app.state, scope, receive, send)
         if scope["type"] == "http":
@@ -67,7 +63,7 @@ class OrderFastPath:
             return await self.app(scope, receive, send_with_limits)
         return await self.app(scope, receive, send)
 
-    async def _handle(self, scope, receive, send, cancel_id: str | None, amend: bool) -> None:
+    async def _handle(self, scope, receive, send, cancel_id: str | None, amend: bool = False) -> None:
         authorization = content_type = real_ip = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -91,60 +87,6 @@ class OrderFastPath:
             out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": payload})
-
-    # ------------------------------------------------------------ below ASGI
-    def direct_routes(self, scope):
-        """contracts/http_transport.py: the handler of a request answered without ASGI, or None."""
-        if scope["method"] != "POST":
-            return None
-        route = fast_route(scope["path"])
-        return None if route is None else partial(self._direct, *route)
-
-    def _direct(self, order_id: str | None, amend: bool, scope, body: bytes, respond) -> None:
-        authorization = content_type = real_ip = rid = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"x-real-ip":
-                real_ip = value.decode("latin-1")
-            elif name == b"x-request-id" and rid is None:
-                rid = sane_request_id(value)
-        rid = rid or new_request_id()
-        tag = (b"x-request-id", rid.encode())  # as contracts.logs.RequestIdMiddleware does
-
-        def reply(status: int, payload: bytes, headers: dict | None) -> None:
-            out = [(k.lower().encode(), v.encode()) for k, v in headers.items()] if headers else []
-            out.append(tag)
-            respond(status, payload, out)
-
-        if len(body) > self.max_body:
-            exc = body_too_large(self.max_body)
-            reply(exc.status, exc.body(), exc.headers)
-            return
-        st = self.app.state
-        client = scope.get("client")
-        address = st.unauth.address(client[0] if client else "", real_ip)
-        query = scope.get("query_string", b"")
-        token = request_id.set(rid)
-        try:
-            now = order_route_nowait(st, order_id, body, authorization, address, content_type, query)
-        finally:
-            request_id.reset(token)
-        if now is None:
-            task = asyncio.get_running_loop().create_task(self._routed(
-                rid, reply, st, order_id, body, authorization, address, amend, content_type, query))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif now[0] == "now":
-            reply(now[1], now[2], now[3])
-        else:
-            now[1].add_done_callback(partial(_placed, st, now[2], reply))
-
-    async def _routed(self, rid: str, reply, *args) -> None:
-        request_id.set(rid)  # this task's own context
-        reply(*await order_route(*args))
 
     async def _body(self, receive) -> bytes:
         chunks, size = [], 0
@@ -183,84 +125,14 @@ async def order_route(st, order_id: str | None, body: bytes, authorization: str 
     except Exception as exc:
         where = "on POST /orders" if order_id is None else (
             "on POST /orders/{id}/amend" if amend else "on POST /orders/{id}/cancel")
-        status, payload, headers, limits = _error(st, exc, where, limits)
-    return status, payload, _with_limits(headers, limits)
-
-
-def order_route_nowait(st, order_id: str | None, body: bytes, authorization: str | None, client_host: str,
-                       content_type: str | None, query: bytes | str):
-    """order_route's common case with no await: a new order without idempotency key or client
-    order id, by a key already known (cached). ("now", status, payload, headers) when the answer
-    is ready at once (a refusal), ("later", the sequencer's future of (status, body), RateLimit
-    headers) for an order on its way, or None when the request needs order_route - nothing is
-    charged then, so order_route charges it once."""
-    if order_id is not None:
-        return None
-    principal = st.auth.known(authorization) if st.auth.enabled else OPEN
-    if principal is None:
-        return None
-    try:
-        check_no_query(query)
-        check_json_body(content_type, body)
-        req, problem = decode_order_request(body), None
-    except Exception as exc:
-        req, problem = None, exc
-    if req is not None and not st.entry.may_place_nowait(req):
-        return None
-    limits = None
-    try:
-        limits = st.limiter.check(principal.rate_key if principal.client_id else f"ip:{client_host}")
-        if problem is not None:
-            raise problem
-        return "later", st.entry.place_nowait(principal, req), limits
-    except Exception as exc:
-        status, payload, headers, limits = _error(st, exc, "on POST /orders", limits)
-        return "now", status, payload, _with_limits(headers, limits)
-
-
-def _placed(st, limits, reply, fut) -> None:
-    """The sequencer's answer to a new order of order_route_nowait (as `place` would return it)."""
-    headers = None
-    try:
-        if fut.cancelled():
-            raise Unavailable("cancelled")
-        status, payload = fut.result()
-    except Exception as exc:
-        if isinstance(exc, Unavailable):  # as order_entry._await
-            exc = ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"})
-        status, payload, headers, limits = _error(st, exc, "on POST /orders", limits)
-    reply(status, payload, _with_limits(headers, limits))
-
-
-def _error(st, exc: BaseException, where: str, limits):
-    """(status, payload, headers, limits) of a failed request; a 429 carries its own figures."""
-    err = answer(exc, where)
-    st.metrics.http_errors.labels(str(err.status), err.code).inc()
-    if limits and "RateLimit" in err.headers:
-        limits = None
-    return err.status, err.body(), err.headers, limits
-
-
-def _with_limits(headers: dict | None, limits: dict | None) -> dict | None:
+        err = answer(exc, where)
+        st.metrics.http_errors.labels(str(err.status), err.code).inc()
+        status, payload, headers = err.status, err.body(), err.headers
+        if limits and "RateLimit" in headers:
+            limits = None  # a 429 carries its own figures
     if limits:
-        return {**headers, **limits} if headers else limits
-    return headers
-
-
-def fast_route(path: str) -> tuple[str | None, bool] | None:
-    """(order id, amend) of POST /orders (None, False), /orders/{id}/cancel (id, False) and
-    /orders/{id}/amend (id, True); None for any other path."""
-    if path == "/orders":
-        return None, False
-    if path.startswith("/orders/") and path.endswith("/cancel"):
-        order_id = path[8:-7]
-        if order_id and "/" not in order_id and order_id != "cancel-all":
-            return order_id, False
-    if path.startswith("/orders/") and path.endswith("/amend"):
-        order_id = path[8:-6]
-        if order_id and "/" not in order_id:
-            return order_id, True
-    return None
+        headers = {**headers, **limits} if headers else limits
+    return status, payload, headers
 
 
 RATE_LIMIT_SCOPE_KEY = "exchange.rate_limit"

@@ -108,24 +108,18 @@ class OrderEntry:
         return self.forwarder is not None and not self.sequencers[instrument].ready
 
     # ------------------------------------------------------------------ place
-    def may_place_nowait(self, req: OrderRequest) -> bool:
-        """place_nowait takes it (else it needs `place`): no idempotency key or client order id to
-        look up, and its instrument is served here (an unknown one is refused by place_nowait)."""
-        if req.idempotency_key is not None or req.client_order_id is not None or req.order_id is not None:
-            return False
-        spec = self.instruments.get(req.instrument) if isinstance(req.instrument, str) else None
-        return spec is None or not self.owned_elsewhere(spec.symbol)
-
     def place_nowait(self, principal: Principal, req: OrderRequest, *, with_book: bool = True, track=None):
         """The common case without an await before the sequencer: no idempotency key and no
         client order id to look up. Returns the sequencer's future of (status, body), or
         None when the request needs `place` (it raises ApiError for a bad request).
         `track`: a dict that gets {the new order's id: its instrument} (cancel-on-disconnect)."""
-        if not self.may_place_nowait(req):
+        if req.idempotency_key is not None or req.client_order_id is not None or req.order_id is not None:
             return None
         if principal.scope == "read":
             principal.require_trade()
-        spec = spec_for(self.instruments, req.instrument)  # owned here (may_place_nowait)
+        spec = spec_for(self.instruments, req.instrument)
+        if self.owned_elsewhere(spec.symbol):
+            return None  # `place` forwards it to the owner
         order_id = self._new_id()
         if track is not None:
             track[order_id] = spec.symbol
